@@ -1,0 +1,81 @@
+"""Camera client: publishes JPEG frames of a source at a fixed FPS to a session's camera subject.
+
+Frames are paced against an absolute schedule; when the source or the machine falls behind, the
+client skips ahead instead of bursting (a real camera does not queue old frames either).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from nats.aio.client import Client as NATS
+
+from shared.bus import publish_frame
+from shared.headers import FrameMeta, now_ns
+from shared.media import encode_jpeg
+from shared.subjects import Subjects
+
+STAGE = "camera"
+
+
+@dataclass
+class CameraReport:
+    published: int = 0
+    skipped: int = 0
+    first_capture_ns: int = 0
+    last_capture_ns: int = 0
+
+
+def _next_jpeg(frames: Iterator[np.ndarray], quality: int) -> tuple[bytes, int, int] | None:
+    frame = next(frames, None)
+    if frame is None:
+        return None
+    h, w = frame.shape[:2]
+    return encode_jpeg(frame, quality), w, h
+
+
+async def run_camera(
+    nc: NATS,
+    subjects: Subjects,
+    session_id: str,
+    frames: Iterator[np.ndarray],
+    fps: float = 15.0,
+    max_frames: int | None = None,
+    quality: int = 85,
+    stop: asyncio.Event | None = None,
+) -> CameraReport:
+    report = CameraReport()
+    subject = subjects.camera(session_id)
+    period = 1.0 / fps if fps > 0 else 0.0
+    start = time.monotonic()
+    seq = 0
+    while max_frames is None or seq < max_frames:
+        if stop is not None and stop.is_set():
+            break
+        item = await asyncio.to_thread(_next_jpeg, frames, quality)
+        if item is None:
+            break
+        jpeg, w, h = item
+        if period:
+            due = start + seq * period
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            elif -delay > period:  # behind by more than a frame: skip, do not burst
+                missed = int(-delay / period)
+                report.skipped += missed
+                seq += missed
+        capture = now_ns()
+        meta = FrameMeta(session_id=session_id, seq=seq, capture_ns=capture, width=w, height=h)
+        meta.stamp(STAGE, "out", capture)
+        if await publish_frame(nc, subject, jpeg, meta):
+            report.published += 1
+            report.first_capture_ns = report.first_capture_ns or capture
+            report.last_capture_ns = capture
+        seq += 1
+    await nc.flush()
+    return report

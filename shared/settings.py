@@ -1,0 +1,81 @@
+"""Settings from the environment: one prefix (``CHAMELEON_``), one dataclass per service.
+
+A field ``foo_bar`` of a settings class reads ``CHAMELEON_FOO_BAR``; ``nats_url`` also honours the
+conventional ``NATS_URL``. Nothing is read at import time: call ``from_env()`` in ``main``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+ENV_PREFIX = "CHAMELEON_"
+S = TypeVar("S", bound="BaseSettings")
+
+
+class SettingsError(ValueError):
+    """An environment variable that cannot be parsed into its setting."""
+
+
+def _parse(name: str, raw: str, hint: Any) -> Any:
+    origin = typing.get_origin(hint)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is not None and args:  # Optional[X]
+        if raw == "":
+            return None
+        hint = args[0]
+    try:
+        if hint is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise SettingsError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {hint}") from exc
+
+
+@dataclass(frozen=True)
+class BaseSettings:
+    """Settings every service has."""
+
+    nats_url: str = ""  # empty: the caller starts an embedded server (``chameleon up``/``demo``)
+    subject_prefix: str = "chameleon"
+    log_level: str = "info"
+    log_json: bool | None = None  # None: JSON when stderr is not a TTY
+    metrics_port: int = 0  # 0: no metrics/health HTTP endpoint
+    metrics_host: str = "127.0.0.1"
+    summary_interval_s: float = 10.0  # one summary log line per session per interval
+    drain_timeout_s: float = 5.0
+
+    @classmethod
+    def from_env(cls: type[S], env: Mapping[str, str] | None = None, **overrides: Any) -> S:
+        env = os.environ if env is None else env
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            key = ENV_PREFIX + f.name.upper()
+            if key in env:
+                values[f.name] = _parse(f.name, env[key], hints[f.name])
+            elif f.name == "nats_url" and env.get("NATS_URL"):
+                values[f.name] = env["NATS_URL"]
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def env_doc(cls) -> list[tuple[str, str, Any]]:
+        """(variable, type, default) for every setting: the source of docs/configuration.md."""
+        hints = typing.get_type_hints(cls)
+        return [
+            (ENV_PREFIX + f.name.upper(), str(hints[f.name]).replace("typing.", ""), f.default)
+            for f in dataclasses.fields(cls)
+        ]

@@ -1,0 +1,164 @@
+"""The contract: subjects, frame headers and timing math, schemas, settings."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from shared.headers import FrameMeta, HeaderError
+from shared.metrics import percentiles
+from shared.schemas import Conditioning, Control, Event, SchemaError, pack_array, unpack_array
+from shared.settings import BaseSettings, SettingsError
+from shared.subjects import Channel, InvalidSessionId, Subjects
+
+pytestmark = pytest.mark.unit
+
+
+# -- subjects ---------------------------------------------------------------------------------------
+def test_session_id_is_the_token_after_the_prefix() -> None:
+    s = Subjects("acme.prod")
+    for channel in Channel:
+        subject = s.session("cam-7", channel)
+        assert subject.startswith("acme.prod.cam-7.")
+        assert s.session_of(subject) == "cam-7"
+    assert s.session_permission("cam-7") == "acme.prod.cam-7.>"
+    assert s.all_sessions(Channel.CAMERA) == "acme.prod.*.camera"
+
+
+@pytest.mark.parametrize("bad", ["", "a.b", "a*", ">", "with space", "_svc", "-x", "x" * 65, "é"])
+def test_invalid_session_ids_are_refused(bad: str) -> None:
+    with pytest.raises(InvalidSessionId):
+        Subjects().camera(bad)
+
+
+def test_service_subjects_never_collide_with_sessions() -> None:
+    s = Subjects()
+    assert s.garments("get") == "chameleon._svc.garments.get"
+    with pytest.raises(InvalidSessionId):
+        s.session_of(s.garments("get"))
+    assert s.control_stream == "CHAMELEON_CONTROL"
+    with pytest.raises(ValueError):
+        Subjects("bad prefix")
+
+
+def test_session_of_rejects_foreign_prefix() -> None:
+    with pytest.raises(InvalidSessionId):
+        Subjects("a").session_of("b.s1.camera")
+
+
+# -- headers and timing ------------------------------------------------------------------------------
+def test_frame_meta_roundtrip_and_timing_math() -> None:
+    meta = FrameMeta("s1", seq=7, capture_ns=1_000_000_000, width=640, height=480, garment_id="tee")
+    meta.stamp("camera", "out", 1_000_000_000)
+    meta.stamp("ingest", "in", 1_002_000_000).stamp("ingest", "out", 1_007_000_000)
+    meta.stamp("gen", "in", 1_008_500_000).stamp("gen", "out", 1_030_000_000)
+    back = FrameMeta.from_headers(meta.to_headers())
+    assert back == meta
+    assert back.stage_ms() == {"ingest": 5.0, "gen": 21.5}
+    assert back.hop_ms() == [("camera", "ingest", 2.0), ("ingest", "gen", 1.5)]
+    assert back.age_ms(at_ns=1_031_000_000) == 31.0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        None,
+        {},
+        {"Chameleon-Session": "s", "Chameleon-Seq": "x", "Chameleon-Capture-Ns": "1"},
+        {"Chameleon-Session": "s", "Chameleon-Seq": "1"},
+        {"Chameleon-Session": "s", "Chameleon-Seq": "-1", "Chameleon-Capture-Ns": "1"},
+        {"Chameleon-Session": "s", "Chameleon-Seq": "1", "Chameleon-Capture-Ns": "1", "Chameleon-Trace": "x"},
+        {
+            "Chameleon-Session": "s",
+            "Chameleon-Seq": "1",
+            "Chameleon-Capture-Ns": "1",
+            "Chameleon-Frame-Schema": "9",
+        },
+    ],
+)
+def test_bad_headers_raise_header_error(headers: dict | None) -> None:
+    with pytest.raises(HeaderError):
+        FrameMeta.from_headers(headers)
+
+
+def test_percentiles_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentiles(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    assert percentiles([]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0}
+
+
+# -- schemas -------------------------------------------------------------------------------------------
+def _swap(**kw: object) -> Control:
+    base = dict(action="swap", session_id="s1", event_id="e1", published_ns=1, garment_id="tee-red")
+    base.update(kw)
+    return Control(**base)  # type: ignore[arg-type]
+
+
+def test_control_roundtrip() -> None:
+    c = _swap(width=640, height=480, fps=15.0)
+    assert Control.decode(c.encode()) == c
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [
+        (lambda d: d.update(action="explode"), "action"),
+        (lambda d: d.update(session_id="a.b"), "session"),
+        (lambda d: d.pop("event_id"), "missing field 'event_id'"),
+        (lambda d: d.update(published_ns="soon"), "published_ns"),
+        (lambda d: d.update(extra=1), "unknown fields"),
+        (lambda d: d.update(v=99), "version"),
+        (lambda d: d.update(type="event"), "expected message type"),
+        (lambda d: d.update(garment_id=None), "garment_id"),
+        (lambda d: d.update(fps=1e6), "fps"),
+        (lambda d: d.update(width=True), "width"),
+    ],
+)
+def test_control_validation_errors_are_clear(mutate, needle: str) -> None:
+    d = _swap().to_dict()
+    mutate(d)
+    with pytest.raises(SchemaError, match=needle):
+        Control.decode(msgpack.packb(d))
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xc1\xc1", msgpack.packb([1, 2]), b"x" * (9 * 1024 * 1024)])
+def test_garbage_payloads_raise_schema_error(raw: bytes) -> None:
+    with pytest.raises(SchemaError):
+        Event.decode(raw)
+
+
+def test_arrays_travel_compactly_and_validate() -> None:
+    lm = np.random.default_rng(0).random((33, 4), dtype=np.float32)
+    msg = Conditioning(
+        session_id="s1",
+        seq=3,
+        width=64,
+        height=48,
+        frame_jpeg=b"jpg",
+        person_found=True,
+        landmarks=pack_array(lm),
+    )
+    back = Conditioning.decode(msg.encode())
+    np.testing.assert_array_equal(unpack_array(back.landmarks), lm)
+    assert len(msg.encode()) < 33 * 4 * 4 + 200
+    bad = pack_array(lm)
+    bad["data"] = bad["data"][:-4]
+    with pytest.raises(SchemaError, match="do not fill"):
+        unpack_array(bad)
+    with pytest.raises(SchemaError, match="not allowed"):
+        pack_array(np.zeros(3, dtype=np.float64))
+
+
+# -- settings ---------------------------------------------------------------------------------------
+def test_settings_from_env_with_prefix_and_nats_url() -> None:
+    s = BaseSettings.from_env(
+        {"NATS_URL": "nats://x:1", "CHAMELEON_METRICS_PORT": "9100", "CHAMELEON_LOG_JSON": "yes"}
+    )
+    assert (s.nats_url, s.metrics_port, s.log_json) == ("nats://x:1", 9100, True)
+    s = BaseSettings.from_env({"NATS_URL": "nats://x:1", "CHAMELEON_NATS_URL": "nats://y:2"})
+    assert s.nats_url == "nats://y:2"
+    with pytest.raises(SettingsError, match="CHAMELEON_METRICS_PORT"):
+        BaseSettings.from_env({"CHAMELEON_METRICS_PORT": "ninety"})
+    names = [n for n, _, _ in BaseSettings.env_doc()]
+    assert "CHAMELEON_SUBJECT_PREFIX" in names
