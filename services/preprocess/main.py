@@ -1,0 +1,16 @@
+"""Preprocess service: ``python -m services.preprocess.main``."""
+
+from __future__ import annotations
+
+from services.preprocess.handlers import PreprocessHandlers
+from services.preprocess.settings import PreprocessSettings
+from shared.service import service_main
+
+
+def main() -> None:
+    settings = PreprocessSettings.from_env()
+    service_main("preprocess", settings, lambda ctx: PreprocessHandlers(ctx, settings))
+
+
+if __name__ == "__main__":
+    main()

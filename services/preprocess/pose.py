@@ -1,0 +1,143 @@
+"""MediaPipe wrapper: one pose tracker per video stream. Pure: no bus, no asyncio.
+
+Uses the legacy ``mediapipe.solutions.pose`` graph with ``model_complexity=1`` (the only pose
+landmark model inside the 0.10.21 wheel: complexity 0 and 2 download theirs at run time, which we
+forbid) in tracking mode, so after the first detection each frame only runs the landmark model on
+the previous frame's region. Tracking state belongs to ONE stream: never share an instance.
+
+MediaPipe's own landmark smoothing is turned off; ``smoothing.LandmarkSmoother`` does it with real
+capture timestamps (the legacy graph assumes 30 fps). The graph is rebuilt every
+``recreate_after_frames`` frames because long-running graphs grow in memory.
+
+Counting people: the pose segmentation mask covers only the tracked person's region, so every
+``people_check_every`` frames a full-frame selfie-segmentation graph (also shipped in the wheel)
+gives a scene mask whose connected components the conditioning step counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+N_LANDMARKS = 33
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    min_detection_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    recreate_after_frames: int = 20000
+    people_check_every: int = 10  # 0: never run the full-frame segmentation
+
+
+@dataclass
+class PoseOutput:
+    """One frame's raw MediaPipe result.
+
+    ``landmarks``: (33, 4) float32 ``(x, y, z, visibility)`` in normalised image coordinates, None
+    when no person was found. ``person_prob``: HxW float32 person probability of the tracked
+    person, None without a person. ``scene_prob``: HxW float32 full-frame person probability, only
+    on frames where the people check ran.
+    """
+
+    landmarks: np.ndarray | None
+    person_prob: np.ndarray | None
+    scene_prob: np.ndarray | None = None
+
+
+class PoseTracker:
+    """Pose + segmentation for one video stream, in tracking mode."""
+
+    def __init__(self, config: PoseConfig | None = None) -> None:
+        self.config = config or PoseConfig()
+        self.frames = 0  # frames since the graph was (re)built
+        self.frames_total = 0
+        self.rebuilds = 0
+        self._last_ts_ms: float | None = None
+        self._pose = None
+        self._scene = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _build(self) -> None:
+        from mediapipe.python.solutions import pose as mp_pose  # heavy: import when first needed
+
+        c = self.config
+        self._pose = mp_pose.Pose(
+            static_image_mode=False,
+            model_complexity=1,
+            smooth_landmarks=False,
+            enable_segmentation=True,
+            smooth_segmentation=True,
+            min_detection_confidence=c.min_detection_confidence,
+            min_tracking_confidence=c.min_tracking_confidence,
+        )
+        self.frames = 0
+
+    def _build_scene(self) -> None:
+        from mediapipe.python.solutions import selfie_segmentation
+
+        self._scene = selfie_segmentation.SelfieSegmentation(model_selection=1)
+
+    def restart(self) -> None:
+        """Forget tracking state (a new stream, or time went backwards)."""
+        self._close_graphs()
+        self.rebuilds += 1
+        self._last_ts_ms = None
+
+    def close(self) -> None:
+        self._close_graphs()
+        self._last_ts_ms = None
+
+    def _close_graphs(self) -> None:
+        for graph in (self._pose, self._scene):
+            if graph is not None:
+                graph.close()
+        self._pose = self._scene = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._pose is not None
+
+    def __enter__(self) -> PoseTracker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- work --------------------------------------------------------------------------------------
+    def process(self, frame_bgr: np.ndarray, timestamp_ms: float) -> PoseOutput:
+        """Run pose (and, every N frames, scene segmentation) on one BGR uint8 frame.
+
+        Timestamps must increase; a frame older than the previous one means a new stream, so the
+        tracker restarts instead of tracking across the discontinuity.
+        """
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame_bgr.shape} {frame_bgr.dtype}")
+        if self._last_ts_ms is not None and timestamp_ms <= self._last_ts_ms:
+            self.restart()
+        if self._pose is not None and self.frames >= self.config.recreate_after_frames:
+            self.restart()
+        if self._pose is None:
+            self._build()
+        self._last_ts_ms = timestamp_ms
+        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+        result = self._pose.process(rgb)
+        landmarks = None
+        person = None
+        if result.pose_landmarks is not None:
+            landmarks = np.array(
+                [(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark], dtype=np.float32
+            )
+            if result.segmentation_mask is not None:
+                person = np.asarray(result.segmentation_mask, dtype=np.float32)
+        scene = None
+        every = self.config.people_check_every
+        if every > 0 and self.frames % every == 0:
+            if self._scene is None:
+                self._build_scene()
+            scene = np.asarray(self._scene.process(rgb).segmentation_mask, dtype=np.float32)
+        self.frames += 1
+        self.frames_total += 1
+        return PoseOutput(landmarks, person, scene)

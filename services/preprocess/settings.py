@@ -1,0 +1,33 @@
+"""Preprocess settings (``CHAMELEON_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.settings import BaseSettings
+
+
+@dataclass(frozen=True)
+class PreprocessSettings(BaseSettings):
+    # -- sessions --------------------------------------------------------------------------------
+    session_idle_s: float = 30.0  # a session without frames this long loses its MediaPipe graph
+    max_sessions: int = 8  # frames of further sessions get an ``at_capacity`` error
+    pose_workers: int = 2  # threads running MediaPipe (one session never uses two at once)
+    pose_recreate_frames: int = 20000  # rebuild a session's graph after this many frames (leaks)
+    # -- input limits ------------------------------------------------------------------------------
+    min_frame_side: int = 32  # smaller frames are forwarded without a pose (``frame_too_small``)
+    max_aspect: float = 4.0  # more extreme frames are forwarded without a pose (``bad_aspect``)
+    # -- detection ---------------------------------------------------------------------------------
+    min_detection_confidence: float = 0.5
+    min_tracking_confidence: float = 0.5
+    visibility_threshold: float = 0.5  # a landmark below this counts as not seen
+    mask_threshold: float = 0.5  # segmentation probability above which a pixel is person
+    min_person_area: float = 0.004  # mask components smaller than this fraction are not people
+    people_check_every: int = 10  # full-frame segmentation for counting people every N frames; 0: off
+    # -- smoothing (One Euro, landmark coordinates in pixels) --------------------------------------
+    smooth_min_cutoff_hz: float = 0.5
+    smooth_beta: float = 0.14
+    smooth_d_cutoff_hz: float = 1.0
+    # -- output ----------------------------------------------------------------------------------
+    garment_category: str = "top"  # top | dress | jacket: the region the generator may repaint
+    agnostic_jpeg_quality: int = 70  # keeps a busy 640x480 frame's message well under 256 KB

@@ -1,0 +1,161 @@
+"""Preprocess over a real nats-server: conditioning out, per-session isolation, idle reclaim,
+errors as events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from services.camera.source import MotionCamera
+from services.preprocess import conditioning as cond
+from services.preprocess.handlers import PreprocessHandlers
+from services.preprocess.settings import PreprocessSettings
+from shared.bus import connect, publish_frame
+from shared.headers import FrameMeta, now_ns
+from shared.media import encode_jpeg
+from shared.schemas import Conditioning, Control, Event, unpack_array
+from shared.service import serve_in_task
+from shared.subjects import Subjects
+
+pytestmark = pytest.mark.service
+SUBJ = Subjects()
+
+
+def _preprocess(url: str, **kw: object):
+    settings = PreprocessSettings(nats_url=url, summary_interval_s=60, **kw)  # type: ignore[arg-type]
+    return serve_in_task("preprocess", settings, lambda ctx: PreprocessHandlers(ctx, settings))
+
+
+def _meta(session: str, seq: int, w: int = 640, h: int = 480) -> FrameMeta:
+    return FrameMeta(session, seq, now_ns(), w, h).stamp("ingest", "in").stamp("ingest", "out")
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.cond: list[tuple[FrameMeta, Conditioning]] = []
+        self.events: list[Event] = []
+
+    async def on_cond(self, msg) -> None:
+        self.cond.append((FrameMeta.from_headers(msg.headers), Conditioning.decode(msg.data)))
+
+    async def on_event(self, msg) -> None:
+        self.events.append(Event.decode(msg.data))
+
+    def codes(self) -> list[str]:
+        return [e.code for e in self.events]
+
+
+async def _watch(nc, session: str) -> Collector:
+    col = Collector()
+    await nc.subscribe(SUBJ.conditioning(session), cb=col.on_cond)
+    await nc.subscribe(SUBJ.events(session), cb=col.on_event)
+    await nc.flush()
+    return col
+
+
+async def _until(predicate, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def _send_and_wait(nc, col: Collector, session: str, jpeg: bytes, seq: int) -> Conditioning:
+    await publish_frame(nc, SUBJ.ingested(session), jpeg, _meta(session, seq))
+    await _until(lambda: any(c.seq == seq for _, c in col.cond))
+    return next(c for _, c in col.cond if c.seq == seq)
+
+
+async def test_frames_in_conditioning_out_with_stamped_headers(nats_url: str, bus_photo) -> None:
+    cam = MotionCamera(bus_photo, 640, 480)
+    async with _preprocess(nats_url):
+        nc = await connect(nats_url, "test")
+        col = await _watch(nc, "pp-out")
+        for seq in range(4):
+            await _send_and_wait(nc, col, "pp-out", encode_jpeg(cam.frame(seq)), seq)
+        meta, msg = col.cond[-1]
+        assert msg.session_id == "pp-out" and (msg.width, msg.height) == (640, 480) and msg.person_found
+        assert unpack_array(msg.landmarks).shape == (33, 4)
+        assert cond.decode_png(msg.garment_mask_png).shape == (480, 640)
+        assert msg.agnostic_jpeg and msg.person_mask_png
+        assert [f"{s.stage}.{s.edge}" for s in meta.trace] == [
+            "ingest.in",
+            "ingest.out",
+            "preprocess.in",
+            "preprocess.out",
+        ]
+        assert meta.stage_ms()["preprocess"] > 0 and meta.seq == msg.seq
+        await nc.drain()
+
+
+async def test_sessions_never_share_tracker_state(nats_url: str, bus_photo) -> None:
+    person = MotionCamera(bus_photo, 640, 480)
+    empty = encode_jpeg(np.full((480, 640, 3), 70, np.uint8))
+    async with _preprocess(nats_url) as pre:
+        nc = await connect(nats_url, "test")
+        col_a, col_b = await _watch(nc, "iso-a"), await _watch(nc, "iso-b")
+        for seq in range(6):  # interleaved: a tracker shared by both would lose the person
+            await _send_and_wait(nc, col_a, "iso-a", encode_jpeg(person.frame(seq)), seq)
+            await _send_and_wait(nc, col_b, "iso-b", empty, seq)
+        assert all(c.person_found for _, c in col_a.cond)
+        assert not any(c.person_found for _, c in col_b.cond)
+        a, b = pre.sessions["iso-a"].pre, pre.sessions["iso-b"].pre
+        assert a is not b and a.tracker is not b.tracker and a.smoother is not b.smoother
+        assert a.tracker.frames_total == 6 and b.tracker.frames_total == 6
+        assert cond.NO_PERSON in col_b.codes() and cond.NO_PERSON not in col_a.codes()
+        await nc.drain()
+
+
+async def test_idle_and_stopped_sessions_are_reclaimed(nats_url: str, bus_photo) -> None:
+    frame = encode_jpeg(MotionCamera(bus_photo, 320, 240).frame(0))
+    async with _preprocess(nats_url, session_idle_s=1.5) as pre:
+        nc = await connect(nats_url, "test")
+        col_idle, col_stop = await _watch(nc, "idle"), await _watch(nc, "stopme")
+        await _send_and_wait(nc, col_idle, "idle", frame, 0)
+        await _send_and_wait(nc, col_stop, "stopme", frame, 0)
+        idle_tracker = pre.sessions["idle"].pre.tracker
+        stop_tracker = pre.sessions["stopme"].pre.tracker
+        assert idle_tracker.is_open and stop_tracker.is_open
+        stop = Control("stop", "stopme", uuid.uuid4().hex, now_ns())
+        await nc.publish(SUBJ.control("stopme"), stop.encode())
+        await _until(lambda: not stop_tracker.is_open, timeout=1.0)  # well before the idle timeout
+        assert "stopme" not in pre.sessions and idle_tracker.is_open
+        await _until(lambda: not idle_tracker.is_open and pre.reclaimed == 2, timeout=5)
+        assert not pre.sessions
+        assert pre.health()["sessions"] == 0
+        # a reclaimed session that comes back gets a fresh tracker
+        await _send_and_wait(nc, col_idle, "idle", frame, 1)
+        assert pre.sessions["idle"].pre.tracker is not idle_tracker
+        await nc.drain()
+
+
+async def test_garbage_gets_an_error_event_and_the_service_keeps_serving(nats_url: str, bus_photo) -> None:
+    good = encode_jpeg(MotionCamera(bus_photo, 640, 480).frame(0))
+    async with _preprocess(nats_url, max_sessions=2) as pre:
+        nc = await connect(nats_url, "test")
+        col = await _watch(nc, "junk")
+        await publish_frame(nc, SUBJ.ingested("junk"), b"\xff\xd8 certainly not a jpeg", _meta("junk", 0))
+        await _until(lambda: "bad_frame" in col.codes())
+        err = next(e for e in col.events if e.code == "bad_frame")
+        assert err.kind == "error" and err.service == "preprocess" and err.session_id == "junk"
+        await nc.publish(SUBJ.ingested("junk"), good)  # no headers at all
+        await _until(lambda: "bad_headers" in col.codes())
+        tiny = encode_jpeg(np.zeros((10, 14, 3), np.uint8))
+        msg = await _send_and_wait(nc, col, "junk", tiny, 1)  # forwarded, without a pose
+        assert not msg.person_found and msg.note == "frame_too_small"
+        await _until(lambda: "frame_too_small" in col.codes())
+        msg = await _send_and_wait(nc, col, "junk", good, 2)
+        assert msg.person_found
+        # a third session is over capacity: refused with an event, the others unaffected
+        col_full = await _watch(nc, "third")
+        col_two = await _watch(nc, "second")
+        await _send_and_wait(nc, col_two, "second", good, 0)
+        await publish_frame(nc, SUBJ.ingested("third"), good, _meta("third", 0))
+        await _until(lambda: "at_capacity" in col_full.codes())
+        assert set(pre.sessions) == {"junk", "second"} and not col_full.cond
+        await nc.drain()

@@ -1,0 +1,191 @@
+"""Real MediaPipe on real photos: the pose wrapper and the per-session pipeline (no bus)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from services.camera.source import Motion, MotionCamera
+from services.preprocess import conditioning as cond
+from services.preprocess.conditioning import LM
+from services.preprocess.evaluate import detect_rate, follow_error_px, jitter_px, noisy_still_frames
+from services.preprocess.pipeline import FrameError, PreprocessConfig, SessionPreprocessor
+from services.preprocess.pose import PoseConfig, PoseTracker
+from shared.media import encode_jpeg
+from shared.schemas import Conditioning, unpack_array
+
+pytestmark = pytest.mark.unit
+
+FRAME_MS = 1000 / 30
+
+
+def _near_mask(mask: np.ndarray, xy: np.ndarray, radius: int = 3) -> bool:
+    x, y = (int(v) for v in np.round(xy[:2]))
+    h, w = mask.shape
+    window = mask[max(0, y - radius) : min(h, y + radius + 1), max(0, x - radius) : min(w, x + radius + 1)]
+    return bool(window.size and window.max() > 0)
+
+
+@pytest.fixture(scope="module")
+def bus_result(bus_photo: np.ndarray):
+    pre = SessionPreprocessor("bus")
+    try:
+        for i in range(3):
+            result = pre.process(bus_photo, i, 1000 + i * FRAME_MS)
+    finally:
+        pre.close()
+    return result
+
+
+def test_full_body_photo_landmarks_lie_inside_the_person_mask(bus_result, bus_photo) -> None:
+    msg = bus_result.conditioning
+    h, w = bus_photo.shape[:2]
+    assert msg.person_found and (msg.width, msg.height) == (w, h)
+    lm = unpack_array(msg.landmarks)
+    assert lm.shape == (33, 4) and lm.dtype == np.float32
+    person = cond.decode_png(msg.person_mask_png)
+    assert person.shape == (h, w)
+    for i in (LM.LEFT_SHOULDER, LM.RIGHT_SHOULDER, LM.LEFT_HIP, LM.RIGHT_HIP, LM.LEFT_ANKLE, LM.RIGHT_ANKLE):
+        assert lm[i, 3] > 0.5, f"landmark {i.name} not visible"
+        xy = lm[i, :2] * (w, h)
+        assert 0 <= xy[0] < w and 0 <= xy[1] < h
+        assert _near_mask(person, xy), f"{i.name} at {xy} outside the person mask"
+
+
+def test_full_body_garment_region_covers_torso_and_excludes_face(bus_result, bus_photo) -> None:
+    msg = bus_result.conditioning
+    h, w = bus_photo.shape[:2]
+    lm = unpack_array(msg.landmarks)
+    region = cond.decode_png(msg.garment_mask_png) > 0
+    person = cond.decode_png(msg.person_mask_png) > 0
+    px = lm[:, :2] * (w, h)
+    # the inner torso: the shoulder-hip quadrilateral shrunk towards its centre
+    quad = px[[LM.LEFT_SHOULDER, LM.RIGHT_SHOULDER, LM.RIGHT_HIP, LM.LEFT_HIP]]
+    inner = quad.mean(axis=0) + 0.8 * (quad - quad.mean(axis=0))
+    torso = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(torso, [inner.round().astype(np.int32)], 1)
+    torso = (torso > 0) & person
+    assert torso.sum() > 500
+    assert region[torso].mean() > 0.95
+    for i in (LM.NOSE, 1, 4, LM.MOUTH_LEFT, LM.MOUTH_RIGHT, LM.LEFT_EAR, LM.RIGHT_EAR):
+        assert not _near_mask(region.astype(np.uint8), px[i], radius=2), f"face point {i} in the region"
+    agnostic = cv2.imdecode(np.frombuffer(msg.agnostic_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert agnostic.shape == bus_photo.shape
+    assert np.abs(agnostic[torso].astype(int) - 128).mean() < 12  # greyed out
+    nose = px[LM.NOSE].round().astype(int)
+    assert np.abs(agnostic[nose[1], nose[0]].astype(int) - bus_photo[nose[1], nose[0]]).max() < 60
+
+
+@pytest.fixture(scope="module")
+def moving_streams(bus_photo: np.ndarray):
+    """Raw and smoothed landmarks over a slow and a fast moving camera, plus the transforms."""
+    out = {}
+    for name, period, n in (("slow", 90.0, 60), ("fast", 15.0, 45)):
+        cam = MotionCamera(bus_photo, 640, 480, Motion(period=period))
+        pre = SessionPreprocessor(name)
+        raw, smooth = [], []
+        try:
+            for i in range(n):
+                r = pre.process(cam.frame(i), i, 1000 + i * FRAME_MS, frame_jpeg=b"-")
+                raw.append(r.raw_landmarks)
+                smooth.append(r.landmarks)
+        finally:
+            pre.close()
+        out[name] = (raw, smooth, [cam.transform(i) for i in range(n)])
+    return out
+
+
+def test_landmarks_follow_the_camera_motion(moving_streams) -> None:
+    raw, smooth, transforms = moving_streams["slow"]
+    assert detect_rate(raw) >= 0.95
+    err, motion = follow_error_px(smooth, transforms, 640, 480)
+    assert motion > 10  # the camera really moves the person around
+    assert err < 4.0 and err < 0.25 * motion
+
+
+def test_smoothing_adds_no_lag_on_fast_motion(moving_streams) -> None:
+    raw, smooth, transforms = moving_streams["fast"]
+    raw_err, motion = follow_error_px(raw, transforms, 640, 480)
+    smooth_err, _ = follow_error_px(smooth, transforms, 640, 480)
+    assert motion > 10
+    assert smooth_err <= raw_err + 2.0, (raw_err, smooth_err)
+
+
+def test_static_stream_smoothed_jitter_is_at_most_half_the_raw(bus_photo) -> None:
+    pre = SessionPreprocessor("still")
+    raw, smooth = [], []
+    try:
+        for i, frame in enumerate(noisy_still_frames(bus_photo, 45)):
+            r = pre.process(frame, i, 1000 + i * FRAME_MS, frame_jpeg=b"-")
+            raw.append(r.raw_landmarks)
+            smooth.append(r.landmarks)
+    finally:
+        pre.close()
+    raw_j, smooth_j = jitter_px(raw[5:], 640, 480), jitter_px(smooth[5:], 640, 480)
+    assert raw_j > 0.2  # the noise really shakes the raw landmarks
+    assert smooth_j <= 0.5 * raw_j, (raw_j, smooth_j)
+
+
+def test_message_at_640x480_is_compact(bus_photo) -> None:
+    cam = MotionCamera(bus_photo, 640, 480)
+    pre = SessionPreprocessor("size")
+    try:
+        for i in range(3):
+            jpeg = encode_jpeg(cam.frame(i))
+            result = pre.process_jpeg(jpeg, i, 1000 + i * FRAME_MS)
+    finally:
+        pre.close()
+    msg = result.conditioning
+    raw = msg.encode()
+    assert msg.person_found and msg.garment_mask_png and msg.agnostic_jpeg
+    assert len(raw) < 256 * 1024, len(raw)
+    assert len(raw) - len(msg.frame_jpeg) - len(msg.agnostic_jpeg) < 8 * 1024  # masks + landmarks
+    back = Conditioning.decode(raw)
+    assert back.frame_jpeg == jpeg and back.seq == 2 and back.person_found
+
+
+def test_several_people_are_reported(zidane_photo) -> None:
+    frame = cv2.resize(zidane_photo, (640, 360))
+    pre = SessionPreprocessor("two", PreprocessConfig(pose=PoseConfig(people_check_every=1)))
+    try:
+        result = pre.process(frame, 0, 1000)
+    finally:
+        pre.close()
+    msg = result.conditioning
+    assert msg.people >= 2
+    assert cond.SEVERAL_PEOPLE in msg.note.split(",")
+
+
+def test_defined_outcomes_for_empty_tiny_extreme_and_garbage_frames() -> None:
+    pre = SessionPreprocessor("edge")
+    try:
+        blank = pre.process(np.full((480, 640, 3), 90, np.uint8), 0, 1000)
+        assert not blank.conditioning.person_found and blank.codes == [cond.NO_PERSON]
+        assert blank.conditioning.people == 0 and blank.conditioning.garment_mask_png is None
+        tiny = pre.process(np.zeros((12, 16, 3), np.uint8), 1, 1033)
+        assert tiny.codes == ["frame_too_small"] and not tiny.conditioning.person_found
+        assert tiny.conditioning.frame_jpeg  # the frame is still forwarded
+        sliver = pre.process(np.zeros((40, 640, 3), np.uint8), 2, 1066)
+        assert sliver.codes == ["bad_aspect"]
+        with pytest.raises(FrameError) as err:
+            pre.process_jpeg(b"\xff\xd8 not really a jpeg", 3, 1100)
+        assert err.value.code == "bad_frame"
+        after = pre.process(np.full((480, 640, 3), 90, np.uint8), 4, 1133)
+        assert after.codes == [cond.NO_PERSON]  # still serving
+    finally:
+        pre.close()
+
+
+def test_tracker_restarts_on_time_reversal_and_rebuilds_after_n_frames(bus_photo) -> None:
+    frame = MotionCamera(bus_photo, 320, 240).frame(0)
+    with PoseTracker(PoseConfig(recreate_after_frames=3, people_check_every=0)) as tracker:
+        for i in range(4):
+            out = tracker.process(frame, 1000 + i * FRAME_MS)
+        assert tracker.rebuilds == 1 and tracker.frames == 1 and out.landmarks is not None
+        tracker.process(frame, 500)  # a new stream on the same tracker
+        assert tracker.rebuilds == 2
+        assert out.scene_prob is None
+        with pytest.raises(ValueError):
+            tracker.process(frame[:, :, 0], 2000)
+    assert not tracker.is_open
