@@ -1,0 +1,1 @@
+"""Generator service: the streaming garment-swap student (engine in ``engine/``)."""

@@ -1,0 +1,29 @@
+"""Pure-torch generation engine: causal video student, segmented KV cache, rescheduling.
+
+Imports neither the bus nor asyncio; the generator service wraps ``Engine``/``StudentSession``.
+"""
+
+from .config import CONFIGS, PAPER, TINY, EngineConfig, get_config
+from .kv_cache import CacheLayout, KVBatch, KVCache
+from .pool import AtCapacity, CachePool
+from .session import Engine, StudentSession
+from .weights import WeightsMismatchError, build_modules, load_weights, save_weights
+
+__all__ = [
+    "CONFIGS",
+    "PAPER",
+    "TINY",
+    "AtCapacity",
+    "CacheLayout",
+    "CachePool",
+    "Engine",
+    "EngineConfig",
+    "KVBatch",
+    "KVCache",
+    "StudentSession",
+    "WeightsMismatchError",
+    "build_modules",
+    "get_config",
+    "load_weights",
+    "save_weights",
+]
