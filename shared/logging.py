@@ -29,12 +29,28 @@ def configure_logging(level: str = "info", json: bool | None = None, service: st
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLogger,
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.clear_contextvars()
     if service:
         structlog.contextvars.bind_contextvars(service=service)
+
+
+class _StderrLogger:
+    """Writes each line to the *current* ``sys.stderr`` and never raises: a log line must not
+    take a handler down (a closed or swapped stream, as under test capture, is ignored)."""
+
+    def __init__(self, *_args: object) -> None:
+        pass
+
+    def msg(self, message: str) -> None:
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except (ValueError, OSError):
+            pass
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
 def get_logger(name: str = "") -> structlog.stdlib.BoundLogger:

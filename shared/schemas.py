@@ -11,6 +11,7 @@ Arrays (landmarks) travel as ``bytes`` plus shape and dtype, masks as PNG bytes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,8 +49,7 @@ class Message:
             raise SchemaError(f"expected message type {cls.TYPE!r}, got {data.get('type')!r}")
         if data.get("v") != cls.VERSION:
             raise SchemaError(f"{cls.TYPE}: unsupported version {data.get('v')!r}")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints, fields = _schema_of(cls)
         unknown = set(data) - set(fields) - {"type", "v"}
         if unknown:
             raise SchemaError(f"{cls.TYPE}: unknown fields {sorted(unknown)}")
@@ -78,6 +78,12 @@ class Message:
 
     def validate(self) -> None:
         """Cross-field checks; override where a message has them."""
+
+
+@functools.cache
+def _schema_of(cls: type) -> tuple[dict[str, Any], dict[str, dataclasses.Field]]:
+    """Type hints and fields of a message class, resolved once (decode is on the hot path)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
 
 
 def _check(msg_type: str, name: str, value: Any, hint: Any) -> Any:
@@ -249,3 +255,23 @@ class Conditioning(Message):
     agnostic_jpeg: bytes | None = None
     people: int = 0
     note: str = ""
+
+
+# -- durable session state (JetStream KV) ----------------------------------------------------------
+@dataclass(frozen=True)
+class SessionState(Message):
+    """What survives a generator restart, kept in the KV bucket ``<P>_SESSIONS`` under the session
+    id: the garment in effect, the session's parameters, and the ids of the last control events
+    applied (idempotency). ``epoch`` grows with every change; the coming multi-worker lease will
+    compare-and-set on the KV revision."""
+
+    TYPE: ClassVar[str] = "session_state"
+    session_id: str
+    garment_id: str
+    backend: str = "auto"
+    width: int = 0
+    height: int = 0
+    fps: float = 0.0
+    epoch: int = 0
+    applied_events: list[str] = field(default_factory=list)
+    updated_ns: int = 0

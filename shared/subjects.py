@@ -108,6 +108,10 @@ class Subjects:
         return f"{self.stream_token}_CONTROL"
 
     @property
+    def session_bucket(self) -> str:
+        return f"{self.stream_token}_SESSIONS"
+
+    @property
     def garment_bucket(self) -> str:
         return f"{self.stream_token}_GARMENTS"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +47,9 @@ async def run_camera(
     max_frames: int | None = None,
     quality: int = 85,
     stop: asyncio.Event | None = None,
+    on_published: Callable[[int], Awaitable[None]] | None = None,
 ) -> CameraReport:
+    """Publish up to ``max_frames`` frames; ``on_published(seq)`` runs after each (demo swaps)."""
     report = CameraReport()
     subject = subjects.camera(session_id)
     period = 1.0 / fps if fps > 0 else 0.0
@@ -76,6 +78,8 @@ async def run_camera(
             report.published += 1
             report.first_capture_ns = report.first_capture_ns or capture
             report.last_capture_ns = capture
+            if on_published is not None:
+                await on_published(seq)
         seq += 1
     await nc.flush()
     return report

@@ -43,6 +43,8 @@ class MotionCamera:
         self.motion = motion or Motion()
         ph, pw = photo.shape[:2]
         self._base_scale = min(width / pw, height / ph)
+        self._backdrop = _backdrop(photo, width, height)
+        self._ones = np.full(photo.shape[:2], 255, np.uint8)
 
     def transform(self, i: int) -> np.ndarray:
         m = self.motion
@@ -59,13 +61,15 @@ class MotionCamera:
         return rot
 
     def frame(self, i: int) -> np.ndarray:
-        out = cv2.warpAffine(
-            self.photo,
-            self.transform(i),
-            (self.width, self.height),
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_REFLECT_101,
-        )
+        """The photo as the camera sees it at frame ``i``. Where the photo does not reach (its
+        aspect differs from the frame's), a blurred, darkened backdrop fills in: mirrored borders
+        would duplicate the person, and a hard black edge is not what a camera sees."""
+        m, size = self.transform(i), (self.width, self.height)
+        out = cv2.warpAffine(self.photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        cover = cv2.warpAffine(self._ones, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+        if cover.min() < 255:
+            a = cover.astype(np.float32)[..., None] / 255.0
+            out = (out * a + self._backdrop * (1.0 - a)).astype(np.uint8)
         gain = 1.0 + self.motion.brightness * math.sin(2 * math.pi * i / (self.motion.period * 1.7))
         if gain != 1.0:
             out = cv2.convertScaleAbs(out, alpha=gain, beta=0)
@@ -76,6 +80,20 @@ class MotionCamera:
         while n is None or i < n:
             yield self.frame(i)
             i += 1
+
+
+def _backdrop(photo: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The photo scaled to cover the frame, blurred beyond recognition and darkened."""
+    ph, pw = photo.shape[:2]
+    s = max(width / pw, height / ph)
+    big = cv2.resize(
+        photo, (max(width, round(pw * s)), max(height, round(ph * s))), interpolation=cv2.INTER_AREA
+    )
+    y0, x0 = (big.shape[0] - height) // 2, (big.shape[1] - width) // 2
+    crop = big[y0 : y0 + height, x0 : x0 + width]
+    small = cv2.resize(crop, (max(1, width // 16), max(1, height // 16)), interpolation=cv2.INTER_AREA)
+    blurred = cv2.GaussianBlur(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR), (0, 0), 9)
+    return blurred.astype(np.float32) * 0.55
 
 
 def video_frames(path: str, loop: bool = False) -> Iterator[np.ndarray]:

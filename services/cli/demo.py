@@ -1,7 +1,10 @@
-"""``chameleon demo``: the whole pipeline on an embedded default, with a JSON summary.
+"""``chameleon demo``: the whole pipeline on an embedded default, with garment swaps and measured
+quality in a JSON summary (the last line printed with ``--json``).
 
-Input: ``--video PATH``, or by default a moving camera over the real full-body sample photo.
-Until the generator service exists, the last stage is the clearly named ``passthrough``.
+Input: ``--video PATH``, or by default a moving camera over the real full-body sample photo. The
+demo loads the starter catalogue, starts a session, swaps the garment every ``--swap-every``
+frames, and measures what a user would see: output FPS, glass-to-glass latency, swap latency,
+ghosting two frames after each swap, and how untouched everything outside the garment stays.
 """
 
 from __future__ import annotations
@@ -12,19 +15,28 @@ import json
 import platform
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import cv2
 import numpy as np
+from nats.aio.msg import Msg
 
 from services.camera.client import run_camera
 from services.camera.source import MotionCamera, video_frames
 from services.cli.stack import Stack, available_services
 from services.watch.client import Watcher
+from shared import control
 from shared.bus import connect
-from shared.media import read_image, sample_photo
+from shared.media import decode_jpeg, read_image, sample_photo
+from shared.metrics import percentiles
+from shared.schemas import Conditioning, Event, SchemaError
 from shared.settings import BaseSettings
 from shared.subjects import Subjects
+
+DEFAULT_GARMENTS = "tee-red-solid,shirt-blue-checks,tee-yellow-dots,jacket-denim-solid,tee-navy-stripes"
+DATA_PATH = ("garments", "ingest", "preprocess", "generator", "passthrough")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,15 +47,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--session", default="demo")
+    p.add_argument("--backend", default="auto", help="generator backend: auto, warp, student")
+    p.add_argument("--garments", default=DEFAULT_GARMENTS, help="comma-separated garment ids to cycle")
+    p.add_argument("--swap-every", type=int, default=30, help="swap the garment every K frames (0: never)")
     p.add_argument("--out", default="out/demo.mp4", help="output video path ('' to skip)")
+    p.add_argument("--sheet", default="", help="contact sheet PNG around each swap")
     p.add_argument("--json", action="store_true", help="print the JSON summary as the last line")
     p.add_argument("--logs", default="out/logs", help="folder for service logs")
 
 
 def demo_pipeline() -> list[str]:
-    """The data path only: services that do not touch frames stay out of the demo."""
-    names = available_services()
-    return [n for n in names if n in ("ingest", "generator", "passthrough")]
+    return [n for n in available_services() if n in DATA_PATH]
 
 
 def frame_source(args: argparse.Namespace) -> Iterator[np.ndarray]:
@@ -53,22 +67,166 @@ def frame_source(args: argparse.Namespace) -> Iterator[np.ndarray]:
     return MotionCamera(photo, args.width, args.height).frames()
 
 
+@dataclass
+class Recorder:
+    """What the demo's client sees besides the output: conditioning (inputs and garment masks,
+    by sequence) and the session's events."""
+
+    cond: dict[int, Conditioning] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_cond(self, msg: Msg) -> None:
+        try:
+            c = Conditioning.decode(msg.data)
+        except SchemaError:
+            return
+        self.cond[c.seq] = c
+
+    async def on_event(self, msg: Msg) -> None:
+        try:
+            event = Event.decode(msg.data)
+        except SchemaError:
+            return
+        self.events.append(event)
+        if event.kind == "session_started":
+            self.started.set()
+
+    def of(self, code: str) -> list[Event]:
+        return [e for e in self.events if e.code == code]
+
+
+async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
+    """Add the starter catalogue (idempotent) and return each garment's dominant colours."""
+    from services.garments.catalogue import render, starter_catalogue
+    from services.garments.client import GarmentClient
+
+    client = GarmentClient(nc, subjects, timeout_s=30)
+    colours = {}
+    for spec in starter_catalogue():
+        await client.encode(
+            render(spec).png(), garment_id=spec.garment_id, name=spec.name, category=spec.category
+        )
+    for spec in starter_catalogue():
+        asset = await client.get(spec.garment_id)
+        colours[spec.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
+    return colours
+
+
+def _mask(png: bytes | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if not png:
+        return None
+    m = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    return None if m is None or m.shape != shape else m
+
+
+def quality(
+    watcher: Watcher, rec: Recorder, colours: dict[str, list[tuple[int, int, int]]], sheet: str
+) -> dict:
+    """Ghosting two frames after each swap, and PSNR outside the garment region pooled over
+    every frame (output against its own input; the region dilated by 2 px for the feathered edge).
+
+    Ghost pixels are counted where the garment was drawn (garment region and visibly changed):
+    a pixel the renderer left alone is the camera's, neither the old garment nor the new."""
+    from services.generator.quality import contact_sheet, ghost_ratio
+
+    out_by_seq = {r.meta.seq: r for r in watcher.frames}
+    seqs = sorted(out_by_seq)
+    sq_err, n_px = 0.0, 0
+    for s in seqs:
+        c = rec.cond.get(s)
+        out = decode_jpeg(out_by_seq[s].jpeg)
+        inp = decode_jpeg(c.frame_jpeg) if c else None
+        if out is None or inp is None or out.shape != inp.shape:
+            continue
+        region = _mask(c.garment_mask_png, inp.shape[:2])
+        keep = (
+            np.ones(inp.shape[:2], bool)
+            if region is None
+            else cv2.dilate(region, np.ones((5, 5), np.uint8)) == 0
+        )
+        diff = out[keep].astype(np.float64) - inp[keep].astype(np.float64)
+        sq_err += float((diff**2).sum())
+        n_px += diff.size
+    psnr = 100.0 if n_px == 0 or sq_err == 0 else 10 * np.log10(255.0**2 / (sq_err / n_px))
+
+    ghosts, rows = [], []
+    garment_of = {r.meta.seq: r.meta.garment_id for r in watcher.frames}
+    for ev in rec.of("swap_applied"):
+        first = int(ev.data["first_seq"])
+        new = str(ev.data["garment_id"])
+        before = [s for s in seqs if s < first]
+        old = garment_of.get(before[-1]) if before else None
+        later = [s for s in seqs if s >= first + 2]
+        if not later or old is None or old == new:
+            continue
+        s = later[0]
+        c = rec.cond.get(s)
+        out, inp = decode_jpeg(out_by_seq[s].jpeg), decode_jpeg(c.frame_jpeg) if c else None
+        region = _mask(c.garment_mask_png, inp.shape[:2]) if c and inp is not None else None
+        if out is None or inp is None or region is None:
+            continue
+        changed = (np.abs(out.astype(np.int16) - inp.astype(np.int16)).max(axis=2) > 12) & (region > 0)
+        if changed.sum() < 50:
+            continue
+        ghosts.append(ghost_ratio(out, changed.astype(np.uint8) * 255, colours[old], colours[new]))
+        if sheet:
+            for k in (before[-1], first, s):
+                ck = rec.cond.get(k)
+                if ck is not None:
+                    label = f"seq {k} {garment_of.get(k)}" + ("  <- swap" if k == first else "")
+                    rows.append((label, decode_jpeg(ck.frame_jpeg), decode_jpeg(out_by_seq[k].jpeg)))
+    if sheet and rows:
+        Path(sheet).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(sheet, contact_sheet(rows))
+    return {
+        "ghost_ratio_2f": round(max(ghosts), 4) if ghosts else None,
+        "ghost_ratio_2f_mean": round(float(np.mean(ghosts)), 4) if ghosts else None,
+        "psnr_outside_garment_db": round(float(psnr), 2),
+    }
+
+
 async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
     nc = await connect(url, "demo")
+    sid = args.session
+    garments = [g for g in args.garments.split(",") if g]
+    generating = "generator" in pipeline
     try:
-        watcher = Watcher(nc, subjects, args.session)
+        colours = await load_catalogue(nc, subjects) if "garments" in pipeline else {}
+        rec = Recorder()
+        await nc.subscribe(subjects.conditioning(sid), cb=rec.on_cond)
+        await nc.subscribe(subjects.events(sid), cb=rec.on_event)
+        watcher = Watcher(nc, subjects, sid)
         await watcher.start()
+        if generating:
+            start = control.start(sid, garments[0], args.backend, args.width, args.height, args.fps)
+            await control.publish_control(nc, subjects, start)
+            await asyncio.wait_for(rec.started.wait(), 60)
+        swaps_sent = 0
+
+        async def maybe_swap(seq: int) -> None:
+            nonlocal swaps_sent
+            if generating and args.swap_every and seq and seq % args.swap_every == 0:
+                swaps_sent += 1
+                garment = garments[swaps_sent % len(garments)]
+                await control.publish_control(nc, subjects, control.swap(sid, garment))
+
         t0 = time.monotonic()
-        report = await run_camera(nc, subjects, args.session, frame_source(args), args.fps, args.frames)
-        await watcher.wait_for(report.published, timeout_s=3.0)
+        report = await run_camera(
+            nc, subjects, sid, frame_source(args), args.fps, args.frames, on_published=maybe_swap
+        )
+        await watcher.wait_for_seq(report.published + report.skipped - 1, timeout_s=5.0)
+        await asyncio.sleep(0.3)  # the last events
         await watcher.stop()
         wall = time.monotonic() - t0
     finally:
         await nc.drain()
     summary = watcher.summary()
+    applied = rec.of("swap_applied")
     result = {
         "pipeline": pipeline,
+        "backend": next((e.data.get("backend") for e in rec.of("started")), None),
         "frames_in": report.published,
         "frames_out": summary["frames_out"],
         "fps_in": round(report.published / wall, 2) if wall else 0.0,
@@ -76,11 +234,19 @@ async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
         "latency_ms": summary["latency_ms"],
         "dropped": report.published - summary["frames_out"],
         "camera_skipped": report.skipped,
+        "swaps": len(applied),
+        "swaps_sent": swaps_sent,
+        "swap_latency_ms": percentiles([float(e.data["latency_ms"]) for e in applied], (50, 95)),
+        "errors": sorted({e.code for e in rec.events if e.kind == "error"}),
         "stage_ms": summary["stage_ms"],
         "hop_ms": summary["hop_ms"],
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
+    if generating:
+        result.update(await asyncio.to_thread(quality, watcher, rec, colours, args.sheet))
+        if args.sheet:
+            result["sheet"] = args.sheet
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         result["video"] = args.out
@@ -91,11 +257,11 @@ async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     settings = BaseSettings.from_env()
     pipeline = demo_pipeline()
-    stack = Stack(pipeline, nats_url=settings.nats_url, log_dir=Path(args.logs) if args.logs else None)
+    env = {"CHAMELEON_OUT_WIDTH": str(args.width), "CHAMELEON_OUT_HEIGHT": str(args.height)}
+    stack = Stack(
+        pipeline, nats_url=settings.nats_url, env=env, log_dir=Path(args.logs) if args.logs else None
+    )
     with stack:
         result = asyncio.run(_run(args, stack.url, pipeline))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(json.dumps(result, indent=2))
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0 if result["frames_out"] > 0 else 1

@@ -197,6 +197,47 @@ def cmd_garments(argv: list[str]) -> int:
     return int(cli.main(argv) or 0)
 
 
+def cmd_swap(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="chameleon swap", description="change a session's garment")
+    p.add_argument("--session", required=True)
+    p.add_argument("--garment", required=True)
+    p.add_argument("--event-id", help="idempotency key (default: a new one)")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for swap_applied (0: no wait)")
+    args = p.parse_args(argv)
+
+    from shared import control
+    from shared.bus import connect
+    from shared.schemas import Event
+    from shared.subjects import Subjects
+
+    async def go() -> int:
+        subjects = Subjects(BaseSettings.from_env().subject_prefix)
+        nc = await connect(_nats_url_or_exit(), f"swap-{args.session}")
+        outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        msg = control.swap(args.session, args.garment, args.event_id)
+
+        async def on_event(m) -> None:  # type: ignore[no-untyped-def]
+            ev = Event.decode(m.data)
+            mine = ev.data.get("event_id") == msg.event_id
+            if mine and not outcome.done():
+                outcome.set_result(ev)
+
+        await nc.subscribe(subjects.events(args.session), cb=on_event)
+        seq = await control.publish_control(nc, subjects, msg)
+        result: dict = {"event_id": msg.event_id, "stream_seq": seq}
+        if args.wait > 0:
+            try:
+                ev = await asyncio.wait_for(outcome, args.wait)
+                result.update(kind=ev.kind, code=ev.code, message=ev.message, **ev.data)
+            except TimeoutError:
+                result["kind"] = "pending"  # stored durably: applied when a generator serves the session
+        await nc.drain()
+        print(json.dumps(result))
+        return 1 if result.get("kind") == "error" else 0
+
+    return asyncio.run(go())
+
+
 def cmd_media(argv: list[str]) -> int:
     """Extract the sample photos into the media cache (part of set-up)."""
     from shared.media import ensure_sample_media
@@ -213,6 +254,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "bench": cmd_bench,
     "garments": cmd_garments,
+    "swap": cmd_swap,
     "inspect": lambda argv: _delegate("inspect", argv),
     "media": cmd_media,
 }

@@ -20,6 +20,8 @@ def test_compose_parses_and_commands_point_at_real_modules() -> None:
     for name, spec in services.items():
         if name == "nats":
             continue
+        if spec["command"][0] == "chameleon":  # a one-shot CLI job
+            continue
         module = spec["command"][-1]
         assert module == SERVICE_MODULES[name], name
         assert (ROOT / (module.replace(".", "/") + ".py")).is_file(), module

@@ -162,3 +162,21 @@ def test_settings_from_env_with_prefix_and_nats_url() -> None:
         BaseSettings.from_env({"CHAMELEON_METRICS_PORT": "ninety"})
     names = [n for n, _, _ in BaseSettings.env_doc()]
     assert "CHAMELEON_SUBJECT_PREFIX" in names
+
+
+def test_logging_never_raises_on_a_closed_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log call must not take a handler down, even when stderr was closed under it."""
+    import io
+    import sys
+
+    from shared.logging import configure_logging, get_logger
+
+    configure_logging("info", json=True)
+    closed = io.StringIO()
+    closed.close()
+    monkeypatch.setattr(sys, "stderr", closed)
+    get_logger("t").warning("still_fine", session_id="s1")
+    live = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", live)
+    get_logger("t").warning("to_the_current_stream", session_id="s1")
+    assert '"session_id": "s1"' in live.getvalue() and "to_the_current_stream" in live.getvalue()

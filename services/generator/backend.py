@@ -1,0 +1,72 @@
+"""The one session interface both generator backends implement. Pure: no bus, no asyncio.
+
+A backend opens a ``RenderSession`` per stream session. The session owns all per-stream state
+(the student's KV cache, the warp renderer's temporal history and reference estimate) and maps a
+swap onto the paper's three operations: refresh the garment, withdraw history, re-derive the
+reference from the latest frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Garment:
+    """A catalogue garment as a generator uses it (decoded from the garment service's reply)."""
+
+    garment_id: str
+    category: str  # top, tshirt, shirt, dress, jacket
+    texture_bgra: np.ndarray  # canonical canvas, alpha = garment mask
+    keypoints: dict[str, tuple[float, float, float]]  # name -> (x, y, confidence), canvas pixels
+    colours: list[tuple[int, int, int]] = field(default_factory=list)  # dominant BGR, most first
+    student_tensor: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class FrameInput:
+    """One frame with its conditioning from the preprocess service."""
+
+    seq: int
+    frame_bgr: np.ndarray
+    landmarks: np.ndarray | None = None  # (33, 4) x, y, z, visibility; x/y normalised
+    person_mask: np.ndarray | None = None  # uint8 0/255, frame size
+    garment_mask: np.ndarray | None = None  # uint8 0/255: where the garment may be drawn
+
+
+@dataclass(frozen=True)
+class RenderedFrame:
+    seq: int
+    image_bgr: np.ndarray
+    garment_id: str
+    drawn_mask: np.ndarray | None = None  # where the garment was actually drawn (for metrics)
+
+
+class RenderSession(Protocol):
+    garment_id: str
+
+    def render(self, frame: FrameInput) -> list[RenderedFrame]:
+        """Render one input frame. A chunked backend may return nothing until its chunk is full,
+        then several frames at once."""
+        ...
+
+    def swap(self, garment: Garment) -> None:
+        """Apply a garment change: every frame rendered after this call shows ``garment`` only."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Backend(Protocol):
+    name: str
+
+    def open(self, session_id: str, garment: Garment) -> RenderSession:
+        """Open a session; raises ``AtCapacity`` when this worker cannot take another."""
+        ...
+
+
+class AtCapacity(RuntimeError):
+    """This worker has no room for another session (its cache pool is full)."""

@@ -1,0 +1,46 @@
+"""Backend selection. ``auto`` picks the student when CUDA and a checkpoint are present (the paper's
+real-time path needs a GPU), otherwise the CPU ``warp`` renderer."""
+
+from __future__ import annotations
+
+from services.generator.backend import Backend, Garment
+from services.generator.settings import GeneratorSettings
+
+BACKEND_NAMES = ("warp", "student")
+
+
+def resolve(name: str, settings: GeneratorSettings) -> str:
+    if name in BACKEND_NAMES:
+        return name
+    if name not in ("auto", ""):
+        raise ValueError(f"unknown backend {name!r}; one of auto, {', '.join(BACKEND_NAMES)}")
+    from services.generator.student_backend import student_available
+
+    return "student" if student_available(settings, require_cuda=True) else "warp"
+
+
+def make_backend(name: str, settings: GeneratorSettings) -> Backend:
+    if name == "warp":
+        from services.generator.warp import WarpBackend
+
+        return WarpBackend()
+    if name == "student":
+        from services.generator.student_backend import StudentBackend
+
+        return StudentBackend.from_settings(settings)
+    raise ValueError(f"unknown backend {name!r}")
+
+
+def garment_from_asset(asset) -> Garment:  # type: ignore[no-untyped-def]
+    """The garment service's decoded asset → the generator's view of a garment."""
+    return Garment(
+        garment_id=asset.garment_id,
+        category=asset.category,
+        texture_bgra=asset.texture,
+        keypoints={
+            k: (float(x), float(y), float(asset.keypoint_confidence.get(k, 1.0)))
+            for k, (x, y) in asset.keypoints.items()
+        },
+        colours=[tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours],
+        student_tensor=asset.student,
+    )

@@ -1,0 +1,57 @@
+"""Per-session bookkeeping of one generator worker. Pure: no bus, no asyncio.
+
+A ``LiveSession`` holds the session's renderer (which owns the KV cache or warp history), the
+garment in effect, the swap being measured, and the input metadata the renderer's (possibly
+chunked) output must be matched back to.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from services.generator.backend import Garment, RenderSession
+from shared.headers import FrameMeta
+
+APPLIED_EVENTS_KEPT = 64
+PENDING_META_KEPT = 64
+
+
+@dataclass
+class PendingSwap:
+    """A swap applied to the renderer whose first output frame has not been published yet."""
+
+    event_id: str
+    garment_id: str
+    published_ns: int
+    applied_ns: int
+
+
+@dataclass
+class LiveSession:
+    session_id: str
+    garment: Garment
+    backend: str
+    epoch: int = 0
+    renderer: RenderSession | None = None
+    pending_swap: PendingSwap | None = None
+    applied_events: list[str] = field(default_factory=list)
+    metas: OrderedDict[int, FrameMeta] = field(default_factory=OrderedDict)
+    frames_rendered: int = 0
+
+    def remember_event(self, event_id: str) -> None:
+        self.applied_events.append(event_id)
+        del self.applied_events[:-APPLIED_EVENTS_KEPT]
+
+    def remember_meta(self, meta: FrameMeta) -> None:
+        self.metas[meta.seq] = meta
+        while len(self.metas) > PENDING_META_KEPT:
+            self.metas.popitem(last=False)
+
+    def take_meta(self, seq: int) -> FrameMeta | None:
+        return self.metas.pop(seq, None)
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
+            self.renderer = None

@@ -1,0 +1,168 @@
+"""The ``student`` backend: the causal video student with its KV cache (services/generator/engine)
+behind the generator's session interface. Pure: no bus, no asyncio.
+
+The student works in chunks: it collects ``pixel_frames_next_chunk`` conditioned input frames,
+generates them in one step, and returns them together (chunk latency is the price of the paper's
+few-step causal sampling). A swap runs the engine's three rescheduling operations at the next
+chunk boundary; frames buffered but not yet generated are rendered with the new garment.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from services.generator.backend import AtCapacity, FrameInput, Garment, RenderedFrame
+from services.generator.settings import GeneratorSettings
+
+PACKAGED_CHECKPOINTS = Path(__file__).parent / "checkpoints"
+
+# MediaPipe pose connections drawn into the skeleton channel (shoulders, arms, torso, legs).
+_LIMBS = (
+    (11, 12),
+    (11, 13),
+    (13, 15),
+    (12, 14),
+    (14, 16),
+    (11, 23),
+    (12, 24),
+    (23, 24),
+    (23, 25),
+    (25, 27),
+    (24, 26),
+    (26, 28),
+)
+
+
+def checkpoint_path(settings: GeneratorSettings) -> Path | None:
+    if settings.student_checkpoint:
+        p = Path(settings.student_checkpoint)
+        return p if p.is_file() else None
+    p = PACKAGED_CHECKPOINTS / f"{settings.student_config}.safetensors"
+    return p if p.is_file() else None
+
+
+def student_available(settings: GeneratorSettings, require_cuda: bool) -> bool:
+    if checkpoint_path(settings) is None:
+        return False
+    if not require_cuda:
+        return True
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def conditioning_maps(frame: FrameInput, height: int, width: int, channels: int = 4) -> np.ndarray:
+    """Per-frame conditioning at the student's resolution, (H, W, C) uint8:
+    0 person mask, 1 garment region, 2 pose skeleton, 3 luminance of the garment-agnostic frame."""
+    out = np.zeros((height, width, channels), np.uint8)
+
+    def fit(m: np.ndarray | None) -> np.ndarray | None:
+        return None if m is None else cv2.resize(m, (width, height), interpolation=cv2.INTER_AREA)
+
+    person, region = fit(frame.person_mask), fit(frame.garment_mask)
+    if person is not None and channels > 0:
+        out[..., 0] = person
+    if region is not None and channels > 1:
+        out[..., 1] = region
+    if frame.landmarks is not None and channels > 2:
+        pts = (frame.landmarks[:, :2] * (width, height)).astype(np.int32)
+        vis = frame.landmarks[:, 3] > 0.5
+        skel = np.ascontiguousarray(out[..., 2])
+        for a, b in _LIMBS:
+            if vis[a] and vis[b]:
+                cv2.line(skel, tuple(pts[a]), tuple(pts[b]), 255, max(1, width // 32))
+        out[..., 2] = skel
+    if channels > 3:
+        grey = cv2.cvtColor(
+            cv2.resize(frame.frame_bgr, (width, height), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2GRAY
+        )
+        if region is not None:
+            grey = np.where(region > 0, 128, grey).astype(np.uint8)
+        out[..., 3] = grey
+    return out
+
+
+def garment_rgb(garment: Garment) -> np.ndarray:
+    """The garment texture composited on white, RGB (the student's image convention)."""
+    tex = garment.texture_bgra.astype(np.float32)
+    alpha = tex[..., 3:4] / 255.0
+    bgr = tex[..., :3] * alpha + 255.0 * (1.0 - alpha)
+    return cv2.cvtColor(bgr.astype(np.uint8), cv2.COLOR_BGR2RGB)
+
+
+class StudentRenderSession:
+    def __init__(self, backend: StudentBackend, session_id: str, garment: Garment) -> None:
+        from services.generator.engine.pool import AtCapacity as PoolFull
+
+        try:
+            self.session = backend.engine.open_session(seed=zlib.crc32(session_id.encode()))
+        except PoolFull as exc:
+            raise AtCapacity(str(exc)) from exc
+        self.config = backend.engine.config
+        self.garment = garment
+        self.garment_id = garment.garment_id
+        self.buffer: list[FrameInput] = []
+
+    def render(self, frame: FrameInput) -> list[RenderedFrame]:
+        if not self.session.started:
+            reference = cv2.cvtColor(frame.frame_bgr, cv2.COLOR_BGR2RGB)
+            self.session.start(reference, garment_rgb(self.garment))
+        self.buffer.append(frame)
+        if len(self.buffer) < self.session.pixel_frames_next_chunk:
+            return []
+        cfg = self.config
+        cond = np.stack(
+            [conditioning_maps(f, cfg.pixel_height, cfg.pixel_width, cfg.cond_channels) for f in self.buffer]
+        )
+        frames = self.session.step(cond)
+        out = []
+        for inp, rgb in zip(self.buffer, frames, strict=True):
+            h, w = inp.frame_bgr.shape[:2]
+            bgr = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (w, h), interpolation=cv2.INTER_LINEAR)
+            out.append(RenderedFrame(inp.seq, bgr, self.garment_id))
+        self.buffer.clear()
+        return out
+
+    def swap(self, garment: Garment) -> None:
+        """Refresh + withdraw + disentangle (engine ``swap``) at the next chunk boundary."""
+        self.garment = garment
+        self.garment_id = garment.garment_id
+        if self.session.started:
+            self.session.swap(garment_rgb(garment))
+
+    def close(self) -> None:
+        self.session.release()
+
+
+class StudentBackend:
+    name = "student"
+
+    def __init__(self, engine) -> None:  # type: ignore[no-untyped-def]
+        self.engine = engine
+
+    @classmethod
+    def from_settings(cls, settings: GeneratorSettings) -> StudentBackend:
+        import torch
+
+        from services.generator.engine.config import get_config
+        from services.generator.engine.session import Engine
+
+        device = settings.student_device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        ckpt = checkpoint_path(settings)
+        engine = Engine.build(
+            get_config(settings.student_config),
+            device=device,
+            dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+            max_sessions=settings.max_sessions,
+            weights=str(ckpt) if ckpt else None,
+        )
+        return cls(engine)
+
+    def open(self, session_id: str, garment: Garment) -> StudentRenderSession:
+        return StudentRenderSession(self, session_id, garment)

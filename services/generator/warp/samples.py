@@ -1,0 +1,49 @@
+"""Ready-made inputs for the benchmark, the visual check and the tests: catalogue garments through
+the real encoder, and frames through the real preprocessing (MediaPipe). Not used when serving."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.generator.backend import FrameInput, Garment
+
+
+def catalogue_garment(garment_id: str) -> Garment:
+    """A starter-catalogue garment rendered as a flat-lay PNG and encoded like an upload."""
+    from services.garments import catalogue, encoder
+
+    spec = catalogue.spec_by_id(garment_id)
+    enc = encoder.encode_garment(catalogue.render(spec).png())
+    colours = [(int(c["bgr"][0]), int(c["bgr"][1]), int(c["bgr"][2])) for c in enc.dominant_colours]
+    return Garment(garment_id, spec.category, enc.texture, enc.keypoints, colours)
+
+
+def preprocessed_frames(frames: list[np.ndarray], warmup: int = 2, fps: float = 30.0) -> list[FrameInput]:
+    """Each frame through one session of the real preprocessing (pose, masks, garment region).
+
+    The first frame is also fed ``warmup`` times first, so tracking has settled like on a stream.
+    """
+    from services.preprocess import conditioning as cond
+    from services.preprocess.pipeline import SessionPreprocessor
+
+    pre = SessionPreprocessor("warp-samples")
+    out = []
+    try:
+        feed = [frames[0]] * warmup + list(frames)
+        for i, frame in enumerate(feed):
+            result = pre.process(frame, i, 1000.0 + i * 1000.0 / fps)
+            if i < warmup:
+                continue
+            msg = result.conditioning
+            out.append(
+                FrameInput(
+                    seq=i - warmup,
+                    frame_bgr=frame,
+                    landmarks=result.landmarks,
+                    person_mask=cond.decode_png(msg.person_mask_png) if msg.person_mask_png else None,
+                    garment_mask=cond.decode_png(msg.garment_mask_png) if msg.garment_mask_png else None,
+                )
+            )
+    finally:
+        pre.close()
+    return out

@@ -1,0 +1,88 @@
+"""The control plane on JetStream: one stream captures every session's control subject, so a
+swap is never lost — not while the generator restarts, not while a client reconnects.
+
+Publishers set ``Nats-Msg-Id`` to the event id, so a retried publish is stored once (the
+stream's duplicate window); consumers also skip event ids they already applied.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from shared.headers import now_ns
+from shared.schemas import Control
+from shared.subjects import Channel, Subjects
+
+CONTROL_MAX_AGE_S = 24 * 3600
+CONTROL_DUPLICATE_WINDOW_S = 120
+
+
+async def ensure_control_stream(js: JetStreamContext, subjects: Subjects) -> None:
+    """Create the control stream if missing (idempotent; every publisher and consumer calls it)."""
+    config = StreamConfig(
+        name=subjects.control_stream,
+        subjects=[subjects.all_sessions(Channel.CONTROL)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=CONTROL_MAX_AGE_S,
+        max_msgs_per_subject=10_000,
+        duplicate_window=CONTROL_DUPLICATE_WINDOW_S,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)
+
+
+def new_event_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def publish_control(nc: NATS, subjects: Subjects, control: Control) -> int:
+    """Store a control event durably; returns its stream sequence."""
+    js = nc.jetstream()
+    await ensure_control_stream(js, subjects)
+    ack = await js.publish(
+        subjects.control(control.session_id), control.encode(), headers={"Nats-Msg-Id": control.event_id}
+    )
+    return ack.seq
+
+
+def swap(session_id: str, garment_id: str, event_id: str | None = None) -> Control:
+    return Control(
+        action="swap",
+        session_id=session_id,
+        event_id=event_id or new_event_id(),
+        published_ns=now_ns(),
+        garment_id=garment_id,
+    )
+
+
+def start(
+    session_id: str,
+    garment_id: str | None = None,
+    backend: str = "auto",
+    width: int = 0,
+    height: int = 0,
+    fps: float = 0.0,
+) -> Control:
+    return Control(
+        action="start",
+        session_id=session_id,
+        event_id=new_event_id(),
+        published_ns=now_ns(),
+        garment_id=garment_id,
+        backend=backend,
+        width=width,
+        height=height,
+        fps=fps,
+    )
+
+
+def stop(session_id: str) -> Control:
+    return Control(action="stop", session_id=session_id, event_id=new_event_id(), published_ns=now_ns())

@@ -1,0 +1,295 @@
+"""The generator service over a real nats-server: real MediaPipe conditioning of a moving real
+photo, real garments from the garment service, swaps through the JetStream control stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pytest
+
+from services.camera.source import MotionCamera
+from services.garments.catalogue import render, spec_by_id
+from services.garments.client import GarmentClient
+from services.garments.handlers import GarmentHandlers
+from services.garments.settings import GarmentSettings
+from services.generator.handlers import GeneratorHandlers
+from services.generator.settings import GeneratorSettings
+from services.preprocess.pipeline import SessionPreprocessor
+from shared import control
+from shared.bus import connect, publish_frame
+from shared.headers import FrameMeta, now_ns
+from shared.media import decode_jpeg
+from shared.schemas import Conditioning, Event
+from shared.service import serve_in_task
+from shared.subjects import Subjects
+
+pytestmark = pytest.mark.service
+GARMENTS = ("tee-red-solid", "shirt-blue-checks", "tee-yellow-dots")
+FRAMES = 36
+
+
+@pytest.fixture(scope="module")
+def conditioning(bus_photo) -> list[Conditioning]:
+    """Real MediaPipe conditioning of a moving camera over the real full-body photo."""
+    cam = MotionCamera(bus_photo, 480, 360)
+    pre = SessionPreprocessor("fixture")
+    try:
+        out = [pre.process(cam.frame(i), i, i * 1000 / 15).conditioning for i in range(FRAMES)]
+    finally:
+        pre.close()
+    assert sum(c.person_found for c in out) >= FRAMES - 2
+    return out
+
+
+@dataclass
+class Viewer:
+    frames: list[tuple[FrameMeta, np.ndarray]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    async def on_frame(self, msg) -> None:  # type: ignore[no-untyped-def]
+        self.frames.append((FrameMeta.from_headers(msg.headers), decode_jpeg(msg.data)))
+
+    async def on_event(self, msg) -> None:  # type: ignore[no-untyped-def]
+        self.events.append(Event.decode(msg.data))
+
+    def garments(self) -> list[str | None]:
+        return [m.garment_id for m, _ in self.frames]
+
+    def codes(self, kind: str | None = None) -> list[str]:
+        return [e.code for e in self.events if kind is None or e.kind == kind]
+
+
+@dataclass
+class Rig:
+    url: str
+    subjects: Subjects
+    nc: object
+    conditioning: list[Conditioning]
+
+    async def viewer(self, session: str) -> Viewer:
+        v = Viewer()
+        await self.nc.subscribe(self.subjects.output(session), cb=v.on_frame)
+        await self.nc.subscribe(self.subjects.events(session), cb=v.on_event)
+        await self.nc.flush()
+        return v
+
+    async def send(self, session: str, i: int) -> None:
+        cond = dataclasses.replace(self.conditioning[i % len(self.conditioning)], session_id=session, seq=i)
+        meta = FrameMeta(session, i, now_ns(), cond.width, cond.height).stamp("preprocess", "out")
+        await publish_frame(self.nc, self.subjects.conditioning(session), cond.encode(), meta)
+
+    async def stream(self, session: str, frames: range, fps: float = 15.0) -> None:
+        for i in frames:
+            await self.send(session, i)
+            await asyncio.sleep(1 / fps)
+
+    async def control(self, msg) -> None:  # type: ignore[no-untyped-def]
+        await control.publish_control(self.nc, self.subjects, msg)
+
+
+async def until(predicate, timeout: float = 20.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in time; state: {what!r:.2000}")
+        await asyncio.sleep(0.01)
+
+
+def generator(url: str, prefix: str, **kw: object):  # type: ignore[no-untyped-def]
+    settings = GeneratorSettings(nats_url=url, subject_prefix=prefix, summary_interval_s=60, **kw)  # type: ignore[arg-type]
+    return serve_in_task("generator", settings, lambda ctx: GeneratorHandlers(ctx, settings))
+
+
+@contextlib.asynccontextmanager
+async def rig(url: str, conditioning: list[Conditioning]) -> AsyncIterator[Rig]:
+    """A private prefix on the shared server, the garment service with three garments."""
+    prefix = f"gen{uuid.uuid4().hex[:10]}"
+    subjects = Subjects(prefix)
+    gsettings = GarmentSettings(nats_url=url, subject_prefix=prefix, summary_interval_s=60)
+    async with serve_in_task("garments", gsettings, lambda ctx: GarmentHandlers(ctx, gsettings)):
+        nc = await connect(url, "generator-test")
+        client = GarmentClient(nc, subjects, timeout_s=30)
+        for gid in GARMENTS:
+            spec = spec_by_id(gid)
+            await client.encode(render(spec).jpeg(92), garment_id=gid, name=spec.name, category=spec.category)
+        try:
+            yield Rig(url, subjects, nc, conditioning)
+        finally:
+            await nc.drain()
+
+
+def drawn_colour(img: np.ndarray, cond: Conditioning) -> np.ndarray:
+    """Median BGR of what the generator drew: garment-region pixels that differ from the input
+    (arms crossed in front of the torso stay the camera's, as they should)."""
+    inp = decode_jpeg(cond.frame_jpeg)
+    region = cv2.imdecode(np.frombuffer(cond.garment_mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    changed = (np.abs(img.astype(np.int16) - inp.astype(np.int16)).max(axis=2) > 25) & (region > 0)
+    assert changed.sum() > 100, "the garment was not drawn"
+    return np.median(img[changed], axis=0)
+
+
+def nearest_garment(colour: np.ndarray, candidates: tuple[str, ...]) -> str:
+    dists = {g: np.linalg.norm(colour - np.array(spec_by_id(g).colours[0], float)) for g in candidates}
+    return min(dists, key=dists.get)
+
+
+# -- warp backend ------------------------------------------------------------------------------------
+async def test_every_input_frame_comes_out_with_its_garment(nats_url: str, conditioning) -> None:
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        v = await r.viewer("w1")
+        await r.control(control.start("w1", "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream("w1", range(12), fps=10)
+        await until(lambda: len(v.frames) == 12)
+        assert [m.seq for m, _ in v.frames] == list(range(12))
+        assert set(v.garments()) == {"tee-red-solid"}
+        meta, img = v.frames[-1]
+        assert img.shape == (360, 480, 3)
+        assert [s.stage for s in meta.trace][-2:] == ["generator", "generator"]
+        assert nearest_garment(drawn_colour(img, conditioning[11]), GARMENTS) == "tee-red-solid"
+
+
+async def test_swap_changes_the_garment_within_a_frame(nats_url: str, conditioning) -> None:
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        v = await r.viewer("w2")
+        await r.control(control.start("w2", "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream("w2", range(6))
+        swap = control.swap("w2", "shirt-blue-checks")
+        await r.control(swap)
+        await r.stream("w2", range(6, 14))
+        await until(lambda: "swap_applied" in v.codes())
+        applied = next(e for e in v.events if e.code == "swap_applied")
+        assert applied.data["event_id"] == swap.event_id
+        assert applied.data["latency_ms"] < 1000 / 15 + 20 + 50  # frame interval + 20 ms (+ CI slack)
+        first_new = applied.data["first_seq"]
+        garments = v.garments()
+        switch = garments.index("shirt-blue-checks")
+        assert set(garments[switch:]) == {"shirt-blue-checks"}, "no frame of the old garment after the swap"
+        assert v.frames[switch][0].seq == first_new
+        meta, img = v.frames[-1]
+        assert nearest_garment(drawn_colour(img, conditioning[meta.seq]), GARMENTS) == "shirt-blue-checks"
+
+
+async def test_duplicate_swap_event_is_applied_once(nats_url: str, conditioning) -> None:
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        v = await r.viewer("w3")
+        await r.control(control.start("w3", "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream("w3", range(3))
+        swap = control.swap("w3", "tee-yellow-dots")
+        await r.control(swap)
+        await r.stream("w3", range(3, 6))
+        await until(lambda: v.codes().count("swap_applied") == 1)
+        # the same event id again, after the stream's duplicate window would have caught a retry:
+        # published as a new message with a different Nats-Msg-Id, so only the generator's own
+        # idempotency can catch it
+        again = dataclasses.replace(swap, garment_id="shirt-blue-checks")
+        await r.nc.jetstream().publish(
+            r.subjects.control("w3"), again.encode(), headers={"Nats-Msg-Id": "other"}
+        )
+        await r.stream("w3", range(6, 10))
+        await until(lambda: len(v.frames) >= 10)
+        assert v.codes().count("swap_applied") == 1
+        assert set(v.garments()[-3:]) == {"tee-yellow-dots"}
+
+
+async def test_unknown_garment_and_bad_control_leave_the_stream_intact(nats_url: str, conditioning) -> None:
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        v = await r.viewer("w4")
+        await r.control(control.start("w4", "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream("w4", range(3))
+        await r.control(control.swap("w4", "no-such-garment"))
+        await r.nc.jetstream().publish(r.subjects.control("w4"), b"\x93garbage")
+        await until(lambda: {"unknown_garment", "bad_control"} <= set(v.codes("error")), what=v.events)
+        await r.control(control.swap("ghost-session", "tee-red-solid"))
+        await r.stream("w4", range(3, 8))
+        await until(lambda: len(v.frames) == 8)
+        assert set(v.garments()) == {"tee-red-solid"}
+        err = next(e for e in v.events if e.code == "unknown_garment")
+        assert err.service == "generator" and "no-such-garment" in err.message
+
+
+async def test_two_sessions_never_mix(nats_url: str, conditioning) -> None:
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        va, vb = await r.viewer("sa"), await r.viewer("sb")
+        await r.control(control.start("sa", "tee-red-solid"))
+        await r.control(control.start("sb", "shirt-blue-checks"))
+        await until(lambda: "started" in va.codes() and "started" in vb.codes())
+        await asyncio.gather(r.stream("sa", range(10)), r.stream("sb", range(10)))
+        # two sessions share the CPU: a frame may be superseded, the last one always comes out
+        await until(lambda: va.frames and vb.frames and va.frames[-1][0].seq == vb.frames[-1][0].seq == 9)
+        assert len(va.frames) >= 5 and len(vb.frames) >= 5
+        assert set(va.garments()) == {"tee-red-solid"} and set(vb.garments()) == {"shirt-blue-checks"}
+        for v, want in ((va, "tee-red-solid"), (vb, "shirt-blue-checks")):
+            for meta, img in v.frames:
+                assert nearest_garment(drawn_colour(img, conditioning[meta.seq]), GARMENTS) == want
+
+
+async def test_swap_published_while_the_generator_restarts_is_applied(nats_url: str, conditioning) -> None:
+    async with rig(nats_url, conditioning) as r:
+        v = await r.viewer("w5")
+        async with generator(nats_url, r.subjects.prefix, backend="warp"):
+            await r.control(control.start("w5", "tee-red-solid"))
+            await until(lambda: "started" in v.codes())
+            await r.stream("w5", range(4))
+            await until(lambda: len(v.frames) == 4)
+        swap = control.swap("w5", "tee-yellow-dots")
+        await r.control(swap)  # no generator is running: the stream keeps it
+        async with generator(nats_url, r.subjects.prefix, backend="warp"):
+            await r.stream("w5", range(4, 10))
+            await until(lambda: "swap_applied" in v.codes())
+            await until(lambda: len(v.frames) >= 9)
+        applied = next(e for e in v.events if e.code == "swap_applied")
+        assert applied.data["event_id"] == swap.event_id
+        after = [m.garment_id for m, _ in v.frames if m.seq >= 4]
+        assert after and set(after) == {"tee-yellow-dots"}
+
+
+async def test_at_capacity_is_a_clear_error(nats_url: str, conditioning) -> None:
+    async with (
+        rig(nats_url, conditioning) as r,
+        generator(nats_url, r.subjects.prefix, backend="warp", max_sessions=1),
+    ):
+        va, vb = await r.viewer("cap1"), await r.viewer("cap2")
+        await r.stream("cap1", range(2))
+        await until(lambda: len(va.frames) == 2)
+        await r.stream("cap2", range(2))
+        await until(lambda: "at_capacity" in vb.codes("error"))
+        await r.stream("cap1", range(2, 4))
+        await until(lambda: len(va.frames) == 4)
+        assert vb.frames == []
+
+
+# -- student backend ----------------------------------------------------------------------------------
+async def test_student_backend_end_to_end_tiny(nats_url: str, conditioning) -> None:
+    """The causal student (tiny config) behind the same service: chunked output (9 frames, then
+    12 per chunk), a swap through the engine's rescheduling at the next chunk boundary."""
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="student"):
+        v = await r.viewer("st")
+        await r.control(control.start("st", "tee-red-solid", backend="student"))
+        await until(lambda: "started" in v.codes())
+        await r.stream("st", range(12))
+        await until(lambda: len(v.frames) >= 9, timeout=60)
+        swap = control.swap("st", "shirt-blue-checks")
+        await r.control(swap)
+        await r.stream("st", range(12, 40))
+        await until(lambda: "swap_applied" in v.codes(), timeout=60)
+        seqs = [m.seq for m, _ in v.frames]
+        assert seqs == sorted(set(seqs)), "output keeps input order, each frame once"
+        labels = v.garments()
+        switch = labels.index("shirt-blue-checks")
+        assert switch >= 9 and set(labels[:switch]) == {"tee-red-solid"}
+        assert set(labels[switch:]) == {"shirt-blue-checks"}
+        applied = next(e for e in v.events if e.code == "swap_applied")
+        assert applied.data["event_id"] == swap.event_id and applied.data["first_seq"] == seqs[switch]
+        assert all(img.shape == (360, 480, 3) for _, img in v.frames)
