@@ -98,18 +98,14 @@ class Recorder:
 
 async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
     """Add the starter catalogue (idempotent) and return each garment's dominant colours."""
-    from services.garments.catalogue import render, starter_catalogue
     from services.garments.client import GarmentClient
+    from services.garments.client import load_catalogue as add_catalogue
 
     client = GarmentClient(nc, subjects, timeout_s=30)
     colours = {}
-    for spec in starter_catalogue():
-        await client.encode(
-            render(spec).png(), garment_id=spec.garment_id, name=spec.name, category=spec.category
-        )
-    for spec in starter_catalogue():
-        asset = await client.get(spec.garment_id)
-        colours[spec.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
+    for reply in await add_catalogue(client):
+        asset = await client.get(reply.garment_id)
+        colours[reply.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
     return colours
 
 
@@ -126,9 +122,10 @@ def quality(
     """Ghosting two frames after each swap, and PSNR outside the garment region pooled over
     every frame (output against its own input; the region dilated by 2 px for the feathered edge).
 
-    Ghost pixels are counted where the garment was drawn (garment region and visibly changed):
-    a pixel the renderer left alone is the camera's, neither the old garment nor the new."""
-    from services.generator.quality import contact_sheet, ghost_ratio
+    Ghosting is measured on the pixels that show a garment (``garment_pixels``: in the garment
+    region, nearer a garment's colours than the camera's own pixel): a pixel that still shows
+    the person's own clothes is neither the old garment nor the new."""
+    from services.generator.quality import contact_sheet, garment_pixels, ghost_ratio
 
     out_by_seq = {r.meta.seq: r for r in watcher.frames}
     seqs = sorted(out_by_seq)
@@ -150,7 +147,9 @@ def quality(
         n_px += diff.size
     psnr = 100.0 if n_px == 0 or sq_err == 0 else 10 * np.log10(255.0**2 / (sq_err / n_px))
 
-    ghosts, rows = [], []
+    ghosts: list[float] = []
+    details: list[dict] = []
+    rows = []
     garment_of = {r.meta.seq: r.meta.garment_id for r in watcher.frames}
     for ev in rec.of("swap_applied"):
         first = int(ev.data["first_seq"])
@@ -166,10 +165,23 @@ def quality(
         region = _mask(c.garment_mask_png, inp.shape[:2]) if c and inp is not None else None
         if out is None or inp is None or region is None:
             continue
-        changed = (np.abs(out.astype(np.int16) - inp.astype(np.int16)).max(axis=2) > 12) & (region > 0)
-        if changed.sum() < 50:
+        shown = garment_pixels(out, inp, region, colours[old], colours[new])
+        if np.count_nonzero(shown) < 50:
             continue
-        ghosts.append(ghost_ratio(out, changed.astype(np.uint8) * 255, colours[old], colours[new]))
+        ghosts.append(ghost_ratio(out, shown, colours[old], colours[new]))
+        details.append(
+            {
+                "from": old,
+                "to": new,
+                "first_seq": first,
+                "measured_seq": s,
+                "latency_ms": ev.data.get("latency_ms"),
+                "apply_ms": ev.data.get("apply_ms"),
+                "delivery_ms": ev.data.get("delivery_ms"),
+                "wait_ms": ev.data.get("wait_ms"),
+                "ghost_ratio_2f": round(ghosts[-1], 4),
+            }
+        )
         if sheet:
             for k in (before[-1], first, s):
                 ck = rec.cond.get(k)
@@ -181,6 +193,7 @@ def quality(
         cv2.imwrite(sheet, contact_sheet(rows))
     return {
         "ghost_ratio_2f": round(max(ghosts), 4) if ghosts else None,
+        "swap_details": details,
         "ghost_ratio_2f_mean": round(float(np.mean(ghosts)), 4) if ghosts else None,
         "psnr_outside_garment_db": round(float(psnr), 2),
     }

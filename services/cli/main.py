@@ -126,10 +126,13 @@ def cmd_up(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser(prog="chameleon up", description="run NATS and every service")
     p.add_argument("--services", help="comma-separated subset (default: all that exist)")
+    p.add_argument("--no-catalogue", action="store_true", help="do not load the starter catalogue")
     args = p.parse_args(argv)
     names = args.services.split(",") if args.services else available_services()
     stack = Stack(names, nats_url=BaseSettings.from_env().nats_url)
     stack.start()
+    if "garments" in names and not args.no_catalogue:
+        asyncio.run(_load_catalogue(stack.url))
     print(json.dumps({"nats_url": stack.url, "services": {c.name: c.health_port for c in stack.children}}))
     print(f"export NATS_URL={stack.url}   # then: chameleon camera / watch; Ctrl-C stops all", flush=True)
     stopped = False
@@ -150,6 +153,20 @@ def cmd_up(argv: list[str]) -> int:
     finally:
         stack.stop()
     return 0
+
+
+async def _load_catalogue(url: str) -> None:
+    from services.garments.client import GarmentClient, load_catalogue
+    from shared.bus import connect
+    from shared.subjects import Subjects
+
+    nc = await connect(url, "up-catalogue")
+    try:
+        await load_catalogue(
+            GarmentClient(nc, Subjects(BaseSettings.from_env().subject_prefix), timeout_s=60)
+        )
+    finally:
+        await nc.drain()
 
 
 def cmd_demo(argv: list[str]) -> int:

@@ -24,8 +24,7 @@ import uuid
 from datetime import datetime, timezone
 
 from services.garments.assets import GarmentAsset
-from services.garments.catalogue import render, starter_catalogue
-from services.garments.cli import CATALOGUE_JPEG_QUALITY
+from services.garments.catalogue import catalogue_photos, starter_catalogue
 from services.garments.client import GarmentClient
 from services.garments.encoder import encoder_version
 from services.garments.handlers import GarmentHandlers
@@ -84,7 +83,7 @@ async def _bench(url: str, rounds: int) -> dict:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = GarmentSettings.from_env(nats_url=url, subject_prefix=prefix, summary_interval_s=3600.0)
     specs = starter_catalogue()
-    images = [(s, render(s).jpeg(CATALOGUE_JPEG_QUALITY)) for s in specs]
+    images = catalogue_photos([s.garment_id for s in specs])
     encode_ms, service_ms = [], []
     async with serve_in_task("garments", settings, lambda ctx: GarmentHandlers(ctx, settings)):
         nc = await connect(url, "bench-garments")

@@ -119,6 +119,15 @@ class RenderedGarment:
         return buf.tobytes()
 
 
+CATALOGUE_JPEG_QUALITY = 92  # the starter catalogue travels as flat-lay JPEG photos (40-90 KB each)
+
+
+def catalogue_photos(garment_ids: list[str] | None = None) -> list[tuple[GarmentSpec, bytes]]:
+    """The starter catalogue (or the named part of it) as flat-lay JPEG photos, ready to add."""
+    specs = starter_catalogue() if garment_ids is None else [spec_by_id(g) for g in garment_ids]
+    return [(spec, render(spec).jpeg(CATALOGUE_JPEG_QUALITY)) for spec in specs]
+
+
 def starter_catalogue() -> list[GarmentSpec]:
     """At least 12 garments: every silhouette and pattern, stable ids, fixed seeds."""
     red, navy, white, black = (40, 40, 200), (90, 40, 20), (245, 245, 245), (30, 30, 30)

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from services.garments.catalogue import render, starter_catalogue
+from services.garments.catalogue import catalogue_photos
 from services.garments.client import GarmentClient
 from services.garments.errors import GarmentError
 from services.garments.settings import GarmentSettings
@@ -21,8 +21,6 @@ from shared.bus import connect
 from shared.garment_schemas import GARMENT_CATEGORIES
 from shared.logging import configure_logging
 from shared.subjects import Subjects
-
-CATALOGUE_JPEG_QUALITY = 92  # the starter catalogue travels as flat-lay JPEG photos (40-90 KB each)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,12 +78,8 @@ async def _run(args: argparse.Namespace, settings: GarmentSettings) -> int:
             return await _add_all(client, jobs, args.json)
         if args.command == "load-catalogue":
             jobs = [
-                (
-                    spec.garment_id,
-                    (render(spec).jpeg(CATALOGUE_JPEG_QUALITY), spec.garment_id, spec.name, spec.category),
-                    "",
-                )
-                for spec in starter_catalogue()
+                (spec.garment_id, (photo, spec.garment_id, spec.name, spec.category), "")
+                for spec, photo in catalogue_photos()
             ]
             return await _add_all(client, jobs, args.json)
         if args.command == "list":

@@ -88,3 +88,15 @@ def _checked(reply):  # type: ignore[no-untyped-def]
     if not reply.ok:
         raise GarmentError(reply.error_code, reply.error)
     return reply
+
+
+async def load_catalogue(
+    client: GarmentClient, garment_ids: list[str] | None = None
+) -> list[GarmentEncodeReply]:
+    """Add the procedural starter catalogue (idempotent: an image already stored is not re-encoded)."""
+    from services.garments.catalogue import catalogue_photos
+
+    return [
+        await client.encode(photo, garment_id=spec.garment_id, name=spec.name, category=spec.category)
+        for spec, photo in catalogue_photos(garment_ids)
+    ]

@@ -47,6 +47,8 @@ class RenderedFrame:
 
 class RenderSession(Protocol):
     garment_id: str
+    # True when output comes in chunks (the student): a frame cannot be re-rendered on its own
+    chunked: bool
 
     def render(self, frame: FrameInput) -> list[RenderedFrame]:
         """Render one input frame. A chunked backend may return nothing until its chunk is full,

@@ -86,6 +86,7 @@ class GeneratorHandlers:
         )
         self._subs: list[Subscription] = []
         self._control_task: asyncio.Task[None] | None = None
+        self._prefetch_task: asyncio.Task[None] | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
 
@@ -107,6 +108,7 @@ class GeneratorHandlers:
             ),
         )
         await self._backend(resolve(self.settings.backend, self.settings))  # warm before frames arrive
+        self._schedule_prefetch()
         self._control_task = asyncio.create_task(self._control_loop(psub), name="control")
         self._control_task.add_done_callback(_log_unexpected_end)
         self._subs.append(
@@ -127,7 +129,31 @@ class GeneratorHandlers:
                 KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
             )
 
+    def _schedule_prefetch(self) -> None:
+        """(Re)fill the garment cache in the background: at start, and when a session starts
+        (the catalogue may have grown since)."""
+        if self._prefetch_task is None or self._prefetch_task.done():
+            self._prefetch_task = asyncio.create_task(self._prefetch_garments(), name="prefetch")
+
+    async def _prefetch_garments(self) -> None:
+        """Decode the catalogue into this worker's cache in the background, so a swap never
+        waits for a fetch (up to the cache size; a missing garment service only delays this)."""
+        for attempt in range(30):
+            try:
+                records = await self.garment_client.list()
+                break
+            except GarmentError:
+                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
+        else:
+            return
+        for record in records[: self.garments.capacity]:
+            with contextlib.suppress(ControlRejected):
+                await self._garment(record.garment_id)
+        log.info("garments_prefetched", count=len(self.garments))
+
     async def stop(self) -> None:
+        if self._prefetch_task:
+            self._prefetch_task.cancel()
         if self._control_task:
             self._control_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -147,7 +173,8 @@ class GeneratorHandlers:
     async def _control_loop(self, psub) -> None:  # type: ignore[no-untyped-def]
         while True:
             try:
-                msgs = await psub.fetch(batch=16, timeout=1.0)
+                # one at a time: a larger batch can hold the first swap back until it fills
+                msgs = await psub.fetch(batch=1, timeout=1.0)
             except TimeoutError:
                 continue
             except asyncio.CancelledError:
@@ -173,8 +200,9 @@ class GeneratorHandlers:
                 action = control.action
                 if control.session_id != session_id:
                     raise ControlRejected("session_mismatch", "control session_id differs from its subject")
+                received = now_ns()
                 async with self._lock(session_id):
-                    duplicate = await self._apply(control)
+                    duplicate = await self._apply(control, received)
                 self.control_total.labels(STAGE, action, "duplicate" if duplicate else "applied").inc()
             except (SchemaError, ControlRejected) as exc:
                 code = getattr(exc, "code", "bad_control")
@@ -192,11 +220,13 @@ class GeneratorHandlers:
             with contextlib.suppress(Exception):
                 await msg.ack()
 
-    async def _apply(self, control: Control) -> bool:
+    async def _apply(self, control: Control, received_ns: int = 0) -> bool:
         """Apply one control event; returns True when it was a duplicate."""
+        locked_ns = now_ns()
         sid = control.session_id
         live = self.sessions.get(sid)
-        state = await self._load_state(sid)
+        # a live session carries its applied event ids; only a session not running here needs KV
+        state = None if live is not None else await self._load_state(sid)
         seen = (live.applied_events if live else []) + (state.applied_events if state else [])
         if control.event_id in seen:
             return True
@@ -209,9 +239,12 @@ class GeneratorHandlers:
         if control.action == "start":
             garment = await self._garment(control.garment_id or self.settings.default_garment)
             backend = self._backend_name(control.backend)
-            if live:
+            previous = live
+            if previous:
                 await self._end_session(sid, "restarted")
             live = self._new_session(sid, garment, backend, state)
+            if previous:  # a restart keeps the session's idempotency memory and epoch
+                live.applied_events, live.epoch = list(previous.applied_events), previous.epoch
             live.remember_event(control.event_id)
             await self._save_state(live, control)
             await self.events.emit(
@@ -228,10 +261,25 @@ class GeneratorHandlers:
         elif live.renderer is not None:
             await asyncio.to_thread(live.renderer.swap, garment)
         live.garment = garment
-        live.pending_swap = PendingSwap(control.event_id, garment.garment_id, control.published_ns, now_ns())
+        live.pending_swap = PendingSwap(
+            control.event_id, garment.garment_id, control.published_ns, now_ns(), received_ns, locked_ns
+        )
         live.remember_event(control.event_id)
+        await self._rerender_latest(live)  # first: the shopper sees the swap before we persist it
         await self._save_state(live, control)
         return False
+
+    async def _rerender_latest(self, live: LiveSession) -> None:
+        """Show the swap now: render the newest input frame again with the new garment instead of
+        waiting up to a frame interval for the next one (the output repeats that frame's seq)."""
+        renderer, inp, meta = live.renderer, live.last_input, live.last_meta
+        if renderer is None or inp is None or meta is None or renderer.chunked:
+            return
+        t_in = now_ns()
+        live.remember_meta(meta.stamp(STAGE, "in", t_in))
+        live.last_meta = None  # once: the next camera frame brings a fresh one
+        for frame in await asyncio.to_thread(renderer.render, inp):
+            await self._publish(live, frame, t_in)
 
     # -- frames -----------------------------------------------------------------------------------
     async def on_frame(self, session_id: str, msg: Msg) -> None:
@@ -252,7 +300,6 @@ class GeneratorHandlers:
                 return
             if meta.trace and meta.trace[-1].edge == "out":
                 self.ctx.metrics.hop_latency.observe((t_in - meta.trace[-1].ns) / 1e9)
-            meta.stamp(STAGE, "in", t_in)
             async with self._lock(session_id):
                 live = self.sessions.get(session_id) or await self._implicit_start(session_id)
                 if live is None:
@@ -271,7 +318,8 @@ class GeneratorHandlers:
                         self.sessions.pop(session_id, None)
                         await self.events.error(session_id, "at_capacity", str(exc))
                         return
-                live.remember_meta(meta)
+                live.keep_latest(inp, meta)
+                live.remember_meta(meta.stamp(STAGE, "in", t_in))
                 rendered = await asyncio.to_thread(live.renderer.render, inp)
                 for frame in rendered:
                     await self._publish(live, frame, t_in)
@@ -308,6 +356,8 @@ class GeneratorHandlers:
                 latency_ms=round(latency_ms, 2),
                 first_seq=frame.seq,
                 apply_ms=round((pending.applied_ns - pending.published_ns) / 1e6, 2),
+                delivery_ms=round((pending.received_ns - pending.published_ns) / 1e6, 2),
+                wait_ms=round((pending.locked_ns - pending.received_ns) / 1e6, 2),
             )
 
     async def on_idle(self, session_id: str) -> None:
@@ -341,6 +391,7 @@ class GeneratorHandlers:
             live.applied_events = list(state.applied_events)
         self.sessions[sid] = live
         self.ctx.metrics.active_sessions.set(len(self.sessions))
+        self._schedule_prefetch()
         return live
 
     async def _implicit_start(self, sid: str) -> LiveSession | None:

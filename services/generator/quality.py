@@ -42,6 +42,31 @@ def ghost_ratio(
     return float(np.count_nonzero(d_old < d_new)) / len(pixels)
 
 
+def garment_pixels(
+    output_bgr: np.ndarray,
+    input_bgr: np.ndarray,
+    region_mask: np.ndarray,
+    old_colours: Sequence[Sequence[int]],
+    new_colours: Sequence[Sequence[int]],
+) -> np.ndarray:
+    """Where the output shows a garment: pixels of ``region_mask`` whose output colour is nearer
+    (Lab) to a garment's dominant colours, old or new, than to the camera's own pixel there.
+
+    This is the population ghosting is measured on: a pixel that still shows the person's own
+    clothes (a coat wider than the drawn garment, a feathered edge) is neither garment, and
+    counting it would make the ratio depend on what the person happened to wear."""
+    sel = np.asarray(region_mask) > 0
+    out = np.zeros(sel.shape, np.uint8)
+    palette = [*old_colours, *new_colours]
+    if not sel.any() or not palette:
+        return out
+    lab_out = _lab(output_bgr[sel])
+    d_garment = _nearest(lab_out, _lab(np.array(palette, np.uint8)))
+    d_camera = np.linalg.norm(lab_out - _lab(input_bgr[sel]), axis=1)
+    out[sel] = np.where(d_garment < d_camera, 255, 0).astype(np.uint8)
+    return out
+
+
 def psnr_outside(output_bgr: np.ndarray, input_bgr: np.ndarray, mask: np.ndarray | None) -> float:
     """PSNR in dB between output and input over the pixels OUTSIDE ``mask`` (None: everywhere),
     peak 255, capped at ``PSNR_CAP_DB`` (also for identical pixels or nothing outside the mask)."""

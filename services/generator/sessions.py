@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from services.generator.backend import Garment, RenderSession
+from services.generator.backend import FrameInput, Garment, RenderSession
 from shared.headers import FrameMeta
 
 APPLIED_EVENTS_KEPT = 64
@@ -25,6 +25,8 @@ class PendingSwap:
     garment_id: str
     published_ns: int
     applied_ns: int
+    received_ns: int = 0  # the control message reached this worker
+    locked_ns: int = 0  # the session's in-flight frame finished and the swap could start
 
 
 @dataclass
@@ -38,6 +40,10 @@ class LiveSession:
     applied_events: list[str] = field(default_factory=list)
     metas: OrderedDict[int, FrameMeta] = field(default_factory=OrderedDict)
     frames_rendered: int = 0
+    # the newest input and its metadata as it arrived (before this stage's stamps): a swap
+    # re-renders it at once, so the new garment shows without waiting for the next camera frame
+    last_input: FrameInput | None = None
+    last_meta: FrameMeta | None = None
 
     def remember_event(self, event_id: str) -> None:
         self.applied_events.append(event_id)
@@ -47,6 +53,18 @@ class LiveSession:
         self.metas[meta.seq] = meta
         while len(self.metas) > PENDING_META_KEPT:
             self.metas.popitem(last=False)
+
+    def keep_latest(self, inp: FrameInput, meta: FrameMeta) -> None:
+        self.last_input = inp
+        self.last_meta = FrameMeta(
+            meta.session_id,
+            meta.seq,
+            meta.capture_ns,
+            meta.width,
+            meta.height,
+            list(meta.trace),
+            meta.garment_id,
+        )
 
     def take_meta(self, seq: int) -> FrameMeta | None:
         return self.metas.pop(seq, None)

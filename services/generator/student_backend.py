@@ -95,6 +95,8 @@ def garment_rgb(garment: Garment) -> np.ndarray:
 
 
 class StudentRenderSession:
+    chunked = True
+
     def __init__(self, backend: StudentBackend, session_id: str, garment: Garment) -> None:
         from services.generator.engine.pool import AtCapacity as PoolFull
 

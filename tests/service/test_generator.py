@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from services.camera.source import MotionCamera
-from services.garments.catalogue import render, spec_by_id
-from services.garments.client import GarmentClient
+from services.garments.catalogue import spec_by_id
+from services.garments.client import GarmentClient, load_catalogue
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
 from services.generator.handlers import GeneratorHandlers
@@ -116,10 +116,7 @@ async def rig(url: str, conditioning: list[Conditioning]) -> AsyncIterator[Rig]:
     gsettings = GarmentSettings(nats_url=url, subject_prefix=prefix, summary_interval_s=60)
     async with serve_in_task("garments", gsettings, lambda ctx: GarmentHandlers(ctx, gsettings)):
         nc = await connect(url, "generator-test")
-        client = GarmentClient(nc, subjects, timeout_s=30)
-        for gid in GARMENTS:
-            spec = spec_by_id(gid)
-            await client.encode(render(spec).jpeg(92), garment_id=gid, name=spec.name, category=spec.category)
+        await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
         try:
             yield Rig(url, subjects, nc, conditioning)
         finally:

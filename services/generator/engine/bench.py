@@ -103,8 +103,7 @@ def _bare_loop(engine: Engine, session: StudentSession) -> Callable[[], object]:
     cond = session.latent_conditioning(None)[None]
     positions = session.next_chunk_positions()
     times = [
-        torch.full((1, cfg.chunk_frames), s * 1000.0, device=dev, dtype=dt)
-        for s in engine.schedule.sigmas
+        torch.full((1, cfg.chunk_frames), s * 1000.0, device=dev, dtype=dt) for s in engine.schedule.sigmas
     ]
     zero = torch.zeros(1, cfg.chunk_frames, device=dev, dtype=dt)
     model, cache, auto = engine.transformer, session.cache, engine.autoencoder
@@ -160,11 +159,7 @@ def run_benchmark(
         engine_times.append(_timed(dev, session.step))
         bare_times.append(_timed(dev, bare))
         bytes_seen.add(_session_bytes(session))
-    mem_growth = (
-        torch.cuda.memory_allocated(dev) - mem_after_warmup
-        if mem_after_warmup is not None
-        else None
-    )
+    mem_growth = torch.cuda.memory_allocated(dev) - mem_after_warmup if mem_after_warmup is not None else None
     step_s = statistics.median(engine_times)
     bare_s = statistics.median(bare_times)
     session.release()
@@ -222,8 +217,7 @@ def run_benchmark(
         ),
         "swap_ms": swap_ms,
         "cache_bytes_per_session": CachePool.session_bytes(config, DTYPES[dtype]),
-        "cache_bytes_constant_after_warmup": bytes_seen == {bytes_after_warmup}
-        and (mem_growth in (None, 0)),
+        "cache_bytes_constant_after_warmup": bytes_seen == {bytes_after_warmup} and (mem_growth in (None, 0)),
         "device_memory_growth_bytes": mem_growth,
         "batched_sessions": settings.batch_sessions,
         "batched_speedup": round(statistics.median(seq_times) / statistics.median(batch_times), 3),

@@ -59,9 +59,7 @@ def conditioning_to_latent(
     frames = pixel_frames_in_chunk(config, first_is_image=first_is_image)
     h, w, cc = config.latent_height, config.latent_width, config.cond_channels
     if conditioning is None:
-        return torch.zeros(
-            config.chunk_frames, config.latent_cond_channels, h, w, device=device, dtype=dtype
-        )
+        return torch.zeros(config.chunk_frames, config.latent_cond_channels, h, w, device=device, dtype=dtype)
     cond = (
         conditioning
         if isinstance(conditioning, Tensor)

@@ -31,9 +31,7 @@ def _segment_bounds(session: StudentSession, queries: int) -> dict[str, tuple[in
     return bounds
 
 
-def probe_attention(
-    engine: Engine, session: StudentSession, *, step: int = 0
-) -> list[dict[str, float]]:
+def probe_attention(engine: Engine, session: StudentSession, *, step: int = 0) -> list[dict[str, float]]:
     """Attention mass per segment and layer for the session's next chunk at denoising ``step``."""
     cfg = engine.config
     queries = cfg.chunk_frames * cfg.tokens_per_frame
@@ -55,12 +53,8 @@ def probe_attention(
         sigma = engine.schedule.sigmas[step]
         # Own generator: probing must not advance the session's noise stream.
         noise = torch.Generator(device=engine.device).manual_seed(0)
-        x = torch.randn(
-            engine.chunk_shape, generator=noise, device=engine.device, dtype=engine.dtype
-        )
-        t = torch.full(
-            (1, cfg.chunk_frames), sigma * 1000.0, device=engine.device, dtype=engine.dtype
-        )
+        x = torch.randn(engine.chunk_shape, generator=noise, device=engine.device, dtype=engine.dtype)
+        t = torch.full((1, cfg.chunk_frames), sigma * 1000.0, device=engine.device, dtype=engine.dtype)
         cond = session.latent_conditioning(None)[None]
         with torch.no_grad():
             positions = session.next_chunk_positions()
@@ -69,8 +63,7 @@ def probe_attention(
         for block in blocks:
             block.attn.probe = None
     return [
-        {"layer": i, **{s: round(per_layer[i].get(s, 0.0), 5) for s in SEGMENTS}}
-        for i in sorted(per_layer)
+        {"layer": i, **{s: round(per_layer[i].get(s, 0.0), 5) for s in SEGMENTS}} for i in sorted(per_layer)
     ]
 
 

@@ -84,9 +84,7 @@ class CacheLayout:
 class AttentionContext(Protocol):
     """What an attention layer needs from a cache: store my K/V, give me everything to attend."""
 
-    def attend(
-        self, layer: int, keys: Tensor, values: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def attend(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Return (keys, values, mask) shaped (B, L, H, D), (B, L, H, D), (B, 1, 1, L) or None."""
         ...
 
@@ -302,9 +300,7 @@ class KVBatch:
                 self._mask_cache[queries] = keep[:, None, None, :]
         return self._mask_cache[queries]
 
-    def attend(
-        self, layer: int, keys: Tensor, values: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor | None]:
+    def attend(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         end = self.layout.scratch_end
         start = end - keys.shape[1]
         stop = end + max(c.visible_tokens for c in self.caches)

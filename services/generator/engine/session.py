@@ -113,9 +113,7 @@ class Engine:
         session.reference_latent, session.garment_latent = reference, garment
 
     @torch.no_grad()
-    def generate_latents(
-        self, sessions: list[StudentSession], conditioning: list[Tensor]
-    ) -> Tensor:
+    def generate_latents(self, sessions: list[StudentSession], conditioning: list[Tensor]) -> Tensor:
         """Denoise one chunk for each session in ONE batched forward per step, then commit.
 
         Per session: noise from its own generator, its own RoPE positions and cache. After the
@@ -220,9 +218,7 @@ class StudentSession:
 
     def start(self, reference_image: np.ndarray, garment_image: np.ndarray) -> None:
         """Encode reference and garment alone and prefill their in-context K/V."""
-        self.start_latents(
-            self.engine.encode_image(reference_image), self.engine.encode_image(garment_image)
-        )
+        self.start_latents(self.engine.encode_image(reference_image), self.engine.encode_image(garment_image))
 
     def start_latents(self, reference_latent: Tensor, garment_latent: Tensor) -> None:
         if self.released:

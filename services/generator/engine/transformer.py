@@ -32,9 +32,7 @@ def patchify(latents: Tensor, patch: int) -> Tensor:
     return x.reshape(b, f * (h // patch) * (w // patch), c * patch * patch)
 
 
-def unpatchify(
-    tokens: Tensor, frames: int, channels: int, height: int, width: int, patch: int
-) -> Tensor:
+def unpatchify(tokens: Tensor, frames: int, channels: int, height: int, width: int, patch: int) -> Tensor:
     b = tokens.shape[0]
     x = tokens.reshape(b, frames, height // patch, width // patch, channels, patch, patch)
     x = x.permute(0, 1, 4, 2, 5, 3, 6)
@@ -45,9 +43,7 @@ def timestep_embedding(timesteps: Tensor, dim: int) -> Tensor:
     """Sinusoidal embedding of (B, F) timesteps, computed in at least float32."""
     half = dim // 2
     dtype = torch.promote_types(timesteps.dtype, torch.float32)
-    freqs = torch.exp(
-        -math.log(10000.0) * torch.arange(half, device=timesteps.device, dtype=dtype) / half
-    )
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=timesteps.device, dtype=dtype) / half)
     args = timesteps.to(dtype)[..., None] * freqs
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -182,9 +178,7 @@ class CausalVideoDiT(nn.Module):
         self.head_norm = nn.LayerNorm(d, eps=config.norm_eps, elementwise_affine=False)
         self.head_modulation = nn.Parameter(torch.randn(2, d) / math.sqrt(d))
         self.head = nn.Linear(d, config.latent_channels * p * p)
-        self.rope = Rope3D(
-            config.head_dim, config.grid_height, config.grid_width, config.rope_theta
-        )
+        self.rope = Rope3D(config.head_dim, config.grid_height, config.grid_width, config.rope_theta)
 
     def forward(
         self,

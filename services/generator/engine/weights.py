@@ -49,15 +49,9 @@ def build_modules(
 def save_weights(
     path: str | Path, config: EngineConfig, transformer: nn.Module, autoencoder: nn.Module
 ) -> None:
-    tensors = {
-        f"transformer.{k}": v.detach().contiguous().cpu()
-        for k, v in transformer.state_dict().items()
-    }
+    tensors = {f"transformer.{k}": v.detach().contiguous().cpu() for k, v in transformer.state_dict().items()}
     tensors.update(
-        {
-            f"autoencoder.{k}": v.detach().contiguous().cpu()
-            for k, v in autoencoder.state_dict().items()
-        }
+        {f"autoencoder.{k}": v.detach().contiguous().cpu() for k, v in autoencoder.state_dict().items()}
     )
     save_file(tensors, str(path), metadata={"engine_config": json.dumps(config.to_dict())})
 
@@ -78,12 +72,10 @@ def load_weights(
     diffs = config.size_differences(stored)
     if diffs:
         detail = ", ".join(
-            f"{k}: expected {mine}, checkpoint has {theirs}"
-            for k, (mine, theirs) in sorted(diffs.items())
+            f"{k}: expected {mine}, checkpoint has {theirs}" for k, (mine, theirs) in sorted(diffs.items())
         )
         raise WeightsMismatchError(
-            f"{path} was saved for config {stored.name!r}, which differs from "
-            f"{config.name!r}: {detail}"
+            f"{path} was saved for config {stored.name!r}, which differs from {config.name!r}: {detail}"
         )
     targets = {"transformer.": transformer, "autoencoder.": autoencoder}
     with safe_open(str(path), framework="pt") as f:

@@ -73,6 +73,8 @@ class WarpSession:
     """One stream's renderer state: the garment (texture + warp data), the smoothed body points
     (temporal history) and the reference (light / skin estimate)."""
 
+    chunked = False  # one frame in, one frame out: a swap can re-render the latest frame at once
+
     def __init__(self, session_id: str, garment: Garment, config: WarpConfig | None = None) -> None:
         self.session_id = session_id
         self.config = config or WarpConfig()

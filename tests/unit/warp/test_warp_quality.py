@@ -64,3 +64,20 @@ def test_contact_sheet_lays_out_rows_of_input_and_output() -> None:
     assert (sheet[:24] != 32).any()  # the label is drawn on the bar
     with pytest.raises(ValueError):
         contact_sheet([])
+
+
+def test_garment_pixels_excludes_what_still_shows_the_camera() -> None:
+    from services.generator.quality import garment_pixels, ghost_ratio
+
+    red, blue, beige = (40, 40, 200), (200, 60, 20), (150, 190, 210)
+    inp = np.full((4, 6, 3), beige, np.uint8)  # the person's own coat
+    out = inp.copy()
+    out[:, 0:2] = blue  # the new garment
+    out[:, 2:3] = red  # a ghost of the old one
+    # columns 3-5 keep the coat (wider than the garment)
+    region = np.full((4, 6), 255, np.uint8)
+    shown = garment_pixels(out, inp, region, [red], [blue])
+    assert shown[:, 0:3].all() and not shown[:, 3:].any()
+    assert ghost_ratio(out, shown, [red], [blue]) == pytest.approx(1 / 3)
+    # counted over the whole region the coat pixels (nearer red than blue) would read as ghosts
+    assert ghost_ratio(out, region, [red], [blue]) > 0.5
