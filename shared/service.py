@@ -114,6 +114,11 @@ async def _drain(nc: NATS, timeout_s: float) -> None:
 def service_main(name: str, settings: BaseSettings, make_handlers: HandlerFactory) -> None:
     """Entry point body for ``python -m services.<name>.main``."""
     configure_logging(settings.log_level, settings.log_json, service=name)
+    import cv2
+
+    # Several services share the machine; OpenCV's default (a thread per core in every process)
+    # oversubscribes it and turns into latency, so each process gets CHAMELEON_CV_THREADS.
+    cv2.setNumThreads(max(0, settings.cv_threads))
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_service(name, settings, make_handlers))
 

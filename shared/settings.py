@@ -56,6 +56,7 @@ class BaseSettings:
     metrics_host: str = "127.0.0.1"
     summary_interval_s: float = 10.0  # one summary log line per session per interval
     drain_timeout_s: float = 5.0
+    cv_threads: int = 1  # OpenCV threads per process: services already run in parallel processes
 
     @classmethod
     def from_env(cls: type[S], env: Mapping[str, str] | None = None, **overrides: Any) -> S:

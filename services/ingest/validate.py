@@ -67,5 +67,12 @@ def normalise(img: np.ndarray, box_w: int, box_h: int, quality: int) -> Normalis
 
 
 def process_frame(payload: bytes, limits: Limits, box_w: int, box_h: int, quality: int) -> Normalised:
-    """Decode, validate and normalise one camera frame (runs in a worker thread)."""
-    return normalise(decode_frame(payload, limits), box_w, box_h, quality)
+    """Decode, validate and normalise one camera frame (runs in a worker thread).
+
+    A JPEG that already fits the session's box goes on byte for byte: re-encoding it would cost
+    time and a generation of JPEG loss for nothing."""
+    img = decode_frame(payload, limits)
+    h, w = img.shape[:2]
+    if payload[:3] == b"\xff\xd8\xff" and fit_size(w, h, box_w, box_h) == (w, h):
+        return Normalised(payload, w, h)
+    return normalise(img, box_w, box_h, quality)

@@ -31,6 +31,14 @@ def test_portrait_input_fits_height() -> None:
     assert (out.width, out.height) == (360, 480)
 
 
+def test_a_fitting_jpeg_passes_through_unchanged() -> None:
+    data = _jpeg(640, 480)
+    out = process_frame(data, LIMITS, 640, 480, 85)
+    assert out.jpeg == data and (out.width, out.height) == (640, 480)
+    odd = _jpeg(641, 480)  # fits the box only after the even-size rule: re-encoded
+    assert process_frame(odd, LIMITS, 640, 480, 85).jpeg != odd
+
+
 def test_png_is_accepted() -> None:
     _, png = cv2.imencode(".png", np.full((100, 120, 3), 80, np.uint8))
     assert process_frame(png.tobytes(), LIMITS, 640, 480, 85).width > 0
