@@ -110,7 +110,9 @@ async def publish_event(nc: NATS, subjects: Subjects, event: Event) -> None:
         log.warning("event_publish_failed", error=str(exc), code=event.code)
 
 
-FrameHandler = Callable[[str, Msg], Awaitable[None]]
+# (session_id, msg, received_ns): received_ns is when the frame reached this process, so a stage's
+# "in" stamp separates transport (hop) from waiting in the slot (stage time).
+FrameHandler = Callable[[str, Msg, int], Awaitable[None]]
 
 
 class LatestFrameSlots:
@@ -133,7 +135,7 @@ class LatestFrameSlots:
         self._idle_s = idle_s
         self._on_drop = on_drop
         self._on_idle = on_idle
-        self._slots: dict[str, Msg | None] = {}
+        self._slots: dict[str, tuple[Msg, int] | None] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.dropped: dict[str, int] = {}
@@ -151,7 +153,7 @@ class LatestFrameSlots:
             self.dropped[session_id] = self.dropped.get(session_id, 0) + 1
             if self._on_drop:
                 self._on_drop(session_id)
-        self._slots[session_id] = msg
+        self._slots[session_id] = (msg, time.time_ns())
         self.max_queued = max(self.max_queued, 1)
         wake = self._wakeups.get(session_id)
         if wake is None:
@@ -165,8 +167,8 @@ class LatestFrameSlots:
     def clear(self) -> int:
         """Forget every buffered frame (after a disconnect they are stale). Returns how many."""
         n = 0
-        for sid, msg in self._slots.items():
-            if msg is not None:
+        for sid, slot in self._slots.items():
+            if slot is not None:
                 n += 1
                 self.dropped[sid] = self.dropped.get(sid, 0) + 1
                 self._slots[sid] = None
@@ -182,12 +184,12 @@ class LatestFrameSlots:
                     if self._slots.get(session_id) is None:
                         break
                 wake.clear()
-                msg = self._slots.get(session_id)
+                slot = self._slots.get(session_id)
                 self._slots[session_id] = None
-                if msg is None:
+                if slot is None:
                     continue
                 try:
-                    await self._handler(session_id, msg)
+                    await self._handler(session_id, *slot)
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # the handler reports its own errors; never kill the worker

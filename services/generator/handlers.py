@@ -282,8 +282,8 @@ class GeneratorHandlers:
             await self._publish(live, frame, t_in)
 
     # -- frames -----------------------------------------------------------------------------------
-    async def on_frame(self, session_id: str, msg: Msg) -> None:
-        t_in = now_ns()
+    async def on_frame(self, session_id: str, msg: Msg, t_in: int) -> None:
+        """``t_in``: when the frame reached this process (its wait in the slot is stage time)."""
         self.ctx.metrics.frames_in.inc()
         stats = self.ctx.stats[session_id]
         stats.frames_in += 1

@@ -75,8 +75,8 @@ class IngestHandlers:
         elif control.action == "stop":
             self.resolution.pop(control.session_id, None)
 
-    async def on_frame(self, session_id: str, msg: Msg) -> None:
-        t_in = now_ns()
+    async def on_frame(self, session_id: str, msg: Msg, t_in: int) -> None:
+        """``t_in``: when the frame reached this process (its wait in the slot is stage time)."""
         stats = self.ctx.stats[session_id]
         stats.frames_in += 1
         self.ctx.metrics.frames_in.inc()
@@ -91,7 +91,7 @@ class IngestHandlers:
             except (HeaderError, FrameRejected) as exc:
                 await self._reject(session_id, getattr(exc, "code", "bad_headers"), str(exc))
                 return
-            age_ms = (t_in - meta.capture_ns) / 1e6
+            age_ms = (now_ns() - meta.capture_ns) / 1e6  # a wait in the slot counts too
             if age_ms > self.settings.deadline_ms:
                 self._count_drop(session_id, "stale")
                 return

@@ -11,7 +11,7 @@ from nats.aio.subscription import Subscription
 
 from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
 from shared.events import EventPublisher
-from shared.headers import FrameMeta, HeaderError, now_ns
+from shared.headers import FrameMeta, HeaderError
 from shared.service import ServiceContext
 from shared.settings import BaseSettings
 from shared.subjects import Channel
@@ -35,8 +35,8 @@ class PassthroughHandlers:
             await self._sub.unsubscribe()
         await self.slots.close()
 
-    async def on_frame(self, session_id: str, msg: Msg) -> None:
-        t_in = now_ns()
+    async def on_frame(self, session_id: str, msg: Msg, t_in: int) -> None:
+        """``t_in``: when the frame reached this process (its wait in the slot is stage time)."""
         self.ctx.metrics.frames_in.inc()
         try:
             meta = FrameMeta.from_headers(msg.headers)

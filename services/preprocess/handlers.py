@@ -22,7 +22,7 @@ from services.preprocess.pipeline import FrameError, FrameResult, PreprocessConf
 from services.preprocess.settings import PreprocessSettings
 from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
 from shared.events import EventPublisher
-from shared.headers import FrameMeta, HeaderError, now_ns
+from shared.headers import FrameMeta, HeaderError
 from shared.logging import get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
@@ -98,8 +98,8 @@ class PreprocessHandlers:
         if control.action == "stop":
             await self._close_session(control.session_id, "stopped")
 
-    async def on_frame(self, session_id: str, msg: Msg) -> None:
-        t_in = now_ns()
+    async def on_frame(self, session_id: str, msg: Msg, t_in: int) -> None:
+        """``t_in``: when the frame reached this process (its wait in the slot is stage time)."""
         stats = self.ctx.stats[session_id]
         stats.frames_in += 1
         self.ctx.metrics.frames_in.inc()

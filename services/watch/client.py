@@ -17,7 +17,7 @@ from nats.aio.subscription import Subscription
 from shared.headers import FrameMeta, HeaderError, now_ns
 from shared.media import decode_jpeg
 from shared.metrics import percentiles
-from shared.subjects import Subjects
+from shared.subjects import Channel, Subjects
 
 
 @dataclass
@@ -35,13 +35,15 @@ class Watcher:
     subjects: Subjects
     session_id: str
     keep_frames: bool = True
+    channel: Channel = Channel.OUTPUT  # another per-session channel with frame headers (benchmarks)
     frames: list[Received] = field(default_factory=list)
     bad: int = 0
     _sub: Subscription | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(self.subjects.output(self.session_id), cb=self._on_msg)
+        subject = self.subjects.session(self.session_id, self.channel)
+        self._sub = await self.nc.subscribe(subject, cb=self._on_msg)
         await self.nc.flush()
 
     async def _on_msg(self, msg: Msg) -> None:
