@@ -44,7 +44,6 @@ class MotionCamera:
         ph, pw = photo.shape[:2]
         self._base_scale = min(width / pw, height / ph)
         self._backdrop = _backdrop(photo, width, height)
-        self._ones = np.full(photo.shape[:2], 255, np.uint8)
 
     def transform(self, i: int) -> np.ndarray:
         m = self.motion
@@ -65,11 +64,10 @@ class MotionCamera:
         aspect differs from the frame's), a blurred, darkened backdrop fills in: mirrored borders
         would duplicate the person, and a hard black edge is not what a camera sees."""
         m, size = self.transform(i), (self.width, self.height)
-        out = cv2.warpAffine(self.photo, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        cover = cv2.warpAffine(self._ones, m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-        if cover.min() < 255:
-            a = cover.astype(np.float32)[..., None] / 255.0
-            out = (out * a + self._backdrop * (1.0 - a)).astype(np.uint8)
+        out = self._backdrop.copy()
+        cv2.warpAffine(
+            self.photo, m, size, dst=out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT
+        )
         gain = 1.0 + self.motion.brightness * math.sin(2 * math.pi * i / (self.motion.period * 1.7))
         if gain != 1.0:
             out = cv2.convertScaleAbs(out, alpha=gain, beta=0)
@@ -93,7 +91,7 @@ def _backdrop(photo: np.ndarray, width: int, height: int) -> np.ndarray:
     crop = big[y0 : y0 + height, x0 : x0 + width]
     small = cv2.resize(crop, (max(1, width // 16), max(1, height // 16)), interpolation=cv2.INTER_AREA)
     blurred = cv2.GaussianBlur(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR), (0, 0), 9)
-    return blurred.astype(np.float32) * 0.55
+    return (blurred.astype(np.float32) * 0.55).astype(np.uint8)
 
 
 def video_frames(path: str, loop: bool = False) -> Iterator[np.ndarray]:

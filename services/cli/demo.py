@@ -29,6 +29,7 @@ from services.cli.stack import Stack, available_services
 from services.watch.client import Watcher
 from shared import control
 from shared.bus import connect
+from shared.headers import FrameMeta, HeaderError
 from shared.media import decode_jpeg, read_image, sample_photo
 from shared.metrics import percentiles
 from shared.schemas import Conditioning, Event, SchemaError
@@ -72,16 +73,24 @@ class Recorder:
     """What the demo's client sees besides the output: conditioning (inputs and garment masks,
     by sequence) and the session's events."""
 
-    cond: dict[int, Conditioning] = field(default_factory=dict)
+    raw_cond: dict[int, bytes] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def on_cond(self, msg: Msg) -> None:
+        """Keep the bytes only: decoding 15 conditioning messages a second would take CPU from
+        the pipeline being measured; the few that metrics need are decoded afterwards."""
         try:
-            c = Conditioning.decode(msg.data)
+            self.raw_cond[FrameMeta.from_headers(msg.headers).seq] = bytes(msg.data)
+        except HeaderError:
+            pass
+
+    def cond(self, seq: int) -> Conditioning | None:
+        raw = self.raw_cond.get(seq)
+        try:
+            return Conditioning.decode(raw) if raw else None
         except SchemaError:
-            return
-        self.cond[c.seq] = c
+            return None
 
     async def on_event(self, msg: Msg) -> None:
         try:
@@ -131,7 +140,7 @@ def quality(
     seqs = sorted(out_by_seq)
     sq_err, n_px = 0.0, 0
     for s in seqs:
-        c = rec.cond.get(s)
+        c = rec.cond(s)
         out = decode_jpeg(out_by_seq[s].jpeg)
         inp = decode_jpeg(c.frame_jpeg) if c else None
         if out is None or inp is None or out.shape != inp.shape:
@@ -160,7 +169,7 @@ def quality(
         if not later or old is None or old == new:
             continue
         s = later[0]
-        c = rec.cond.get(s)
+        c = rec.cond(s)
         out, inp = decode_jpeg(out_by_seq[s].jpeg), decode_jpeg(c.frame_jpeg) if c else None
         region = _mask(c.garment_mask_png, inp.shape[:2]) if c and inp is not None else None
         if out is None or inp is None or region is None:
@@ -184,7 +193,7 @@ def quality(
         )
         if sheet:
             for k in (before[-1], first, s):
-                ck = rec.cond.get(k)
+                ck = rec.cond(k)
                 if ck is not None:
                     label = f"seq {k} {garment_of.get(k)}" + ("  <- swap" if k == first else "")
                     rows.append((label, decode_jpeg(ck.frame_jpeg), decode_jpeg(out_by_seq[k].jpeg)))

@@ -69,6 +69,11 @@ class Backend(Protocol):
         """Open a session; raises ``AtCapacity`` when this worker cannot take another."""
         ...
 
+    def prepare(self, garment: Garment) -> None:
+        """Precompute what every session of this worker needs for ``garment`` (shared, cached),
+        so a later swap to it only switches; may do nothing."""
+        ...
+
 
 class AtCapacity(RuntimeError):
     """This worker has no room for another session (its cache pool is full)."""

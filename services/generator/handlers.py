@@ -201,8 +201,12 @@ class GeneratorHandlers:
                 if control.session_id != session_id:
                     raise ControlRejected("session_mismatch", "control session_id differs from its subject")
                 received = now_ns()
-                async with self._lock(session_id):
-                    duplicate = await self._apply(control, received)
+                live = self.sessions.get(session_id)
+                if control.action == "swap" and live and live.renderer and not live.renderer.chunked:
+                    duplicate = await self._swap_now(live, control, received)
+                else:
+                    async with self._lock(session_id):
+                        duplicate = await self._apply(control, received)
                 self.control_total.labels(STAGE, action, "duplicate" if duplicate else "applied").inc()
             except (SchemaError, ControlRejected) as exc:
                 code = getattr(exc, "code", "bad_control")
@@ -269,6 +273,34 @@ class GeneratorHandlers:
         await self._save_state(live, control)
         return False
 
+    async def _swap_now(self, live: LiveSession, control: Control, received_ns: int) -> bool:
+        """A swap on a frame-by-frame renderer, without waiting for the frame in flight.
+
+        Refresh, withdraw and re-reference amount to a fresh renderer on the new garment (its
+        per-garment data is already prepared and shared), so one is opened, the newest frame is
+        rendered with it at once, and it replaces the old one. A frame the old renderer is still
+        drawing is dropped when it finishes (``on_frame``): no old-garment frame follows."""
+        if control.event_id in live.applied_events:
+            return True
+        started = now_ns()
+        garment = await self._garment(control.garment_id or "")
+        backend = await self._backend(live.backend)
+        fresh = await asyncio.to_thread(backend.open, live.session_id, garment)
+        if self.sessions.get(live.session_id) is not live:  # the session ended meanwhile
+            fresh.close()
+            return False
+        stale, live.renderer = live.renderer, fresh
+        if stale is not None and stale is not live.rendering:
+            stale.close()
+        live.garment = garment
+        live.pending_swap = PendingSwap(
+            control.event_id, garment.garment_id, control.published_ns, now_ns(), received_ns, started
+        )
+        live.remember_event(control.event_id)
+        await self._rerender_latest(live)
+        await self._save_state(live, control)
+        return False
+
     async def _rerender_latest(self, live: LiveSession) -> None:
         """Show the swap now: render the newest input frame again with the new garment instead of
         waiting up to a frame interval for the next one (the output repeats that frame's seq)."""
@@ -320,7 +352,15 @@ class GeneratorHandlers:
                         return
                 live.keep_latest(inp, meta)
                 live.remember_meta(meta.stamp(STAGE, "in", t_in))
-                rendered = await asyncio.to_thread(live.renderer.render, inp)
+                renderer = live.rendering = live.renderer
+                try:
+                    rendered = await asyncio.to_thread(renderer.render, inp)
+                finally:
+                    live.rendering = None
+                if live.renderer is not renderer:  # swapped while drawing: this shows the old garment
+                    renderer.close()
+                    self.ctx.metrics.dropped("swapped")
+                    return
                 for frame in rendered:
                     await self._publish(live, frame, t_in)
 
@@ -431,8 +471,14 @@ class GeneratorHandlers:
         except GarmentError as exc:
             code = "unknown_garment" if exc.code in ("unknown_garment", "bad_id") else f"garment_{exc.code}"
             raise ControlRejected(code, f"garment {garment_id!r}: {exc.message}") from None
-        garment = await asyncio.to_thread(garment_from_asset, asset)
+        garment = await asyncio.to_thread(self._decode_and_prepare, asset)
         self.garments.put(garment)
+        return garment
+
+    def _decode_and_prepare(self, asset) -> Garment:  # type: ignore[no-untyped-def]
+        garment = garment_from_asset(asset)
+        for backend in list(self.backends.values()):
+            backend.prepare(garment)
         return garment
 
     def _lock(self, sid: str) -> asyncio.Lock:

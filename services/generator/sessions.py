@@ -36,6 +36,7 @@ class LiveSession:
     backend: str
     epoch: int = 0
     renderer: RenderSession | None = None
+    rendering: RenderSession | None = None  # the renderer of the frame in flight, if any
     pending_swap: PendingSwap | None = None
     applied_events: list[str] = field(default_factory=list)
     metas: OrderedDict[int, FrameMeta] = field(default_factory=OrderedDict)

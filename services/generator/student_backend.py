@@ -166,5 +166,8 @@ class StudentBackend:
         )
         return cls(engine)
 
+    def prepare(self, garment: Garment) -> None:
+        """Nothing yet: the garment latent is encoded at the swap (one image encode, ~ms)."""
+
     def open(self, session_id: str, garment: Garment) -> StudentRenderSession:
         return StudentRenderSession(self, session_id, garment)

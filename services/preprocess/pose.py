@@ -29,7 +29,7 @@ class PoseConfig:
     min_detection_confidence: float = 0.5
     min_tracking_confidence: float = 0.5
     recreate_after_frames: int = 20000
-    people_check_every: int = 10  # 0: never run the full-frame segmentation
+    people_check_every: int = 30  # 0: never run the full-frame segmentation
 
 
 @dataclass

@@ -11,6 +11,8 @@ A session maps a swap onto the paper's three operations (see ``WarpSession.swap`
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -75,9 +77,16 @@ class WarpSession:
 
     chunked = False  # one frame in, one frame out: a swap can re-render the latest frame at once
 
-    def __init__(self, session_id: str, garment: Garment, config: WarpConfig | None = None) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        garment: Garment,
+        config: WarpConfig | None = None,
+        prepared: PreparedGarments | None = None,
+    ) -> None:
         self.session_id = session_id
         self.config = config or WarpConfig()
+        self._prepared = prepared or PreparedGarments()
         self.frames = 0
         self.closed = False
         self._points: np.ndarray | None = None
@@ -101,11 +110,7 @@ class WarpSession:
         self._reference = None
 
     def _refresh_garment(self, garment: Garment) -> None:
-        tex = garment.texture_bgra
-        if tex.ndim != 3 or tex.shape[2] != 4 or tex.dtype != np.uint8:
-            raise ValueError(f"garment texture must be HxWx4 uint8 BGRA, got {tex.shape} {tex.dtype}")
-        self.geometry = GarmentGeometry.from_keypoints(garment.keypoints, garment.category)
-        self.texture = _bleed(tex)
+        self.texture, self.geometry = self._prepared.get(garment)
         self.garment = garment
         self.garment_id = garment.garment_id
 
@@ -238,6 +243,30 @@ class WarpSession:
         return (1.0 + c.shading_strength * (ratio - 1.0)) * light
 
 
+class PreparedGarments:
+    """Per-garment warp data (edge-bled texture, canvas mesh), computed once per worker and shared
+    by its sessions, so a swap does not redo it: the renderer's analogue of the paper's
+    precomputed garment K/V. Keyed by garment id and texture content; least recently used evicted."""
+
+    def __init__(self, capacity: int = 64) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[tuple[str, bytes], tuple[np.ndarray, GarmentGeometry]] = OrderedDict()
+
+    def get(self, garment: Garment) -> tuple[np.ndarray, GarmentGeometry]:
+        tex = garment.texture_bgra
+        if tex.ndim != 3 or tex.shape[2] != 4 or tex.dtype != np.uint8:
+            raise ValueError(f"garment texture must be HxWx4 uint8 BGRA, got {tex.shape} {tex.dtype}")
+        key = (garment.garment_id, hashlib.blake2b(np.ascontiguousarray(tex), digest_size=12).digest())
+        item = self._items.get(key)
+        if item is None:
+            item = (_bleed(tex), GarmentGeometry.from_keypoints(garment.keypoints, garment.category))
+            self._items[key] = item
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        return item
+
+
 class WarpBackend:
     """``Backend`` for the warp renderer: no weights, no capacity limit but ``max_sessions``."""
 
@@ -247,11 +276,16 @@ class WarpBackend:
         self.config = config or WarpConfig()
         self.max_sessions = max_sessions
         self._open: dict[str, WarpSession] = {}
+        self._prepared = PreparedGarments()
+
+    def prepare(self, garment: Garment) -> None:
+        """Precompute the garment's warp data now (off any swap's path)."""
+        self._prepared.get(garment)
 
     def open(self, session_id: str, garment: Garment) -> WarpSession:
         self._open = {k: v for k, v in self._open.items() if not v.closed}
         if session_id not in self._open and len(self._open) >= self.max_sessions:
             raise AtCapacity(f"warp backend has {len(self._open)} sessions open")
-        session = WarpSession(session_id, garment, self.config)
+        session = WarpSession(session_id, garment, self.config, self._prepared)
         self._open[session_id] = session
         return session
