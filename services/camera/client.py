@@ -48,14 +48,15 @@ async def run_camera(
     quality: int = 85,
     stop: asyncio.Event | None = None,
     on_published: Callable[[int], Awaitable[None]] | None = None,
+    first_seq: int = 0,
 ) -> CameraReport:
     """Publish up to ``max_frames`` frames; ``on_published(seq)`` runs after each (demo swaps)."""
     report = CameraReport()
     subject = subjects.camera(session_id)
     period = 1.0 / fps if fps > 0 else 0.0
     start = time.monotonic()
-    seq = 0
-    while max_frames is None or seq < max_frames:
+    seq = first_seq
+    while max_frames is None or seq - first_seq < max_frames:
         if stop is not None and stop.is_set():
             break
         item = await asyncio.to_thread(_next_jpeg, frames, quality)
@@ -63,7 +64,7 @@ async def run_camera(
             break
         jpeg, w, h = item
         if period:
-            due = start + seq * period
+            due = start + (seq - first_seq) * period
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

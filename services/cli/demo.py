@@ -208,6 +208,27 @@ def quality(
     }
 
 
+async def warm_up(
+    nc, subjects: Subjects, sid: str, frames: Iterator[np.ndarray], fps: float, watcher: Watcher
+) -> int:  # type: ignore[no-untyped-def]
+    """Stream until the first output frame arrives (the session's MediaPipe graph and renderer
+    are built on its first frame: seconds on a busy machine), so the summary measures the
+    steady stream a shopper watches, not the start-up. Returns the next sequence number."""
+    arrived = asyncio.Event()
+
+    async def check(_seq: int) -> None:
+        if watcher.frames:
+            arrived.set()
+
+    report = await run_camera(
+        nc, subjects, sid, frames, fps, max_frames=int(fps * 60), stop=arrived, on_published=check
+    )
+    if not watcher.frames:
+        raise RuntimeError("no output frame within 60 s of warm-up: see the service logs")
+    await asyncio.sleep(0.5)  # let the warm-up frames still in flight come out
+    return report.published + report.skipped
+
+
 async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
     nc = await connect(url, "demo")
@@ -225,20 +246,25 @@ async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
             start = control.start(sid, garments[0], args.backend, args.width, args.height, args.fps)
             await control.publish_control(nc, subjects, start)
             await asyncio.wait_for(rec.started.wait(), 60)
+        frames = frame_source(args)
+        first_seq = await warm_up(nc, subjects, sid, frames, args.fps, watcher)
+        watcher.frames.clear()
+        rec.raw_cond.clear()
         swaps_sent = 0
 
         async def maybe_swap(seq: int) -> None:
             nonlocal swaps_sent
-            if generating and args.swap_every and seq and seq % args.swap_every == 0:
+            n = seq - first_seq
+            if generating and args.swap_every and n and n % args.swap_every == 0:
                 swaps_sent += 1
                 garment = garments[swaps_sent % len(garments)]
                 await control.publish_control(nc, subjects, control.swap(sid, garment))
 
         t0 = time.monotonic()
         report = await run_camera(
-            nc, subjects, sid, frame_source(args), args.fps, args.frames, on_published=maybe_swap
+            nc, subjects, sid, frames, args.fps, args.frames, on_published=maybe_swap, first_seq=first_seq
         )
-        await watcher.wait_for_seq(report.published + report.skipped - 1, timeout_s=5.0)
+        await watcher.wait_for_seq(first_seq + report.published + report.skipped - 1, timeout_s=5.0)
         await asyncio.sleep(0.3)  # the last events
         await watcher.stop()
         wall = time.monotonic() - t0
