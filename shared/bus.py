@@ -139,7 +139,6 @@ class LatestFrameSlots:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.dropped: dict[str, int] = {}
-        self.max_queued = 0  # high-water mark of frames waiting in one slot (always <= 1)
         self._closed = False
 
     @property
@@ -154,7 +153,6 @@ class LatestFrameSlots:
             if self._on_drop:
                 self._on_drop(session_id)
         self._slots[session_id] = (msg, time.time_ns())
-        self.max_queued = max(self.max_queued, 1)
         wake = self._wakeups.get(session_id)
         if wake is None:
             wake = self._wakeups[session_id] = asyncio.Event()
@@ -235,7 +233,3 @@ async def subscribe_frames(
         pending_msgs_limit=FRAME_PENDING_MSGS,
         pending_bytes_limit=FRAME_PENDING_BYTES,
     )
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1e3

@@ -56,18 +56,9 @@ class Watcher:
         self.frames.append(Received(meta, t, bytes(msg.data) if self.keep_frames else b""))
         self._arrived.set()
 
-    async def wait_for(self, count: int, timeout_s: float) -> bool:
-        """Wait until ``count`` frames arrived or ``timeout_s`` passed with none arriving."""
-        while len(self.frames) < count:
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout_s)
-            except TimeoutError:
-                return False
-        return True
-
     async def wait_for_seq(self, seq: int, timeout_s: float) -> bool:
-        """Wait until a frame with sequence >= ``seq`` arrived (earlier ones may be superseded)."""
+        """Wait until a frame with sequence >= ``seq`` arrived (earlier ones may be superseded);
+        False when ``timeout_s`` passes with no frame arriving."""
         while not self.frames or self.frames[-1].meta.seq < seq:
             self._arrived.clear()
             try:
