@@ -26,7 +26,7 @@ media: setup
 	$(VENV)/bin/chameleon media
 
 demo: setup media
-	$(VENV)/bin/chameleon demo --out out/demo.mp4 --json
+	$(VENV)/bin/chameleon demo --out out/demo.mp4 --sheet out/sheet.png --json
 
 up: setup
 	$(VENV)/bin/chameleon up
