@@ -21,6 +21,7 @@ DELEGATES: dict[tuple[str, str], str] = {
     ("bench", "garments"): "services.garments.bench",
     ("bench", "engine"): "services.generator.engine.bench",
     ("inspect", "attention"): "services.generator.engine.inspect_attention",
+    ("eval", "swap"): "services.generator.training.evaluate",
 }
 
 
@@ -255,6 +256,13 @@ def cmd_swap(argv: list[str]) -> int:
     return asyncio.run(go())
 
 
+def cmd_train(argv: list[str]) -> int:
+    """Train the small student (autoencoder, then in-context teacher forcing): docs/training.md."""
+    from services.generator.training import train
+
+    return int(train.main(argv) or 0)
+
+
 def cmd_media(argv: list[str]) -> int:
     """Extract the sample photos into the media cache (part of set-up)."""
     from shared.media import ensure_sample_media
@@ -273,6 +281,8 @@ COMMANDS = {
     "garments": cmd_garments,
     "swap": cmd_swap,
     "inspect": lambda argv: _delegate("inspect", argv),
+    "eval": lambda argv: _delegate("eval", argv),
+    "train": cmd_train,
     "media": cmd_media,
 }
 
