@@ -270,17 +270,21 @@ async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
         wall = time.monotonic() - t0
     finally:
         await nc.drain()
+    # warm-up frames still in flight when the measurement began are not part of it
+    watcher.frames = [r for r in watcher.frames if r.meta.seq >= first_seq]
     summary = watcher.summary()
+    delivered = len({r.meta.seq for r in watcher.frames})
     applied = rec.of("swap_applied")
     result = {
         "pipeline": pipeline,
         "backend": next((e.data.get("backend") for e in rec.of("started")), None),
         "frames_in": report.published,
-        "frames_out": summary["frames_out"],
+        "frames_out": delivered,  # distinct input frames that came out
+        "rerendered": summary["frames_out"] - delivered,  # extra frames: a swap re-renders the newest
         "fps_in": round(report.published / wall, 2) if wall else 0.0,
-        "fps_out": summary["fps_out"],
+        "fps_out": _rate(watcher, delivered),
         "latency_ms": summary["latency_ms"],
-        "dropped": report.published - summary["frames_out"],
+        "dropped": report.published - delivered,
         "camera_skipped": report.skipped,
         "swaps": len(applied),
         "swaps_sent": swaps_sent,
@@ -300,6 +304,13 @@ async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
         result["video"] = args.out
         result["video_frames"] = watcher.write_video(args.out, args.fps)
     return result
+
+
+def _rate(watcher: Watcher, frames: int) -> float:
+    """Distinct output frames per second over the measured stream (re-renders not counted)."""
+    f = watcher.frames
+    span_s = (f[-1].recv_ns - f[0].recv_ns) / 1e9 if len(f) > 1 else 0.0
+    return round((frames - 1) / span_s, 2) if span_s > 0 else 0.0
 
 
 def run(args: argparse.Namespace) -> int:

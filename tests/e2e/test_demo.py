@@ -52,7 +52,8 @@ def test_demo_json_with_swaps(tmp_path: Path, bus_photo) -> None:
     )
     assert result["fps_out"] > 5
     assert out.is_file() and out.stat().st_size > 10_000
-    assert result["video_frames"] == result["frames_out"]
+    assert result["video_frames"] == result["frames_out"] + result["rerendered"]
+    assert 0 <= result["rerendered"] <= result["swaps"]
     assert result["pipeline"] == ["garments", "ingest", "preprocess", "generator"]
     assert result["backend"] == "warp" and result["errors"] == []
     assert result["swaps"] == result["swaps_sent"] == 2
