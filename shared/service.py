@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 
-from shared.bus import ConnectionState, connect
+from shared.bus import ConnectionState, LatestFrameSlots, connect, subscribe_frames
 from shared.logging import configure_logging, get_logger
 from shared.metrics import HealthServer, ServiceMetrics, SessionStats
 from shared.settings import BaseSettings
-from shared.subjects import Subjects
+from shared.subjects import Channel, Subjects
 
 log = get_logger("service")
 
@@ -35,6 +36,18 @@ class ServiceContext:
     metrics: ServiceMetrics
     stats: SessionStats
     conn: ConnectionState
+
+    async def subscribe_frames(self, channel: Channel, slots: LatestFrameSlots) -> Subscription:
+        """Every session's frames on ``channel`` into ``slots`` (latest-frame-wins), whose
+        buffered frames are dropped, and counted, when the connection goes down: after a
+        reconnect they would be stale."""
+
+        def on_connection(connected: bool) -> None:
+            if not connected and (stale := slots.clear()):
+                self.metrics.frames_dropped.labels(self.name, "disconnected").inc(stale)
+
+        self.conn.listeners.append(on_connection)
+        return await subscribe_frames(self.nc, self.subjects.all_sessions(channel), self.subjects, slots)
 
 
 class Handlers(Protocol):

@@ -29,7 +29,7 @@ from services.generator.backends import garment_from_asset, make_backend, resolv
 from services.generator.inputs import GarmentLRU, frame_input
 from services.generator.sessions import LiveSession, PendingSwap
 from services.generator.settings import GeneratorSettings
-from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from shared.bus import LatestFrameSlots, publish_frame
 from shared.control import ensure_control_stream
 from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError, now_ns
@@ -111,11 +111,7 @@ class GeneratorHandlers:
         self._schedule_prefetch()
         self._control_task = asyncio.create_task(self._control_loop(psub), name="control")
         self._control_task.add_done_callback(_log_unexpected_end)
-        self._subs.append(
-            await subscribe_frames(
-                ctx.nc, ctx.subjects.all_sessions(Channel.CONDITIONING), ctx.subjects, self.slots
-            )
-        )
+        self._subs.append(await ctx.subscribe_frames(Channel.CONDITIONING, self.slots))
 
     async def _session_bucket(self) -> KeyValue:
         assert self.js is not None

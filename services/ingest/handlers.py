@@ -14,7 +14,7 @@ from nats.aio.subscription import Subscription
 
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import FrameRejected, Limits, process_frame
-from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from shared.bus import LatestFrameSlots, publish_frame
 from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError, now_ns
 from shared.logging import get_logger
@@ -45,15 +45,10 @@ class IngestHandlers:
 
     async def start(self) -> None:
         ctx = self.ctx
-        self._subs.append(
-            await subscribe_frames(
-                ctx.nc, ctx.subjects.all_sessions(Channel.CAMERA), ctx.subjects, self.slots
-            )
-        )
+        self._subs.append(await ctx.subscribe_frames(Channel.CAMERA, self.slots))
         self._subs.append(
             await ctx.nc.subscribe(ctx.subjects.all_sessions(Channel.CONTROL), cb=self.on_control)
         )
-        ctx.conn.listeners.append(self._on_connection)
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -133,9 +128,3 @@ class IngestHandlers:
     def _count_drop(self, session_id: str, reason: str) -> None:
         self.ctx.stats[session_id].dropped += 1
         self.ctx.metrics.dropped(reason)
-
-    def _on_connection(self, connected: bool) -> None:
-        if not connected:
-            stale = self.slots.clear()
-            if stale:
-                self.ctx.metrics.frames_dropped.labels(STAGE, "disconnected").inc(stale)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from shared.bus import LatestFrameSlots, publish_frame
 from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError
 from shared.service import ServiceContext
@@ -27,8 +27,7 @@ class PassthroughHandlers:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        subj = self.ctx.subjects
-        self._sub = await subscribe_frames(self.ctx.nc, subj.all_sessions(Channel.INGESTED), subj, self.slots)
+        self._sub = await self.ctx.subscribe_frames(Channel.INGESTED, self.slots)
 
     async def stop(self) -> None:
         if self._sub:

@@ -20,7 +20,7 @@ from nats.aio.subscription import Subscription
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import FrameError, FrameResult, PreprocessConfig, SessionPreprocessor
 from services.preprocess.settings import PreprocessSettings
-from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from shared.bus import LatestFrameSlots, publish_frame
 from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError
 from shared.logging import get_logger
@@ -67,15 +67,10 @@ class PreprocessHandlers:
 
     async def start(self) -> None:
         ctx = self.ctx
-        self._subs.append(
-            await subscribe_frames(
-                ctx.nc, ctx.subjects.all_sessions(Channel.INGESTED), ctx.subjects, self.slots
-            )
-        )
+        self._subs.append(await ctx.subscribe_frames(Channel.INGESTED, self.slots))
         self._subs.append(
             await ctx.nc.subscribe(ctx.subjects.all_sessions(Channel.CONTROL), cb=self.on_control)
         )
-        ctx.conn.listeners.append(self._on_connection)
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -221,9 +216,3 @@ class PreprocessHandlers:
     def _count_drop(self, session_id: str, reason: str) -> None:
         self.ctx.stats[session_id].dropped += 1
         self.ctx.metrics.dropped(reason)
-
-    def _on_connection(self, connected: bool) -> None:
-        if not connected:
-            stale = self.slots.clear()
-            if stale:
-                self.ctx.metrics.frames_dropped.labels(STAGE, "disconnected").inc(stale)
