@@ -118,13 +118,6 @@ async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, in
     return colours
 
 
-def _mask(png: bytes | None, shape: tuple[int, int]) -> np.ndarray | None:
-    if not png:
-        return None
-    m = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
-    return None if m is None or m.shape != shape else m
-
-
 def quality(
     watcher: Watcher, rec: Recorder, colours: dict[str, list[tuple[int, int, int]]], sheet: str
 ) -> dict:
@@ -134,18 +127,29 @@ def quality(
     Ghosting is measured on the pixels that show a garment (``garment_pixels``: in the garment
     region, nearer a garment's colours than the camera's own pixel): a pixel that still shows
     the person's own clothes is neither the old garment nor the new."""
+    from services.generator.inputs import frame_input
     from services.generator.quality import contact_sheet, garment_pixels, ghost_ratio
 
     out_by_seq = {r.meta.seq: r for r in watcher.frames}
     seqs = sorted(out_by_seq)
+
+    def pair(seq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+        """Output frame, its input frame and garment region for ``seq`` (decoded the way the
+        generator decodes conditioning), or None when either side is missing or malformed."""
+        c, out = rec.cond(seq), decode_jpeg(out_by_seq[seq].jpeg)
+        if c is None or out is None:
+            return None
+        try:
+            inp = frame_input(c)
+        except SchemaError:
+            return None
+        return (out, inp.frame_bgr, inp.garment_mask) if out.shape == inp.frame_bgr.shape else None
+
     sq_err, n_px = 0.0, 0
     for s in seqs:
-        c = rec.cond(s)
-        out = decode_jpeg(out_by_seq[s].jpeg)
-        inp = decode_jpeg(c.frame_jpeg) if c else None
-        if out is None or inp is None or out.shape != inp.shape:
+        if (p := pair(s)) is None:
             continue
-        region = _mask(c.garment_mask_png, inp.shape[:2])
+        out, inp, region = p
         keep = (
             np.ones(inp.shape[:2], bool)
             if region is None
@@ -169,11 +173,9 @@ def quality(
         if not later or old is None or old == new:
             continue
         s = later[0]
-        c = rec.cond(s)
-        out, inp = decode_jpeg(out_by_seq[s].jpeg), decode_jpeg(c.frame_jpeg) if c else None
-        region = _mask(c.garment_mask_png, inp.shape[:2]) if c and inp is not None else None
-        if out is None or inp is None or region is None:
+        if (p := pair(s)) is None or p[2] is None:
             continue
+        out, inp, region = p
         shown = garment_pixels(out, inp, region, colours[old], colours[new])
         if np.count_nonzero(shown) < 50:
             continue
