@@ -28,7 +28,8 @@ from services.generator.backend import FrameInput
 from services.generator.student_backend import conditioning_maps
 
 SUPERSAMPLE = 2  # draw at 2x, area-downsample: antialiased edges at 64x64
-SAME_GARMENT_P = 0.2  # training clips where A == B (the pre-swap part of a stream looks like that)
+SAME_GARMENT_P = 0.1  # training clips where A == B (the pre-swap part of a stream looks like that)
+RESTART_LATENTS = (2, 3, 4)  # where a training clip's post-swap restart may begin (latent index)
 
 # MediaPipe pose landmark indices of the joints the figure has.
 NOSE, L_SH, R_SH, L_EL, R_EL, L_WR, R_WR = 0, 11, 12, 13, 14, 15, 16
@@ -51,6 +52,8 @@ class Clip:
     garment_b: str
     garment_images: dict[str, np.ndarray]  # flat-lay of A and B
     swap_frame: int | None  # first frame wearing B in a swap clip; None for a training clip
+    restart_latent: int = 0  # training clips: first video latent of the post-swap restart sample
+    restart_window: np.ndarray | None = None  # (4, H, W, 3): the latent before it, worn in garment A
 
 
 @dataclass(frozen=True)
@@ -230,11 +233,14 @@ def make_clip(
     swap_frame: int | None = None,
     catalogue: list[GarmentSpec] | None = None,
     min_colour_gap: float = 0.0,
+    restart: bool = False,
 ) -> Clip:
     """A deterministic clip (same arguments, same pixels). See the module docstring for layouts.
 
     ``min_colour_gap`` (RGB units) re-draws garment B until its mean flat-lay colour is that far
-    from A's: evaluation clips need garments a colour test can tell apart.
+    from A's: evaluation clips need garments a colour test can tell apart. ``restart`` (training
+    clips) also renders the 4 frames of latent ``restart_latent - 1`` in garment A: the frames a
+    full swap rebuilds its reference from, right before the stream restarts in garment B.
     """
     rng = np.random.default_rng(seed)
     specs = catalogue or starter_catalogue()
@@ -272,6 +278,11 @@ def make_clip(
         ]
     )
     reference = rgb[0] if worn[0] is a else _render(body, 0, a, size)[0]
+    restart_latent, window = 0, None
+    if restart:
+        restart_latent = int(rng.choice(RESTART_LATENTS))
+        last = 4 * (restart_latent - 1)  # last pixel frame of the latent before the restart
+        window = np.stack([_render(body, t, a, size)[0] for t in range(last - 3, last + 1)])
     images = {a.garment_id: garment_flatlay(a, size), b.garment_id: garment_flatlay(b, size)}
     return Clip(
         frames=rgb,
@@ -285,6 +296,8 @@ def make_clip(
         garment_b=b.garment_id,
         garment_images=images,
         swap_frame=swap_frame,
+        restart_latent=restart_latent,
+        restart_window=window,
     )
 
 

@@ -12,6 +12,11 @@ The sequence is ``[reference | garment | clean video | noisy video]`` with the e
 schedule; clean and noisy copies share RoPE positions and conditioning; flow-matching loss
 (``v = eps - x0``) on the noisy video tokens only. The DMD stage is not implemented.
 
+Two sample layouts, mixed per batch: a *start* (reference = frame 0 in garment A, video from the
+image-first latent in B) and a *restart*, the state a full swap leaves behind: the reference is
+encode(decode(the previous latent in A)[-1]) (sometimes blurred, as generated frames are) and the
+video resumes in B with a 4-frame latent at the first video RoPE position.
+
 Progress goes to stderr and to ``DIR/<config>.log``; ``DIR/train_state.pt`` makes a run resumable
 (same command again); the result is ``DIR/<config>.safetensors`` (engine ``save_weights``) and
 ``DIR/<config>.json`` (config, data seed, steps, loss summary).
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,11 +43,13 @@ from services.generator.engine.autoencoder import CausalVideoAutoencoder
 from services.generator.engine.config import EngineConfig, get_config
 from services.generator.engine.sampler import FlowMatchSchedule
 from services.generator.engine.transformer import CausalVideoDiT, teacher_forcing_mask
-from services.generator.engine.weights import build_modules, save_weights
+from services.generator.engine.weights import build_modules, load_weights, save_weights
 
-from .data import make_clip
+from .data import Clip, make_clip
 
 LATENT_POWER_WEIGHT = 0.05
+RESTART_P = 0.5  # share of student samples in the post-swap restart layout
+RESTART_BLUR = 1.0  # pixels (64x64 frames): half the restart references are blurred this much
 
 
 @dataclass
@@ -52,6 +60,8 @@ class ClipPool:
     cond: Tensor  # (N, T, H, W, Cc) uint8
     reference: Tensor  # (N, 3, H, W) uint8
     garment: Tensor  # (N, 3, H, W) uint8
+    restart_window: Tensor  # (N, 4, 3, H, W) uint8: latent ``restart_at - 1`` worn in garment A
+    restart_at: Tensor  # (N,) long: first video latent of the restart sample
 
     def __len__(self) -> int:
         return self.video.shape[0]
@@ -62,17 +72,62 @@ def to_unit(x: Tensor) -> Tensor:
     return x.float() / 127.5 - 1.0
 
 
-def build_pool(config: EngineConfig, clips: int, frames: int, seed: int) -> ClipPool:
-    """``clips`` training clips (reference in A, garment B, video in B), clip i from seed + i."""
+def _restart_clip(args: tuple[int, int, tuple[int, int]]) -> Clip:
+    seed, frames, size = args
+    return make_clip(seed, frames, size=size, restart=True)
+
+
+def build_pool(config: EngineConfig, clips: int, frames: int, seed: int, workers: int = 1) -> ClipPool:
+    """``clips`` training clips (reference in A, garment B, video in B), clip i from seed + i.
+
+    ``workers`` > 1 renders in that many processes; the clips are the same either way."""
     size = (config.pixel_height, config.pixel_width)
-    video, cond, ref, gar = [], [], [], []
-    for i in range(clips):
-        c = make_clip(seed + i, frames, size=size)
+    jobs = [(seed + i, frames, size) for i in range(clips)]
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as procs:
+            made = procs.map(_restart_clip, jobs, chunksize=8)
+    else:
+        made = [_restart_clip(job) for job in jobs]
+    video, cond, ref, gar, window, at = [], [], [], [], [], []
+    for c in made:
+        assert c.restart_window is not None
         video.append(torch.from_numpy(c.frames).permute(0, 3, 1, 2))
         cond.append(torch.from_numpy(c.conditioning))
         ref.append(torch.from_numpy(c.reference).permute(2, 0, 1))
         gar.append(torch.from_numpy(c.garment_image).permute(2, 0, 1))
-    return ClipPool(torch.stack(video), torch.stack(cond), torch.stack(ref), torch.stack(gar))
+        window.append(torch.from_numpy(c.restart_window).permute(0, 3, 1, 2))
+        at.append(c.restart_latent)
+    return ClipPool(
+        torch.stack(video),
+        torch.stack(cond),
+        torch.stack(ref),
+        torch.stack(gar),
+        torch.stack(window),
+        torch.tensor(at, dtype=torch.long),
+    )
+
+
+def gaussian_blur(images: Tensor, sigma: float) -> Tensor:
+    """Separable Gaussian blur of (B, 3, H, W) images (reflect padding)."""
+    radius = max(1, math.ceil(2 * sigma))
+    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    k = (k / k.sum()).repeat(3, 1, 1, 1)
+    out = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    out = F.conv2d(out, k.view(3, 1, 1, -1), groups=3)
+    return F.conv2d(out, k.view(3, 1, -1, 1), groups=3)
+
+
+@torch.no_grad()
+def restart_references(autoencoder: CausalVideoAutoencoder, window: Tensor, blur: float) -> Tensor:
+    """What a full swap rebuilds its reference from: encode(decode(latent)[-1]) of a 4-frame
+    latent worn in garment A, (B, 4, 3, H, W) in [-1, 1] -> (B, 1, C, h, w). ``blur`` > 0 softens
+    the decoded frame first, closer to a generated frame than a clean round trip is."""
+    latent = autoencoder.encode(torch.cat([window[:, :1], window], dim=1))[:, 1:]
+    last = autoencoder.decode(latent, first_is_image=False)[:, -1]
+    if blur > 0:
+        last = gaussian_blur(last, blur)
+    return autoencoder.encode_image(last)
 
 
 def clip_conditioning_latent(cond: Tensor, config: EngineConfig) -> Tensor:
@@ -118,24 +173,25 @@ def student_loss(
     (B, 1, C, h, w). Each noisy chunk gets a sigma from the student's few-step schedule.
     """
     b, frames = video_latent.shape[:2]
+    dev, dtype = video_latent.device, video_latent.dtype
     chunk = config.chunk_frames
     chunks = frames // chunk
-    schedule = torch.tensor(FlowMatchSchedule.from_config(config).sigmas, dtype=video_latent.dtype)
+    schedule = torch.tensor(FlowMatchSchedule.from_config(config).sigmas, dtype=dtype)
     pick = torch.randint(len(schedule), (b, chunks), generator=generator)
-    sigma = schedule[pick].repeat_interleave(chunk, dim=1)  # (B, F)
-    noise = torch.randn(video_latent.shape, generator=generator, dtype=video_latent.dtype)
+    sigma = schedule[pick].repeat_interleave(chunk, dim=1).to(dev)  # (B, F)
+    noise = torch.randn(video_latent.shape, generator=generator, dtype=dtype).to(dev)
     s = sigma[:, :, None, None, None]
     noisy = (1.0 - s) * video_latent + s * noise
     target = noise - video_latent
 
     context = config.context_frames
     latents = torch.cat([reference_latent, garment_latent, video_latent, noisy], dim=1)
-    timesteps = torch.cat([torch.zeros(b, context + frames), sigma * 1000.0], dim=1)
-    video_pos = torch.arange(frames) + context
-    positions = torch.cat([torch.arange(context), video_pos, video_pos])[None].expand(b, -1)
-    zero_cond = torch.zeros(b, context, *cond_latent.shape[2:])
+    timesteps = torch.cat([torch.zeros(b, context + frames, device=dev), sigma * 1000.0], dim=1)
+    video_pos = torch.arange(frames, device=dev) + context
+    positions = torch.cat([torch.arange(context, device=dev), video_pos, video_pos])[None].expand(b, -1)
+    zero_cond = torch.zeros(b, context, *cond_latent.shape[2:], device=dev)
     cond = torch.cat([zero_cond, cond_latent, cond_latent], dim=1)
-    mask = teacher_forcing_mask(chunks, chunk, config.tokens_per_frame, context_frames=context)
+    mask = teacher_forcing_mask(chunks, chunk, config.tokens_per_frame, context_frames=context).to(dev)
     out = transformer(latents, timesteps, positions, cond, attn_mask=mask)
     assert out is not None
     return F.mse_loss(out[:, context + frames :], target)
@@ -171,7 +227,7 @@ def train(
     ae_minutes: float | None = None,
     student_minutes: float | None = None,
     clips: int = 256,
-    clip_frames: int = 33,
+    clip_frames: int = 49,
     ae_batch: int = 8,
     ae_window: int = 9,
     batch: int = 16,
@@ -180,26 +236,38 @@ def train(
     threads: int = 2,
     log_every: int = 25,
     save_every: int = 200,
+    device: str = "cpu",
+    workers: int = 1,
+    restart_p: float = RESTART_P,
+    autoencoder_from: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Both phases; returns the summary written to ``<config>.json``. Resumes from ``out``."""
+    """Both phases; returns the summary written to ``<config>.json``. Resumes from ``out``.
+
+    ``autoencoder_from`` (a checkpoint of the same config) skips phase 1 and trains only the
+    student on that autoencoder: ablations of the student phase compare on equal footing."""
     torch.set_num_threads(threads)
     config = get_config(config_name)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     log = Logger(out / f"{config.name}.log")
-    transformer, autoencoder = build_modules(config, seed=seed)
+    transformer, autoencoder = build_modules(config, seed=seed, device=device)
     ae_opt = torch.optim.Adam(autoencoder.parameters(), lr=ae_lr)
     opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
     state = TrainState()
     state_path = out / "train_state.pt"
     if state_path.exists():
-        saved = torch.load(state_path, weights_only=False)
+        saved = torch.load(state_path, weights_only=False, map_location=device)
         transformer.load_state_dict(saved["transformer"])
         autoencoder.load_state_dict(saved["autoencoder"])
         ae_opt.load_state_dict(saved["ae_opt"])
         opt.load_state_dict(saved["opt"])
         state = TrainState(**saved["state"])
         log(f"resumed from {state_path}: phase={state.phase} step={state.step}")
+    elif autoencoder_from is not None:
+        donor, _ = build_modules(config, seed=seed, device=device)
+        load_weights(autoencoder_from, config, donor, autoencoder)
+        state.phase = "student"
+        log(f"autoencoder from {autoencoder_from}; phase 1 skipped")
 
     def checkpoint() -> None:
         torch.save(
@@ -214,7 +282,7 @@ def train(
         )
 
     t0 = time.perf_counter()
-    pool = build_pool(config, clips, clip_frames, seed)
+    pool = build_pool(config, clips, clip_frames, seed, workers=workers)
     log(f"data: {clips} clips x {clip_frames} frames (seed {seed}) in {time.perf_counter() - t0:.1f}s")
     rng = torch.Generator().manual_seed(seed + 1)
 
@@ -225,10 +293,15 @@ def train(
             if ae_minutes is not None and time.perf_counter() - start > 60 * ae_minutes:
                 log(f"autoencoder: time budget reached at step {state.step}")
                 break
+            frac = state.step / max(1, ae_steps)
+            if ae_minutes:
+                frac = max(frac, state.elapsed_s / (60 * ae_minutes))
+            for group in ae_opt.param_groups:  # cosine to 0.1x over steps or time budget
+                group["lr"] = ae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
             idx = torch.randint(len(pool), (ae_batch,), generator=rng)
             first = int(torch.randint(clip_frames - ae_window + 1, (1,), generator=rng))
-            video = to_unit(pool.video[idx, first : first + ae_window])
-            images = to_unit(torch.cat([pool.reference[idx[: ae_batch // 2]], pool.garment[idx]]))
+            video = to_unit(pool.video[idx, first : first + ae_window]).to(device)
+            images = to_unit(torch.cat([pool.reference[idx[: ae_batch // 2]], pool.garment[idx]])).to(device)
             loss, parts = autoencoder_loss(autoencoder, video, images)
             ae_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -251,15 +324,44 @@ def train(
     for p in autoencoder.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        latents = torch.cat(
-            [autoencoder.encode(to_unit(pool.video[i : i + 16])) for i in range(0, len(pool), 16)]
+
+        def encoded(fn: Any, x: Tensor) -> Tensor:
+            return torch.cat([fn(to_unit(x[i : i + 16]).to(device)) for i in range(0, len(x), 16)])
+
+        latents = encoded(autoencoder.encode, pool.video)
+        ref_lat = encoded(autoencoder.encode_image, pool.reference)
+        gar_lat = encoded(autoencoder.encode_image, pool.garment)
+        restart_lat = [
+            encoded(lambda w, blur=blur: restart_references(autoencoder, w, blur), pool.restart_window)
+            for blur in (0.0, RESTART_BLUR)
+        ]
+        cond_lat = torch.cat(
+            [
+                clip_conditioning_latent(pool.cond[i : i + 64].to(device), config)
+                for i in range(0, len(pool), 64)
+            ]
         )
-        ref_lat = autoencoder.encode_image(to_unit(pool.reference))
-        gar_lat = autoencoder.encode_image(to_unit(pool.garment))
-        cond_lat = clip_conditioning_latent(pool.cond, config)
-    usable = (latents.shape[1] // config.chunk_frames) * config.chunk_frames
-    latents, cond_lat = latents[:, :usable], cond_lat[:, :usable]
-    log(f"student: {latents.shape[1]} latent frames per clip, latent std {float(latents.std()):.3f}")
+    # Latent frames per sample: up to three chunks, as many as also fit after the latest restart.
+    chunk, total = config.chunk_frames, latents.shape[1]
+    span = min(3 * chunk, (total - int(pool.restart_at.max())) // chunk * chunk)
+    restart_p = restart_p if span > 0 else 0.0
+    span = span if span > 0 else total // chunk * chunk  # clips too short for restarts (tests)
+    log(
+        f"student: {span} of {total} latent frames per sample, restart share {restart_p}, "
+        f"latent std {float(latents.std()):.3f}"
+    )
+
+    def sample(idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Video latents, conditioning and reference per sample: a start or a restart."""
+        restart = torch.rand(len(idx), generator=rng) < restart_p
+        blurred = torch.rand(len(idx), generator=rng) < 0.5
+        starts = torch.where(restart, pool.restart_at[idx], 0).tolist()
+        video = torch.stack([latents[i, s : s + span] for i, s in zip(idx.tolist(), starts, strict=True)])
+        cond = torch.stack([cond_lat[i, s : s + span] for i, s in zip(idx.tolist(), starts, strict=True)])
+        pick = restart.to(device)[:, None, None, None, None]
+        soft = blurred.to(device)[:, None, None, None, None]
+        ref = torch.where(pick, torch.where(soft, restart_lat[1][idx], restart_lat[0][idx]), ref_lat[idx])
+        return video, cond, ref
 
     transformer.train()
     warmup = 100
@@ -268,12 +370,16 @@ def train(
         if student_minutes is not None and time.perf_counter() - start > 60 * student_minutes:
             log(f"student: time budget reached at step {state.step}")
             break
-        frac = state.step / max(1, steps)
-        scale = min(1.0, (state.step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        frac = state.step / max(1, steps)  # the cosine follows steps or the time budget, whichever ends first
+        if student_minutes:
+            frac = max(frac, state.elapsed_s / (60 * student_minutes))
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        scale = min(1.0, (state.step + 1) / warmup) * cosine
         for group in opt.param_groups:
             group["lr"] = lr * scale
         idx = torch.randint(len(pool), (batch,), generator=rng)
-        loss = student_loss(transformer, config, latents[idx], cond_lat[idx], ref_lat[idx], gar_lat[idx], rng)
+        video, cond, ref = sample(idx)
+        loss = student_loss(transformer, config, video, cond, ref, gar_lat[idx], rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
@@ -291,11 +397,15 @@ def train(
     checkpoint()
 
     transformer.eval()
+    transformer.cpu()
+    autoencoder.cpu()
     weights = out / f"{config.name}.safetensors"
     save_weights(weights, config, transformer, autoencoder)
     summary = {
         "config": config.to_dict(),
-        "data": {"seed": seed, "clips": clips, "clip_frames": clip_frames},
+        "data": {"seed": seed, "clips": clips, "clip_frames": clip_frames, "restart_p": restart_p},
+        "autoencoder_from": str(autoencoder_from) if autoencoder_from else None,
+        "device": str(device),
         "autoencoder_steps": state.ae_steps_done,
         "student_steps": state.step,
         "student_seconds": round(state.elapsed_s, 1),
@@ -338,10 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student-minutes", type=float, help="stop the student phase after this long")
     p.add_argument("--seed", type=int, default=0, help="data and init seed")
     p.add_argument("--clips", type=int, default=256)
-    p.add_argument("--clip-frames", type=int, default=33, help="1 + 4k pixel frames per clip")
+    p.add_argument("--clip-frames", type=int, default=49, help="1 + 4k pixel frames per clip")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--ae-batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (same code; a GPU just goes further)")
+    p.add_argument("--lr", type=float, default=1e-3, help="student learning rate")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering the clips")
+    p.add_argument("--restart-p", type=float, default=RESTART_P, help="share of post-swap restart samples")
+    p.add_argument("--autoencoder-from", help="checkpoint whose autoencoder to reuse (skips phase 1)")
     p.add_argument("--out", default="out/train")
     args = p.parse_args(argv)
     summary = train(
@@ -357,6 +472,11 @@ def main(argv: list[str] | None = None) -> int:
         batch=args.batch,
         ae_batch=args.ae_batch,
         threads=args.threads,
+        device=args.device,
+        lr=args.lr,
+        workers=args.workers,
+        restart_p=args.restart_p,
+        autoencoder_from=args.autoencoder_from,
     )
     save_loss_plot(summary, Path(args.out) / f"{args.config}_loss.png")
     return 0

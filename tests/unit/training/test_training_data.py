@@ -10,7 +10,7 @@ import torch
 from services.garments.catalogue import spec_by_id
 from services.generator.engine import TINY
 from services.generator.engine.conditioning import conditioning_to_latent
-from services.generator.training.data import FILLED_LANDMARKS, L_SH, R_HIP, make_clip
+from services.generator.training.data import FILLED_LANDMARKS, L_SH, R_HIP, RESTART_LATENTS, make_clip
 from services.generator.training.train import clip_conditioning_latent
 
 pytestmark = pytest.mark.unit
@@ -77,3 +77,16 @@ def test_clip_conditioning_latent_matches_the_engine_per_chunk() -> None:
     first = conditioning_to_latent(clip.conditioning[:9], TINY, first_is_image=True, **kw)
     second = conditioning_to_latent(clip.conditioning[9:21], TINY, first_is_image=False, **kw)
     torch.testing.assert_close(whole, torch.cat([first, second]))
+
+
+def test_restart_window_is_the_latent_before_the_restart_worn_in_garment_a() -> None:
+    clip = make_clip(5, 9, restart=True, catalogue=[RED_TEE, GREEN_SHIRT])
+    r = clip.restart_latent
+    assert r in RESTART_LATENTS and clip.restart_window is not None
+    assert clip.restart_window.shape == (4, 64, 64, 3)
+    # Same figure and pose as the full swap clip's frames 4(r-1)-3 .. 4(r-1), which still wear A.
+    swap = make_clip(5, 4 * (r - 1) + 1, swap_frame=4 * (r - 1) + 1, catalogue=[RED_TEE, GREEN_SHIRT])
+    assert swap.garment_a == clip.garment_a
+    np.testing.assert_array_equal(clip.restart_window, swap.frames[-4:])
+    # Without ``restart`` nothing extra is rendered.
+    assert make_clip(5, 9).restart_window is None

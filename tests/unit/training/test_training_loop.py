@@ -14,6 +14,8 @@ from services.generator.training.evaluate import POLICIES, evaluate
 from services.generator.training.train import (
     build_pool,
     clip_conditioning_latent,
+    gaussian_blur,
+    restart_references,
     student_loss,
     to_unit,
     train,
@@ -103,3 +105,26 @@ def test_evaluate_runs_all_four_policies_on_one_clip(tmp_path: Path) -> None:
     assert set(report["goals"]) >= {"full_ghost_le_0.2x_refresh_only"}
     assert report["autoencoder_psnr"] > 0
     assert (tmp_path / "contact_sheet.png").is_file() and (tmp_path / "policies.png").is_file()
+
+
+def test_restart_reference_is_a_single_image_latent_of_the_windows_last_frame() -> None:
+    _, autoencoder = build_modules(TINY, seed=0)
+    pool = build_pool(TINY, clips=2, frames=9, seed=0)
+    window = to_unit(pool.restart_window)
+    ref = restart_references(autoencoder, window, blur=0.0)
+    assert ref.shape == (2, 1, TINY.latent_channels, TINY.latent_height, TINY.latent_width)
+    # The same path a full swap takes: decode the 4-frame latent, keep its last frame, encode alone.
+    with torch.no_grad():
+        latent = autoencoder.encode(torch.cat([window[:, :1], window], dim=1))[:, 1:]
+        last = autoencoder.decode(latent, first_is_image=False)[:, -1]
+        torch.testing.assert_close(ref, autoencoder.encode_image(last))
+        assert not torch.allclose(restart_references(autoencoder, window, blur=1.0), ref)
+
+
+def test_gaussian_blur_keeps_flat_images_and_softens_edges() -> None:
+    flat = torch.full((1, 3, 16, 16), 0.25)
+    torch.testing.assert_close(gaussian_blur(flat, 1.0), flat)
+    edge = torch.zeros(1, 3, 16, 16)
+    edge[..., 8:] = 1.0
+    out = gaussian_blur(edge, 1.0)
+    assert 0.0 < out[0, 0, 0, 7] < 0.5 < out[0, 0, 0, 8] < 1.0
