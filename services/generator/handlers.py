@@ -24,7 +24,7 @@ from prometheus_client import Counter, Histogram
 
 from services.garments.client import GarmentClient
 from services.garments.errors import GarmentError
-from services.generator.backend import AtCapacity, Backend, Garment, RenderedFrame
+from services.generator.backend import AtCapacity, Backend, FrameInput, Garment, RenderedFrame, RenderSession
 from services.generator.backends import garment_from_asset, make_backend, resolve
 from services.generator.inputs import GarmentLRU, frame_input
 from services.generator.sessions import LiveSession, PendingSwap
@@ -306,8 +306,8 @@ class GeneratorHandlers:
         t_in = now_ns()
         live.remember_meta(meta.stamp(STAGE, "in", t_in))
         live.last_meta = None  # once: the next camera frame brings a fresh one
-        for frame in await asyncio.to_thread(renderer.render, inp):
-            await self._publish(live, frame, t_in)
+        for frame, jpeg in await asyncio.to_thread(self._draw, renderer, inp):
+            await self._publish(live, frame, jpeg, t_in)
 
     # -- frames -----------------------------------------------------------------------------------
     async def on_frame(self, session_id: str, msg: Msg, t_in: int) -> None:
@@ -350,21 +350,26 @@ class GeneratorHandlers:
                 live.remember_meta(meta.stamp(STAGE, "in", t_in))
                 renderer = live.rendering = live.renderer
                 try:
-                    rendered = await asyncio.to_thread(renderer.render, inp)
+                    rendered = await asyncio.to_thread(self._draw, renderer, inp)
                 finally:
                     live.rendering = None
                 if live.renderer is not renderer:  # swapped while drawing: this shows the old garment
                     renderer.close()
                     self.ctx.metrics.dropped("swapped")
                     return
-                for frame in rendered:
-                    await self._publish(live, frame, t_in)
+                for frame, jpeg in rendered:
+                    await self._publish(live, frame, jpeg, t_in)
 
-    async def _publish(self, live: LiveSession, frame: RenderedFrame, t_in: int) -> None:
+    def _draw(self, renderer: RenderSession, inp: FrameInput) -> list[tuple[RenderedFrame, bytes]]:
+        """Render and encode in ONE worker-thread trip: each trip is a wake-up of the event loop
+        and of a pool thread, which on a busy machine costs more than the JPEG itself."""
+        quality = self.settings.out_jpeg_quality
+        return [(frame, encode_jpeg(frame.image_bgr, quality)) for frame in renderer.render(inp)]
+
+    async def _publish(self, live: LiveSession, frame: RenderedFrame, jpeg: bytes, t_in: int) -> None:
         meta = live.take_meta(frame.seq)
         if meta is None:
             return
-        jpeg = await asyncio.to_thread(encode_jpeg, frame.image_bgr, self.settings.out_jpeg_quality)
         meta.garment_id = frame.garment_id
         meta.width, meta.height = frame.image_bgr.shape[1], frame.image_bgr.shape[0]
         meta.stamp(STAGE, "out")

@@ -41,6 +41,7 @@ class PreprocessConfig:
     min_person_area: float = 0.004
     min_frame_side: int = 32
     max_aspect: float = 4.0
+    agnostic_image: bool = False
     agnostic_jpeg_quality: int = 70
 
     def __post_init__(self) -> None:
@@ -65,6 +66,7 @@ class PreprocessConfig:
             min_person_area=s.min_person_area,
             min_frame_side=s.min_frame_side,
             max_aspect=s.max_aspect,
+            agnostic_image=s.agnostic_image,
             agnostic_jpeg_quality=s.agnostic_jpeg_quality,
         )
 
@@ -170,7 +172,7 @@ class SessionPreprocessor:
             garment_mask_png=cond.encode_png(region) if region is not None else None,
             agnostic_jpeg=(
                 encode_jpeg(cond.agnostic_image(frame_bgr, region), c.agnostic_jpeg_quality)
-                if region is not None
+                if region is not None and c.agnostic_image
                 else None
             ),
             people=people,

@@ -73,7 +73,7 @@ async def _send_and_wait(nc, col: Collector, session: str, jpeg: bytes, seq: int
 
 async def test_frames_in_conditioning_out_with_stamped_headers(nats_url: str, bus_photo) -> None:
     cam = MotionCamera(bus_photo, 640, 480)
-    async with _preprocess(nats_url):
+    async with _preprocess(nats_url, agnostic_image=True):
         nc = await connect(nats_url, "test")
         col = await _watch(nc, "pp-out")
         for seq in range(4):

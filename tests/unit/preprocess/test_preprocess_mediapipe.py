@@ -29,7 +29,7 @@ def _near_mask(mask: np.ndarray, xy: np.ndarray, radius: int = 3) -> bool:
 
 @pytest.fixture(scope="module")
 def bus_result(bus_photo: np.ndarray):
-    pre = SessionPreprocessor("bus")
+    pre = SessionPreprocessor("bus", PreprocessConfig(agnostic_image=True))
     try:
         for i in range(3):
             result = pre.process(bus_photo, i, 1000 + i * FRAME_MS)
@@ -129,7 +129,7 @@ def test_static_stream_smoothed_jitter_is_at_most_half_the_raw(bus_photo) -> Non
 
 def test_message_at_640x480_is_compact(bus_photo) -> None:
     cam = MotionCamera(bus_photo, 640, 480)
-    pre = SessionPreprocessor("size")
+    pre = SessionPreprocessor("size", PreprocessConfig(agnostic_image=True))
     try:
         for i in range(3):
             jpeg = encode_jpeg(cam.frame(i))
@@ -189,3 +189,13 @@ def test_tracker_restarts_on_time_reversal_and_rebuilds_after_n_frames(bus_photo
         with pytest.raises(ValueError):
             tracker.process(frame[:, :, 0], 2000)
     assert not tracker.is_open
+
+
+def test_agnostic_image_is_off_unless_asked_for(bus_photo) -> None:
+    """No built-in backend reads it: by default the message carries no second JPEG."""
+    pre = SessionPreprocessor("no-agnostic")
+    try:
+        msg = pre.process(bus_photo, 0, 0.0).conditioning
+    finally:
+        pre.close()
+    assert msg.person_found and msg.garment_mask_png and msg.agnostic_jpeg is None
