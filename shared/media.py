@@ -83,6 +83,50 @@ def decode_jpeg(data: bytes) -> np.ndarray | None:
     return cv2.imdecode(arr, cv2.IMREAD_COLOR)
 
 
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # DHT, JPG, DAC are not frames
+_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01}  # RSTn, TEM: no length field
+
+
+def jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header without decoding it; None unless the bytes are a
+    structurally complete JPEG: SOI, a frame header (SOF) with sane fields, then a scan (SOS), and
+    EOI at the end (zero padding after it allowed).
+
+    Microseconds instead of a 3-5 ms decode: ingest uses it to forward a fitting JPEG untouched.
+    Entropy-coded data is not checked; the first stage that decodes reports a frame that fails.
+    """
+    n = len(data)
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8 or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None
+    i, size = 2, None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _STANDALONE:
+            i += 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        if length < 2 or i + 2 + length > n:
+            return None
+        if marker in _SOF_MARKERS:
+            if length < 8:
+                return None
+            height = (data[i + 5] << 8) | data[i + 6]
+            width = (data[i + 7] << 8) | data[i + 8]
+            components = data[i + 9]
+            if width == 0 or height == 0 or components not in (1, 3, 4):
+                return None
+            size = (width, height)
+        elif marker == 0xDA:  # start of scan: the entropy-coded data follows
+            return size
+        i += 2 + length
+    return None
+
+
 def fit_size(width: int, height: int, box_w: int, box_h: int) -> tuple[int, int]:
     """Largest (w, h) with the aspect of (width, height) that fits in the box, even-sized."""
     scale = min(box_w / width, box_h / height)

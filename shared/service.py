@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -124,6 +125,23 @@ async def _drain(nc: NATS, timeout_s: float) -> None:
             await nc.close()
 
 
+def apply_niceness(increment: int) -> int:
+    """Lower this process's CPU priority by ``increment`` (never raise it); returns the niceness.
+
+    On a machine the services share, a long CPU-bound call (preprocess: ~30 ms of MediaPipe per
+    frame) makes every short stage that wakes up behind it wait; a positive niceness lets the
+    short ones (ingest, the generator's render, a swap) run first while the bulk stage still gets
+    every idle cycle. In containers with their own CPU quota it is unnecessary.
+    """
+    if increment <= 0:
+        return os.nice(0)
+    try:
+        return os.nice(min(increment, 19))
+    except OSError as exc:  # e.g. a sandbox that forbids it: run at the normal priority
+        get_logger("service").warning("niceness_unchanged", increment=increment, error=str(exc))
+        return os.nice(0)
+
+
 def service_main(name: str, settings: BaseSettings, make_handlers: HandlerFactory) -> None:
     """Entry point body for ``python -m services.<name>.main``."""
     configure_logging(settings.log_level, settings.log_json, service=name)
@@ -132,6 +150,7 @@ def service_main(name: str, settings: BaseSettings, make_handlers: HandlerFactor
     # Several services share the machine; OpenCV's default (a thread per core in every process)
     # oversubscribes it and turns into latency, so each process gets CHAMELEON_CV_THREADS.
     cv2.setNumThreads(max(0, settings.cv_threads))
+    apply_niceness(settings.nice)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_service(name, settings, make_handlers))
 

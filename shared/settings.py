@@ -57,6 +57,7 @@ class BaseSettings:
     summary_interval_s: float = 10.0  # one summary log line per session per interval
     drain_timeout_s: float = 5.0
     cv_threads: int = 1  # OpenCV threads per process: services already run in parallel processes
+    nice: int = 0  # added to the process's niceness at start (0-19): a bulk stage yields to short ones
 
     @classmethod
     def from_env(cls: type[S], env: Mapping[str, str] | None = None, **overrides: Any) -> S:

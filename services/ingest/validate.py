@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from shared.media import decode_jpeg, encode_jpeg, fit_size
+from shared.media import decode_jpeg, encode_jpeg, fit_size, jpeg_dimensions
 
 
 class FrameRejected(ValueError):
@@ -37,23 +37,30 @@ class Normalised:
     height: int
 
 
-def decode_frame(payload: bytes, limits: Limits) -> np.ndarray:
+def _check_payload(payload: bytes, limits: Limits) -> None:
     if not payload:
         raise FrameRejected("empty_frame", "frame payload is empty")
     if len(payload) > limits.max_frame_bytes:
         raise FrameRejected(
             "frame_too_large", f"frame of {len(payload)} bytes exceeds {limits.max_frame_bytes}"
         )
-    img = decode_jpeg(payload)
-    if img is None:
-        raise FrameRejected("bad_frame", "payload is not a decodable JPEG/PNG image")
-    h, w = img.shape[:2]
+
+
+def _check_size(w: int, h: int, limits: Limits) -> None:
     if w * h > limits.max_input_pixels:
         raise FrameRejected("frame_too_large", f"{w}x{h} exceeds {limits.max_input_pixels} pixels")
     if min(w, h) < limits.min_input_side:
         raise FrameRejected("frame_too_small", f"{w}x{h} is below {limits.min_input_side} px")
     if max(w, h) / min(w, h) > limits.max_aspect:
         raise FrameRejected("bad_aspect", f"{w}x{h} is more extreme than {limits.max_aspect}:1")
+
+
+def decode_frame(payload: bytes, limits: Limits) -> np.ndarray:
+    _check_payload(payload, limits)
+    img = decode_jpeg(payload)
+    if img is None:
+        raise FrameRejected("bad_frame", "payload is not a decodable JPEG/PNG image")
+    _check_size(img.shape[1], img.shape[0], limits)
     return img
 
 
@@ -67,12 +74,17 @@ def normalise(img: np.ndarray, box_w: int, box_h: int, quality: int) -> Normalis
 
 
 def process_frame(payload: bytes, limits: Limits, box_w: int, box_h: int, quality: int) -> Normalised:
-    """Decode, validate and normalise one camera frame (runs in a worker thread).
+    """Validate and normalise one camera frame (runs in a worker thread).
 
-    A JPEG that already fits the session's box goes on byte for byte: re-encoding it would cost
-    time and a generation of JPEG loss for nothing."""
+    A complete JPEG that already fits the session's box goes on byte for byte, checked from its
+    headers alone: decoding it (3-5 ms) or re-encoding it (time and a generation of JPEG loss)
+    would buy nothing, and preprocess decodes it anyway (an undecodable scan gets its
+    ``bad_frame`` event there). Anything else is decoded, checked and resized."""
+    _check_payload(payload, limits)
+    dims = jpeg_dimensions(payload)
+    if dims is not None:
+        _check_size(*dims, limits)
+        if fit_size(*dims, box_w, box_h) == dims:
+            return Normalised(payload, *dims)
     img = decode_frame(payload, limits)
-    h, w = img.shape[:2]
-    if payload[:3] == b"\xff\xd8\xff" and fit_size(w, h, box_w, box_h) == (w, h):
-        return Normalised(payload, w, h)
     return normalise(img, box_w, box_h, quality)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.ingest.validate import FrameRejected, Limits, process_frame
-from shared.media import decode_jpeg, encode_jpeg
+from shared.media import decode_jpeg, encode_jpeg, jpeg_dimensions
 
 pytestmark = pytest.mark.unit
 LIMITS = Limits(max_frame_bytes=500_000, max_input_pixels=2000 * 2000, min_input_side=16, max_aspect=4.0)
@@ -60,3 +60,32 @@ def test_garbage_is_rejected_with_a_code(payload: bytes, code: str) -> None:
     with pytest.raises(FrameRejected) as info:
         process_frame(payload, LIMITS, 640, 480, 85)
     assert info.value.code == code
+
+
+def test_jpeg_dimensions_reads_headers_of_complete_jpegs_only() -> None:
+    img = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    base = cv2.imencode(".jpg", img)[1].tobytes()
+    progressive = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    grey = cv2.imencode(".jpg", img[..., 0])[1].tobytes()
+    for data in (base, progressive, grey, base + b"\0\0"):
+        assert jpeg_dimensions(data) == (64, 48)
+    for bad in (b"", b"\xff\xd8", base[:-50], base[:200] + base[-2:], b"\xff\xd8\xff" + b"\0" * 100):
+        assert jpeg_dimensions(bad) is None
+    png = cv2.imencode(".png", img)[1].tobytes()
+    assert jpeg_dimensions(png) is None
+
+
+def test_size_limits_apply_to_header_checked_jpegs() -> None:
+    big = _jpeg(640, 480)
+    with pytest.raises(FrameRejected) as exc:
+        process_frame(big, Limits(10**7, 640 * 480 - 1, 16, 4.0), 640, 480, 85)
+    assert exc.value.code == "frame_too_large"
+    # A JPEG cut after its scan began is not passed through: it is decoded, and a truncated file
+    # either decodes (libjpeg fills the rest) into a re-encoded frame or is rejected.
+    cut = big[: len(big) // 2]
+    try:
+        out = process_frame(cut, LIMITS, 640, 480, 85)
+    except FrameRejected as rejected:
+        assert rejected.code == "bad_frame"
+    else:
+        assert out.jpeg != cut and jpeg_dimensions(out.jpeg) == (640, 480)

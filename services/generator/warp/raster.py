@@ -19,14 +19,28 @@ _OUTSIDE = -16.0  # maps pixels no shape covers outside the texture (transparent
 
 def _inverse_affines(shapes: list[Shape]) -> tuple[np.ndarray, np.ndarray]:
     """(n, 6) frame -> canvas coefficients from each shape's first three vertices, and which
-    shapes are usable (not degenerate in the frame)."""
+    shapes are usable (not degenerate in the frame).
+
+    Closed-form 3x3 inverses (adjugate / determinant) instead of ``np.linalg``: for a few dozen
+    tiny systems LAPACK's per-call overhead, and OpenBLAS threads spinning after each call, cost
+    more CPU than the whole remap (profiled: a quarter of the generator's samples)."""
     dst = np.array([s.target[:3] for s in shapes], dtype=np.float64)  # (n, 3, 2)
     src = np.array([s.source[:3] for s in shapes], dtype=np.float64)
-    d = np.concatenate([dst, np.ones((len(shapes), 3, 1))], axis=2)  # (n, 3, 3) rows [x, y, 1]
-    det = np.linalg.det(d)
+    (x0, y0), (x1, y1), (x2, y2) = dst[:, 0].T, dst[:, 1].T, dst[:, 2].T
+    # rows [x, y, 1]; cofactors of that matrix, transposed (the adjugate)
+    adj = np.stack(
+        [
+            np.stack([y1 - y2, y2 - y0, y0 - y1], axis=1),
+            np.stack([x2 - x1, x0 - x2, x1 - x0], axis=1),
+            np.stack([x1 * y2 - x2 * y1, x2 * y0 - x0 * y2, x0 * y1 - x1 * y0], axis=1),
+        ],
+        axis=1,
+    )  # (n, 3, 3)
+    det = x0 * (y1 - y2) + x1 * (y2 - y0) + x2 * (y0 - y1)
     ok = np.abs(det) > 0.5  # twice the triangle area in px²: under a quarter pixel is no shape
-    d[~ok] = np.eye(3)
-    coef = np.linalg.solve(d, src)  # (n, 3, 2): [x, y, 1] @ coef = source
+    inv = adj / np.where(ok, det, 1.0)[:, None, None]
+    coef = np.einsum("nij,njk->nik", inv, src)  # (n, 3, 2): [x, y, 1] @ coef = source
+    coef[~ok] = 0.0
     return coef.transpose(0, 2, 1).reshape(len(shapes), 6), ok
 
 
