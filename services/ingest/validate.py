@@ -55,8 +55,8 @@ def _check_size(w: int, h: int, limits: Limits) -> None:
         raise FrameRejected("bad_aspect", f"{w}x{h} is more extreme than {limits.max_aspect}:1")
 
 
-def decode_frame(payload: bytes, limits: Limits) -> np.ndarray:
-    _check_payload(payload, limits)
+def _decode(payload: bytes, limits: Limits) -> np.ndarray:
+    """Full decode of a payload that already passed ``_check_payload``."""
     img = decode_jpeg(payload)
     if img is None:
         raise FrameRejected("bad_frame", "payload is not a decodable JPEG/PNG image")
@@ -86,5 +86,5 @@ def process_frame(payload: bytes, limits: Limits, box_w: int, box_h: int, qualit
         _check_size(*dims, limits)
         if fit_size(*dims, box_w, box_h) == dims:
             return Normalised(payload, *dims)
-    img = decode_frame(payload, limits)
+    img = _decode(payload, limits)
     return normalise(img, box_w, box_h, quality)

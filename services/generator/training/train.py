@@ -30,6 +30,7 @@ import math
 import multiprocessing
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,15 @@ def student_loss(
     return F.mse_loss(out[:, context + frames :], target)
 
 
+def lr_scale(step: int, steps: int, elapsed_s: float, minutes: float | None) -> float:
+    """Cosine from 1 to 0.1 over ``steps`` or the time budget, whichever runs out first: a run
+    stopped by its budget still ends at the low learning rate."""
+    frac = step / max(1, steps)
+    if minutes:
+        frac = max(frac, elapsed_s / (60 * minutes))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
 @dataclass
 class TrainState:
     phase: str = "autoencoder"
@@ -281,6 +291,16 @@ def train(
             state_path,
         )
 
+    def finish_step(phase: str, start: float, loss: Tensor, detail: Callable[[], str]) -> None:
+        """Step count, elapsed time, the logged loss history and periodic checkpoints: both phases."""
+        state.step += 1
+        state.elapsed_s = time.perf_counter() - start
+        if state.step % log_every == 0 or state.step == 1:
+            state.history[phase].append([state.step, loss.item(), state.elapsed_s])
+            log(f"{phase} step {state.step} loss {loss.item():.4f} {detail()} t {state.elapsed_s:.0f}s")
+        if state.step % save_every == 0:
+            checkpoint()
+
     t0 = time.perf_counter()
     pool = build_pool(config, clips, clip_frames, seed, workers=workers)
     log(f"data: {clips} clips x {clip_frames} frames (seed {seed}) in {time.perf_counter() - t0:.1f}s")
@@ -293,11 +313,8 @@ def train(
             if ae_minutes is not None and time.perf_counter() - start > 60 * ae_minutes:
                 log(f"autoencoder: time budget reached at step {state.step}")
                 break
-            frac = state.step / max(1, ae_steps)
-            if ae_minutes:
-                frac = max(frac, state.elapsed_s / (60 * ae_minutes))
-            for group in ae_opt.param_groups:  # cosine to 0.1x over steps or time budget
-                group["lr"] = ae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+            for group in ae_opt.param_groups:
+                group["lr"] = ae_lr * lr_scale(state.step, ae_steps, state.elapsed_s, ae_minutes)
             idx = torch.randint(len(pool), (ae_batch,), generator=rng)
             first = int(torch.randint(clip_frames - ae_window + 1, (1,), generator=rng))
             video = to_unit(pool.video[idx, first : first + ae_window]).to(device)
@@ -306,16 +323,12 @@ def train(
             ae_opt.zero_grad(set_to_none=True)
             loss.backward()
             ae_opt.step()
-            state.step += 1
-            state.elapsed_s = time.perf_counter() - start
-            if state.step % log_every == 0 or state.step == 1:
-                state.history["autoencoder"].append([state.step, loss.item(), state.elapsed_s])
-                log(
-                    f"autoencoder step {state.step} loss {loss.item():.4f} rec {parts['rec']:.4f} "
-                    f"latent_power {parts['latent_power']:.3f} t {state.elapsed_s:.0f}s"
-                )
-            if state.step % save_every == 0:
-                checkpoint()
+            finish_step(
+                "autoencoder",
+                start,
+                loss,
+                lambda parts=parts: f"rec {parts['rec']:.4f} latent_power {parts['latent_power']:.3f}",
+            )
         state.ae_steps_done = state.step
         state.phase, state.step, state.elapsed_s = "student", 0, 0.0
         checkpoint()
@@ -370,10 +383,7 @@ def train(
         if student_minutes is not None and time.perf_counter() - start > 60 * student_minutes:
             log(f"student: time budget reached at step {state.step}")
             break
-        frac = state.step / max(1, steps)  # the cosine follows steps or the time budget, whichever ends first
-        if student_minutes:
-            frac = max(frac, state.elapsed_s / (60 * student_minutes))
-        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        cosine = lr_scale(state.step, steps, state.elapsed_s, student_minutes)
         scale = min(1.0, (state.step + 1) / warmup) * cosine
         for group in opt.param_groups:
             group["lr"] = lr * scale
@@ -384,16 +394,7 @@ def train(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
         opt.step()
-        state.step += 1
-        state.elapsed_s = time.perf_counter() - start
-        if state.step % log_every == 0 or state.step == 1:
-            state.history["student"].append([state.step, loss.item(), state.elapsed_s])
-            log(
-                f"student step {state.step} loss {loss.item():.4f} lr {lr * scale:.2e} "
-                f"t {state.elapsed_s:.0f}s"
-            )
-        if state.step % save_every == 0:
-            checkpoint()
+        finish_step("student", start, loss, lambda scale=scale: f"lr {lr * scale:.2e}")
     checkpoint()
 
     transformer.eval()
