@@ -6,6 +6,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+COPY tools ./tools
 # CPU torch by default; the GPU profile overrides TORCH_SPEC/PIP_EXTRA at build time.
 ARG TORCH_SPEC="torch==2.13.0"
 # e.g. --build-arg PIP_EXTRA="--index-url <the PyTorch CPU wheel index>" keeps the image small

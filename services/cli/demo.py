@@ -107,8 +107,8 @@ class Recorder:
 
 async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
     """Add the starter catalogue (idempotent) and return each garment's dominant colours."""
-    from services.garments.client import GarmentClient
-    from services.garments.client import load_catalogue as add_catalogue
+    from services.garments.starter import load_catalogue as add_catalogue
+    from shared.garment_client import GarmentClient
 
     client = GarmentClient(nc, subjects, timeout_s=30)
     colours = {}
@@ -128,7 +128,7 @@ def quality(
     region, nearer a garment's colours than the camera's own pixel): a pixel that still shows
     the person's own clothes is neither the old garment nor the new."""
     from services.generator.inputs import frame_input
-    from services.generator.quality import contact_sheet, garment_pixels, ghost_ratio
+    from tools.quality import contact_sheet, garment_pixels, ghost_ratio
 
     out_by_seq = {r.meta.seq: r for r in watcher.frames}
     seqs = sorted(out_by_seq)

@@ -17,11 +17,11 @@ from shared.settings import BaseSettings
 
 # Benchmarks and tools living in their own packages: name -> module with ``main(argv) -> int``.
 DELEGATES: dict[tuple[str, str], str] = {
-    ("bench", "preprocess"): "services.preprocess.bench",
-    ("bench", "garments"): "services.garments.bench",
-    ("bench", "engine"): "services.generator.engine.bench",
-    ("inspect", "attention"): "services.generator.engine.inspect_attention",
-    ("eval", "swap"): "services.generator.training.evaluate",
+    ("bench", "preprocess"): "tools.bench.preprocess",
+    ("bench", "garments"): "tools.bench.garments",
+    ("bench", "engine"): "tools.bench.engine",
+    ("inspect", "attention"): "tools.inspect_attention",
+    ("eval", "swap"): "tools.training.evaluate",
 }
 
 
@@ -157,8 +157,9 @@ def cmd_up(argv: list[str]) -> int:
 
 
 async def _load_catalogue(url: str) -> None:
-    from services.garments.client import GarmentClient, load_catalogue
+    from services.garments.starter import load_catalogue
     from shared.bus import connect
+    from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
 
     nc = await connect(url, "up-catalogue")
@@ -184,7 +185,7 @@ def cmd_bench(argv: list[str]) -> int:
         print(f"usage: chameleon bench {{{','.join(names)}}} [--json] ...")
         return 0 if argv else 2
     if argv[0] == "transport":
-        from services.cli import bench_transport
+        from tools.bench import transport as bench_transport
 
         return bench_transport.main(argv[1:])
     return _delegate("bench", argv)
@@ -258,7 +259,7 @@ def cmd_swap(argv: list[str]) -> int:
 
 def cmd_train(argv: list[str]) -> int:
     """Train the small student (autoencoder, then in-context teacher forcing): docs/training.md."""
-    from services.generator.training import train
+    from tools.training import train
 
     return int(train.main(argv) or 0)
 

@@ -14,10 +14,9 @@ import sys
 from pathlib import Path
 
 from services.garments.catalogue import catalogue_photos
-from services.garments.client import GarmentClient
-from services.garments.errors import GarmentError
 from services.garments.settings import GarmentSettings
 from shared.bus import connect
+from shared.garment_client import GarmentClient, GarmentError
 from shared.garment_schemas import GARMENT_CATEGORIES
 from shared.logging import configure_logging
 from shared.subjects import Subjects

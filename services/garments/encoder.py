@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from services.garments.errors import GarmentError
 from services.garments.keypoints import find_keypoints
+from shared.garment_client import GarmentError
 
 PIPELINE_VERSION = "g1"  # bump when mask, canvas, keypoint or colour logic changes
 DEFAULT_CANVAS = 256

@@ -45,8 +45,8 @@ from services.garments.assets import (
     to_asset_data,
 )
 from services.garments.encoder import ImageLimits, encode_garment, encoder_version, inspect_image
-from services.garments.errors import GarmentError
 from services.garments.settings import GarmentSettings
+from shared.garment_client import GarmentError
 from shared.garment_schemas import (
     GarmentAssetData,
     GarmentEncodeReply,

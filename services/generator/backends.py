@@ -3,7 +3,7 @@ real-time path needs a GPU), otherwise the CPU ``warp`` renderer."""
 
 from __future__ import annotations
 
-from services.generator.backend import Backend, Garment
+from services.generator.rendering import Backend, Garment
 from services.generator.settings import GeneratorSettings
 
 BACKEND_NAMES = ("warp", "student")

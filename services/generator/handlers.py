@@ -22,16 +22,15 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Histogram
 
-from services.garments.client import GarmentClient
-from services.garments.errors import GarmentError
-from services.generator.backend import AtCapacity, Backend, FrameInput, Garment, RenderedFrame, RenderSession
 from services.generator.backends import garment_from_asset, make_backend, resolve
 from services.generator.inputs import GarmentLRU, frame_input
-from services.generator.sessions import LiveSession, PendingSwap
+from services.generator.rendering import AtCapacity, Backend, FrameInput, Garment, RenderedFrame, Renderer
+from services.generator.sessions import PendingSwap, ServedSession
 from services.generator.settings import GeneratorSettings
 from shared.bus import LatestFrameSlots, publish_frame
 from shared.control import ensure_control_stream
 from shared.events import EventPublisher
+from shared.garment_client import GarmentClient, GarmentError
 from shared.headers import FrameMeta, HeaderError, now_ns
 from shared.logging import get_logger
 from shared.media import encode_jpeg
@@ -63,7 +62,7 @@ class GeneratorHandlers:
         self.garment_client = GarmentClient(ctx.nc, ctx.subjects, timeout_s=settings.garment_timeout_s)
         self.garments = GarmentLRU(settings.garment_cache_size)
         self.backends: dict[str, Backend] = {}
-        self.sessions: dict[str, LiveSession] = {}
+        self.sessions: dict[str, ServedSession] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         self.slots = LatestFrameSlots(
             self.on_frame,
@@ -269,7 +268,7 @@ class GeneratorHandlers:
         await self._save_state(live, control)
         return False
 
-    async def _swap_now(self, live: LiveSession, control: Control, received_ns: int) -> bool:
+    async def _swap_now(self, live: ServedSession, control: Control, received_ns: int) -> bool:
         """A swap on a frame-by-frame renderer, without waiting for the frame in flight.
 
         Refresh, withdraw and re-reference amount to a fresh renderer on the new garment (its
@@ -297,7 +296,7 @@ class GeneratorHandlers:
         await self._save_state(live, control)
         return False
 
-    async def _rerender_latest(self, live: LiveSession) -> None:
+    async def _rerender_latest(self, live: ServedSession) -> None:
         """Show the swap now: render the newest input frame again with the new garment instead of
         waiting up to a frame interval for the next one (the output repeats that frame's seq)."""
         renderer, inp, meta = live.renderer, live.last_input, live.last_meta
@@ -360,13 +359,13 @@ class GeneratorHandlers:
                 for frame, jpeg in rendered:
                     await self._publish(live, frame, jpeg, t_in)
 
-    def _draw(self, renderer: RenderSession, inp: FrameInput) -> list[tuple[RenderedFrame, bytes]]:
+    def _draw(self, renderer: Renderer, inp: FrameInput) -> list[tuple[RenderedFrame, bytes]]:
         """Render and encode in ONE worker-thread trip: each trip is a wake-up of the event loop
         and of a pool thread, which on a busy machine costs more than the JPEG itself."""
         quality = self.settings.out_jpeg_quality
         return [(frame, encode_jpeg(frame.image_bgr, quality)) for frame in renderer.render(inp)]
 
-    async def _publish(self, live: LiveSession, frame: RenderedFrame, jpeg: bytes, t_in: int) -> None:
+    async def _publish(self, live: ServedSession, frame: RenderedFrame, jpeg: bytes, t_in: int) -> None:
         meta = live.take_meta(frame.seq)
         if meta is None:
             return
@@ -422,12 +421,12 @@ class GeneratorHandlers:
 
     def _new_session(
         self, sid: str, garment: Garment, backend: str, state: SessionState | None
-    ) -> LiveSession:
+    ) -> ServedSession:
         if len(self.sessions) >= self.settings.max_sessions and sid not in self.sessions:
             raise ControlRejected(
                 "at_capacity", f"this worker runs {len(self.sessions)} sessions, its maximum"
             )
-        live = LiveSession(sid, garment, backend, epoch=(state.epoch if state else 0))
+        live = ServedSession(sid, garment, backend, epoch=(state.epoch if state else 0))
         if state:
             live.applied_events = list(state.applied_events)
         self.sessions[sid] = live
@@ -435,7 +434,7 @@ class GeneratorHandlers:
         self._schedule_prefetch()
         return live
 
-    async def _implicit_start(self, sid: str) -> LiveSession | None:
+    async def _implicit_start(self, sid: str) -> ServedSession | None:
         """A session that starts with frames alone: its stored state (after a restart) or the
         default garment and backend."""
         state = await self._load_state(sid)
@@ -506,7 +505,7 @@ class GeneratorHandlers:
             log.warning("session_state_corrupt", error=str(exc))
             return None
 
-    async def _save_state(self, live: LiveSession, control: Control | None) -> None:
+    async def _save_state(self, live: ServedSession, control: Control | None) -> None:
         assert self.kv is not None
         live.epoch += 1
         state = SessionState(

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import cv2
 import numpy as np
 
-from services.generator.backend import FrameInput, Garment
+from services.generator.rendering import FrameInput, Garment
 from shared.media import decode_jpeg
 from shared.schemas import Conditioning, SchemaError, unpack_array
 

@@ -1,6 +1,6 @@
 """Per-session bookkeeping of one generator worker. Pure: no bus, no asyncio.
 
-A ``LiveSession`` holds the session's renderer (which owns the KV cache or warp history), the
+A ``ServedSession`` holds the session's renderer (which owns the KV cache or warp history), the
 garment in effect, the swap being measured, and the input metadata the renderer's (possibly
 chunked) output must be matched back to.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from services.generator.backend import FrameInput, Garment, RenderSession
+from services.generator.rendering import FrameInput, Garment, Renderer
 from shared.headers import FrameMeta
 
 APPLIED_EVENTS_KEPT = 64
@@ -30,13 +30,13 @@ class PendingSwap:
 
 
 @dataclass
-class LiveSession:
+class ServedSession:
     session_id: str
     garment: Garment
     backend: str
     epoch: int = 0
-    renderer: RenderSession | None = None
-    rendering: RenderSession | None = None  # the renderer of the frame in flight, if any
+    renderer: Renderer | None = None
+    rendering: Renderer | None = None  # the renderer of the frame in flight, if any
     pending_swap: PendingSwap | None = None
     applied_events: list[str] = field(default_factory=list)
     metas: OrderedDict[int, FrameMeta] = field(default_factory=OrderedDict)

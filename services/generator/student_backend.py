@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from services.generator.backend import AtCapacity, FrameInput, Garment, RenderedFrame
+from services.generator.rendering import AtCapacity, FrameInput, Garment, RenderedFrame
 from services.generator.settings import GeneratorSettings
 
 PACKAGED_CHECKPOINTS = Path(__file__).parent / "checkpoints"
@@ -94,7 +94,7 @@ def garment_rgb(garment: Garment) -> np.ndarray:
     return cv2.cvtColor(bgr.astype(np.uint8), cv2.COLOR_BGR2RGB)
 
 
-class StudentRenderSession:
+class StudentRenderer:
     chunked = True
 
     def __init__(self, backend: StudentBackend, session_id: str, garment: Garment) -> None:
@@ -169,5 +169,5 @@ class StudentBackend:
     def prepare(self, garment: Garment) -> None:
         """Nothing yet: the garment latent is encoded at the swap (one image encode, ~ms)."""
 
-    def open(self, session_id: str, garment: Garment) -> StudentRenderSession:
-        return StudentRenderSession(self, session_id, garment)
+    def open(self, session_id: str, garment: Garment) -> StudentRenderer:
+        return StudentRenderer(self, session_id, garment)

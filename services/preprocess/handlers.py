@@ -40,7 +40,7 @@ STATUS_TEXT = {
 
 
 @dataclass
-class _Session:
+class _OpenPreprocessor:
     pre: SessionPreprocessor
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     closed: bool = False
@@ -54,7 +54,7 @@ class PreprocessHandlers:
         self.settings = settings
         self.config = PreprocessConfig.from_settings(settings)
         self.events = EventPublisher(ctx.nc, ctx.subjects, STAGE)
-        self.sessions: dict[str, _Session] = {}
+        self.sessions: dict[str, _OpenPreprocessor] = {}
         self.reclaimed = 0
         self._executor = ThreadPoolExecutor(max(1, settings.pose_workers), thread_name_prefix="preprocess")
         self.slots = LatestFrameSlots(
@@ -156,7 +156,9 @@ class PreprocessHandlers:
                         f"preprocess serves at most {self.settings.max_sessions} sessions",
                     )
                     return None
-                session = self.sessions[session_id] = _Session(SessionPreprocessor(session_id, self.config))
+                session = self.sessions[session_id] = _OpenPreprocessor(
+                    SessionPreprocessor(session_id, self.config)
+                )
                 self.ctx.metrics.active_sessions.set(len(self.sessions))
                 log.info("session_opened")
             async with session.lock:

@@ -16,6 +16,7 @@ from services.preprocess import conditioning as cond
 from services.preprocess.pose import PoseConfig, PoseTracker
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.smoothing import LandmarkSmoother, OneEuroParams
+from shared import body
 from shared.media import decode_jpeg, encode_jpeg
 from shared.schemas import Conditioning, pack_array
 
@@ -45,9 +46,9 @@ class PreprocessConfig:
     agnostic_jpeg_quality: int = 70
 
     def __post_init__(self) -> None:
-        if self.garment_category not in cond.GARMENT_CATEGORIES:
+        if self.garment_category not in body.GARMENT_CATEGORIES:
             raise ValueError(
-                f"garment_category {self.garment_category!r} is not one of {cond.GARMENT_CATEGORIES}"
+                f"garment_category {self.garment_category!r} is not one of {body.GARMENT_CATEGORIES}"
             )
 
     @classmethod
@@ -154,7 +155,7 @@ class SessionPreprocessor:
 
         region = None
         if landmarks is not None:
-            region = cond.garment_region(
+            region = body.garment_region(
                 landmarks, w, h, c.garment_category, person_mask, c.visibility_threshold
             )
             if region is not None and not region.any():

@@ -17,14 +17,15 @@ import pytest
 
 from services.camera.source import MotionCamera
 from services.garments.catalogue import spec_by_id
-from services.garments.client import GarmentClient, load_catalogue
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
+from services.garments.starter import load_catalogue
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
 from services.preprocess.pipeline import SessionPreprocessor
 from shared import control
 from shared.bus import connect, publish_frame
+from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
 from shared.media import decode_jpeg
 from shared.schemas import Conditioning, Event

@@ -1,4 +1,4 @@
-"""Session-facing API: ``Engine`` (shared model + cache pool) and ``StudentSession`` (one stream).
+"""Session-facing API: ``Engine`` (shared model + cache pool) and ``StudentStream`` (one stream).
 
 A session starts from a reference image (the person) and a garment image, produces a chunk of
 pixel frames per ``step`` and can ``swap`` the garment at any chunk boundary with the paper's three
@@ -80,9 +80,9 @@ class Engine:
         cfg = self.config
         return (1, cfg.chunk_frames, cfg.latent_channels, cfg.latent_height, cfg.latent_width)
 
-    def open_session(self, *, seed: int = 0) -> StudentSession:
+    def open_session(self, *, seed: int = 0) -> StudentStream:
         """Admit a session (raises ``AtCapacity`` when the pool is full)."""
-        return StudentSession(self, self.pool.acquire(), seed=seed)
+        return StudentStream(self, self.pool.acquire(), seed=seed)
 
     # --------------------------------------------------------------------------- primitives
     @torch.no_grad()
@@ -93,7 +93,7 @@ class Engine:
         return self.autoencoder.encode_image(image)
 
     @torch.no_grad()
-    def prefill_context(self, session: StudentSession, reference: Tensor, garment: Tensor) -> None:
+    def prefill_context(self, session: StudentStream, reference: Tensor, garment: Tensor) -> None:
         """Joint t = 0 forward of [reference | garment] that (re)writes both in-context slots.
 
         Both slots are always recomputed together: in the prefill they attend to each other, so
@@ -113,7 +113,7 @@ class Engine:
         session.reference_latent, session.garment_latent = reference, garment
 
     @torch.no_grad()
-    def generate_latents(self, sessions: list[StudentSession], conditioning: list[Tensor]) -> Tensor:
+    def generate_latents(self, sessions: list[StudentStream], conditioning: list[Tensor]) -> Tensor:
         """Denoise one chunk for each session in ONE batched forward per step, then commit.
 
         Per session: noise from its own generator, its own RoPE positions and cache. After the
@@ -160,7 +160,7 @@ class Engine:
 
     @torch.no_grad()
     def step_batch(
-        self, sessions: list[StudentSession], conditioning: list[Conditioning] | None = None
+        self, sessions: list[StudentStream], conditioning: list[Conditioning] | None = None
     ) -> list[np.ndarray]:
         """One chunk for several sessions through shared forwards; per-session uint8 frames."""
         if conditioning is None:
@@ -173,7 +173,7 @@ class Engine:
         return [frames_to_uint8(pixels[b, trim:] if f else pixels[b]) for b, f in enumerate(first)]
 
 
-class StudentSession:
+class StudentStream:
     """One stream's state: its KV cache (owned, from the pool), noise generator and latents."""
 
     def __init__(self, engine: Engine, cache: KVCache, *, seed: int = 0) -> None:
@@ -189,7 +189,7 @@ class StudentSession:
         self.released = False
 
     # -------------------------------------------------------------------------- lifecycle
-    def __enter__(self) -> StudentSession:
+    def __enter__(self) -> StudentStream:
         return self
 
     def __exit__(

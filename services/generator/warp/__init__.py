@@ -1,5 +1,5 @@
 """``warp``: the classical CPU try-on renderer (piecewise-affine garment warp + shading transfer)."""
 
-from services.generator.warp.session import Reference, WarpBackend, WarpConfig, WarpSession
+from services.generator.warp.renderer import Reference, WarpBackend, WarpConfig, WarpRenderer
 
-__all__ = ["Reference", "WarpBackend", "WarpConfig", "WarpSession"]
+__all__ = ["Reference", "WarpBackend", "WarpConfig", "WarpRenderer"]

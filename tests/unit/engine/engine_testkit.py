@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from services.generator.engine import TINY, Engine, StudentSession
+from services.generator.engine import TINY, Engine, StudentStream
 
 
 def make_engine(dtype: torch.dtype = torch.float64, sessions: int = 4, seed: int = 0) -> Engine:
@@ -17,7 +17,7 @@ def random_latent(seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor
     return torch.randn(shape, generator=g, dtype=dtype)
 
 
-def random_conditioning(session: StudentSession, seed: int) -> torch.Tensor:
+def random_conditioning(session: StudentStream, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     frames = session.pixel_frames_next_chunk
     return torch.rand(frames, TINY.pixel_height, TINY.pixel_width, TINY.cond_channels, generator=g)

@@ -10,23 +10,23 @@ import pytest
 import torch
 from engine_testkit import random_conditioning, random_latent
 
-from services.generator.engine import Engine, StudentSession
+from services.generator.engine import Engine, StudentStream
 
 pytestmark = pytest.mark.unit
 
 
-def _context_rows(session: StudentSession) -> tuple[torch.Tensor, torch.Tensor]:
+def _context_rows(session: StudentStream) -> tuple[torch.Tensor, torch.Tensor]:
     layout = session.cache.layout
     rows = slice(layout.reference_offset, layout.sink_offset)
     return session.cache.keys[:, rows].clone(), session.cache.values[:, rows].clone()
 
 
-def _history_rows(session: StudentSession) -> slice:
+def _history_rows(session: StudentStream) -> slice:
     layout = session.cache.layout
     return slice(layout.sink_offset, layout.total_tokens)
 
 
-def _run(session: StudentSession, chunks: int, cond_seed: int) -> list[torch.Tensor]:
+def _run(session: StudentStream, chunks: int, cond_seed: int) -> list[torch.Tensor]:
     return [session.step_latents(random_conditioning(session, cond_seed + i)) for i in range(chunks)]
 
 

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from services.generator.engine import bench, inspect_attention
+from tools import inspect_attention
+from tools.bench import engine as bench
 
 pytestmark = pytest.mark.unit
 

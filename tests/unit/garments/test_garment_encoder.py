@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.garments.assets import GarmentAsset, content_key, derive_garment_id, to_asset_data
+from services.garments.assets import content_key, derive_garment_id, to_asset_data
 from services.garments.catalogue import PATTERNS, SILHOUETTES, render, spec_by_id, starter_catalogue
 from services.garments.encoder import (
     ImageLimits,
@@ -17,7 +17,7 @@ from services.garments.encoder import (
     register_student_encoder,
     to_canvas,
 )
-from services.garments.errors import GarmentError
+from shared.garment_client import GarmentAsset, GarmentError
 from shared.garment_schemas import KEYPOINT_NAMES, GarmentAssetData, GarmentGetReply
 
 pytestmark = pytest.mark.unit

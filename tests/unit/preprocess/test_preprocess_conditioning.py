@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from services.preprocess import conditioning as cond
-from services.preprocess.conditioning import LM
+from shared import body
+from shared.body import LM
 
 pytestmark = pytest.mark.unit
 
@@ -72,7 +73,7 @@ def inside(mask: np.ndarray, xy: tuple[float, float]) -> bool:
 
 
 def test_top_covers_torso_and_upper_arms_not_head_forearms_or_legs() -> None:
-    region = cond.garment_region(landmarks(), W, H, "top", body_mask())
+    region = body.garment_region(landmarks(), W, H, "top", body_mask())
     assert region is not None and region.dtype == np.uint8 and set(np.unique(region)) <= {0, 255}
     for xy in ((320, 200), (320, 290), (300, 180), (345, 250), (380, 200), (260, 200)):
         assert inside(region, xy), xy
@@ -82,17 +83,17 @@ def test_top_covers_torso_and_upper_arms_not_head_forearms_or_legs() -> None:
 
 def test_region_stays_near_the_person_mask() -> None:
     mask = body_mask()
-    region = cond.garment_region(landmarks(), W, H, "top", mask)
+    region = body.garment_region(landmarks(), W, H, "top", mask)
     far = cv2.dilate(mask, np.ones((41, 41), np.uint8)) == 0
     assert not (region[far] > 0).any()
-    free = cond.garment_region(landmarks(), W, H, "top", None)
+    free = body.garment_region(landmarks(), W, H, "top", None)
     assert free.sum() >= region.sum()
 
 
 def test_dress_extends_to_the_knees_and_jacket_to_the_wrists() -> None:
-    top = cond.garment_region(landmarks(), W, H, "top", body_mask())
-    dress = cond.garment_region(landmarks(), W, H, "dress", body_mask())
-    jacket = cond.garment_region(landmarks(), W, H, "jacket", body_mask())
+    top = body.garment_region(landmarks(), W, H, "top", body_mask())
+    dress = body.garment_region(landmarks(), W, H, "dress", body_mask())
+    jacket = body.garment_region(landmarks(), W, H, "jacket", body_mask())
     assert inside(dress, (320, 380)) and not inside(top, (320, 380))  # between the legs, above knees
     assert inside(jacket, (393, 290)) and not inside(top, (393, 290))  # forearm
     assert not inside(dress, POSE_PX[LM.NOSE]) and not inside(jacket, POSE_PX[LM.NOSE])
@@ -102,15 +103,15 @@ def test_dress_extends_to_the_knees_and_jacket_to_the_wrists() -> None:
 def test_no_region_without_visible_shoulders_and_unknown_category_rejected() -> None:
     lm = landmarks()
     lm[LM.LEFT_SHOULDER, 3] = 0.1
-    assert cond.garment_region(lm, W, H, "top") is None
-    assert cond.garment_region(landmarks(dy=-400), W, H, "top") is None  # shoulders above the frame
+    assert body.garment_region(lm, W, H, "top") is None
+    assert body.garment_region(landmarks(dy=-400), W, H, "top") is None  # shoulders above the frame
     with pytest.raises(ValueError, match="category"):
-        cond.garment_region(landmarks(), W, H, "hat")
+        body.garment_region(landmarks(), W, H, "hat")
 
 
 def test_upper_body_framing_extrapolates_hips_below_the_frame() -> None:
     lm = landmarks(dy=250)  # shoulders at y=410, hips far below the bottom edge
-    region = cond.garment_region(lm, W, H, "top")
+    region = body.garment_region(lm, W, H, "top")
     assert region is not None and inside(region, (320, 470))
     assert cond.assess(lm) == [cond.PARTIAL_PERSON]
 
@@ -125,7 +126,7 @@ def test_assess_codes() -> None:
 
 def test_agnostic_image_greys_exactly_the_region() -> None:
     frame = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    region = cond.garment_region(landmarks(), W, H, "top", body_mask())
+    region = body.garment_region(landmarks(), W, H, "top", body_mask())
     out = cond.agnostic_image(frame, region)
     assert (out[region > 0] == cond.AGNOSTIC_GREY).all()
     assert (out[region == 0] == frame[region == 0]).all()

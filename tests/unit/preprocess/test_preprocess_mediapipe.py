@@ -8,12 +8,12 @@ import pytest
 
 from services.camera.source import Motion, MotionCamera
 from services.preprocess import conditioning as cond
-from services.preprocess.conditioning import LM
-from services.preprocess.evaluate import detect_rate, follow_error_px, jitter_px, noisy_still_frames
 from services.preprocess.pipeline import FrameError, PreprocessConfig, SessionPreprocessor
 from services.preprocess.pose import PoseConfig, PoseTracker
+from shared.body import LM
 from shared.media import encode_jpeg
 from shared.schemas import Conditioning, unpack_array
+from tools.eval.preprocess import detect_rate, follow_error_px, jitter_px, noisy_still_frames
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ import torch
 
 from services.generator.engine import TINY, Engine
 from services.generator.engine.weights import build_modules
-from services.generator.training.evaluate import POLICIES, evaluate
-from services.generator.training.train import (
+from tools.training.evaluate import POLICIES, evaluate
+from tools.training.train import (
     build_pool,
     clip_conditioning_latent,
     gaussian_blur,

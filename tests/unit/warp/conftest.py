@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.generator.backend import FrameInput, Garment
-from services.generator.warp.samples import catalogue_garment, preprocessed_frames
+from services.generator.rendering import FrameInput, Garment
+from tools.samples import catalogue_garment, preprocessed_frames
 
 
 @pytest.fixture(scope="session")

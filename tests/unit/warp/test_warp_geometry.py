@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from services.generator.backend import FrameInput, Garment
-from services.generator.warp import WarpSession
+from services.generator.rendering import FrameInput, Garment
+from services.generator.warp import WarpRenderer
 from services.generator.warp.geometry import GarmentGeometry, body_mesh
 from services.generator.warp.raster import warp_layers
 
@@ -61,7 +61,7 @@ def _two_tone_garment(long_sleeves: bool) -> Garment:
 def test_garment_left_dresses_the_wearers_right_which_is_image_left() -> None:
     g = _two_tone_garment(False)
     frame = FrameInput(0, np.full((H, W, 3), 128, np.uint8), _landmarks())
-    out = WarpSession("s", g).render(frame)[0]
+    out = WarpRenderer("s", g).render(frame)[0]
     left, right = out.image_bgr[200, 130], out.image_bgr[200, 190]  # torso, either side of the middle
     assert left[1] > 150 and left[0] < 60  # green: the garment's image-left half
     assert right[0] > 150 and right[2] > 150 and right[1] < 60  # magenta
@@ -70,8 +70,8 @@ def test_garment_left_dresses_the_wearers_right_which_is_image_left() -> None:
 def test_long_sleeves_follow_the_whole_arm_short_ones_stop_above_the_elbow() -> None:
     lm = _landmarks()
     frame = FrameInput(0, np.full((H, W, 3), 128, np.uint8), lm)
-    long_out = WarpSession("s", _two_tone_garment(True)).render(frame)[0].drawn_mask
-    short_out = WarpSession("s", _two_tone_garment(False)).render(frame)[0].drawn_mask
+    long_out = WarpRenderer("s", _two_tone_garment(True)).render(frame)[0].drawn_mask
+    short_out = WarpRenderer("s", _two_tone_garment(False)).render(frame)[0].drawn_mask
     forearm = (97, 225)  # between the image-left elbow (100, 180) and wrist (95, 245)
     upper_arm = (108, 135)
     assert long_out[forearm[1], forearm[0]] > 0 and long_out[upper_arm[1], upper_arm[0]] > 0

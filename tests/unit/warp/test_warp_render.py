@@ -10,10 +10,10 @@ import pytest
 from warp_testkit import inner_torso
 
 from services.garments.encoder import dominant_colours
-from services.generator.backend import AtCapacity, FrameInput
-from services.generator.quality import ghost_ratio, psnr_outside
-from services.generator.warp import WarpBackend, WarpSession
-from services.preprocess.conditioning import head_mask
+from services.generator.rendering import AtCapacity, FrameInput
+from services.generator.warp import WarpBackend, WarpRenderer
+from shared.body import head_mask
+from tools.quality import ghost_ratio, psnr_outside
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +26,7 @@ def _original_clothing(frame: FrameInput) -> list[tuple[int, int, int]]:
 @pytest.mark.parametrize("garment_name", ["red_tee", "blue_shirt"])
 def test_the_garment_covers_the_torso_in_its_own_colours(bus_frame, garment_name, request) -> None:
     garment = request.getfixturevalue(garment_name)
-    out = WarpSession("s", garment).render(bus_frame)[0]
+    out = WarpRenderer("s", garment).render(bus_frame)[0]
     torso = inner_torso(bus_frame)
     drawn = out.drawn_mask > 0
     assert out.garment_id == garment.garment_id and out.seq == bus_frame.seq
@@ -36,7 +36,7 @@ def test_the_garment_covers_the_torso_in_its_own_colours(bus_frame, garment_name
 
 
 def test_pixels_outside_the_drawn_mask_are_bit_identical(bus_frame, red_tee) -> None:
-    out = WarpSession("s", red_tee).render(bus_frame)[0]
+    out = WarpRenderer("s", red_tee).render(bus_frame)[0]
     outside = out.drawn_mask == 0
     assert out.image_bgr is not bus_frame.frame_bgr
     assert np.array_equal(out.image_bgr[outside], bus_frame.frame_bgr[outside])
@@ -47,13 +47,13 @@ def test_pixels_outside_the_drawn_mask_are_bit_identical(bus_frame, red_tee) -> 
 def test_the_face_is_left_alone(bus_frame, blue_shirt) -> None:
     h, w = bus_frame.frame_bgr.shape[:2]
     head = head_mask(bus_frame.landmarks, w, h) > 0
-    out = WarpSession("s", blue_shirt).render(bus_frame)[0]
+    out = WarpRenderer("s", blue_shirt).render(bus_frame)[0]
     assert not (out.drawn_mask[head] > 0).any()
     assert np.array_equal(out.image_bgr[head], bus_frame.frame_bgr[head])
 
 
 def test_the_frame_right_after_a_swap_shows_only_the_new_garment(bus_frame, red_tee, blue_shirt) -> None:
-    session = WarpSession("s", red_tee)
+    session = WarpRenderer("s", red_tee)
     for _ in range(3):
         before = session.render(bus_frame)[0]
     # the tee's feathered edge over the beige coat sits near the shirt's light colours
@@ -63,7 +63,7 @@ def test_the_frame_right_after_a_swap_shows_only_the_new_garment(bus_frame, red_
     assert after.garment_id == blue_shirt.garment_id == session.garment_id
     assert ghost_ratio(after.image_bgr, after.drawn_mask, red_tee.colours, blue_shirt.colours) <= 0.02
     # history withdrawn and reference re-derived: exactly what a fresh session draws
-    fresh = WarpSession("t", blue_shirt).render(bus_frame)[0]
+    fresh = WarpRenderer("t", blue_shirt).render(bus_frame)[0]
     assert np.array_equal(after.image_bgr, fresh.image_bgr)
 
 
@@ -87,7 +87,7 @@ def test_without_a_usable_body_the_frame_passes_through(bus_frame, red_tee, chan
         frame = replace(bus_frame, landmarks=lm)
     else:
         frame = replace(bus_frame, **change)
-    session = WarpSession("s", red_tee)
+    session = WarpRenderer("s", red_tee)
     session.render(bus_frame)  # a person first, then lost
     out = session.render(frame)[0]
     assert out.drawn_mask is None
@@ -97,7 +97,7 @@ def test_without_a_usable_body_the_frame_passes_through(bus_frame, red_tee, chan
 
 def test_empty_frame_without_person_passes_through(red_tee) -> None:
     frame = FrameInput(7, np.full((48, 64, 3), 90, np.uint8))
-    out = WarpSession("s", red_tee).render(frame)
+    out = WarpRenderer("s", red_tee).render(frame)
     assert len(out) == 1 and out[0].seq == 7 and out[0].drawn_mask is None
     assert np.array_equal(out[0].image_bgr, frame.frame_bgr)
 
@@ -105,7 +105,7 @@ def test_empty_frame_without_person_passes_through(red_tee) -> None:
 def test_rendering_is_deterministic(bus_frame, blue_shirt) -> None:
     runs = []
     for _ in range(2):
-        session = WarpSession("s", blue_shirt)
+        session = WarpRenderer("s", blue_shirt)
         runs.append([session.render(bus_frame)[0] for _ in range(2)])
     for a, b in zip(*runs, strict=True):
         assert np.array_equal(a.image_bgr, b.image_bgr) and np.array_equal(a.drawn_mask, b.drawn_mask)
@@ -113,7 +113,7 @@ def test_rendering_is_deterministic(bus_frame, blue_shirt) -> None:
 
 def test_the_input_frame_is_never_written_to(bus_frame, red_tee) -> None:
     copy = bus_frame.frame_bgr.copy()
-    WarpSession("s", red_tee).render(bus_frame)
+    WarpRenderer("s", red_tee).render(bus_frame)
     assert np.array_equal(copy, bus_frame.frame_bgr)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from services.generator.backend import FrameInput
-from services.preprocess.conditioning import LM
+from services.generator.rendering import FrameInput
+from shared.body import LM
 
 
 def inner_torso(frame: FrameInput, shrink: float = 0.8) -> np.ndarray:

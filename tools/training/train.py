@@ -1,6 +1,6 @@
 """Train the tiny student on procedural clips: autoencoder first, then the causal student.
 
-``python -m services.generator.training.train --config tiny --steps N --seed S --out DIR``
+``python -m tools.training.train --config tiny --steps N --seed S --out DIR``
 
 Phase 1 (autoencoder): L1 + MSE reconstruction of short videos (Wan time structure: first latent =
 one frame, later latents = 4 frames) and of single images (references and garment flat-lays), with
@@ -45,8 +45,7 @@ from services.generator.engine.config import EngineConfig, get_config
 from services.generator.engine.sampler import FlowMatchSchedule
 from services.generator.engine.transformer import CausalVideoDiT, teacher_forcing_mask
 from services.generator.engine.weights import build_modules, load_weights, save_weights
-
-from .data import Clip, make_clip
+from tools.training.data import Clip, make_clip
 
 LATENT_POWER_WEIGHT = 0.05
 RESTART_P = 0.5  # share of student samples in the post-swap restart layout
@@ -439,9 +438,7 @@ def save_loss_plot(summary: dict[str, Any], path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m services.generator.training.train", description=__doc__.splitlines()[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m tools.training.train", description=__doc__.splitlines()[0])
     p.add_argument("--config", default="tiny")
     p.add_argument("--steps", type=int, default=3000, help="student steps")
     p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder steps")

@@ -1,6 +1,6 @@
 """Engine benchmark: throughput, engine overhead, swap cost vs history, cache memory, batching.
 
-``python -m services.generator.engine.bench --config tiny --json`` prints one JSON object as its
+``python -m tools.bench.engine --config tiny --json`` prints one JSON object as its
 LAST line. Engine and baseline timings are interleaved (A, B, A, B, ...) and summarised by
 medians so a noisy shared machine shifts both sides alike.
 """
@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .conditioning import pixel_frames_in_chunk
-from .config import EngineConfig, get_config
-from .pool import CachePool
-from .session import Engine, StudentSession
+from services.generator.engine.conditioning import pixel_frames_in_chunk
+from services.generator.engine.config import EngineConfig, get_config
+from services.generator.engine.pool import CachePool
+from services.generator.engine.session import Engine, StudentStream
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,7 +80,7 @@ def _images(config: EngineConfig, seed: int, count: int) -> list[np.ndarray]:
     return [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(count)]
 
 
-def _steady_session(engine: Engine, images: list[np.ndarray], seed: int) -> StudentSession:
+def _steady_session(engine: Engine, images: list[np.ndarray], seed: int) -> StudentStream:
     """A session whose sink and FIFO are full: every further step is the steady state."""
     cfg = engine.config
     session = engine.open_session(seed=seed)
@@ -91,7 +91,7 @@ def _steady_session(engine: Engine, images: list[np.ndarray], seed: int) -> Stud
     return session
 
 
-def _bare_loop(engine: Engine, session: StudentSession) -> Callable[[], object]:
+def _bare_loop(engine: Engine, session: StudentStream) -> Callable[[], object]:
     """The same model calls as one engine step, on prebuilt inputs, with no cache management.
 
     4 denoising forwards + the t = 0 forward + the same decode, attending to the same (full)
@@ -118,7 +118,7 @@ def _bare_loop(engine: Engine, session: StudentSession) -> Callable[[], object]:
     return run
 
 
-def _session_bytes(session: StudentSession) -> int:
+def _session_bytes(session: StudentStream) -> int:
     held = [session.reference_latent, session.garment_latent, session.last_latents]
     return session.cache.nbytes + sum(t.numel() * t.element_size() for t in held if t is not None)
 
@@ -227,7 +227,7 @@ def run_benchmark(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m services.generator.engine.bench",
+        prog="python -m tools.bench.engine",
         description="Benchmark the generation engine.",
     )
     p.add_argument("--config", default="tiny", choices=["tiny", "paper"])

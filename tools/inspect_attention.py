@@ -18,20 +18,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .bench import DTYPES
-from .config import get_config
-from .kv_cache import SEGMENTS
-from .session import Engine, StudentSession
+from services.generator.engine.config import get_config
+from services.generator.engine.kv_cache import SEGMENTS
+from services.generator.engine.session import Engine, StudentStream
+from tools.bench.engine import DTYPES
 
 
-def _segment_bounds(session: StudentSession, queries: int) -> dict[str, tuple[int, int]]:
+def _segment_bounds(session: StudentStream, queries: int) -> dict[str, tuple[int, int]]:
     bounds = {"current": (0, queries)}
     for name, (lo, hi) in session.cache.segment_rows().items():
         bounds[name] = (queries + lo, queries + hi)
     return bounds
 
 
-def probe_attention(engine: Engine, session: StudentSession, *, step: int = 0) -> list[dict[str, float]]:
+def probe_attention(engine: Engine, session: StudentStream, *, step: int = 0) -> list[dict[str, float]]:
     """Attention mass per segment and layer for the session's next chunk at denoising ``step``."""
     cfg = engine.config
     queries = cfg.chunk_frames * cfg.tokens_per_frame
@@ -110,7 +110,7 @@ def inspect(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m services.generator.engine.inspect_attention",
+        prog="python -m tools.inspect_attention",
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--config", default="tiny", choices=["tiny", "paper"])

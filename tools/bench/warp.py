@@ -1,8 +1,8 @@
-"""Render-time benchmark of the warp backend: ``python -m services.generator.warp.bench``.
+"""Render-time benchmark of the warp backend: ``python -m tools.bench.warp``.
 
 Frames: the bus photo cropped to the front person's upper body (webcam framing: the torso about a
 third of the frame wide) through a moving virtual camera at 640x480, preprocessed once by the real
-MediaPipe pipeline (not timed). Timed: ``WarpSession.render`` alone, cycling over those frames.
+MediaPipe pipeline (not timed). Timed: ``WarpRenderer.render`` alone, cycling over those frames.
 Prints one JSON object: ``{"render_ms": {"p50", "p95"}, ...}``.
 """
 
@@ -30,15 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     from services.camera.source import Motion, MotionCamera
-    from services.generator.warp import WarpSession
-    from services.generator.warp.samples import catalogue_garment, preprocessed_frames
+    from services.generator.warp import WarpRenderer
     from shared.media import read_image, sample_photo
+    from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)  # the serving worker renders one session per thread
     photo = read_image(sample_photo("bus.jpg"))[UPPER_BODY]
     camera = MotionCamera(photo, args.width, args.height, Motion(period=args.frames))
     inputs = preprocessed_frames([camera.frame(i) for i in range(args.frames)])
-    session = WarpSession("bench", catalogue_garment(args.garment))
+    session = WarpRenderer("bench", catalogue_garment(args.garment))
     for frame in inputs[:5]:  # warm-up: allocations, first reference estimate
         session.render(frame)
     times, drawn = [], []

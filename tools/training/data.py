@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from services.garments.catalogue import GarmentSpec, render, starter_catalogue
-from services.generator.backend import FrameInput
+from services.generator.rendering import FrameInput
 from services.generator.student_backend import conditioning_maps
 
 SUPERSAMPLE = 2  # draw at 2x, area-downsample: antialiased edges at 64x64

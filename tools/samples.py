@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.generator.backend import FrameInput, Garment
+from services.generator.rendering import FrameInput, Garment
 
 
 def catalogue_garment(garment_id: str) -> Garment:

@@ -1,6 +1,6 @@
 """Swap quality of the four rescheduling policies on held-out procedural clips with a mid-clip swap.
 
-``python -m services.generator.training.evaluate --json [--weights W] [--clips N]``
+``python -m tools.training.evaluate --json [--weights W] [--clips N]``
 
 Each clip starts from the reference (frame 0 in garment A) with garment A, streams chunk by chunk
 with the clip's conditioning maps and swaps to garment B at ``swap_frame`` (a chunk boundary).
@@ -34,10 +34,9 @@ import torch
 
 from services.generator.engine.conditioning import frames_to_uint8
 from services.generator.engine.config import get_config
-from services.generator.engine.inspect_attention import probe_attention
-from services.generator.engine.session import Engine, StudentSession
-
-from .data import Clip, make_clip
+from services.generator.engine.session import Engine, StudentStream
+from tools.inspect_attention import probe_attention
+from tools.training.data import Clip, make_clip
 
 POLICIES = ("none", "refresh_only", "refresh_withdraw", "full")
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny.safetensors"
@@ -45,7 +44,7 @@ EVAL_SEED = 100_000  # held out: training clips use seeds from 0 up to a few tho
 MIN_COLOUR_GAP = 60.0
 
 
-def apply_policy(session: StudentSession, policy: str, garment: np.ndarray) -> None:
+def apply_policy(session: StudentStream, policy: str, garment: np.ndarray) -> None:
     if policy == "none":
         return
     if policy == "refresh_only":
@@ -266,9 +265,7 @@ def save_plot(path: Path, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m services.generator.training.evaluate", description=__doc__.splitlines()[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m tools.training.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the report as one JSON line (always last)")
     p.add_argument("--weights", help="checkpoint (default: the packaged one; 'random' for random init)")
     p.add_argument("--config", default="tiny")

@@ -1,4 +1,4 @@
-"""Preprocess benchmark: ``python -m services.preprocess.bench [--frames N]`` (``chameleon bench
+"""Preprocess benchmark: ``python -m tools.bench.preprocess [--frames N]`` (``chameleon bench
 preprocess --json``). No bus: it drives ``SessionPreprocessor`` exactly as a worker thread does,
 with JPEG frames from a camera moving over the real sample photo.
 
@@ -60,9 +60,9 @@ def _pct(xs: list[float]) -> dict[str, float]:
 def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress: bool = False) -> dict:
     """Preprocess ``frames`` moving-camera frames; time each frame from JPEG to message bytes."""
     from services.camera.source import MotionCamera
-    from services.preprocess.evaluate import detect_rate
     from services.preprocess.pipeline import SessionPreprocessor
     from shared.media import encode_jpeg
+    from tools.eval.preprocess import detect_rate
 
     cam = MotionCamera(photo, width, height)
     cycle = [encode_jpeg(cam.frame(i)) for i in range(int(cam.motion.period))]
@@ -108,8 +108,8 @@ def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress
 
 
 def jitter_ratio(photo: np.ndarray, frames: int = 120) -> dict[str, float]:
-    from services.preprocess.evaluate import jitter_px, noisy_still_frames
     from services.preprocess.pipeline import SessionPreprocessor
+    from tools.eval.preprocess import jitter_px, noisy_still_frames
 
     pre = SessionPreprocessor("bench-still")
     raw, smooth = [], []

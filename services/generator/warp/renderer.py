@@ -1,4 +1,4 @@
-"""The warp backend: a classical, CPU-only try-on renderer behind ``Backend``/``RenderSession``.
+"""The warp backend: a classical, CPU-only try-on renderer behind ``Backend``/``Renderer``.
 
 Per frame: body points from the landmarks (lightly smoothed over time) -> a piecewise-affine mesh
 (torso + sleeves, ``geometry``) -> the garment texture remapped into the mesh's bounding box
@@ -6,7 +6,7 @@ Per frame: body points from the landmarks (lightly smoothed over time) -> a piec
 head, hands and (short sleeves) forearms, with the frame's own shading multiplied in. Pixels the
 garment does not cover are copied, so they stay bit-identical to the input.
 
-A session maps a swap onto the paper's three operations (see ``WarpSession.swap``).
+A session maps a swap onto the paper's three operations (see ``WarpRenderer.swap``).
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from services.generator.backend import AtCapacity, FrameInput, Garment, RenderedFrame
+from services.generator.rendering import AtCapacity, FrameInput, Garment, RenderedFrame
 from services.generator.warp.geometry import GarmentGeometry, body_mesh
 from services.generator.warp.raster import mesh_bounds, warp_layers
-from services.preprocess.conditioning import LM, garment_region, head_mask
+from shared.body import LM, garment_region, head_mask
 
 HAND_POINTS = ((15, 17, 19, 21), (16, 18, 20, 22))  # wrist, pinky, index, thumb per hand
 
@@ -71,7 +71,7 @@ def _capsule(mask: np.ndarray, a: np.ndarray, b: np.ndarray, thickness: float) -
     cv2.circle(mask, q, t // 2, 255, -1)
 
 
-class WarpSession:
+class WarpRenderer:
     """One stream's renderer state: the garment (texture + warp data), the smoothed body points
     (temporal history) and the reference (light / skin estimate)."""
 
@@ -275,17 +275,17 @@ class WarpBackend:
     def __init__(self, config: WarpConfig | None = None, max_sessions: int = 64) -> None:
         self.config = config or WarpConfig()
         self.max_sessions = max_sessions
-        self._open: dict[str, WarpSession] = {}
+        self._open: dict[str, WarpRenderer] = {}
         self._prepared = PreparedGarments()
 
     def prepare(self, garment: Garment) -> None:
         """Precompute the garment's warp data now (off any swap's path)."""
         self._prepared.get(garment)
 
-    def open(self, session_id: str, garment: Garment) -> WarpSession:
+    def open(self, session_id: str, garment: Garment) -> WarpRenderer:
         self._open = {k: v for k, v in self._open.items() if not v.closed}
         if session_id not in self._open and len(self._open) >= self.max_sessions:
             raise AtCapacity(f"warp backend has {len(self._open)} sessions open")
-        session = WarpSession(session_id, garment, self.config, self._prepared)
+        session = WarpRenderer(session_id, garment, self.config, self._prepared)
         self._open[session_id] = session
         return session

@@ -1,18 +1,23 @@
-"""``GarmentClient``: the garment service seen from another process (the CLI, the generator).
+"""The garment service seen from another process (a generator, the CLI, a frontend's backend).
 
-Touches NATS, like ``handlers.py``, because it is the service's request/reply API; callers hand it
-their connection. Every failure comes back as ``GarmentError`` with the service's error code
-(``unavailable`` when nothing answers in time).
+Contract, like the subjects and schemas: ``GarmentClient`` speaks the service's request/reply API
+over a connection the caller hands it; ``GarmentAsset`` is a ``get`` reply decoded into arrays;
+every failure is a ``GarmentError`` with the service's error code (``unavailable`` when nothing
+answers in time). A process that only uses garments imports this, never the garment service.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import cv2
 import nats.errors
+import numpy as np
 from nats.aio.client import Client as NATS
 
-from services.garments.assets import GarmentAsset
-from services.garments.errors import GarmentError
+from shared.errors import CodedError
 from shared.garment_schemas import (
+    GARMENT_ERROR_CODES,
     GarmentEncodeReply,
     GarmentEncodeRequest,
     GarmentGetReply,
@@ -21,8 +26,75 @@ from shared.garment_schemas import (
     GarmentListRequest,
     GarmentRecord,
 )
-from shared.schemas import SchemaError
+from shared.schemas import SchemaError, unpack_array
 from shared.subjects import Subjects
+
+
+class GarmentError(CodedError):
+    """A garment request that failed; ``code`` is one of ``GARMENT_ERROR_CODES``."""
+
+    codes = GARMENT_ERROR_CODES
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+@dataclass(frozen=True)
+class GarmentAsset:
+    """A garment ready for a generator: decoded arrays plus the catalogue metadata.
+
+    ``texture`` is BGRA uint8 on the canonical canvas, its alpha the garment mask; ``keypoints``
+    are named canvas pixel positions (image sides: left = smaller x) with ``keypoint_confidence``
+    next to them; ``dominant_colours`` are ``{"bgr", "fraction"}``, largest first.
+    """
+
+    garment_id: str
+    name: str
+    category: str
+    content_key: str
+    encoder_version: str
+    texture: np.ndarray
+    keypoints: dict[str, tuple[float, float]]
+    keypoint_confidence: dict[str, float]
+    dominant_colours: list[dict]
+    student: np.ndarray
+    source_size: tuple[int, int]
+    source_bbox: tuple[int, int, int, int]
+    canvas_rect: tuple[int, int, int, int]
+    mask_source: str
+    coverage: float
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self.texture[..., 3]
+
+    @property
+    def canvas_size(self) -> int:
+        return int(self.texture.shape[0])
+
+    @classmethod
+    def from_reply(cls, reply: GarmentGetReply) -> GarmentAsset:
+        data = reply.asset_data()
+        texture = cv2.imdecode(np.frombuffer(data.texture_png, np.uint8), cv2.IMREAD_UNCHANGED)
+        if texture is None or texture.ndim != 3 or texture.shape[2] != 4:
+            raise SchemaError("garment_asset.texture_png is not an RGBA PNG")
+        return cls(
+            garment_id=reply.garment_id,
+            name=reply.name,
+            category=reply.category,
+            content_key=data.content_key,
+            encoder_version=data.encoder_version,
+            texture=texture,
+            keypoints={k: (float(v[0]), float(v[1])) for k, v in data.keypoints.items()},
+            keypoint_confidence={k: float(v[2]) for k, v in data.keypoints.items()},
+            dominant_colours=data.dominant_colours,
+            student=unpack_array(data.student, "student"),
+            source_size=(data.source_width, data.source_height),
+            source_bbox=tuple(data.source_bbox),  # type: ignore[arg-type]
+            canvas_rect=tuple(data.canvas_rect),  # type: ignore[arg-type]
+            mask_source=data.mask_source,
+            coverage=data.coverage,
+        )
 
 
 class GarmentClient:
@@ -88,15 +160,3 @@ def _checked(reply):  # type: ignore[no-untyped-def]
     if not reply.ok:
         raise GarmentError(reply.error_code, reply.error)
     return reply
-
-
-async def load_catalogue(
-    client: GarmentClient, garment_ids: list[str] | None = None
-) -> list[GarmentEncodeReply]:
-    """Add the procedural starter catalogue (idempotent: an image already stored is not re-encoded)."""
-    from services.garments.catalogue import catalogue_photos
-
-    return [
-        await client.encode(photo, garment_id=spec.garment_id, name=spec.name, category=spec.category)
-        for spec, photo in catalogue_photos(garment_ids)
-    ]

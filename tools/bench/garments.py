@@ -23,13 +23,12 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from services.garments.assets import GarmentAsset
 from services.garments.catalogue import catalogue_photos, starter_catalogue
-from services.garments.client import GarmentClient
 from services.garments.encoder import encoder_version
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
 from shared.bus import connect
+from shared.garment_client import GarmentAsset, GarmentClient
 from shared.metrics import percentiles
 from shared.natsserver import EmbeddedNats
 from shared.service import serve_in_task
@@ -62,7 +61,7 @@ def _run_fetch_process(url: str, prefix: str, ids: list[str], rounds: int) -> di
     cmd = [
         sys.executable,
         "-m",
-        "services.garments.bench",
+        "tools.bench.garments",
         "--fetch-worker",
         "--url",
         url,

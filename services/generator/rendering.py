@@ -1,6 +1,6 @@
 """The one session interface both generator backends implement. Pure: no bus, no asyncio.
 
-A backend opens a ``RenderSession`` per stream session. The session owns all per-stream state
+A backend opens a ``Renderer`` per stream session. The session owns all per-stream state
 (the student's KV cache, the warp renderer's temporal history and reference estimate) and maps a
 swap onto the paper's three operations: refresh the garment, withdraw history, re-derive the
 reference from the latest frame.
@@ -45,7 +45,7 @@ class RenderedFrame:
     drawn_mask: np.ndarray | None = None  # where the garment was actually drawn (for metrics)
 
 
-class RenderSession(Protocol):
+class Renderer(Protocol):
     garment_id: str
     # True when output comes in chunks (the student): a frame cannot be re-rendered on its own
     chunked: bool
@@ -65,7 +65,7 @@ class RenderSession(Protocol):
 class Backend(Protocol):
     name: str
 
-    def open(self, session_id: str, garment: Garment) -> RenderSession:
+    def open(self, session_id: str, garment: Garment) -> Renderer:
         """Open a session; raises ``AtCapacity`` when this worker cannot take another."""
         ...
 

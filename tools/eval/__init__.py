@@ -1,0 +1,1 @@
+"""Evaluations behind `chameleon eval NAME`."""
