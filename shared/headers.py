@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 FRAME_SCHEMA_VERSION = 1
 
@@ -53,6 +53,10 @@ class FrameMeta:
     height: int
     trace: list[Stamp] = field(default_factory=list)
     garment_id: str | None = None
+
+    def copy(self) -> FrameMeta:
+        """An independent copy (its own trace list): one input may be published more than once."""
+        return replace(self, trace=list(self.trace))
 
     # -- timing ---------------------------------------------------------------------------------
     def stamp(self, stage: str, edge: str, ns: int | None = None) -> FrameMeta:

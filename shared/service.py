@@ -142,6 +142,19 @@ def apply_niceness(increment: int) -> int:
         return os.nice(0)
 
 
+def cap_blas_threads() -> None:
+    """One OpenBLAS thread in this process. OpenBLAS's default pool (a thread per core, spinning
+    after each call) turned the warp renderer's small linear algebra into a second busy core. An
+    explicit OPENBLAS_NUM_THREADS, which OpenBLAS read as it loaded, wins. Called where a process
+    starts (a service, the CLI), never at import."""
+    if "OPENBLAS_NUM_THREADS" in os.environ:
+        return
+    import numpy  # noqa: F401  (loads OpenBLAS: a limit reaches loaded libraries only)
+    from threadpoolctl import ThreadpoolController
+
+    ThreadpoolController().select(internal_api="openblas").limit(limits=1)
+
+
 def service_main(name: str, settings: BaseSettings, make_handlers: HandlerFactory) -> None:
     """Entry point body for ``python -m services.<name>.main``."""
     configure_logging(settings.log_level, settings.log_json, service=name)
@@ -150,6 +163,7 @@ def service_main(name: str, settings: BaseSettings, make_handlers: HandlerFactor
     # Several services share the machine; OpenCV's default (a thread per core in every process)
     # oversubscribes it and turns into latency, so each process gets CHAMELEON_CV_THREADS.
     cv2.setNumThreads(max(0, settings.cv_threads))
+    cap_blas_threads()
     apply_niceness(settings.nice)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_service(name, settings, make_handlers))

@@ -118,3 +118,15 @@ class Subjects:
     @property
     def garment_objects(self) -> str:
         return f"{self.stream_token}_GARMENT_BLOBS"
+
+    # -- inside a KV bucket's stream (named by JetStream, spelled here so no caller spells it) ----
+    @staticmethod
+    def kv_stream(bucket: str) -> str:
+        """The stream that backs KV bucket ``bucket``, for stream-level reads (per-key state)."""
+        return f"KV_{bucket}"
+
+    @staticmethod
+    def kv_stream_subject(bucket: str, key: str) -> str:
+        """The stream subject of ``key`` in KV bucket ``bucket``; ``key`` may end in a wildcard
+        (``id.>``) to filter, or be a bare key prefix (``id.``) to strip from listed subjects."""
+        return f"$KV.{bucket}.{key}"

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real nats-server per test session (free loopback port, JetStream on) unless
-``NATS_URL`` points at one, and the real sample photos (skipped with a reason when absent)."""
+"""Shared fixtures: a real nats-server per test session (on a loopback port it picks and logs
+itself, JetStream on) unless ``NATS_URL`` points at one, and the real sample photos (skipped with a
+reason when absent)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ Input: ``--video PATH``, or by default a moving camera over the real full-body s
 demo loads the starter catalogue, starts a session, swaps the garment every ``--swap-every``
 frames, and measures what a user would see: output FPS, glass-to-glass latency, swap latency,
 ghosting two frames after each swap, and how untouched everything outside the garment stays.
+This module runs the demo and records what its client receives; the image measures are
+``tools.demo_metrics``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 from nats.aio.msg import Msg
 
@@ -30,14 +31,17 @@ from services.watch.client import Watcher
 from shared import control
 from shared.bus import connect
 from shared.headers import FrameMeta, HeaderError
-from shared.media import decode_jpeg, read_image, sample_photo
+from shared.media import read_image, sample_photo
 from shared.metrics import percentiles
 from shared.schemas import Conditioning, Event, SchemaError
 from shared.settings import BaseSettings
 from shared.subjects import Subjects
+from tools.demo_metrics import demo_quality
 
 DEFAULT_GARMENTS = "tee-red-solid,shirt-blue-checks,tee-yellow-dots,jacket-denim-solid,tee-navy-stripes"
 DATA_PATH = ("garments", "ingest", "preprocess", "generator", "passthrough")
+START_TIMEOUT_S = 60.0  # the generator answers ``start`` (a student backend loads its model)
+IN_FLIGHT_TIMEOUT_S = 10.0  # frames and answers already on their way come out within this
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,6 +80,8 @@ class Recorder:
     raw_cond: dict[int, bytes] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    answers: dict[str, Event] = field(default_factory=dict)  # control event id -> its answer
+    _answered: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def on_cond(self, msg: Msg) -> None:
         """Keep the bytes only: decoding 15 conditioning messages a second would take CPU from
@@ -100,6 +106,22 @@ class Recorder:
         self.events.append(event)
         if event.kind == "session_started":
             self.started.set()
+        if event_id := event.data.get("event_id"):
+            self.answers[str(event_id)] = event
+            self._answered.set()
+
+    async def answer(self, event_id: str, timeout_s: float) -> Event:
+        """The event answering control message ``event_id`` (``swap_applied`` or an error)."""
+        deadline = time.monotonic() + timeout_s
+        while event_id not in self.answers:
+            self._answered.clear()
+            try:
+                await asyncio.wait_for(self._answered.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise RuntimeError(
+                    f"control {event_id} got no answer within {timeout_s:.0f} s: see the service logs"
+                ) from None
+        return self.answers[event_id]
 
     def of(self, code: str) -> list[Event]:
         return [e for e in self.events if e.code == code]
@@ -116,98 +138,6 @@ async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, in
         asset = await client.get(reply.garment_id)
         colours[reply.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
     return colours
-
-
-def quality(
-    watcher: Watcher, rec: Recorder, colours: dict[str, list[tuple[int, int, int]]], sheet: str
-) -> dict:
-    """Ghosting two frames after each swap, and PSNR outside the garment region pooled over
-    every frame (output against its own input; the region dilated by 2 px for the feathered edge).
-
-    Ghosting is measured on the pixels that show a garment (``garment_pixels``: in the garment
-    region, nearer a garment's colours than the camera's own pixel): a pixel that still shows
-    the person's own clothes is neither the old garment nor the new."""
-    from services.generator.inputs import frame_input
-    from tools.quality import contact_sheet, garment_pixels, ghost_ratio
-
-    out_by_seq = {r.meta.seq: r for r in watcher.frames}
-    seqs = sorted(out_by_seq)
-
-    def pair(seq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-        """Output frame, its input frame and garment region for ``seq`` (decoded the way the
-        generator decodes conditioning), or None when either side is missing or malformed."""
-        c, out = rec.cond(seq), decode_jpeg(out_by_seq[seq].jpeg)
-        if c is None or out is None:
-            return None
-        try:
-            inp = frame_input(c)
-        except SchemaError:
-            return None
-        return (out, inp.frame_bgr, inp.garment_mask) if out.shape == inp.frame_bgr.shape else None
-
-    sq_err, n_px = 0.0, 0
-    for s in seqs:
-        if (p := pair(s)) is None:
-            continue
-        out, inp, region = p
-        keep = (
-            np.ones(inp.shape[:2], bool)
-            if region is None
-            else cv2.dilate(region, np.ones((5, 5), np.uint8)) == 0
-        )
-        diff = out[keep].astype(np.float64) - inp[keep].astype(np.float64)
-        sq_err += float((diff**2).sum())
-        n_px += diff.size
-    psnr = 100.0 if n_px == 0 or sq_err == 0 else 10 * np.log10(255.0**2 / (sq_err / n_px))
-
-    ghosts: list[float] = []
-    details: list[dict] = []
-    rows = []
-    garment_of = {r.meta.seq: r.meta.garment_id for r in watcher.frames}
-    for ev in rec.of("swap_applied"):
-        first = int(ev.data["first_seq"])
-        new = str(ev.data["garment_id"])
-        before = [s for s in seqs if s < first]
-        old = garment_of.get(before[-1]) if before else None
-        later = [s for s in seqs if s >= first + 2]
-        if not later or old is None or old == new:
-            continue
-        s = later[0]
-        if (p := pair(s)) is None or p[2] is None:
-            continue
-        out, inp, region = p
-        shown = garment_pixels(out, inp, region, colours[old], colours[new])
-        if np.count_nonzero(shown) < 50:
-            continue
-        ghosts.append(ghost_ratio(out, shown, colours[old], colours[new]))
-        details.append(
-            {
-                "from": old,
-                "to": new,
-                "first_seq": first,
-                "measured_seq": s,
-                "latency_ms": ev.data.get("latency_ms"),
-                "apply_ms": ev.data.get("apply_ms"),
-                "delivery_ms": ev.data.get("delivery_ms"),
-                "wait_ms": ev.data.get("wait_ms"),
-                "ghost_ratio_2f": round(ghosts[-1], 4),
-            }
-        )
-        if sheet:
-            for k in (before[-1], first, s):
-                ck = rec.cond(k)
-                if ck is not None:
-                    label = f"seq {k} {garment_of.get(k)}" + ("  <- swap" if k == first else "")
-                    rows.append((label, decode_jpeg(ck.frame_jpeg), decode_jpeg(out_by_seq[k].jpeg)))
-    if sheet and rows:
-        Path(sheet).parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(sheet, contact_sheet(rows))
-    return {
-        "ghost_ratio_2f": round(max(ghosts), 4) if ghosts else None,
-        "swap_details": details,
-        "ghost_ratio_2f_mean": round(float(np.mean(ghosts)), 4) if ghosts else None,
-        "psnr_outside_garment_db": round(float(psnr), 2),
-    }
 
 
 async def warm_up(
@@ -227,12 +157,16 @@ async def warm_up(
     )
     if not watcher.frames:
         raise RuntimeError("no output frame within 60 s of warm-up: see the service logs")
-    await asyncio.sleep(0.5)  # let the warm-up frames still in flight come out
+    # the newest warm-up frame coming out means none is left in flight to spill into the measure
+    last = report.published + report.skipped - 1
+    if not await watcher.wait_for_seq(last, IN_FLIGHT_TIMEOUT_S):
+        raise RuntimeError(
+            f"warm-up frame {last} not out within {IN_FLIGHT_TIMEOUT_S:.0f} s: see the service logs"
+        )
     return report.published + report.skipped
 
 
-async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
-    subjects = Subjects(BaseSettings.from_env().subject_prefix)
+async def _run(args: argparse.Namespace, url: str, subjects: Subjects, pipeline: list[str]) -> dict:
     nc = await connect(url, "demo")
     sid = args.session
     garments = [g for g in args.garments.split(",") if g]
@@ -243,31 +177,39 @@ async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
         await nc.subscribe(subjects.conditioning(sid), cb=rec.on_cond)
         await nc.subscribe(subjects.events(sid), cb=rec.on_event)
         watcher = Watcher(nc, subjects, sid)
-        await watcher.start()
+        await watcher.start()  # flushes: the subscriptions above are in place before ``start``
         if generating:
             start = control.start(sid, garments[0], args.backend, args.width, args.height, args.fps)
             await control.publish_control(nc, subjects, start)
-            await asyncio.wait_for(rec.started.wait(), 60)
+            try:
+                await asyncio.wait_for(rec.started.wait(), START_TIMEOUT_S)
+            except TimeoutError:
+                raise RuntimeError(
+                    f"session {sid} not started within {START_TIMEOUT_S:.0f} s: see the service logs"
+                ) from None
         frames = frame_source(args)
         first_seq = await warm_up(nc, subjects, sid, frames, args.fps, watcher)
         watcher.frames.clear()
         rec.raw_cond.clear()
         swaps_sent = 0
+        last_swap = ""
 
         async def maybe_swap(seq: int) -> None:
-            nonlocal swaps_sent
+            nonlocal swaps_sent, last_swap
             n = seq - first_seq
             if generating and args.swap_every and n and n % args.swap_every == 0:
                 swaps_sent += 1
-                garment = garments[swaps_sent % len(garments)]
-                await control.publish_control(nc, subjects, control.swap(sid, garment))
+                swap = control.swap(sid, garments[swaps_sent % len(garments)])
+                last_swap = swap.event_id
+                await control.publish_control(nc, subjects, swap)
 
         t0 = time.monotonic()
         report = await run_camera(
             nc, subjects, sid, frames, args.fps, args.frames, on_published=maybe_swap, first_seq=first_seq
         )
         await watcher.wait_for_seq(first_seq + report.published + report.skipped - 1, timeout_s=5.0)
-        await asyncio.sleep(0.3)  # the last events
+        if last_swap:  # answered last: a swap superseded before its frame gets no answer of its own
+            await rec.answer(last_swap, IN_FLIGHT_TIMEOUT_S)
         await watcher.stop()
         wall = time.monotonic() - t0
     finally:
@@ -298,7 +240,10 @@ async def _run(args: argparse.Namespace, url: str, pipeline: list[str]) -> dict:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
     if generating:
-        result.update(await asyncio.to_thread(quality, watcher, rec, colours, args.sheet))
+        measured = await asyncio.to_thread(
+            demo_quality, watcher.frames, rec.cond, rec.of("swap_applied"), colours, args.sheet
+        )
+        result.update(measured)
         if args.sheet:
             result["sheet"] = args.sheet
     if args.out:
@@ -315,14 +260,13 @@ def _rate(watcher: Watcher, frames: int) -> float:
     return round((frames - 1) / span_s, 2) if span_s > 0 else 0.0
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = BaseSettings.from_env()
+def run(args: argparse.Namespace, settings: BaseSettings) -> int:
     pipeline = demo_pipeline()
     env = {"CHAMELEON_OUT_WIDTH": str(args.width), "CHAMELEON_OUT_HEIGHT": str(args.height)}
     stack = Stack(
         pipeline, nats_url=settings.nats_url, env=env, log_dir=Path(args.logs) if args.logs else None
     )
     with stack:
-        result = asyncio.run(_run(args, stack.url, pipeline))
+        result = asyncio.run(_run(args, stack.url, Subjects(settings.subject_prefix), pipeline))
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0 if result["frames_out"] > 0 else 1

@@ -1,4 +1,5 @@
-"""The ``chameleon`` command. Each sub-command parses its own arguments; nothing runs at import."""
+"""The ``chameleon`` command. Each sub-command parses its own arguments and gets the settings
+``main`` read once from the environment; nothing runs at import."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.logging import configure_logging
+from shared.service import cap_blas_threads
 from shared.settings import BaseSettings
 
 # Benchmarks and tools living in their own packages: name -> module with ``main(argv) -> int``.
@@ -25,15 +28,15 @@ DELEGATES: dict[tuple[str, str], str] = {
 }
 
 
-def _nats_url_or_exit() -> str:
-    url = BaseSettings.from_env().nats_url
+def _nats_url_or_exit(settings: BaseSettings) -> str:
+    url = settings.nats_url
     if not url:
         sys.exit("set NATS_URL (or run `chameleon up` first, which prints it)")
     return url
 
 
 # -- camera / watch ---------------------------------------------------------------------------------
-def cmd_camera(argv: list[str]) -> int:
+def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
     p = argparse.ArgumentParser(prog="chameleon camera", description="publish camera frames")
     p.add_argument("--session", required=True)
     src = p.add_mutually_exclusive_group(required=True)
@@ -63,12 +66,12 @@ def cmd_camera(argv: list[str]) -> int:
         frames = MotionCamera(read_image(args.image), args.width, args.height, motion).frames()
 
     async def go() -> None:
-        nc = await connect(_nats_url_or_exit(), f"camera-{args.session}")
+        nc = await connect(_nats_url_or_exit(settings), f"camera-{args.session}")
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         report = await run_camera(
             nc,
-            Subjects(BaseSettings.from_env().subject_prefix),
+            Subjects(settings.subject_prefix),
             args.session,
             frames,
             args.fps,
@@ -82,7 +85,7 @@ def cmd_camera(argv: list[str]) -> int:
     return 0
 
 
-def cmd_watch(argv: list[str]) -> int:
+def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
     p = argparse.ArgumentParser(prog="chameleon watch", description="receive generated frames")
     p.add_argument("--session", required=True)
     p.add_argument("--out", help="write the frames to this video file")
@@ -96,10 +99,8 @@ def cmd_watch(argv: list[str]) -> int:
     from shared.subjects import Subjects
 
     async def go() -> dict:
-        nc = await connect(_nats_url_or_exit(), f"watch-{args.session}")
-        w = Watcher(
-            nc, Subjects(BaseSettings.from_env().subject_prefix), args.session, keep_frames=bool(args.out)
-        )
+        nc = await connect(_nats_url_or_exit(settings), f"watch-{args.session}")
+        w = Watcher(nc, Subjects(settings.subject_prefix), args.session, keep_frames=bool(args.out))
         await w.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
@@ -122,7 +123,7 @@ def cmd_watch(argv: list[str]) -> int:
 
 
 # -- up / demo ----------------------------------------------------------------------------------------
-def cmd_up(argv: list[str]) -> int:
+def cmd_up(argv: list[str], settings: BaseSettings) -> int:
     from services.cli.stack import Stack, available_services
 
     p = argparse.ArgumentParser(prog="chameleon up", description="run NATS and every service")
@@ -130,10 +131,10 @@ def cmd_up(argv: list[str]) -> int:
     p.add_argument("--no-catalogue", action="store_true", help="do not load the starter catalogue")
     args = p.parse_args(argv)
     names = args.services.split(",") if args.services else available_services()
-    stack = Stack(names, nats_url=BaseSettings.from_env().nats_url)
+    stack = Stack(names, nats_url=settings.nats_url)
     stack.start()
     if "garments" in names and not args.no_catalogue:
-        asyncio.run(_load_catalogue(stack.url))
+        asyncio.run(_load_catalogue(stack.url, settings.subject_prefix))
     print(json.dumps({"nats_url": stack.url, "services": {c.name: c.health_port for c in stack.children}}))
     print(f"export NATS_URL={stack.url}   # then: chameleon camera / watch; Ctrl-C stops all", flush=True)
     stopped = False
@@ -156,7 +157,7 @@ def cmd_up(argv: list[str]) -> int:
     return 0
 
 
-async def _load_catalogue(url: str) -> None:
+async def _load_catalogue(url: str, subject_prefix: str) -> None:
     from services.garments.starter import load_catalogue
     from shared.bus import connect
     from shared.garment_client import GarmentClient
@@ -164,22 +165,20 @@ async def _load_catalogue(url: str) -> None:
 
     nc = await connect(url, "up-catalogue")
     try:
-        await load_catalogue(
-            GarmentClient(nc, Subjects(BaseSettings.from_env().subject_prefix), timeout_s=60)
-        )
+        await load_catalogue(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
     finally:
         await nc.drain()
 
 
-def cmd_demo(argv: list[str]) -> int:
+def cmd_demo(argv: list[str], settings: BaseSettings) -> int:
     from services.cli import demo
 
     p = argparse.ArgumentParser(prog="chameleon demo", description="run the pipeline on a sample input")
     demo.add_arguments(p)
-    return demo.run(p.parse_args(argv))
+    return demo.run(p.parse_args(argv), settings)
 
 
-def cmd_bench(argv: list[str]) -> int:
+def cmd_bench(argv: list[str], settings: BaseSettings) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         names = ["transport"] + [k[1] for k in DELEGATES if k[0] == "bench"]
         print(f"usage: chameleon bench {{{','.join(names)}}} [--json] ...")
@@ -207,7 +206,7 @@ def _delegate(group: str, argv: list[str]) -> int:
     return int(mod.main(argv[1:]) or 0)
 
 
-def cmd_garments(argv: list[str]) -> int:
+def cmd_garments(argv: list[str], settings: BaseSettings) -> int:
     try:
         from services.garments import cli
     except ModuleNotFoundError as exc:
@@ -216,7 +215,7 @@ def cmd_garments(argv: list[str]) -> int:
     return int(cli.main(argv) or 0)
 
 
-def cmd_swap(argv: list[str]) -> int:
+def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
     p = argparse.ArgumentParser(prog="chameleon swap", description="change a session's garment")
     p.add_argument("--session", required=True)
     p.add_argument("--garment", required=True)
@@ -230,8 +229,8 @@ def cmd_swap(argv: list[str]) -> int:
     from shared.subjects import Subjects
 
     async def go() -> int:
-        subjects = Subjects(BaseSettings.from_env().subject_prefix)
-        nc = await connect(_nats_url_or_exit(), f"swap-{args.session}")
+        subjects = Subjects(settings.subject_prefix)
+        nc = await connect(_nats_url_or_exit(settings), f"swap-{args.session}")
         outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         msg = control.swap(args.session, args.garment, args.event_id)
 
@@ -257,14 +256,14 @@ def cmd_swap(argv: list[str]) -> int:
     return asyncio.run(go())
 
 
-def cmd_train(argv: list[str]) -> int:
+def cmd_train(argv: list[str], settings: BaseSettings) -> int:
     """Train the small student (autoencoder, then in-context teacher forcing): docs/training.md."""
     from tools.training import train
 
     return int(train.main(argv) or 0)
 
 
-def cmd_media(argv: list[str]) -> int:
+def cmd_media(argv: list[str], settings: BaseSettings) -> int:
     """Extract the sample photos into the media cache (part of set-up)."""
     from shared.media import ensure_sample_media
 
@@ -273,7 +272,7 @@ def cmd_media(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {
+COMMANDS: dict[str, Callable[[list[str], BaseSettings], int]] = {
     "camera": cmd_camera,
     "watch": cmd_watch,
     "up": cmd_up,
@@ -281,8 +280,8 @@ COMMANDS = {
     "bench": cmd_bench,
     "garments": cmd_garments,
     "swap": cmd_swap,
-    "inspect": lambda argv: _delegate("inspect", argv),
-    "eval": lambda argv: _delegate("eval", argv),
+    "inspect": lambda argv, _settings: _delegate("inspect", argv),
+    "eval": lambda argv, _settings: _delegate("eval", argv),
     "train": cmd_train,
     "media": cmd_media,
 }
@@ -295,8 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     settings = BaseSettings.from_env()
     configure_logging(settings.log_level, settings.log_json, service=f"cli-{argv[0]}")
+    cap_blas_threads()
     with contextlib.suppress(KeyboardInterrupt):
-        return COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[argv[0]](argv[1:], settings)
     return 130
 
 

@@ -1,6 +1,10 @@
 """A process tree of services: an embedded nats-server (unless a URL is given) and one child
 process per service, each with its own health port; started in dependency order, stopped on exit.
 
+A child's health port is reserved, not guessed: this process keeps a socket bound to a port the
+kernel picked (so no other ``bind(0)`` or outgoing connection can be given it) until the child,
+which binds the same port with ``SO_REUSEADDR`` as asyncio does on Linux, answers on it.
+
 Used by ``chameleon up`` (everything that exists), ``chameleon demo`` and the transport benchmark.
 """
 
@@ -10,6 +14,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from shared.natsserver import EmbeddedNats, free_port
+from shared.natsserver import EmbeddedNats
 
 # Start order: the garment catalogue and the data path in pipeline order.
 SERVICE_MODULES: dict[str, str] = {
@@ -51,12 +56,27 @@ def available_services() -> list[str]:
     return names
 
 
+def reserve_port() -> socket.socket:
+    """A loopback socket bound, never listening, to a port the kernel picked: the reservation
+    lasts until it is closed, and a child may listen on the port meanwhile (``SO_REUSEADDR``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
 @dataclass
 class Child:
     name: str
     proc: subprocess.Popen[bytes]
     health_port: int
     log: IO[bytes] | None
+    reservation: socket.socket | None = None  # holds health_port until the child serves it
+
+    def release_port(self) -> None:
+        if self.reservation is not None:
+            self.reservation.close()
+            self.reservation = None
 
 
 @dataclass
@@ -89,7 +109,8 @@ class Stack:
     def _spawn(self, name: str) -> None:
         if name not in SERVICE_MODULES:
             raise StackError(f"unknown service {name!r}; known: {', '.join(SERVICE_MODULES)}")
-        port = free_port()
+        reservation = reserve_port()
+        port = reservation.getsockname()[1]
         env = {
             **os.environ,
             **self.env,
@@ -107,7 +128,7 @@ class Stack:
             stdout=log or None,
             stderr=subprocess.STDOUT if log else None,
         )
-        self.children.append(Child(name, proc, port, log))
+        self.children.append(Child(name, proc, port, log, reservation))
 
     def _wait_healthy(self, child: Child) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -118,6 +139,7 @@ class Stack:
             try:
                 with urllib.request.urlopen(url, timeout=1) as resp:
                     if resp.status == 200 and json.loads(resp.read()).get("status") == "ok":
+                        child.release_port()  # the child listens on it now
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
                 pass
@@ -145,6 +167,7 @@ class Stack:
             except subprocess.TimeoutExpired:
                 c.proc.kill()
                 c.proc.wait()
+            c.release_port()
             if c.log:
                 c.log.close()
         self.children.clear()

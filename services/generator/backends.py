@@ -3,7 +3,7 @@ real-time path needs a GPU), otherwise the CPU ``warp`` renderer."""
 
 from __future__ import annotations
 
-from services.generator.rendering import Backend, Garment
+from services.generator.rendering import Backend
 from services.generator.settings import GeneratorSettings
 
 BACKEND_NAMES = ("warp", "student")
@@ -29,18 +29,3 @@ def make_backend(name: str, settings: GeneratorSettings) -> Backend:
 
         return StudentBackend.from_settings(settings)
     raise ValueError(f"unknown backend {name!r}")
-
-
-def garment_from_asset(asset) -> Garment:  # type: ignore[no-untyped-def]
-    """The garment service's decoded asset → the generator's view of a garment."""
-    return Garment(
-        garment_id=asset.garment_id,
-        category=asset.category,
-        texture_bgra=asset.texture,
-        keypoints={
-            k: (float(x), float(y), float(asset.keypoint_confidence.get(k, 1.0)))
-            for k, (x, y) in asset.keypoints.items()
-        },
-        colours=[tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours],
-        student_tensor=asset.student,
-    )

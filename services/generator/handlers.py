@@ -1,46 +1,50 @@
 """Generator handlers: the only generator module that touches NATS.
 
-- conditioning (all sessions, latest-frame-wins) → the session's renderer → output frames;
+- conditioning (all sessions, latest-frame-wins) → the session's renderer → output frames, on the
+  shared frame-stage skeleton (``shared.stage``);
 - the control stream (JetStream, durable pull consumer): start / swap / stop, applied in order,
-  idempotent by event id, acknowledged only once the change is in effect in the renderer;
+  idempotent by event id, acknowledged only once the change is in effect in the renderer; what
+  each does is decided in ``lifecycle`` (pure), this module fetches and publishes;
 - durable session state (KV): the garment in effect survives a restart of this worker;
-- garments from the garment service, decoded once per worker (LRU).
+- garments through ``GarmentCache`` (fetched once per worker, prefetched in the background).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
+from collections.abc import Awaitable, Callable
 
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Histogram
 
-from services.generator.backends import garment_from_asset, make_backend, resolve
-from services.generator.inputs import GarmentLRU, frame_input
+from services.generator.backends import make_backend, resolve
+from services.generator.garment_cache import GarmentCache
+from services.generator.inputs import frame_input
+from services.generator.lifecycle import ServedSession, SessionTable
 from services.generator.rendering import AtCapacity, Backend, FrameInput, Garment, RenderedFrame, Renderer
-from services.generator.sessions import PendingSwap, ServedSession
 from services.generator.settings import GeneratorSettings
-from shared.bus import LatestFrameSlots, publish_frame
 from shared.control import ensure_control_stream
+from shared.errors import CodedError
 from shared.events import EventPublisher
-from shared.garment_client import GarmentClient, GarmentError
-from shared.headers import FrameMeta, HeaderError, now_ns
+from shared.garment_client import GarmentClient
+from shared.headers import FrameMeta, now_ns
+from shared.jetstream import key_value
 from shared.logging import get_logger
 from shared.media import encode_jpeg
 from shared.metrics import LATENCY_BUCKETS_S
 from shared.schemas import Conditioning, Control, SchemaError, SessionState
 from shared.service import ServiceContext
+from shared.stage import FrameDropped, FrameStage, StageOutput
 from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("generator")
-STAGE = "generator"
 
 
 def _log_unexpected_end(task: asyncio.Task[None]) -> None:
@@ -48,27 +52,28 @@ def _log_unexpected_end(task: asyncio.Task[None]) -> None:
         log.error("control_loop_died", error=repr(task.exception()))
 
 
-class ControlRejected(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class GeneratorHandlers:
     def __init__(self, ctx: ServiceContext, settings: GeneratorSettings) -> None:
         self.ctx = ctx
         self.settings = settings
-        self.events = EventPublisher(ctx.nc, ctx.subjects, STAGE)
-        self.garment_client = GarmentClient(ctx.nc, ctx.subjects, timeout_s=settings.garment_timeout_s)
-        self.garments = GarmentLRU(settings.garment_cache_size)
+        self.events = EventPublisher(ctx.nc, ctx.subjects, ctx.name)
         self.backends: dict[str, Backend] = {}
-        self.sessions: dict[str, ServedSession] = {}
+        self.table = SessionTable(settings.max_sessions)
+        self.garments = GarmentCache(
+            GarmentClient(ctx.nc, ctx.subjects, timeout_s=settings.garment_timeout_s),
+            settings.garment_cache_size,
+            prepare=self._prepare,
+        )
         self.locks: dict[str, asyncio.Lock] = {}
-        self.slots = LatestFrameSlots(
-            self.on_frame,
+        self.stage = FrameStage(
+            ctx,
+            self.events,
+            Channel.CONDITIONING,
+            ctx.subjects.output,
+            self.process,
             idle_s=settings.session_idle_s,
-            on_drop=lambda _sid: ctx.metrics.dropped("superseded"),
             on_idle=self.on_idle,
+            on_published=self.on_published,
         )
         self.swap_latency = Histogram(
             "chameleon_swap_latency_seconds",
@@ -76,7 +81,7 @@ class GeneratorHandlers:
             ["service"],
             buckets=LATENCY_BUCKETS_S,
             registry=ctx.metrics.registry,
-        ).labels(STAGE)
+        ).labels(ctx.name)
         self.control_total = Counter(
             "chameleon_control_total",
             "Control events by action and outcome",
@@ -85,7 +90,6 @@ class GeneratorHandlers:
         )
         self._subs: list[Subscription] = []
         self._control_task: asyncio.Task[None] | None = None
-        self._prefetch_task: asyncio.Task[None] | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
 
@@ -94,7 +98,9 @@ class GeneratorHandlers:
         ctx = self.ctx
         self.js = ctx.nc.jetstream()
         await ensure_control_stream(self.js, ctx.subjects)
-        self.kv = await self._session_bucket()
+        self.kv = await key_value(
+            self.js, KeyValueConfig(bucket=ctx.subjects.session_bucket, history=1, storage=StorageType.FILE)
+        )
         psub = await self.js.pull_subscribe(
             ctx.subjects.all_sessions(Channel.CONTROL),
             durable=self.settings.control_durable,
@@ -107,48 +113,13 @@ class GeneratorHandlers:
             ),
         )
         await self._backend(resolve(self.settings.backend, self.settings))  # warm before frames arrive
-        self._schedule_prefetch()
+        self.garments.prefetch()
         self._control_task = asyncio.create_task(self._control_loop(psub), name="control")
         self._control_task.add_done_callback(_log_unexpected_end)
-        self._subs.append(await ctx.subscribe_frames(Channel.CONDITIONING, self.slots))
-
-    async def _session_bucket(self) -> KeyValue:
-        assert self.js is not None
-        name = self.ctx.subjects.session_bucket
-        try:
-            return await self.js.key_value(name)
-        except BucketNotFoundError:
-            from nats.js.api import KeyValueConfig, StorageType
-
-            return await self.js.create_key_value(
-                KeyValueConfig(bucket=name, history=1, storage=StorageType.FILE)
-            )
-
-    def _schedule_prefetch(self) -> None:
-        """(Re)fill the garment cache in the background: at start, and when a session starts
-        (the catalogue may have grown since)."""
-        if self._prefetch_task is None or self._prefetch_task.done():
-            self._prefetch_task = asyncio.create_task(self._prefetch_garments(), name="prefetch")
-
-    async def _prefetch_garments(self) -> None:
-        """Decode the catalogue into this worker's cache in the background, so a swap never
-        waits for a fetch (up to the cache size; a missing garment service only delays this)."""
-        for attempt in range(30):
-            try:
-                records = await self.garment_client.list()
-                break
-            except GarmentError:
-                await asyncio.sleep(min(5.0, 0.5 * (attempt + 1)))
-        else:
-            return
-        for record in records[: self.garments.capacity]:
-            with contextlib.suppress(ControlRejected):
-                await self._garment(record.garment_id)
-        log.info("garments_prefetched", count=len(self.garments))
+        self._subs.append(await self.stage.start())
 
     async def stop(self) -> None:
-        if self._prefetch_task:
-            self._prefetch_task.cancel()
+        await self.garments.close()
         if self._control_task:
             self._control_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -156,13 +127,12 @@ class GeneratorHandlers:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        await self.slots.close()
-        for s in list(self.sessions.values()):
-            s.close()
-        self.sessions.clear()
+        await self.stage.close()
+        for served in self.table:
+            self.table.close(served.session_id)
 
     def health(self) -> dict:
-        return {"sessions": len(self.sessions), "garments_cached": len(self.garments)}
+        return {"sessions": len(self.table), "garments_cached": len(self.garments)}
 
     # -- control ----------------------------------------------------------------------------------
     async def _control_loop(self, psub) -> None:  # type: ignore[no-untyped-def]
@@ -191,27 +161,31 @@ class GeneratorHandlers:
             action, event_id = "unknown", ""
             try:
                 control = Control.decode(msg.data)
-                event_id = control.event_id
-                action = control.action
+                event_id, action = control.event_id, control.action
                 if control.session_id != session_id:
-                    raise ControlRejected("session_mismatch", "control session_id differs from its subject")
+                    raise CodedError("session_mismatch", "control session_id differs from its subject")
                 received = now_ns()
-                live = self.sessions.get(session_id)
-                if control.action == "swap" and live and live.renderer and not live.renderer.chunked:
-                    duplicate = await self._swap_now(live, control, received)
-                else:
-                    async with self._lock(session_id):
-                        duplicate = await self._apply(control, received)
-                self.control_total.labels(STAGE, action, "duplicate" if duplicate else "applied").inc()
-            except (SchemaError, ControlRejected) as exc:
-                code = getattr(exc, "code", "bad_control")
-                self.control_total.labels(STAGE, action, code).inc()
+                apply: dict[str, Callable[[Control, int], Awaitable[bool]]] = {
+                    "start": self._start,
+                    "swap": self._swap,
+                    "stop": self._stop,
+                }
+                # the lock orders control against a session's lifecycle, never against a frame
+                # being drawn: a swap does not wait for the frame in flight
+                async with self._lock(session_id):
+                    duplicate = await apply[control.action](control, received)
+                self.control_total.labels(
+                    self.ctx.name, action, "duplicate" if duplicate else "applied"
+                ).inc()
+            except (SchemaError, CodedError) as exc:
+                code = exc.code if isinstance(exc, CodedError) else "bad_control"
+                self.control_total.labels(self.ctx.name, action, code).inc()
                 log.warning("control_rejected", code=code, error=str(exc), event_id=event_id)
                 # every control message gets its own answer: not rate-limited like frame errors
                 await self.events.emit("error", session_id, code, str(exc), event_id=event_id, action=action)
             except Exception as exc:  # never lose the consumer over one message
                 log.exception("control_failed")
-                self.control_total.labels(STAGE, action, "internal").inc()
+                self.control_total.labels(self.ctx.name, action, "internal").inc()
                 await self.events.emit(
                     "error", session_id, "internal", f"control failed: {exc}", event_id=event_id
                 )
@@ -219,145 +193,118 @@ class GeneratorHandlers:
             with contextlib.suppress(Exception):
                 await msg.ack()
 
-    async def _apply(self, control: Control, received_ns: int = 0) -> bool:
-        """Apply one control event; returns True when it was a duplicate."""
-        locked_ns = now_ns()
+    async def _start(self, control: Control, received_ns: int) -> bool:
         sid = control.session_id
-        live = self.sessions.get(sid)
-        # a live session carries its applied event ids; only a session not running here needs KV
-        state = None if live is not None else await self._load_state(sid)
-        seen = (live.applied_events if live else []) + (state.applied_events if state else [])
-        if control.event_id in seen:
+        served = self.table.get(sid)
+        state = None if served is not None else await self._load_state(sid)
+        if SessionTable.is_duplicate(control.event_id, served, state):
             return True
-        if control.action == "stop":
-            await self._end_session(sid, "stopped")
-            with contextlib.suppress(Exception):
-                assert self.kv is not None
-                await self.kv.delete(sid)
-            return False
-        if control.action == "start":
-            garment = await self._garment(control.garment_id or self.settings.default_garment)
-            backend = self._backend_name(control.backend)
-            previous = live
-            if previous:
-                await self._end_session(sid, "restarted")
-            live = self._new_session(sid, garment, backend, state)
-            if previous:  # a restart keeps the session's idempotency memory and epoch
-                live.applied_events, live.epoch = list(previous.applied_events), previous.epoch
-            live.remember_event(control.event_id)
-            await self._save_state(live, control)
-            await self.events.emit(
-                "session_started", sid, "started", garment_id=garment.garment_id, backend=backend
-            )
-            return False
-        # swap
-        if live is None and state is None:
-            raise ControlRejected("unknown_session", f"no session {sid!r}: send start or frames first")
-        garment = await self._garment(control.garment_id or "")
-        if live is None:  # known but not running here (restart, idle): in effect from its next frame
+        garment = await self.garments.get(control.garment_id or self.settings.default_garment)
+        backend = self._backend_name(control.backend)
+        if served is not None:
+            await self._end(sid, "restarted")
+        served = self._open(sid, garment, backend, state, previous=served)
+        served.remember_event(control.event_id)
+        await self._save_state(served, control)
+        await self.events.emit(
+            "session_started", sid, "started", garment_id=garment.garment_id, backend=backend
+        )
+        return False
+
+    async def _swap(self, control: Control, received_ns: int) -> bool:
+        """The one swap path: the renderer's own ``swap`` (a fresh renderer, or the student's
+        rescheduling queued for its next chunk), the newest frame drawn again at once, and the
+        garment in effect stored."""
+        started_ns = now_ns()
+        sid = control.session_id
+        served = self.table.get(sid)
+        state = None if served is not None else await self._load_state(sid)
+        if SessionTable.is_duplicate(control.event_id, served, state):
+            return True
+        if served is None and state is None:
+            raise CodedError("unknown_session", f"no session {sid!r}: send start or frames first")
+        garment = await self.garments.get(control.garment_id or "")
+        renderer: Renderer | None = None
+        if served is None:  # known but not running here (restart, idle): in effect from its next frame
             assert state is not None
-            live = self._new_session(sid, garment, self._backend_name(state.backend), state)
-        elif live.renderer is not None:
-            await asyncio.to_thread(live.renderer.swap, garment)
-        live.garment = garment
-        live.pending_swap = PendingSwap(
-            control.event_id, garment.garment_id, control.published_ns, now_ns(), received_ns, locked_ns
-        )
-        live.remember_event(control.event_id)
-        await self._rerender_latest(live)  # first: the shopper sees the swap before we persist it
-        await self._save_state(live, control)
-        return False
-
-    async def _swap_now(self, live: ServedSession, control: Control, received_ns: int) -> bool:
-        """A swap on a frame-by-frame renderer, without waiting for the frame in flight.
-
-        Refresh, withdraw and re-reference amount to a fresh renderer on the new garment (its
-        per-garment data is already prepared and shared), so one is opened, the newest frame is
-        rendered with it at once, and it replaces the old one. A frame the old renderer is still
-        drawing is dropped when it finishes (``on_frame``): no old-garment frame follows."""
-        if control.event_id in live.applied_events:
-            return True
-        started = now_ns()
-        garment = await self._garment(control.garment_id or "")
-        backend = await self._backend(live.backend)
-        fresh = await asyncio.to_thread(backend.open, live.session_id, garment)
-        if self.sessions.get(live.session_id) is not live:  # the session ended meanwhile
-            fresh.close()
-            return False
-        stale, live.renderer = live.renderer, fresh
-        if stale is not None and stale is not live.rendering:
+            served = self._open(sid, garment, self._backend_name(state.backend), state)
+        elif served.renderer is not None:
+            renderer = await asyncio.to_thread(served.renderer.swap, garment)
+        stale = SessionTable.swap(served, control, garment, renderer, received_ns, started_ns)
+        if stale is not None:
             stale.close()
-        live.garment = garment
-        live.pending_swap = PendingSwap(
-            control.event_id, garment.garment_id, control.published_ns, now_ns(), received_ns, started
-        )
-        live.remember_event(control.event_id)
-        await self._rerender_latest(live)
-        await self._save_state(live, control)
+        await self._rerender_latest(served)  # first: the shopper sees the swap before we persist it
+        await self._save_state(served, control)
         return False
 
-    async def _rerender_latest(self, live: ServedSession) -> None:
-        """Show the swap now: render the newest input frame again with the new garment instead of
+    async def _stop(self, control: Control, received_ns: int) -> bool:
+        sid = control.session_id
+        served = self.table.get(sid)
+        state = None if served is not None else await self._load_state(sid)
+        if SessionTable.is_duplicate(control.event_id, served, state):
+            return True
+        await self._end(sid, "stopped")
+        with contextlib.suppress(Exception):
+            assert self.kv is not None
+            await self.kv.delete(sid)
+        return False
+
+    async def _rerender_latest(self, served: ServedSession) -> None:
+        """Show the swap now: draw the newest input frame again with the new garment instead of
         waiting up to a frame interval for the next one (the output repeats that frame's seq)."""
-        renderer, inp, meta = live.renderer, live.last_input, live.last_meta
-        if renderer is None or inp is None or meta is None or renderer.chunked:
+        renderer = served.renderer
+        latest = served.take_latest() if renderer is not None and not renderer.chunked else None
+        if renderer is None or latest is None:
             return
+        inp, meta = latest
         t_in = now_ns()
-        live.remember_meta(meta.stamp(STAGE, "in", t_in))
-        live.last_meta = None  # once: the next camera frame brings a fresh one
-        for frame, jpeg in await asyncio.to_thread(self._draw, renderer, inp):
-            await self._publish(live, frame, jpeg, t_in)
+        served.remember_meta(meta.stamp(self.ctx.name, "in", t_in))
+        rendered = await self._draw_for(served, renderer, inp)
+        if rendered is not None:
+            await self.stage.publish(served.session_id, self._outputs(served, rendered), t_in)
 
     # -- frames -----------------------------------------------------------------------------------
-    async def on_frame(self, session_id: str, msg: Msg, t_in: int) -> None:
-        """``t_in``: when the frame reached this process (its wait in the slot is stage time)."""
-        self.ctx.metrics.frames_in.inc()
-        stats = self.ctx.stats[session_id]
-        stats.frames_in += 1
-        with structlog.contextvars.bound_contextvars(session_id=session_id):
-            try:
-                meta = FrameMeta.from_headers(msg.headers)
-                cond = Conditioning.decode(msg.data)
-                if cond.session_id != session_id:
-                    raise SchemaError("conditioning session_id differs from its subject")
-            except (HeaderError, SchemaError) as exc:
-                stats.rejected += 1
-                self.ctx.metrics.rejected("bad_conditioning")
-                await self.events.error(session_id, "bad_conditioning", str(exc))
-                return
-            if meta.trace and meta.trace[-1].edge == "out":
-                self.ctx.metrics.hop_latency.observe((t_in - meta.trace[-1].ns) / 1e9)
-            async with self._lock(session_id):
-                live = self.sessions.get(session_id) or await self._implicit_start(session_id)
-                if live is None:
-                    return
+    async def process(self, session_id: str, msg: Msg, meta: FrameMeta) -> list[StageOutput]:
+        try:
+            cond = Conditioning.decode(msg.data)
+            if cond.session_id != session_id:
+                raise SchemaError("conditioning session_id differs from its subject")
+            inp = await asyncio.to_thread(frame_input, cond)
+        except SchemaError as exc:
+            raise CodedError("bad_conditioning", str(exc)) from None
+        async with self._lock(session_id):
+            served = self.table.get(session_id) or await self._implicit_start(session_id)
+            if served.renderer is None:
                 try:
-                    inp = await asyncio.to_thread(frame_input, cond)
-                except SchemaError as exc:
-                    stats.rejected += 1
-                    await self.events.error(session_id, "bad_conditioning", str(exc))
-                    return
-                if live.renderer is None:
-                    try:
-                        backend = await self._backend(live.backend)
-                        live.renderer = await asyncio.to_thread(backend.open, session_id, live.garment)
-                    except AtCapacity as exc:
-                        self.sessions.pop(session_id, None)
-                        await self.events.error(session_id, "at_capacity", str(exc))
-                        return
-                live.keep_latest(inp, meta)
-                live.remember_meta(meta.stamp(STAGE, "in", t_in))
-                renderer = live.rendering = live.renderer
-                try:
-                    rendered = await asyncio.to_thread(self._draw, renderer, inp)
-                finally:
-                    live.rendering = None
-                if live.renderer is not renderer:  # swapped while drawing: this shows the old garment
-                    renderer.close()
-                    self.ctx.metrics.dropped("swapped")
-                    return
-                for frame, jpeg in rendered:
-                    await self._publish(live, frame, jpeg, t_in)
+                    backend = await self._backend(served.backend)
+                    served.renderer = await asyncio.to_thread(backend.open, session_id, served.garment)
+                except AtCapacity as exc:
+                    self.table.forget(session_id)
+                    raise CodedError("at_capacity", str(exc)) from None
+            arrived = meta.copy()
+            arrived.trace.pop()  # as it came in: a re-render stamps its own arrival
+            served.keep_latest(inp, arrived)
+            served.remember_meta(meta)
+            renderer = served.renderer
+        rendered = await self._draw_for(served, renderer, inp)
+        if rendered is None:  # swapped or stopped while drawing: this frame shows the old garment
+            raise FrameDropped("swapped")
+        return self._outputs(served, rendered)
+
+    async def _draw_for(
+        self, served: ServedSession, renderer: Renderer, inp: FrameInput
+    ) -> list[tuple[RenderedFrame, bytes]] | None:
+        """Draw off the loop; None when the renderer was replaced meanwhile (then it is closed)."""
+        served.in_flight.append(renderer)
+        try:
+            rendered = await asyncio.to_thread(self._draw, renderer, inp)
+        finally:
+            served.in_flight.remove(renderer)
+        if served.renderer is not renderer:
+            if renderer not in served.in_flight:
+                renderer.close()
+            return None
+        return rendered
 
     def _draw(self, renderer: Renderer, inp: FrameInput) -> list[tuple[RenderedFrame, bytes]]:
         """Render and encode in ONE worker-thread trip: each trip is a wake-up of the event loop
@@ -365,44 +312,32 @@ class GeneratorHandlers:
         quality = self.settings.out_jpeg_quality
         return [(frame, encode_jpeg(frame.image_bgr, quality)) for frame in renderer.render(inp)]
 
-    async def _publish(self, live: ServedSession, frame: RenderedFrame, jpeg: bytes, t_in: int) -> None:
-        meta = live.take_meta(frame.seq)
-        if meta is None:
+    def _outputs(
+        self, served: ServedSession, rendered: list[tuple[RenderedFrame, bytes]]
+    ) -> list[StageOutput]:
+        """Rendered frames matched back to their inputs' headers (a chunk brings several)."""
+        outputs = []
+        for frame, jpeg in rendered:
+            meta = served.take_meta(frame.seq)
+            if meta is None:
+                continue
+            meta.garment_id = frame.garment_id
+            meta.width, meta.height = frame.image_bgr.shape[1], frame.image_bgr.shape[0]
+            outputs.append(StageOutput(jpeg, meta, note=frame))
+        return outputs
+
+    async def on_published(self, session_id: str, out: StageOutput) -> None:
+        served = self.table.get(session_id)
+        if served is None or not isinstance(out.note, RenderedFrame):
             return
-        meta.garment_id = frame.garment_id
-        meta.width, meta.height = frame.image_bgr.shape[1], frame.image_bgr.shape[0]
-        meta.stamp(STAGE, "out")
-        sid = live.session_id
-        if not await publish_frame(self.ctx.nc, self.ctx.subjects.output(sid), jpeg, meta):
-            self.ctx.metrics.dropped("disconnected")
-            return
-        live.frames_rendered += 1
-        stats = self.ctx.stats[sid]
-        stats.frames_out += 1
-        stats.latency_ms.append((meta.trace[-1].ns - t_in) / 1e6)
-        self.ctx.metrics.frames_out.inc()
-        self.ctx.metrics.stage_latency.observe((meta.trace[-1].ns - t_in) / 1e9)
-        pending = live.pending_swap
-        if pending is not None and frame.garment_id == pending.garment_id:
-            live.pending_swap = None
-            latency_ms = (meta.trace[-1].ns - pending.published_ns) / 1e6
-            self.swap_latency.observe(latency_ms / 1e3)
-            await self.events.emit(
-                "swap_applied",
-                sid,
-                "swap_applied",
-                event_id=pending.event_id,
-                garment_id=pending.garment_id,
-                latency_ms=round(latency_ms, 2),
-                first_seq=frame.seq,
-                apply_ms=round((pending.applied_ns - pending.published_ns) / 1e6, 2),
-                delivery_ms=round((pending.received_ns - pending.published_ns) / 1e6, 2),
-                wait_ms=round((pending.locked_ns - pending.received_ns) / 1e6, 2),
-            )
+        applied = served.frame_published(out.note.garment_id, out.note.seq, out.meta.trace[-1].ns)
+        if applied is not None:
+            self.swap_latency.observe(float(applied["latency_ms"]) / 1e3)  # type: ignore[arg-type]
+            await self.events.emit("swap_applied", session_id, "swap_applied", **applied)
 
     async def on_idle(self, session_id: str) -> None:
         async with self._lock(session_id):
-            await self._end_session(session_id, "idle")
+            await self._end(session_id, "idle")
         self.locks.pop(session_id, None)
 
     # -- sessions ---------------------------------------------------------------------------------
@@ -413,73 +348,51 @@ class GeneratorHandlers:
             backend = self.backends[name] = await asyncio.to_thread(make_backend, name, self.settings)
         return backend
 
+    def _prepare(self, garment: Garment) -> None:
+        for backend in list(self.backends.values()):
+            backend.prepare(garment)
+
     def _backend_name(self, requested: str) -> str:
         try:
             return resolve(requested or self.settings.backend, self.settings)
         except ValueError as exc:
-            raise ControlRejected("bad_backend", str(exc)) from None
+            raise CodedError("bad_backend", str(exc)) from None
 
-    def _new_session(
-        self, sid: str, garment: Garment, backend: str, state: SessionState | None
+    def _open(
+        self,
+        sid: str,
+        garment: Garment,
+        backend: str,
+        state: SessionState | None,
+        previous: ServedSession | None = None,
     ) -> ServedSession:
-        if len(self.sessions) >= self.settings.max_sessions and sid not in self.sessions:
-            raise ControlRejected(
-                "at_capacity", f"this worker runs {len(self.sessions)} sessions, its maximum"
-            )
-        live = ServedSession(sid, garment, backend, epoch=(state.epoch if state else 0))
-        if state:
-            live.applied_events = list(state.applied_events)
-        self.sessions[sid] = live
-        self.ctx.metrics.active_sessions.set(len(self.sessions))
-        self._schedule_prefetch()
-        return live
+        served = self.table.open(sid, garment, backend, state, previous)
+        self.ctx.metrics.active_sessions.set(len(self.table))
+        self.garments.prefetch()
+        return served
 
-    async def _implicit_start(self, sid: str) -> ServedSession | None:
+    async def _implicit_start(self, sid: str) -> ServedSession:
         """A session that starts with frames alone: its stored state (after a restart) or the
         default garment and backend."""
         state = await self._load_state(sid)
-        try:
-            garment = await self._garment(state.garment_id if state else self.settings.default_garment)
-            backend = self._backend_name(state.backend if state else "")
-            live = self._new_session(sid, garment, backend, state)
-        except ControlRejected as exc:
-            await self.events.error(sid, exc.code, str(exc))
-            return None
+        garment = await self.garments.get(state.garment_id if state else self.settings.default_garment)
+        backend = self._backend_name(state.backend if state else "")
+        served = self._open(sid, garment, backend, state)
         if state is None:
-            await self._save_state(live, None)
+            await self._save_state(served, None)
         await self.events.emit(
             "session_started", sid, "started", garment_id=garment.garment_id, backend=backend
         )
-        return live
+        return served
 
-    async def _end_session(self, sid: str, reason: str) -> None:
-        live = self.sessions.pop(sid, None)
-        if live is None:
+    async def _end(self, sid: str, reason: str) -> None:
+        served = self.table.close(sid)
+        if served is None:
             return
-        live.close()
         self.ctx.stats.forget(sid)
         self.events.forget(sid)
-        self.ctx.metrics.active_sessions.set(len(self.sessions))
-        await self.events.emit("session_ended", sid, reason, frames=live.frames_rendered)
-
-    async def _garment(self, garment_id: str) -> Garment:
-        cached = self.garments.get(garment_id)
-        if cached is not None:
-            return cached
-        try:
-            asset = await self.garment_client.get(garment_id)
-        except GarmentError as exc:
-            code = "unknown_garment" if exc.code in ("unknown_garment", "bad_id") else f"garment_{exc.code}"
-            raise ControlRejected(code, f"garment {garment_id!r}: {exc.message}") from None
-        garment = await asyncio.to_thread(self._decode_and_prepare, asset)
-        self.garments.put(garment)
-        return garment
-
-    def _decode_and_prepare(self, asset) -> Garment:  # type: ignore[no-untyped-def]
-        garment = garment_from_asset(asset)
-        for backend in list(self.backends.values()):
-            backend.prepare(garment)
-        return garment
+        self.ctx.metrics.active_sessions.set(len(self.table))
+        await self.events.emit("session_ended", sid, reason, frames=served.frames_rendered)
 
     def _lock(self, sid: str) -> asyncio.Lock:
         lock = self.locks.get(sid)
@@ -505,18 +418,6 @@ class GeneratorHandlers:
             log.warning("session_state_corrupt", error=str(exc))
             return None
 
-    async def _save_state(self, live: ServedSession, control: Control | None) -> None:
+    async def _save_state(self, served: ServedSession, control: Control | None) -> None:
         assert self.kv is not None
-        live.epoch += 1
-        state = SessionState(
-            session_id=live.session_id,
-            garment_id=live.garment.garment_id,
-            backend=live.backend,
-            width=control.width if control else 0,
-            height=control.height if control else 0,
-            fps=control.fps if control else 0.0,
-            epoch=live.epoch,
-            applied_events=live.applied_events,
-            updated_ns=time.time_ns(),
-        )
-        await self.kv.put(live.session_id, state.encode())
+        await self.kv.put(served.session_id, SessionTable.state_of(served, control).encode())

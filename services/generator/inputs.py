@@ -1,14 +1,12 @@
-"""Conditioning message → ``FrameInput`` (decoding JPEG, PNG masks, packed landmarks), and a
-small LRU of decoded garments shared by a worker's sessions. Pure: no bus, no asyncio."""
+"""Conditioning message → ``FrameInput`` (decoding JPEG, PNG masks, packed landmarks).
+Pure: no bus, no asyncio."""
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import cv2
 import numpy as np
 
-from services.generator.rendering import FrameInput, Garment
+from services.generator.rendering import FrameInput
 from shared.media import decode_jpeg
 from shared.schemas import Conditioning, SchemaError, unpack_array
 
@@ -42,26 +40,3 @@ def frame_input(cond: Conditioning) -> FrameInput:
         person_mask=_mask(cond.person_mask_png, shape, "person_mask_png"),
         garment_mask=_mask(cond.garment_mask_png, shape, "garment_mask_png"),
     )
-
-
-class GarmentLRU:
-    """Decoded garments by id, least recently used evicted; one per worker, shared by sessions."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self._items: OrderedDict[str, Garment] = OrderedDict()
-
-    def get(self, garment_id: str) -> Garment | None:
-        g = self._items.get(garment_id)
-        if g is not None:
-            self._items.move_to_end(garment_id)
-        return g
-
-    def put(self, garment: Garment) -> None:
-        self._items[garment.garment_id] = garment
-        self._items.move_to_end(garment.garment_id)
-        while len(self._items) > self.capacity:
-            self._items.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)

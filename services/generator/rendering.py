@@ -55,8 +55,14 @@ class Renderer(Protocol):
         then several frames at once."""
         ...
 
-    def swap(self, garment: Garment) -> None:
-        """Apply a garment change: every frame rendered after this call shows ``garment`` only."""
+    def swap(self, garment: Garment) -> Renderer:
+        """Apply a garment change; returns the renderer that draws from now on, and every frame it
+        renders after this call shows ``garment`` only.
+
+        Must return at once and be safe while a frame of this renderer is being drawn on another
+        thread (the swap never waits for the frame in flight). A frame-by-frame renderer returns a
+        fresh renderer (refresh, withdraw and re-reference amount to that); a chunked one returns
+        itself with the rescheduling queued for its next chunk boundary."""
         ...
 
     def close(self) -> None: ...

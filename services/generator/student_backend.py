@@ -108,14 +108,19 @@ class StudentRenderer:
         self.garment = garment
         self.garment_id = garment.garment_id
         self.buffer: list[FrameInput] = []
+        self._queued: Garment | None = None  # a swap waiting for the next chunk boundary
 
     def render(self, frame: FrameInput) -> list[RenderedFrame]:
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            self._reschedule(queued)
         if not self.session.started:
             reference = cv2.cvtColor(frame.frame_bgr, cv2.COLOR_BGR2RGB)
             self.session.start(reference, garment_rgb(self.garment))
         self.buffer.append(frame)
         if len(self.buffer) < self.session.pixel_frames_next_chunk:
             return []
+        garment_id = self.garment_id  # what this chunk is generated with, whatever is queued meanwhile
         cfg = self.config
         cond = np.stack(
             [conditioning_maps(f, cfg.pixel_height, cfg.pixel_width, cfg.cond_channels) for f in self.buffer]
@@ -125,12 +130,19 @@ class StudentRenderer:
         for inp, rgb in zip(self.buffer, frames, strict=True):
             h, w = inp.frame_bgr.shape[:2]
             bgr = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (w, h), interpolation=cv2.INTER_LINEAR)
-            out.append(RenderedFrame(inp.seq, bgr, self.garment_id))
+            out.append(RenderedFrame(inp.seq, bgr, garment_id))
         self.buffer.clear()
         return out
 
-    def swap(self, garment: Garment) -> None:
-        """Refresh + withdraw + disentangle (engine ``swap``) at the next chunk boundary."""
+    def swap(self, garment: Garment) -> StudentRenderer:
+        """Queue refresh + withdraw + disentangle (engine ``swap``) for the next chunk boundary and
+        return this renderer (``Renderer.swap``). Queued, not run: a chunk may be generating on
+        another thread, and the KV cache must not change under it. Frames buffered but not yet
+        generated are generated with the new garment."""
+        self._queued = garment
+        return self
+
+    def _reschedule(self, garment: Garment) -> None:
         self.garment = garment
         self.garment_id = garment.garment_id
         if self.session.started:

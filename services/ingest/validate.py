@@ -11,15 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from shared.errors import CodedError
 from shared.media import decode_jpeg, encode_jpeg, fit_size, jpeg_dimensions
-
-
-class FrameRejected(ValueError):
-    """A frame that cannot be used; ``code`` goes into the error event."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -39,27 +32,25 @@ class Normalised:
 
 def _check_payload(payload: bytes, limits: Limits) -> None:
     if not payload:
-        raise FrameRejected("empty_frame", "frame payload is empty")
+        raise CodedError("empty_frame", "frame payload is empty")
     if len(payload) > limits.max_frame_bytes:
-        raise FrameRejected(
-            "frame_too_large", f"frame of {len(payload)} bytes exceeds {limits.max_frame_bytes}"
-        )
+        raise CodedError("frame_too_large", f"frame of {len(payload)} bytes exceeds {limits.max_frame_bytes}")
 
 
 def _check_size(w: int, h: int, limits: Limits) -> None:
     if w * h > limits.max_input_pixels:
-        raise FrameRejected("frame_too_large", f"{w}x{h} exceeds {limits.max_input_pixels} pixels")
+        raise CodedError("frame_too_large", f"{w}x{h} exceeds {limits.max_input_pixels} pixels")
     if min(w, h) < limits.min_input_side:
-        raise FrameRejected("frame_too_small", f"{w}x{h} is below {limits.min_input_side} px")
+        raise CodedError("frame_too_small", f"{w}x{h} is below {limits.min_input_side} px")
     if max(w, h) / min(w, h) > limits.max_aspect:
-        raise FrameRejected("bad_aspect", f"{w}x{h} is more extreme than {limits.max_aspect}:1")
+        raise CodedError("bad_aspect", f"{w}x{h} is more extreme than {limits.max_aspect}:1")
 
 
 def _decode(payload: bytes, limits: Limits) -> np.ndarray:
     """Full decode of a payload that already passed ``_check_payload``."""
     img = decode_jpeg(payload)
     if img is None:
-        raise FrameRejected("bad_frame", "payload is not a decodable JPEG/PNG image")
+        raise CodedError("bad_frame", "payload is not a decodable JPEG/PNG image")
     _check_size(img.shape[1], img.shape[0], limits)
     return img
 

@@ -17,19 +17,12 @@ from services.preprocess.pose import PoseConfig, PoseTracker
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.smoothing import LandmarkSmoother, OneEuroParams
 from shared import body
+from shared.errors import CodedError
 from shared.media import decode_jpeg, encode_jpeg
 from shared.schemas import Conditioning, pack_array
 
 FRAME_TOO_SMALL = "frame_too_small"
 BAD_ASPECT = "bad_aspect"
-
-
-class FrameError(ValueError):
-    """A frame that cannot be preprocessed at all; ``code`` goes into the error event."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -111,7 +104,7 @@ class SessionPreprocessor:
         t0 = time.perf_counter()
         frame = decode_jpeg(jpeg)
         if frame is None:
-            raise FrameError("bad_frame", f"{len(jpeg)} bytes are not a decodable JPEG/PNG image")
+            raise CodedError("bad_frame", f"{len(jpeg)} bytes are not a decodable JPEG/PNG image")
         result = self.process(frame, seq, timestamp_ms, frame_jpeg=jpeg)
         result.timings_ms["decode"] = (time.perf_counter() - t0) * 1e3 - sum(result.timings_ms.values())
         return result

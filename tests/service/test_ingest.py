@@ -146,7 +146,7 @@ async def test_latest_frame_wins_under_a_burst(nats_url: str) -> None:
 
 async def test_reconnect_does_not_replay_stale_frames(restartable_nats: EmbeddedNats) -> None:
     url = restartable_nats.url
-    async with _ingest(url, deadline_ms=10_000):
+    async with _ingest(url, deadline_ms=10_000) as ingest:
         cam_nc = await connect(url, "camera")
         view_nc = await connect(url, "viewer")
         col = Collector()
@@ -166,13 +166,18 @@ async def test_reconnect_does_not_replay_stale_frames(restartable_nats: Embedded
         assert sent_while_down == 0
         restartable_nats.start()
         restart_ns = now_ns()
-        await _until(lambda: cam_nc.is_connected and view_nc.is_connected, timeout=15)
-        await asyncio.sleep(0.5)  # let the ingest service reconnect and resubscribe too
-        for seq in range(100, 110):
+        clients = (cam_nc, view_nc, ingest.ctx.nc)  # the ingest service reconnects on its own
+        await _until(lambda: all(nc.is_connected for nc in clients), timeout=15)
+        for nc in clients:  # a round trip each: the server has the resubscriptions sent before it
+            await nc.flush(timeout=5)
+        jpeg, meta = _frame(100, 320, 240, session="rc")
+        await publish_frame(cam_nc, SUBJ.camera("rc"), jpeg, meta)
+        await _until(lambda: any(m.seq == 100 for m, _, _ in col.frames))  # the first is not lost
+        for seq in range(101, 110):
             jpeg, meta = _frame(seq, 320, 240, session="rc")
             await publish_frame(cam_nc, SUBJ.camera("rc"), jpeg, meta)
             await asyncio.sleep(0.02)
-        await _until(lambda: any(m.seq >= 100 for m, _, _ in col.frames), timeout=10)
+        await _until(lambda: any(m.seq >= 101 for m, _, _ in col.frames), timeout=10)
         replayed = [m.seq for m, _, _ in col.frames if 1 <= m.seq < 100]
         assert replayed == [], f"stale frames replayed after reconnect: {replayed}"
         assert all(m.capture_ns >= restart_ns for m, _, _ in col.frames[1:])

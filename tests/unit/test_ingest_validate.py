@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from services.ingest.validate import FrameRejected, Limits, process_frame
+from services.ingest.validate import Limits, process_frame
+from shared.errors import CodedError
 from shared.media import decode_jpeg, encode_jpeg, jpeg_dimensions
 
 pytestmark = pytest.mark.unit
@@ -57,7 +58,7 @@ def test_png_is_accepted() -> None:
     ],
 )
 def test_garbage_is_rejected_with_a_code(payload: bytes, code: str) -> None:
-    with pytest.raises(FrameRejected) as info:
+    with pytest.raises(CodedError) as info:
         process_frame(payload, LIMITS, 640, 480, 85)
     assert info.value.code == code
 
@@ -77,7 +78,7 @@ def test_jpeg_dimensions_reads_headers_of_complete_jpegs_only() -> None:
 
 def test_size_limits_apply_to_header_checked_jpegs() -> None:
     big = _jpeg(640, 480)
-    with pytest.raises(FrameRejected) as exc:
+    with pytest.raises(CodedError) as exc:
         process_frame(big, Limits(10**7, 640 * 480 - 1, 16, 4.0), 640, 480, 85)
     assert exc.value.code == "frame_too_large"
     # A JPEG cut after its scan began is not passed through: it is decoded, and a truncated file
@@ -85,7 +86,7 @@ def test_size_limits_apply_to_header_checked_jpegs() -> None:
     cut = big[: len(big) // 2]
     try:
         out = process_frame(cut, LIMITS, 640, 480, 85)
-    except FrameRejected as rejected:
+    except CodedError as rejected:
         assert rejected.code == "bad_frame"
     else:
         assert out.jpeg != cut and jpeg_dimensions(out.jpeg) == (640, 480)

@@ -35,11 +35,12 @@ import torch
 from services.generator.engine.conditioning import frames_to_uint8
 from services.generator.engine.config import get_config
 from services.generator.engine.session import Engine, StudentStream
+from services.generator.student_backend import PACKAGED_CHECKPOINTS
 from tools.inspect_attention import probe_attention
 from tools.training.data import Clip, make_clip
 
 POLICIES = ("none", "refresh_only", "refresh_withdraw", "full")
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny.safetensors"
+DEFAULT_WEIGHTS = PACKAGED_CHECKPOINTS / "tiny.safetensors"
 EVAL_SEED = 100_000  # held out: training clips use seeds from 0 up to a few thousand
 MIN_COLOUR_GAP = 60.0
 

@@ -1,6 +1,6 @@
 """Train the tiny student on procedural clips: autoencoder first, then the causal student.
 
-``python -m tools.training.train --config tiny --steps N --seed S --out DIR``
+``python -m tools.training.train --config tiny --steps N --seed S --out DIR`` (= ``chameleon train``)
 
 Phase 1 (autoencoder): L1 + MSE reconstruction of short videos (Wan time structure: first latent =
 one frame, later latents = 4 frames) and of single images (references and garment flat-lays), with
@@ -17,19 +17,21 @@ image-first latent in B) and a *restart*, the state a full swap leaves behind: t
 encode(decode(the previous latent in A)[-1]) (sometimes blurred, as generated frames are) and the
 video resumes in B with a 4-frame latent at the first video RoPE position.
 
-Progress goes to stderr and to ``DIR/<config>.log``; ``DIR/train_state.pt`` makes a run resumable
-(same command again); the result is ``DIR/<config>.safetensors`` (engine ``save_weights``) and
-``DIR/<config>.json`` (config, data seed, steps, loss summary).
+Every option is a field of ``TrainConfig``; the CLI flags are generated from it. Progress goes to
+stderr as structlog events and to ``DIR/<config>.log`` as plain lines; ``DIR/train_state.pt`` makes
+a run resumable (same command again); the result is ``DIR/<config>.safetensors`` (engine
+``save_weights``) and ``DIR/<config>.json`` (config, data seed, steps, loss summary).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing
-import sys
 import time
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +47,87 @@ from services.generator.engine.config import EngineConfig, get_config
 from services.generator.engine.sampler import FlowMatchSchedule
 from services.generator.engine.transformer import CausalVideoDiT, teacher_forcing_mask
 from services.generator.engine.weights import build_modules, load_weights, save_weights
+from shared.logging import configure_logging, get_logger
+from shared.settings import BaseSettings
 from tools.training.data import Clip, make_clip
 
+log = get_logger("training")
+
 LATENT_POWER_WEIGHT = 0.05
-RESTART_P = 0.5  # share of student samples in the post-swap restart layout
 RESTART_BLUR = 1.0  # pixels (64x64 frames): half the restart references are blurred this much
+STUDENT_WARMUP = 100  # student steps of linear learning-rate warm-up
+# How each per-step detail is written in the log file's lines (the format of the shipped tiny.log).
+DETAIL_FORMATS = {"rec": ".4f", "latent_power": ".3f", "lr": ".2e"}
+
+
+def _doc(text: str, flag: str | None = None) -> dict[str, str | None]:
+    """A ``TrainConfig`` field's metadata: ``text`` is its comment and its ``--help`` line, ``flag``
+    overrides the flag derived from the field's name."""
+    return {"doc": text, "flag": flag}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every option of a training run with its default. The flags of ``chameleon train`` are built
+    from these fields (``ae_steps`` -> ``--ae-steps``), so an option is declared in one place."""
+
+    config_name: str = field(default="tiny", metadata=_doc("engine config to train", flag="--config"))
+    out: str = field(default="out/train", metadata=_doc("folder for log, train_state.pt, weights, summary"))
+    seed: int = field(default=0, metadata=_doc("data and init seed"))
+    device: str = field(default="cpu", metadata=_doc("cpu or cuda (same code; a GPU just goes further)"))
+    threads: int = field(default=2, metadata=_doc("torch CPU threads"))
+    clips: int = field(default=256, metadata=_doc("training clips, clip i rendered from seed + i"))
+    clip_frames: int = field(default=49, metadata=_doc("1 + 4k pixel frames per clip"))
+    workers: int = field(default=1, metadata=_doc("processes rendering the clips"))
+    ae_steps: int = field(default=1500, metadata=_doc("autoencoder steps"))
+    ae_minutes: float | None = field(default=None, metadata=_doc("autoencoder time budget, minutes"))
+    ae_batch: int = field(default=8, metadata=_doc("autoencoder videos per step"))
+    ae_window: int = field(default=9, metadata=_doc("1 + 4k pixel frames per autoencoder video"))
+    ae_lr: float = field(default=2e-3, metadata=_doc("autoencoder learning rate"))
+    autoencoder_from: str | None = field(
+        default=None, metadata=_doc("checkpoint's autoencoder; skips phase 1")
+    )
+    steps: int = field(default=3000, metadata=_doc("student steps"))
+    student_minutes: float | None = field(default=None, metadata=_doc("student time budget, minutes"))
+    batch: int = field(default=16, metadata=_doc("student samples per step"))
+    lr: float = field(default=1e-3, metadata=_doc("student learning rate"))
+    restart_p: float = field(default=0.5, metadata=_doc("share of post-swap restart samples"))
+    log_every: int = field(default=25, metadata=_doc("log and record the loss every this many steps"))
+    save_every: int = field(default=200, metadata=_doc("write train_state.pt every this many steps"))
+
+
+def cli_flag(option: dataclasses.Field[Any]) -> str:
+    """The flag of a ``TrainConfig`` field."""
+    return option.metadata["flag"] or "--" + option.name.replace("_", "-")
+
+
+def _flag_type(hint: Any) -> Callable[[str], Any]:
+    """What argparse converts a flag's text with: the field's type without its ``| None``."""
+    return next((t for t in typing.get_args(hint) if t is not type(None)), hint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per ``TrainConfig`` field, parsed into that field (``dest`` = field name)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tools.training.train", description=__doc__.splitlines()[0]
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    for option in dataclasses.fields(TrainConfig):
+        flag = cli_flag(option)
+        parser.add_argument(
+            flag,
+            dest=option.name,
+            metavar=flag.removeprefix("--").replace("-", "_").upper(),
+            type=_flag_type(hints[option.name]),
+            default=option.default,
+            help=option.metadata["doc"],
+        )
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """``chameleon train`` flags -> ``TrainConfig``."""
+    return TrainConfig(**vars(build_parser().parse_args(argv)))
 
 
 @dataclass
@@ -208,6 +286,8 @@ def lr_scale(step: int, steps: int, elapsed_s: float, minutes: float | None) -> 
 
 @dataclass
 class TrainState:
+    """What ``train_state.pt`` keeps besides modules and optimisers (saved as ``__dict__``)."""
+
     phase: str = "autoencoder"
     step: int = 0
     ae_steps_done: int = 0
@@ -215,207 +295,336 @@ class TrainState:
     history: dict[str, list[list[float]]] = field(default_factory=lambda: {"autoencoder": [], "student": []})
 
 
-class Logger:
+class ProgressLog:
+    """Each progress event goes to structlog (stderr) and, as the plain ``HH:MM:SS text`` line the
+    log file has always held, to ``DIR/<config>.log``: the file ships next to a checkpoint
+    (``tiny.log``) and is read by people and tests, who should not need a JSON parser."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __call__(self, message: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {message}"
-        print(line, file=sys.stderr, flush=True)
+    def __call__(self, event: str, text: str, **fields: Any) -> None:
+        log.info(event, **fields)
         with self.path.open("a") as f:
-            f.write(line + "\n")
+            f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
 
-def train(
-    config_name: str = "tiny",
-    *,
-    out: str | Path = "out/train",
-    seed: int = 0,
-    ae_steps: int = 1500,
-    steps: int = 3000,
-    ae_minutes: float | None = None,
-    student_minutes: float | None = None,
-    clips: int = 256,
-    clip_frames: int = 49,
-    ae_batch: int = 8,
-    ae_window: int = 9,
-    batch: int = 16,
-    lr: float = 1e-3,
-    ae_lr: float = 2e-3,
-    threads: int = 2,
-    log_every: int = 25,
-    save_every: int = 200,
-    device: str = "cpu",
-    workers: int = 1,
-    restart_p: float = RESTART_P,
-    autoencoder_from: str | Path | None = None,
-) -> dict[str, Any]:
-    """Both phases; returns the summary written to ``<config>.json``. Resumes from ``out``.
+@dataclass
+class TrainRun:
+    """What one run builds and mutates, passed between the steps of ``train``."""
 
-    ``autoencoder_from`` (a checkpoint of the same config) skips phase 1 and trains only the
-    student on that autoencoder: ablations of the student phase compare on equal footing."""
-    torch.set_num_threads(threads)
-    config = get_config(config_name)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = Logger(out / f"{config.name}.log")
-    transformer, autoencoder = build_modules(config, seed=seed, device=device)
-    ae_opt = torch.optim.Adam(autoencoder.parameters(), lr=ae_lr)
-    opt = torch.optim.AdamW(transformer.parameters(), lr=lr, weight_decay=0.01)
-    state = TrainState()
-    state_path = out / "train_state.pt"
-    if state_path.exists():
-        saved = torch.load(state_path, weights_only=False, map_location=device)
-        transformer.load_state_dict(saved["transformer"])
-        autoencoder.load_state_dict(saved["autoencoder"])
-        ae_opt.load_state_dict(saved["ae_opt"])
-        opt.load_state_dict(saved["opt"])
-        state = TrainState(**saved["state"])
-        log(f"resumed from {state_path}: phase={state.phase} step={state.step}")
-    elif autoencoder_from is not None:
-        donor, _ = build_modules(config, seed=seed, device=device)
-        load_weights(autoencoder_from, config, donor, autoencoder)
-        state.phase = "student"
-        log(f"autoencoder from {autoencoder_from}; phase 1 skipped")
+    config: TrainConfig
+    engine_config: EngineConfig
+    transformer: CausalVideoDiT
+    autoencoder: CausalVideoAutoencoder
+    ae_opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer
+    progress: ProgressLog
+    state: TrainState = field(default_factory=TrainState)
 
-    def checkpoint() -> None:
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def state_path(self) -> Path:
+        return self.out / "train_state.pt"
+
+    def save_state(self) -> None:
+        """Everything a resume needs: modules, optimisers, phase, step and loss history."""
         torch.save(
             {
-                "transformer": transformer.state_dict(),
-                "autoencoder": autoencoder.state_dict(),
-                "ae_opt": ae_opt.state_dict(),
-                "opt": opt.state_dict(),
-                "state": state.__dict__,
+                "transformer": self.transformer.state_dict(),
+                "autoencoder": self.autoencoder.state_dict(),
+                "ae_opt": self.ae_opt.state_dict(),
+                "opt": self.opt.state_dict(),
+                "state": self.state.__dict__,
             },
-            state_path,
+            self.state_path,
         )
 
-    def finish_step(phase: str, start: float, loss: Tensor, detail: Callable[[], str]) -> None:
-        """Step count, elapsed time, the logged loss history and periodic checkpoints: both phases."""
+    def resume(self) -> None:
+        """Continue a run from ``train_state.pt``: the same command again picks up where it stopped."""
+        saved = torch.load(self.state_path, weights_only=False, map_location=self.config.device)
+        self.transformer.load_state_dict(saved["transformer"])
+        self.autoencoder.load_state_dict(saved["autoencoder"])
+        self.ae_opt.load_state_dict(saved["ae_opt"])
+        self.opt.load_state_dict(saved["opt"])
+        self.state = TrainState(**saved["state"])
+        self.progress(
+            "train_resumed",
+            f"resumed from {self.state_path}: phase={self.state.phase} step={self.state.step}",
+            path=str(self.state_path),
+            phase=self.state.phase,
+            step=self.state.step,
+        )
+
+    def over_budget(self, phase: str, start: float, minutes: float | None) -> bool:
+        """True (and logged) once a phase has used its time budget."""
+        if minutes is None or time.perf_counter() - start <= 60 * minutes:
+            return False
+        step = self.state.step
+        self.progress(
+            "train_budget_reached", f"{phase}: time budget reached at step {step}", phase=phase, step=step
+        )
+        return True
+
+    def finish_step(self, phase: str, start: float, loss: Tensor, detail: dict[str, float]) -> None:
+        """Step count, elapsed time, the logged loss history and periodic checkpoints: both phases.
+
+        ``loss.item()`` (a device sync) only runs on logged steps."""
+        state = self.state
         state.step += 1
         state.elapsed_s = time.perf_counter() - start
-        if state.step % log_every == 0 or state.step == 1:
-            state.history[phase].append([state.step, loss.item(), state.elapsed_s])
-            log(f"{phase} step {state.step} loss {loss.item():.4f} {detail()} t {state.elapsed_s:.0f}s")
-        if state.step % save_every == 0:
-            checkpoint()
-
-    t0 = time.perf_counter()
-    pool = build_pool(config, clips, clip_frames, seed, workers=workers)
-    log(f"data: {clips} clips x {clip_frames} frames (seed {seed}) in {time.perf_counter() - t0:.1f}s")
-    rng = torch.Generator().manual_seed(seed + 1)
-
-    if state.phase == "autoencoder":
-        autoencoder.train()
-        start = time.perf_counter() - state.elapsed_s
-        while state.step < ae_steps:
-            if ae_minutes is not None and time.perf_counter() - start > 60 * ae_minutes:
-                log(f"autoencoder: time budget reached at step {state.step}")
-                break
-            for group in ae_opt.param_groups:
-                group["lr"] = ae_lr * lr_scale(state.step, ae_steps, state.elapsed_s, ae_minutes)
-            idx = torch.randint(len(pool), (ae_batch,), generator=rng)
-            first = int(torch.randint(clip_frames - ae_window + 1, (1,), generator=rng))
-            video = to_unit(pool.video[idx, first : first + ae_window]).to(device)
-            images = to_unit(torch.cat([pool.reference[idx[: ae_batch // 2]], pool.garment[idx]])).to(device)
-            loss, parts = autoencoder_loss(autoencoder, video, images)
-            ae_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            ae_opt.step()
-            finish_step(
-                "autoencoder",
-                start,
-                loss,
-                lambda parts=parts: f"rec {parts['rec']:.4f} latent_power {parts['latent_power']:.3f}",
+        if state.step % self.config.log_every == 0 or state.step == 1:
+            value = loss.item()
+            state.history[phase].append([state.step, value, state.elapsed_s])
+            text = " ".join(f"{name} {v:{DETAIL_FORMATS[name]}}" for name, v in detail.items())
+            self.progress(
+                "train_step",
+                f"{phase} step {state.step} loss {value:.4f} {text} t {state.elapsed_s:.0f}s",
+                phase=phase,
+                step=state.step,
+                loss=value,
+                **detail,
+                elapsed_s=round(state.elapsed_s, 1),
             )
-        state.ae_steps_done = state.step
-        state.phase, state.step, state.elapsed_s = "student", 0, 0.0
-        checkpoint()
+        if state.step % self.config.save_every == 0:
+            self.save_state()
 
-    autoencoder.eval()
-    for p in autoencoder.parameters():
-        p.requires_grad_(False)
-    with torch.no_grad():
 
-        def encoded(fn: Any, x: Tensor) -> Tensor:
-            return torch.cat([fn(to_unit(x[i : i + 16]).to(device)) for i in range(0, len(x), 16)])
+def start_run(config: TrainConfig) -> TrainRun:
+    """Fresh modules and optimisers, then the saved state in ``out`` if there is one, else the
+    autoencoder of ``autoencoder_from`` (so ablations of the student phase share one autoencoder)."""
+    torch.set_num_threads(config.threads)
+    engine_config = get_config(config.config_name)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    transformer, autoencoder = build_modules(engine_config, seed=config.seed, device=config.device)
+    run = TrainRun(
+        config,
+        engine_config,
+        transformer,
+        autoencoder,
+        ae_opt=torch.optim.Adam(autoencoder.parameters(), lr=config.ae_lr),
+        opt=torch.optim.AdamW(transformer.parameters(), lr=config.lr, weight_decay=0.01),
+        progress=ProgressLog(out / f"{engine_config.name}.log"),
+    )
+    if run.state_path.exists():
+        run.resume()
+    elif config.autoencoder_from is not None:
+        donor, _ = build_modules(engine_config, seed=config.seed, device=config.device)
+        load_weights(config.autoencoder_from, engine_config, donor, autoencoder)
+        run.state.phase = "student"
+        source = config.autoencoder_from
+        run.progress(
+            "train_autoencoder_reused", f"autoencoder from {source}; phase 1 skipped", source=str(source)
+        )
+    return run
 
-        latents = encoded(autoencoder.encode, pool.video)
-        ref_lat = encoded(autoencoder.encode_image, pool.reference)
-        gar_lat = encoded(autoencoder.encode_image, pool.garment)
-        restart_lat = [
-            encoded(lambda w, blur=blur: restart_references(autoencoder, w, blur), pool.restart_window)
-            for blur in (0.0, RESTART_BLUR)
-        ]
-        cond_lat = torch.cat(
+
+def render_pool(run: TrainRun) -> ClipPool:
+    """The run's training clips, timed: rendering is its fixed start-up cost."""
+    c = run.config
+    t0 = time.perf_counter()
+    pool = build_pool(run.engine_config, c.clips, c.clip_frames, c.seed, workers=c.workers)
+    seconds = time.perf_counter() - t0
+    run.progress(
+        "train_data",
+        f"data: {c.clips} clips x {c.clip_frames} frames (seed {c.seed}) in {seconds:.1f}s",
+        clips=c.clips,
+        clip_frames=c.clip_frames,
+        seed=c.seed,
+        seconds=round(seconds, 1),
+    )
+    return pool
+
+
+def train_autoencoder(run: TrainRun, pool: ClipPool, rng: torch.Generator) -> None:
+    """Phase 1 until ``ae_steps`` or the time budget, then hand the run over to the student."""
+    c, state = run.config, run.state
+    run.autoencoder.train()
+    start = time.perf_counter() - state.elapsed_s
+    while state.step < c.ae_steps:
+        if run.over_budget("autoencoder", start, c.ae_minutes):
+            break
+        for group in run.ae_opt.param_groups:
+            group["lr"] = c.ae_lr * lr_scale(state.step, c.ae_steps, state.elapsed_s, c.ae_minutes)
+        idx = torch.randint(len(pool), (c.ae_batch,), generator=rng)
+        first = int(torch.randint(c.clip_frames - c.ae_window + 1, (1,), generator=rng))
+        video = to_unit(pool.video[idx, first : first + c.ae_window]).to(c.device)
+        images = to_unit(torch.cat([pool.reference[idx[: c.ae_batch // 2]], pool.garment[idx]])).to(c.device)
+        loss, parts = autoencoder_loss(run.autoencoder, video, images)
+        run.ae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.ae_opt.step()
+        run.finish_step("autoencoder", start, loss, parts)
+    state.ae_steps_done = state.step
+    state.phase, state.step, state.elapsed_s = "student", 0, 0.0
+    run.save_state()
+
+
+@dataclass
+class EncodedPool:
+    """The clip pool in latent space: encoded once by the frozen autoencoder, sampled every step."""
+
+    video: Tensor  # (N, F, C, h, w): the whole clip
+    reference: Tensor  # (N, 1, C, h, w): frame 0 in garment A
+    garment: Tensor  # (N, 1, C, h, w)
+    restart_reference: tuple[Tensor, Tensor]  # (N, 1, C, h, w) each: sharp, blurred by RESTART_BLUR
+    cond: Tensor  # (N, F, 4 * Cc, h, w)
+    restart_at: Tensor  # (N,) long, on the CPU: first video latent of the restart layout
+
+    def __len__(self) -> int:
+        return self.video.shape[0]
+
+
+@torch.no_grad()
+def encode_pool(
+    autoencoder: CausalVideoAutoencoder, pool: ClipPool, config: EngineConfig, device: str
+) -> EncodedPool:
+    """Encode in slices of 16 clips (64 for the conditioning maps) to bound peak memory."""
+
+    def encoded(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        return torch.cat([fn(to_unit(x[i : i + 16]).to(device)) for i in range(0, len(x), 16)])
+
+    def restart(blur: float) -> Tensor:
+        return encoded(lambda w: restart_references(autoencoder, w, blur), pool.restart_window)
+
+    return EncodedPool(
+        video=encoded(autoencoder.encode, pool.video),
+        reference=encoded(autoencoder.encode_image, pool.reference),
+        garment=encoded(autoencoder.encode_image, pool.garment),
+        restart_reference=(restart(0.0), restart(RESTART_BLUR)),
+        cond=torch.cat(
             [
                 clip_conditioning_latent(pool.cond[i : i + 64].to(device), config)
                 for i in range(0, len(pool), 64)
             ]
-        )
-    # Latent frames per sample: up to three chunks, as many as also fit after the latest restart.
-    chunk, total = config.chunk_frames, latents.shape[1]
-    span = min(3 * chunk, (total - int(pool.restart_at.max())) // chunk * chunk)
-    restart_p = restart_p if span > 0 else 0.0
-    span = span if span > 0 else total // chunk * chunk  # clips too short for restarts (tests)
-    log(
-        f"student: {span} of {total} latent frames per sample, restart share {restart_p}, "
-        f"latent std {float(latents.std()):.3f}"
+        ),
+        restart_at=pool.restart_at,
     )
 
-    def sample(idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Video latents, conditioning and reference per sample: a start or a restart."""
-        restart = torch.rand(len(idx), generator=rng) < restart_p
+
+@dataclass
+class StudentSampler:
+    """Student batches: each sample a *start* or, with probability ``restart_p``, a *restart*."""
+
+    encoded: EncodedPool
+    span: int  # latent frames per sample, a multiple of the chunk
+    restart_p: float
+    device: str
+
+    @classmethod
+    def fit(cls, encoded: EncodedPool, config: EngineConfig, restart_p: float, device: str) -> StudentSampler:
+        """Up to three chunks per sample, as many as also fit after the latest restart; clips too
+        short for any restart (tests) train on start samples only."""
+        chunk, total = config.chunk_frames, encoded.video.shape[1]
+        span = min(3 * chunk, (total - int(encoded.restart_at.max())) // chunk * chunk)
+        if span > 0:
+            return cls(encoded, span, restart_p, device)
+        return cls(encoded, total // chunk * chunk, 0.0, device)
+
+    def __call__(self, idx: Tensor, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Video latents, conditioning and reference latent of the clips ``idx``."""
+        e = self.encoded
+        restart = torch.rand(len(idx), generator=rng) < self.restart_p
         blurred = torch.rand(len(idx), generator=rng) < 0.5
-        starts = torch.where(restart, pool.restart_at[idx], 0).tolist()
-        video = torch.stack([latents[i, s : s + span] for i, s in zip(idx.tolist(), starts, strict=True)])
-        cond = torch.stack([cond_lat[i, s : s + span] for i, s in zip(idx.tolist(), starts, strict=True)])
-        pick = restart.to(device)[:, None, None, None, None]
-        soft = blurred.to(device)[:, None, None, None, None]
-        ref = torch.where(pick, torch.where(soft, restart_lat[1][idx], restart_lat[0][idx]), ref_lat[idx])
+        starts = torch.where(restart, e.restart_at[idx], 0).tolist()
+        rows = list(zip(idx.tolist(), starts, strict=True))
+        video = torch.stack([e.video[i, s : s + self.span] for i, s in rows])
+        cond = torch.stack([e.cond[i, s : s + self.span] for i, s in rows])
+        pick = restart.to(self.device)[:, None, None, None, None]
+        soft = blurred.to(self.device)[:, None, None, None, None]
+        sharp, blurry = e.restart_reference
+        ref = torch.where(pick, torch.where(soft, blurry[idx], sharp[idx]), e.reference[idx])
         return video, cond, ref
 
-    transformer.train()
-    warmup = 100
-    start = time.perf_counter() - state.elapsed_s
-    while state.step < steps:
-        if student_minutes is not None and time.perf_counter() - start > 60 * student_minutes:
-            log(f"student: time budget reached at step {state.step}")
-            break
-        cosine = lr_scale(state.step, steps, state.elapsed_s, student_minutes)
-        scale = min(1.0, (state.step + 1) / warmup) * cosine
-        for group in opt.param_groups:
-            group["lr"] = lr * scale
-        idx = torch.randint(len(pool), (batch,), generator=rng)
-        video, cond, ref = sample(idx)
-        loss = student_loss(transformer, config, video, cond, ref, gar_lat[idx], rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(transformer.parameters(), 1.0)
-        opt.step()
-        finish_step("student", start, loss, lambda scale=scale: f"lr {lr * scale:.2e}")
-    checkpoint()
 
-    transformer.eval()
-    transformer.cpu()
-    autoencoder.cpu()
-    weights = out / f"{config.name}.safetensors"
-    save_weights(weights, config, transformer, autoencoder)
+def prepare_student(run: TrainRun, pool: ClipPool) -> StudentSampler:
+    """Freeze the autoencoder, encode the pool once and fit the sample layout to the clip length."""
+    run.autoencoder.eval()
+    for p in run.autoencoder.parameters():
+        p.requires_grad_(False)
+    encoded = encode_pool(run.autoencoder, pool, run.engine_config, run.config.device)
+    sampler = StudentSampler.fit(encoded, run.engine_config, run.config.restart_p, run.config.device)
+    total, std = encoded.video.shape[1], float(encoded.video.std())
+    run.progress(
+        "train_student_layout",
+        f"student: {sampler.span} of {total} latent frames per sample, restart share {sampler.restart_p}, "
+        f"latent std {std:.3f}",
+        span=sampler.span,
+        latent_frames=total,
+        restart_p=sampler.restart_p,
+        latent_std=round(std, 3),
+    )
+    return sampler
+
+
+def train_student(run: TrainRun, sampler: StudentSampler, rng: torch.Generator) -> None:
+    """Phase 2 until ``steps`` or the time budget: warm-up, then the cosine; gradients clipped at 1."""
+    c, state = run.config, run.state
+    run.transformer.train()
+    start = time.perf_counter() - state.elapsed_s
+    while state.step < c.steps:
+        if run.over_budget("student", start, c.student_minutes):
+            break
+        cosine = lr_scale(state.step, c.steps, state.elapsed_s, c.student_minutes)
+        scale = min(1.0, (state.step + 1) / STUDENT_WARMUP) * cosine
+        for group in run.opt.param_groups:
+            group["lr"] = c.lr * scale
+        idx = torch.randint(len(sampler.encoded), (c.batch,), generator=rng)
+        video, cond, ref = sampler(idx, rng)
+        garment = sampler.encoded.garment[idx]
+        loss = student_loss(run.transformer, run.engine_config, video, cond, ref, garment, rng)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.transformer.parameters(), 1.0)
+        run.opt.step()
+        run.finish_step("student", start, loss, {"lr": c.lr * scale})
+    run.save_state()
+
+
+def write_result(run: TrainRun, restart_p: float) -> dict[str, Any]:
+    """The weights through the engine's ``save_weights`` (what the generator loads) and the
+    ``<config>.json`` summary, with the keys the shipped ``tiny.json`` has."""
+    c, state, name = run.config, run.state, run.engine_config.name
+    run.transformer.eval()
+    run.transformer.cpu()
+    run.autoencoder.cpu()
+    weights = run.out / f"{name}.safetensors"
+    save_weights(weights, run.engine_config, run.transformer, run.autoencoder)
+    size = weights.stat().st_size
     summary = {
-        "config": config.to_dict(),
-        "data": {"seed": seed, "clips": clips, "clip_frames": clip_frames, "restart_p": restart_p},
-        "autoencoder_from": str(autoencoder_from) if autoencoder_from else None,
-        "device": str(device),
+        "config": run.engine_config.to_dict(),
+        "data": {"seed": c.seed, "clips": c.clips, "clip_frames": c.clip_frames, "restart_p": restart_p},
+        "autoencoder_from": str(c.autoencoder_from) if c.autoencoder_from else None,
+        "device": str(c.device),
         "autoencoder_steps": state.ae_steps_done,
         "student_steps": state.step,
         "student_seconds": round(state.elapsed_s, 1),
-        "loss": {k: v for k, v in state.history.items()},
+        "loss": dict(state.history),
         "weights": weights.name,
-        "weights_bytes": weights.stat().st_size,
+        "weights_bytes": size,
     }
-    (out / f"{config.name}.json").write_text(json.dumps(summary, indent=1))
-    log(f"saved {weights} ({weights.stat().st_size} bytes)")
+    (run.out / f"{name}.json").write_text(json.dumps(summary, indent=1))
+    run.progress("train_saved", f"saved {weights} ({size} bytes)", weights=str(weights), bytes=size)
     return summary
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Both phases; returns the summary written to ``<config>.json``.
+
+    Running the same config again resumes from ``out/train_state.pt``; the data and the sampling
+    generator are rebuilt from ``seed``, so a resumed run draws like an uninterrupted one."""
+    run = start_run(config)
+    pool = render_pool(run)
+    rng = torch.Generator().manual_seed(config.seed + 1)
+    if run.state.phase == "autoencoder":
+        train_autoencoder(run, pool, rng)
+    sampler = prepare_student(run, pool)
+    train_student(run, sampler, rng)
+    return write_result(run, sampler.restart_p)
 
 
 def save_loss_plot(summary: dict[str, Any], path: str | Path) -> None:
@@ -438,47 +647,15 @@ def save_loss_plot(summary: dict[str, Any], path: str | Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.training.train", description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="tiny")
-    p.add_argument("--steps", type=int, default=3000, help="student steps")
-    p.add_argument("--ae-steps", type=int, default=1500, help="autoencoder steps")
-    p.add_argument("--ae-minutes", type=float, help="stop the autoencoder phase after this long")
-    p.add_argument("--student-minutes", type=float, help="stop the student phase after this long")
-    p.add_argument("--seed", type=int, default=0, help="data and init seed")
-    p.add_argument("--clips", type=int, default=256)
-    p.add_argument("--clip-frames", type=int, default=49, help="1 + 4k pixel frames per clip")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--ae-batch", type=int, default=8)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (same code; a GPU just goes further)")
-    p.add_argument("--lr", type=float, default=1e-3, help="student learning rate")
-    p.add_argument("--workers", type=int, default=1, help="processes rendering the clips")
-    p.add_argument("--restart-p", type=float, default=RESTART_P, help="share of post-swap restart samples")
-    p.add_argument("--autoencoder-from", help="checkpoint whose autoencoder to reuse (skips phase 1)")
-    p.add_argument("--out", default="out/train")
-    args = p.parse_args(argv)
-    summary = train(
-        args.config,
-        out=args.out,
-        seed=args.seed,
-        ae_steps=args.ae_steps,
-        steps=args.steps,
-        ae_minutes=args.ae_minutes,
-        student_minutes=args.student_minutes,
-        clips=args.clips,
-        clip_frames=args.clip_frames,
-        batch=args.batch,
-        ae_batch=args.ae_batch,
-        threads=args.threads,
-        device=args.device,
-        lr=args.lr,
-        workers=args.workers,
-        restart_p=args.restart_p,
-        autoencoder_from=args.autoencoder_from,
-    )
-    save_loss_plot(summary, Path(args.out) / f"{args.config}_loss.png")
+    """``chameleon train``: flags -> ``TrainConfig`` -> both phases, then the loss plot."""
+    config = parse_config(argv)
+    summary = train(config)
+    save_loss_plot(summary, Path(config.out) / f"{config.config_name}_loss.png")
     return 0
 
 
 if __name__ == "__main__":
+    # ``chameleon train`` configures logging in the CLI; ``python -m`` starts here instead.
+    settings = BaseSettings.from_env()
+    configure_logging(settings.log_level, settings.log_json, service="train")
     raise SystemExit(main())

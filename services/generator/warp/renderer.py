@@ -12,7 +12,6 @@ A session maps a swap onto the paper's three operations (see ``WarpRenderer.swap
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import cv2
@@ -22,6 +21,7 @@ from services.generator.rendering import AtCapacity, FrameInput, Garment, Render
 from services.generator.warp.geometry import GarmentGeometry, body_mesh
 from services.generator.warp.raster import mesh_bounds, warp_layers
 from shared.body import LM, garment_region, head_mask
+from shared.lru import LRU
 
 HAND_POINTS = ((15, 17, 19, 21), (16, 18, 20, 22))  # wrist, pinky, index, thumb per hand
 
@@ -83,21 +83,30 @@ class WarpRenderer:
         garment: Garment,
         config: WarpConfig | None = None,
         prepared: PreparedGarments | None = None,
+        backend: WarpBackend | None = None,
     ) -> None:
         self.session_id = session_id
         self.config = config or WarpConfig()
         self._prepared = prepared or PreparedGarments()
+        self._backend = backend
         self.frames = 0
         self.closed = False
         self._points: np.ndarray | None = None
         self._reference: Reference | None = None
-        self.swap(garment)
+        self._reschedule(garment)
 
     # -- the swap: the paper's three operations ----------------------------------------------------
-    def swap(self, garment: Garment) -> None:
-        """Apply a garment change; every frame rendered after this call shows ``garment`` only.
+    def swap(self, garment: Garment) -> WarpRenderer:
+        """A fresh renderer on ``garment`` (``Renderer.swap``): the three operations below on a new
+        object, so a frame this one is still drawing on another thread is left undisturbed (the
+        caller drops it) and the swap never waits for it. The garment's warp data is prepared once
+        per worker and shared, so this is cheap."""
+        if self._backend is not None:
+            return self._backend.open(self.session_id, garment)
+        return WarpRenderer(self.session_id, garment, self.config, self._prepared)
 
-        The three rescheduling operations of the paper, as this renderer has them:
+    def _reschedule(self, garment: Garment) -> None:
+        """The three rescheduling operations of the paper, as this renderer has them:
         1. refresh the garment: new texture (edge-bled for sampling) and new warp data (canvas
            mesh, sleeve axes, long/short sleeves, body-region category);
         2. withdraw history: the smoothed body points are dropped, so the next frame's mesh comes
@@ -249,8 +258,7 @@ class PreparedGarments:
     precomputed garment K/V. Keyed by garment id and texture content; least recently used evicted."""
 
     def __init__(self, capacity: int = 64) -> None:
-        self.capacity = capacity
-        self._items: OrderedDict[tuple[str, bytes], tuple[np.ndarray, GarmentGeometry]] = OrderedDict()
+        self._items: LRU[tuple[str, bytes], tuple[np.ndarray, GarmentGeometry]] = LRU(capacity)
 
     def get(self, garment: Garment) -> tuple[np.ndarray, GarmentGeometry]:
         tex = garment.texture_bgra
@@ -260,10 +268,7 @@ class PreparedGarments:
         item = self._items.get(key)
         if item is None:
             item = (_bleed(tex), GarmentGeometry.from_keypoints(garment.keypoints, garment.category))
-            self._items[key] = item
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
-        self._items.move_to_end(key)
+            self._items.put(key, item)
         return item
 
 
@@ -286,6 +291,6 @@ class WarpBackend:
         self._open = {k: v for k, v in self._open.items() if not v.closed}
         if session_id not in self._open and len(self._open) >= self.max_sessions:
             raise AtCapacity(f"warp backend has {len(self._open)} sessions open")
-        session = WarpRenderer(session_id, garment, self.config, self._prepared)
+        session = WarpRenderer(session_id, garment, self.config, self._prepared, backend=self)
         self._open[session_id] = session
         return session

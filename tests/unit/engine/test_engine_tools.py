@@ -68,3 +68,10 @@ def test_inspect_attention_masses_sum_to_one(capsys: pytest.CaptureFixture[str])
     after = report["after_swap"]["mean"]
     assert after["sink"] == 0.0 and after["window"] == 0.0  # history withdrawn
     assert report["mean"]["window"] > 0.0
+
+
+def test_swap_eval_defaults_to_the_shipped_checkpoint() -> None:
+    """Without ``--weights`` the eval must score the shipped student, never random weights."""
+    from tools.training import evaluate
+
+    assert evaluate.DEFAULT_WEIGHTS.is_file(), evaluate.DEFAULT_WEIGHTS

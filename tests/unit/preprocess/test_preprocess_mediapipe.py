@@ -8,9 +8,10 @@ import pytest
 
 from services.camera.source import Motion, MotionCamera
 from services.preprocess import conditioning as cond
-from services.preprocess.pipeline import FrameError, PreprocessConfig, SessionPreprocessor
+from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
 from services.preprocess.pose import PoseConfig, PoseTracker
 from shared.body import LM
+from shared.errors import CodedError
 from shared.media import encode_jpeg
 from shared.schemas import Conditioning, unpack_array
 from tools.eval.preprocess import detect_rate, follow_error_px, jitter_px, noisy_still_frames
@@ -168,7 +169,7 @@ def test_defined_outcomes_for_empty_tiny_extreme_and_garbage_frames() -> None:
         assert tiny.conditioning.frame_jpeg  # the frame is still forwarded
         sliver = pre.process(np.zeros((40, 640, 3), np.uint8), 2, 1066)
         assert sliver.codes == ["bad_aspect"]
-        with pytest.raises(FrameError) as err:
+        with pytest.raises(CodedError) as err:
             pre.process_jpeg(b"\xff\xd8 not really a jpeg", 3, 1100)
         assert err.value.code == "bad_frame"
         after = pre.process(np.full((480, 640, 3), 90, np.uint8), 4, 1133)

@@ -58,9 +58,10 @@ def test_the_frame_right_after_a_swap_shows_only_the_new_garment(bus_frame, red_
         before = session.render(bus_frame)[0]
     # the tee's feathered edge over the beige coat sits near the shirt's light colours
     assert ghost_ratio(before.image_bgr, before.drawn_mask, blue_shirt.colours, red_tee.colours) < 0.06
-    session.swap(blue_shirt)
-    after = session.render(bus_frame)[0]
-    assert after.garment_id == blue_shirt.garment_id == session.garment_id
+    swapped = session.swap(blue_shirt)
+    assert swapped is not session  # a fresh renderer: the old one's frame in flight is undisturbed
+    after = swapped.render(bus_frame)[0]
+    assert after.garment_id == blue_shirt.garment_id == swapped.garment_id
     assert ghost_ratio(after.image_bgr, after.drawn_mask, red_tee.colours, blue_shirt.colours) <= 0.02
     # history withdrawn and reference re-derived: exactly what a fresh session draws
     fresh = WarpRenderer("t", blue_shirt).render(bus_frame)[0]

@@ -1,0 +1,210 @@
+"""The sessions of one generator worker: start, swap, stop, idle, dedupe, and what a swap reports.
+Pure: no bus, no asyncio.
+
+Every decision of the control path lives here, so it is unit-tested with plain objects; the
+handlers only fetch what a decision needs (the garment, the stored state) and publish what it
+returns. A ``ServedSession`` holds the session's renderer (which owns the KV cache or the warp
+history), the garment in effect, the swap being measured, and the input metadata the renderer's
+(possibly chunked) output is matched back to.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from services.generator.rendering import FrameInput, Garment, Renderer
+from shared.errors import CodedError
+from shared.headers import FrameMeta
+from shared.schemas import Control, SessionState
+
+APPLIED_EVENTS_KEPT = 64
+PENDING_META_KEPT = 64
+
+
+@dataclass
+class PendingSwap:
+    """A swap in effect in the renderer whose first output frame has not been published yet."""
+
+    event_id: str
+    garment_id: str
+    published_ns: int  # the client published it
+    received_ns: int  # it reached this worker
+    started_ns: int  # this worker started applying it
+    applied_ns: int  # the renderer draws the new garment from now on
+
+    def applied_event(self, first_seq: int, shown_ns: int) -> dict[str, object]:
+        """The ``swap_applied`` event's data once the first frame with the garment is out."""
+        return {
+            "event_id": self.event_id,
+            "garment_id": self.garment_id,
+            "latency_ms": round((shown_ns - self.published_ns) / 1e6, 2),
+            "first_seq": first_seq,
+            "apply_ms": round((self.applied_ns - self.published_ns) / 1e6, 2),
+            "delivery_ms": round((self.received_ns - self.published_ns) / 1e6, 2),
+            "wait_ms": round((self.started_ns - self.received_ns) / 1e6, 2),
+        }
+
+
+@dataclass
+class ServedSession:
+    session_id: str
+    garment: Garment
+    backend: str
+    epoch: int = 0
+    renderer: Renderer | None = None
+    in_flight: list[Renderer] = field(default_factory=list)  # renderers drawing on a worker thread
+    pending_swap: PendingSwap | None = None
+    applied_events: list[str] = field(default_factory=list)
+    metas: OrderedDict[int, FrameMeta] = field(default_factory=OrderedDict)
+    frames_rendered: int = 0
+    # the newest input and its metadata as it arrived: a swap re-renders it at once, so the new
+    # garment shows without waiting for the next camera frame
+    last_input: FrameInput | None = None
+    last_meta: FrameMeta | None = None
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self.applied_events
+
+    def remember_event(self, event_id: str) -> None:
+        self.applied_events.append(event_id)
+        del self.applied_events[:-APPLIED_EVENTS_KEPT]
+
+    def remember_meta(self, meta: FrameMeta) -> None:
+        """Keep an input's metadata until the renderer outputs that frame (chunks come later)."""
+        self.metas[meta.seq] = meta
+        while len(self.metas) > PENDING_META_KEPT:
+            self.metas.popitem(last=False)
+
+    def take_meta(self, seq: int) -> FrameMeta | None:
+        return self.metas.pop(seq, None)
+
+    def keep_latest(self, inp: FrameInput, meta: FrameMeta) -> None:
+        self.last_input, self.last_meta = inp, meta
+
+    def take_latest(self) -> tuple[FrameInput, FrameMeta] | None:
+        """The newest input for a re-render, once: the next camera frame brings a fresh one."""
+        if self.last_input is None or self.last_meta is None:
+            return None
+        meta, self.last_meta = self.last_meta, None
+        return self.last_input, meta
+
+    def use(self, renderer: Renderer) -> Renderer | None:
+        """Draw with ``renderer`` from now on; returns the one it replaces when nothing is drawing
+        with it (the caller closes it), else None: the frame in flight closes it when it ends."""
+        old, self.renderer = self.renderer, renderer
+        if old is None or old is renderer or old in self.in_flight:
+            return None
+        return old
+
+    def frame_published(self, garment_id: str, seq: int, shown_ns: int) -> dict[str, object] | None:
+        """Count an output frame; the ``swap_applied`` data when it is the swap's first frame."""
+        self.frames_rendered += 1
+        pending = self.pending_swap
+        if pending is None or garment_id != pending.garment_id:
+            return None
+        self.pending_swap = None
+        return pending.applied_event(seq, shown_ns)
+
+    def close(self) -> None:
+        """Free the renderer now, or, while a frame is drawing with it, when that frame ends."""
+        if self.renderer is not None and self.renderer not in self.in_flight:
+            self.renderer.close()
+        self.renderer = None
+
+
+class SessionTable:
+    """The sessions this worker serves, with its capacity."""
+
+    def __init__(self, max_sessions: int) -> None:
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, ServedSession] = {}
+
+    def get(self, session_id: str) -> ServedSession | None:
+        return self._sessions.get(session_id)
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._sessions.values()))
+
+    @staticmethod
+    def is_duplicate(event_id: str, served: ServedSession | None, state: SessionState | None) -> bool:
+        """An event already applied: by this worker (memory) or before a restart (stored state)."""
+        return (served is not None and served.seen(event_id)) or (
+            state is not None and event_id in state.applied_events
+        )
+
+    def open(
+        self,
+        session_id: str,
+        garment: Garment,
+        backend: str,
+        state: SessionState | None = None,
+        previous: ServedSession | None = None,
+    ) -> ServedSession:
+        """Serve a session: fresh, from its stored state (a restart of this worker), or replacing
+        ``previous`` (a ``start`` on a running session keeps its idempotency memory and epoch)."""
+        if session_id not in self._sessions and len(self._sessions) >= self.max_sessions:
+            raise CodedError("at_capacity", f"this worker runs {len(self._sessions)} sessions, its maximum")
+        served = ServedSession(session_id, garment, backend, epoch=state.epoch if state else 0)
+        if state is not None:
+            served.applied_events = list(state.applied_events)
+        if previous is not None:
+            served.applied_events, served.epoch = list(previous.applied_events), previous.epoch
+        self._sessions[session_id] = served
+        return served
+
+    def close(self, session_id: str) -> ServedSession | None:
+        """Stop serving a session (stop, idle, restart, shutdown) and free its renderer."""
+        served = self._sessions.pop(session_id, None)
+        if served is not None:
+            served.close()
+        return served
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session whose renderer could not be opened (the backend is at capacity)."""
+        self._sessions.pop(session_id, None)
+
+    @staticmethod
+    def swap(
+        served: ServedSession,
+        control: Control,
+        garment: Garment,
+        renderer: Renderer | None,
+        received_ns: int,
+        started_ns: int,
+    ) -> Renderer | None:
+        """Put a swap in effect: ``renderer`` is what ``Renderer.swap`` returned (None when the
+        session has no renderer yet: its first frame opens one on ``garment``). Returns a renderer
+        the caller must close (see ``ServedSession.use``)."""
+        stale = served.use(renderer) if renderer is not None else None
+        served.garment = garment
+        served.pending_swap = PendingSwap(
+            control.event_id,
+            garment.garment_id,
+            control.published_ns,
+            received_ns,
+            started_ns,
+            time.time_ns(),
+        )
+        served.remember_event(control.event_id)
+        return stale
+
+    @staticmethod
+    def state_of(served: ServedSession, control: Control | None) -> SessionState:
+        """The durable record after a change: a new epoch, the garment in effect, the applied ids."""
+        served.epoch += 1
+        return SessionState(
+            session_id=served.session_id,
+            garment_id=served.garment.garment_id,
+            backend=served.backend,
+            width=control.width if control else 0,
+            height=control.height if control else 0,
+            fps=control.fps if control else 0.0,
+            epoch=served.epoch,
+            applied_events=served.applied_events,
+            updated_ns=time.time_ns(),
+        )

@@ -1,0 +1,157 @@
+"""One skeleton for every frame stage (ingest, preprocess, the generator).
+
+A stage gives ``FrameStage`` its one ``process`` function; the skeleton does what every stage
+does the same way around it: take each session's newest frame from a latest-frame-wins slot,
+count it, parse and check its headers, record the hop from the previous stage, stamp
+``<stage>.in``, and then publish what ``process`` returns with ``<stage>.out`` stamped, or turn a
+rejection into an error event, a metric and a rate-limited log line, or count a drop. Why one
+place: each of these was written three times and had started to differ (one stage counted a
+reject in its metric, another did not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from shared.bus import LatestFrameSlots, publish_frame
+from shared.errors import CodedError
+from shared.events import EventPublisher
+from shared.headers import FrameMeta, HeaderError
+from shared.service import ServiceContext
+from shared.subjects import Channel
+
+
+@dataclass
+class StageOutput:
+    """One frame to publish: its payload and headers (``<stage>.out`` is stamped on publish).
+
+    ``note`` travels back to ``on_published`` untouched (the generator's rendered frame)."""
+
+    payload: bytes
+    meta: FrameMeta
+    note: object = None
+
+
+class FrameDropped(Exception):
+    """A frame left out on purpose (stale, drawn with a garment swapped away meanwhile): counted
+    under ``reason`` in ``chameleon_frames_dropped_total``, never reported as an error."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# (session_id, msg, meta stamped "<stage>.in") -> frames to publish; raises CodedError to reject
+Process = Callable[[str, Msg, FrameMeta], Awaitable[Sequence[StageOutput]]]
+Published = Callable[[str, StageOutput], Awaitable[None]]
+
+
+class FrameStage:
+    """The frame path of one stage: ``inbound`` channel → ``process`` → ``outbound`` subject."""
+
+    def __init__(
+        self,
+        ctx: ServiceContext,
+        events: EventPublisher,
+        inbound: Channel,
+        outbound: Callable[[str], str],
+        process: Process,
+        *,
+        idle_s: float,
+        on_idle: Callable[[str], Awaitable[None]] | None = None,
+        on_published: Published | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.name = ctx.name
+        self.events = events
+        self.inbound = inbound
+        self.outbound = outbound
+        self.process = process
+        self.on_published = on_published
+        self._on_idle = on_idle
+        self.slots = LatestFrameSlots(
+            self.on_frame,
+            idle_s=idle_s,
+            on_drop=lambda sid: self.drop(sid, "superseded"),
+            on_idle=self._idle,
+        )
+
+    async def start(self) -> Subscription:
+        return await self.ctx.subscribe_frames(self.inbound, self.slots)
+
+    async def close(self) -> None:
+        await self.slots.close()
+
+    @property
+    def sessions(self) -> list[str]:
+        """Sessions with a frame worker right now (a session goes after ``idle_s`` without frames)."""
+        return self.slots.sessions
+
+    async def on_frame(self, session_id: str, msg: Msg, t_in: int) -> None:
+        """``t_in``: when the frame reached this process (its wait in the slot is stage time)."""
+        self.ctx.stats[session_id].frames_in += 1
+        self.ctx.metrics.frames_in.inc()
+        with structlog.contextvars.bound_contextvars(session_id=session_id):
+            try:
+                meta = FrameMeta.from_headers(msg.headers)
+                if meta.session_id != session_id:
+                    raise CodedError(
+                        "session_mismatch", f"header session {meta.session_id!r} != subject session"
+                    )
+                if meta.trace and meta.trace[-1].edge == "out":
+                    self.ctx.metrics.hop_latency.observe((t_in - meta.trace[-1].ns) / 1e9)
+                meta.stamp(self.name, "in", t_in)
+            except HeaderError as exc:
+                await self.reject(session_id, "bad_headers", str(exc))
+                return
+            except CodedError as exc:
+                await self.reject(session_id, exc.code, exc.message)
+                return
+            try:
+                outputs = await self.process(session_id, msg, meta)
+            except FrameDropped as exc:
+                self.drop(session_id, exc.reason)
+                return
+            except CodedError as exc:
+                await self.reject(session_id, exc.code, exc.message, seq=meta.seq)
+                return
+            await self.publish(session_id, outputs, t_in)
+
+    async def publish(self, session_id: str, outputs: Sequence[StageOutput], t_in: int) -> None:
+        """Stamp ``<stage>.out`` and publish each output; a frame is dropped, not queued, while the
+        connection is down. ``t_in`` is when the input that produced them arrived."""
+        stats = self.ctx.stats[session_id]
+        for out in outputs:
+            out.meta.stamp(self.name, "out")
+            if not await publish_frame(self.ctx.nc, self.outbound(session_id), out.payload, out.meta):
+                self.drop(session_id, "disconnected")
+                continue
+            spent_s = (out.meta.trace[-1].ns - t_in) / 1e9
+            stats.frames_out += 1
+            stats.latency_ms.append(spent_s * 1e3)
+            self.ctx.metrics.frames_out.inc()
+            self.ctx.metrics.stage_latency.observe(spent_s)
+            if self.on_published is not None:
+                await self.on_published(session_id, out)
+
+    async def reject(self, session_id: str, code: str, message: str, **data: object) -> None:
+        """A frame that cannot be used: counted, a metric by code, and a rate-limited error event
+        (which also logs, rate-limited, bound to the session)."""
+        self.ctx.stats[session_id].rejected += 1
+        self.ctx.metrics.rejected(code)
+        await self.events.error(session_id, code, message, **data)
+
+    def drop(self, session_id: str, reason: str) -> None:
+        self.ctx.stats[session_id].dropped += 1
+        self.ctx.metrics.dropped(reason)
+
+    async def _idle(self, session_id: str) -> None:
+        if self._on_idle is not None:
+            await self._on_idle(session_id)
+        self.ctx.stats.forget(session_id)
+        self.events.forget(session_id)
