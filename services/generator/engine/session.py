@@ -31,6 +31,20 @@ from .weights import build_modules, load_weights
 Conditioning = np.ndarray | Tensor | None
 
 
+def noise_seed(seed: int, withdraws: int) -> int:
+    """Seed of a session's noise generator after ``withdraws`` history withdraws (swaps).
+
+    0 withdraws (from the start): the session seed itself. After the k-th withdraw: a hash of
+    (seed, k), so two swaps never replay the same noise. Reseeding at every withdraw makes the
+    noise after a swap depend only on the seed and the swap count, not on how many chunks (noise
+    draws) came before it.
+    """
+    if withdraws == 0:
+        return seed
+    entropy = [seed & 0xFFFF_FFFF_FFFF_FFFF, withdraws]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
 class Engine:
     """One worker's model, autoencoder and cache pool; runs single or batched session steps."""
 
@@ -179,6 +193,8 @@ class StudentStream:
     def __init__(self, engine: Engine, cache: KVCache, *, seed: int = 0) -> None:
         self.engine = engine
         self.cache = cache
+        self.seed = seed
+        self.withdraws = 0  # since start: which noise stream the generator draws from
         self.generator = torch.Generator(device=engine.device)
         self.generator.manual_seed(seed)
         self.reference_latent: Tensor | None = None
@@ -227,6 +243,7 @@ class StudentStream:
         self.frames_since_restart = 0
         self.latent_frames_total = 0
         self.last_latents = None
+        self.restart_noise(withdraws=0)
         self.engine.prefill_context(self, reference_latent, garment_latent)
 
     # ------------------------------------------------------------------------------ steps
@@ -301,11 +318,18 @@ class StudentStream:
 
         New frames attend mostly to history (paper Fig. 2), which would keep drawing the old
         garment. RoPE frame positions restart after the in-context frames (our choice, see
-        docs/engine.md): the stream continues like a fresh image-to-video start.
+        docs/engine.md): the stream continues like a fresh image-to-video start, and so does
+        its noise: the generator restarts from ``noise_seed(seed, withdraws so far)``.
         """
         self.require_started()
         self.cache.withdraw_history()
         self.frames_since_restart = 0
+        self.restart_noise(withdraws=self.withdraws + 1)
+
+    def restart_noise(self, *, withdraws: int) -> None:
+        """Reseed the noise generator as after ``withdraws`` withdraws (0 = a fresh start)."""
+        self.withdraws = withdraws
+        self.generator.manual_seed(noise_seed(self.seed, withdraws))
 
     def reference_from_last_frame(self) -> Tensor:
         """encode(decode(last latent)[-1]) as ONE image: the new reference latent.
