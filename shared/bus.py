@@ -51,9 +51,34 @@ class ConnectionState:
             cb(connected)
 
 
-async def connect(url: str, name: str, state: ConnectionState | None = None) -> NATS:
-    """Connect with unlimited reconnects, logging every state change."""
+class NatsUnavailable(ConnectionError):
+    """No NATS server of ``urls`` accepted a connection within the caller's bound."""
+
+    def __init__(self, urls: list[str], waited_s: float) -> None:
+        self.urls = urls
+        self.waited_s = waited_s
+        super().__init__(f"NATS at {','.join(urls)} unreachable after {waited_s:g} s")
+
+
+async def connect(
+    url: str,
+    name: str,
+    state: ConnectionState | None = None,
+    give_up_after_s: float | None = None,
+) -> NATS:
+    """Connect with unlimited reconnects across every server of ``url`` (comma-separated for a
+    cluster), logging every state change.
+
+    Without ``give_up_after_s`` the first connect also retries forever (a service waits for its
+    server); with it, connecting stops after that many seconds with ``NatsUnavailable``, so a
+    command line never hangs on a server that is not there."""
     state = state or ConnectionState()
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise ValueError(f"{name}: no NATS URL")
+    nc = NATS()
+    attempts = 0
+    connected_once = False
 
     async def disconnected() -> None:
         state.disconnects += 1
@@ -71,14 +96,23 @@ async def connect(url: str, name: str, state: ConnectionState | None = None) -> 
         )
 
     async def error(exc: Exception) -> None:
-        log.warning("nats_error", client=name, error=str(exc) or type(exc).__name__)
+        nonlocal attempts
+        reason = str(exc) or type(exc).__name__
+        if state.connected or state.disconnects:
+            log.warning("nats_error", client=name, error=reason)
+            return
+        # Still connecting for the first time: the retry is expected, one line says so. A bounded
+        # caller reports the outcome itself (NatsUnavailable), so its retries stay at debug.
+        attempts += 1
+        quiet = give_up_after_s is not None or attempts > 1
+        (log.debug if quiet else log.warning)("nats_connect_retry", client=name, error=reason)
 
     async def closed() -> None:
         state.set(False)
-        log.info("nats_closed", client=name)
+        (log.info if connected_once else log.debug)("nats_closed", client=name)
 
-    nc = await nats.connect(
-        servers=[url],
+    attempt = nc.connect(
+        servers=servers,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.2,
@@ -89,6 +123,16 @@ async def connect(url: str, name: str, state: ConnectionState | None = None) -> 
         error_cb=error,
         closed_cb=closed,
     )
+    if give_up_after_s is None:
+        await attempt
+    else:
+        try:
+            await asyncio.wait_for(attempt, give_up_after_s)
+        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise NatsUnavailable(servers, give_up_after_s) from exc
+    connected_once = True
     state.set(True)
     return nc
 
@@ -139,6 +183,7 @@ class LatestFrameSlots:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.dropped: dict[str, int] = {}
+        self._discarded: set[str] = set()
         self._closed = False
 
     @property
@@ -146,7 +191,7 @@ class LatestFrameSlots:
         return list(self._tasks)
 
     def offer(self, session_id: str, msg: Msg) -> None:
-        if self._closed:
+        if self._closed or session_id in self._discarded:
             return
         if self._slots.get(session_id) is not None:
             self.dropped[session_id] = self.dropped.get(session_id, 0) + 1
@@ -162,6 +207,27 @@ class LatestFrameSlots:
                 self._worker(session_id), name=f"frames:{session_id}"
             )
 
+    def open(self, session_id: str) -> None:
+        """Start a session's worker before its first frame: a session given to this process that
+        never sends a frame still ends after ``idle_s`` (its slot is freed, ``on_idle`` runs)."""
+        self._discarded.discard(session_id)
+        if self._closed or session_id in self._tasks:
+            return
+        self._wakeups.setdefault(session_id, asyncio.Event())
+        self._tasks[session_id] = asyncio.get_running_loop().create_task(
+            self._worker(session_id), name=f"frames:{session_id}"
+        )
+
+    def discard(self, session_id: str) -> None:
+        """Stop taking a session's frames (it moved to another worker): the frame waiting is
+        dropped, the one being handled finishes, then the worker ends without ``on_idle``."""
+        self._discarded.add(session_id)
+        if self._slots.get(session_id) is not None:
+            self._slots[session_id] = None
+        wake = self._wakeups.get(session_id)
+        if wake is not None:
+            wake.set()
+
     def clear(self) -> int:
         """Forget every buffered frame (after a disconnect they are stale). Returns how many."""
         n = 0
@@ -175,7 +241,7 @@ class LatestFrameSlots:
     async def _worker(self, session_id: str) -> None:
         wake = self._wakeups[session_id]
         try:
-            while not self._closed:
+            while not self._closed and session_id not in self._discarded:
                 try:
                     await asyncio.wait_for(wake.wait(), timeout=self._idle_s)
                 except TimeoutError:
@@ -196,6 +262,9 @@ class LatestFrameSlots:
             self._tasks.pop(session_id, None)
             self._wakeups.pop(session_id, None)
             self._slots.pop(session_id, None)
+        if session_id in self._discarded:
+            self._discarded.discard(session_id)
+            return
         if self._on_idle and not self._closed:
             await self._on_idle(session_id)
 
@@ -204,9 +273,8 @@ class LatestFrameSlots:
         tasks = list(self._tasks.values())
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        if tasks:  # asyncio.wait: a cancellation of the caller itself is never swallowed
+            await asyncio.wait(tasks)
 
 
 async def subscribe_frames(

@@ -12,18 +12,27 @@ import uuid
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, NotFoundError
 
 from shared.headers import now_ns
+from shared.logging import get_logger
 from shared.schemas import Control
 from shared.subjects import Channel, Subjects
 
 CONTROL_MAX_AGE_S = 24 * 3600
 CONTROL_DUPLICATE_WINDOW_S = 120
+PUBLISH_TIMEOUT_S = 5.0  # nats-py's own default for a JetStream request
+
+log = get_logger("control")
 
 
-async def ensure_control_stream(js: JetStreamContext, subjects: Subjects) -> None:
-    """Create the control stream if missing (idempotent; every publisher and consumer calls it)."""
+async def ensure_control_stream(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
+    """Create the control stream if missing, else bring it to this config (idempotent; every
+    publisher and consumer calls it).
+
+    Its replicas only ever grow: a client run without ``CHAMELEON_JS_REPLICAS`` must not shrink
+    an R3 stream. An update the servers refuse (say, more replicas than nodes) is logged and the
+    stream is used as it is: a process must still start."""
     config = StreamConfig(
         name=subjects.control_stream,
         subjects=[subjects.all_sessions(Channel.CONTROL)],
@@ -32,21 +41,45 @@ async def ensure_control_stream(js: JetStreamContext, subjects: Subjects) -> Non
         max_age=CONTROL_MAX_AGE_S,
         max_msgs_per_subject=10_000,
         duplicate_window=CONTROL_DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
     )
     try:
         await js.add_stream(config)
-    except BadRequestError:
+        return
+    except APIError as exc:  # it exists with another config, or it cannot be made at all
+        try:
+            current = await js.stream_info(config.name)
+        except NotFoundError:
+            raise exc from None
+    config.num_replicas = max(replicas, current.config.num_replicas or 1)
+    try:
         await js.update_stream(config)
+    except APIError as exc:
+        log.warning(
+            "control_stream_update_failed",
+            stream=config.name,
+            replicas=config.num_replicas,
+            current_replicas=current.config.num_replicas,
+            error=str(exc),
+        )
 
 
 def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-async def publish_control(nc: NATS, subjects: Subjects, control: Control) -> int:
-    """Store a control event durably; returns its stream sequence."""
-    js = nc.jetstream()
-    await ensure_control_stream(js, subjects)
+async def publish_control(
+    nc: NATS,
+    subjects: Subjects,
+    control: Control,
+    replicas: int = 1,
+    timeout_s: float = PUBLISH_TIMEOUT_S,
+) -> int:
+    """Store a control event durably; returns its stream sequence. Each JetStream request waits at
+    most ``timeout_s`` (``nats.errors.TimeoutError``): a caller never hangs on a stream without a
+    leader."""
+    js = nc.jetstream(timeout=timeout_s)
+    await ensure_control_stream(js, subjects, replicas)
     ack = await js.publish(
         subjects.control(control.session_id), control.encode(), headers={"Nats-Msg-Id": control.event_id}
     )

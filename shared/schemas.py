@@ -161,7 +161,7 @@ def unpack_array(d: Any, name: str = "array") -> np.ndarray:
 
 # -- control plane ------------------------------------------------------------------------------
 CONTROL_ACTIONS = ("start", "swap", "stop")
-BACKENDS = ("auto", "warp", "student", "passthrough")
+BACKENDS = ("auto", "warp", "student", "sim", "passthrough")
 
 
 @dataclass(frozen=True)
@@ -275,3 +275,6 @@ class SessionState(Message):
     epoch: int = 0
     applied_events: list[str] = field(default_factory=list)
     updated_ns: int = 0
+    # when the swap in effect was published: an older swap delivered late (redelivered after
+    # its worker died) is superseded, never shown over a newer one
+    swap_published_ns: int = 0

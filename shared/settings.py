@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ def _parse(name: str, raw: str, hint: Any) -> Any:
 class BaseSettings:
     """Settings every service has."""
 
-    nats_url: str = ""  # empty: the caller starts an embedded server (``chameleon up``/``demo``)
+    nats_url: str = ""  # empty: the caller starts an embedded server; a comma-separated list: a cluster
     subject_prefix: str = "chameleon"
     log_level: str = "info"
     log_json: bool | None = None  # None: JSON when stderr is not a TTY
@@ -58,6 +59,18 @@ class BaseSettings:
     drain_timeout_s: float = 5.0
     cv_threads: int = 1  # OpenCV threads per process: services already run in parallel processes
     nice: int = 0  # added to the process's niceness at start (0-19): a bulk stage yields to short ones
+    worker_id: str = ""  # this worker's name in the fleet; empty: <hostname>-<pid>
+    lease_s: float = 1.0  # a worker's lease: sessions move elsewhere this long after it stops renewing
+    js_replicas: int = 1  # JetStream replicas of the streams and buckets this process creates (3: R3)
+
+    @property
+    def nats_servers(self) -> list[str]:
+        """The server URLs of ``nats_url`` (one, or a cluster's list): clients reconnect across them."""
+        return [u.strip() for u in self.nats_url.split(",") if u.strip()]
+
+    @property
+    def worker_name(self) -> str:
+        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
     @classmethod
     def from_env(cls: type[S], env: Mapping[str, str] | None = None, **overrides: Any) -> S:

@@ -11,14 +11,16 @@ reject in its metric, another did not).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.bus import LatestFrameSlots, publish_frame
+from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
 from shared.errors import CodedError
 from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError
@@ -44,6 +46,13 @@ class FrameDropped(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class Owner(Protocol):
+    """What a stateful stage asks its fleet membership (``shared.fleet.FleetMember``) per frame."""
+
+    def may_publish(self, session_id: str) -> bool: ...
+    def epoch(self, session_id: str) -> int: ...
 
 
 # (session_id, msg, meta stamped "<stage>.in") -> frames to publish; raises CodedError to reject
@@ -74,6 +83,9 @@ class FrameStage:
         self.process = process
         self.on_published = on_published
         self._on_idle = on_idle
+        self.owner: Owner | None = None  # set by a stateful stage: only the owner publishes
+        self._served: dict[str, Subscription] = {}
+        self._upstream_epoch: dict[str, int] = {}
         self.slots = LatestFrameSlots(
             self.on_frame,
             idle_s=idle_s,
@@ -81,10 +93,38 @@ class FrameStage:
             on_idle=self._idle,
         )
 
-    async def start(self) -> Subscription:
-        return await self.ctx.subscribe_frames(self.inbound, self.slots)
+    async def start(self, all_sessions: bool = True) -> Subscription | None:
+        """Take every session's frames (a stateless stage), or, with ``all_sessions=False``, only
+        those of the sessions ``serve`` is called for (a stateful stage in the fleet)."""
+        if all_sessions:
+            return await self.ctx.subscribe_frames(self.inbound, self.slots)
+        self.ctx.conn.listeners.append(self._on_connection)
+        return None
+
+    def _on_connection(self, connected: bool) -> None:
+        if not connected and (stale := self.slots.clear()):
+            self.ctx.metrics.frames_dropped.labels(self.name, "disconnected").inc(stale)
+
+    async def serve(self, session_id: str) -> None:
+        """Subscribe to one session's inbound frames (this worker owns it now)."""
+        if session_id in self._served:
+            return
+        subject = self.ctx.subjects.session(session_id, self.inbound)
+        self._served[session_id] = await subscribe_frames(self.ctx.nc, subject, self.ctx.subjects, self.slots)
+        self.slots.open(session_id)
+
+    async def unserve(self, session_id: str) -> None:
+        """Stop taking a session's frames (it moved away or ended)."""
+        sub = self._served.pop(session_id, None)
+        self.slots.discard(session_id)
+        self._upstream_epoch.pop(session_id, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def close(self) -> None:
+        for session_id in list(self._served):
+            await self.unserve(session_id)
         await self.slots.close()
 
     @property
@@ -103,11 +143,17 @@ class FrameStage:
                     raise CodedError(
                         "session_mismatch", f"header session {meta.session_id!r} != subject session"
                     )
+                if meta.epoch < self._upstream_epoch.get(session_id, 0):
+                    raise FrameDropped("stale_epoch")  # from a replaced upstream owner
+                self._upstream_epoch[session_id] = meta.epoch
                 if meta.trace and meta.trace[-1].edge == "out":
                     self.ctx.metrics.hop_latency.observe((t_in - meta.trace[-1].ns) / 1e9)
                 meta.stamp(self.name, "in", t_in)
             except HeaderError as exc:
                 await self.reject(session_id, "bad_headers", str(exc))
+                return
+            except FrameDropped as exc:
+                self.drop(session_id, exc.reason)
                 return
             except CodedError as exc:
                 await self.reject(session_id, exc.code, exc.message)
@@ -118,7 +164,7 @@ class FrameStage:
                 self.drop(session_id, exc.reason)
                 return
             except CodedError as exc:
-                await self.reject(session_id, exc.code, exc.message, seq=meta.seq)
+                await self.reject(session_id, exc.code, exc.message, seq=meta.seq, **exc.data)
                 return
             await self.publish(session_id, outputs, t_in)
 
@@ -127,6 +173,11 @@ class FrameStage:
         connection is down. ``t_in`` is when the input that produced them arrived."""
         stats = self.ctx.stats[session_id]
         for out in outputs:
+            if self.owner is not None:
+                if not self.owner.may_publish(session_id):  # moved away, or our lease is lapsing
+                    self.drop(session_id, "not_owner")
+                    continue
+                out.meta.epoch = self.owner.epoch(session_id)
             out.meta.stamp(self.name, "out")
             if not await publish_frame(self.ctx.nc, self.outbound(session_id), out.payload, out.meta):
                 self.drop(session_id, "disconnected")
@@ -151,6 +202,7 @@ class FrameStage:
         self.ctx.metrics.dropped(reason)
 
     async def _idle(self, session_id: str) -> None:
+        self._upstream_epoch.pop(session_id, None)
         if self._on_idle is not None:
             await self._on_idle(session_id)
         self.ctx.stats.forget(session_id)

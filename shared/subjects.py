@@ -112,6 +112,22 @@ class Subjects:
         return f"{self.stream_token}_SESSIONS"
 
     @property
+    def worker_bucket(self) -> str:
+        """The fleet registry: one lease per worker (docs/fleet.md)."""
+        return f"{self.stream_token}_WORKERS"
+
+    @property
+    def owner_bucket(self) -> str:
+        """Session ownership: one record per (stage, session) (docs/fleet.md)."""
+        return f"{self.stream_token}_OWNERS"
+
+    @staticmethod
+    def control_consumer(stage: str, session_id: str) -> str:
+        """The durable consumer of one session's control subject, bound by whichever worker of
+        ``stage`` owns the session: a new owner resumes where the old one acknowledged."""
+        return f"{stage}-{validate_session_id(session_id)}"
+
+    @property
     def garment_bucket(self) -> str:
         return f"{self.stream_token}_GARMENTS"
 

@@ -1,6 +1,6 @@
 """Shared fixtures: a real nats-server per test session (on a loopback port it picks and logs
-itself, JetStream on) unless ``NATS_URL`` points at one, and the real sample photos (skipped with a
-reason when absent)."""
+itself, JetStream on) unless ``NATS_URL`` points at one, private servers and three-node clusters a
+test may break, and the real sample photos (skipped with a reason when absent)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from shared.media import MediaError, read_image, sample_photo
-from shared.natsserver import EmbeddedNats
+from shared.natsserver import EmbeddedCluster, EmbeddedNats
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +41,17 @@ def restartable_nats(tmp_path: Path) -> Iterator[EmbeddedNats]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[EmbeddedCluster]:
+    """A private three-node JetStream cluster (formed, meta leader elected) whose nodes a test
+    may kill and restart."""
+    cluster = EmbeddedCluster(3, store_dir=tmp_path / "cluster").start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
 
 
 def _photo(name: str) -> np.ndarray:

@@ -1,5 +1,9 @@
 """The ``chameleon`` command. Each sub-command parses its own arguments and gets the settings
-``main`` read once from the environment; nothing runs at import."""
+``main`` read once from the environment; nothing runs at import.
+
+Every command that talks to NATS gives up after a bound (``--timeout``, default
+``CHAMELEON_CONNECT_TIMEOUT_S`` or 5 s) with one line naming the server, and exits non-zero: a
+command line must never retry forever against a server that is not there."""
 
 from __future__ import annotations
 
@@ -8,24 +12,31 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from shared.bus import NatsUnavailable
 from shared.logging import configure_logging
 from shared.service import cap_blas_threads
-from shared.settings import BaseSettings
+from shared.settings import BaseSettings, SettingsError
 
 # Benchmarks and tools living in their own packages: name -> module with ``main(argv) -> int``.
 DELEGATES: dict[tuple[str, str], str] = {
     ("bench", "preprocess"): "tools.bench.preprocess",
     ("bench", "garments"): "tools.bench.garments",
     ("bench", "engine"): "tools.bench.engine",
+    ("bench", "capacity"): "tools.bench.capacity",
     ("inspect", "attention"): "tools.inspect_attention",
     ("eval", "swap"): "tools.training.evaluate",
 }
+
+
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+EXIT_NO_NATS = 2
 
 
 def _nats_url_or_exit(settings: BaseSettings) -> str:
@@ -33,6 +44,28 @@ def _nats_url_or_exit(settings: BaseSettings) -> str:
     if not url:
         sys.exit("set NATS_URL (or run `chameleon up` first, which prints it)")
     return url
+
+
+def connect_timeout_s(env: Mapping[str, str] | None = None) -> float:
+    """``CHAMELEON_CONNECT_TIMEOUT_S``, else 5 s: the default of every command's ``--timeout``."""
+    raw = (os.environ if env is None else env).get("CHAMELEON_CONNECT_TIMEOUT_S", "")
+    try:
+        value = float(raw) if raw else DEFAULT_CONNECT_TIMEOUT_S
+    except ValueError:
+        raise SettingsError(f"CHAMELEON_CONNECT_TIMEOUT_S={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise SettingsError(f"CHAMELEON_CONNECT_TIMEOUT_S={raw!r} must be positive")
+    return value
+
+
+def _add_timeout(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=connect_timeout_s(),
+        help="seconds to reach NATS (and, where one is sent, for JetStream to store a message) "
+        "before giving up (default: CHAMELEON_CONNECT_TIMEOUT_S or 5)",
+    )
 
 
 # -- camera / watch ---------------------------------------------------------------------------------
@@ -49,6 +82,7 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--loop", action="store_true", help="with --video: loop forever")
+    _add_timeout(p)
     args = p.parse_args(argv)
 
     from services.camera.client import run_camera
@@ -66,7 +100,9 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
         frames = MotionCamera(read_image(args.image), args.width, args.height, motion).frames()
 
     async def go() -> None:
-        nc = await connect(_nats_url_or_exit(settings), f"camera-{args.session}")
+        nc = await connect(
+            _nats_url_or_exit(settings), f"camera-{args.session}", give_up_after_s=args.timeout
+        )
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         report = await run_camera(
@@ -92,6 +128,7 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--fps", type=float, default=15.0, help="frame rate of the written video")
     p.add_argument("--frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    _add_timeout(p)
     args = p.parse_args(argv)
 
     from services.watch.client import Watcher
@@ -99,7 +136,7 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
     from shared.subjects import Subjects
 
     async def go() -> dict:
-        nc = await connect(_nats_url_or_exit(settings), f"watch-{args.session}")
+        nc = await connect(_nats_url_or_exit(settings), f"watch-{args.session}", give_up_after_s=args.timeout)
         w = Watcher(nc, Subjects(settings.subject_prefix), args.session, keep_frames=bool(args.out))
         await w.start()
         stop = asyncio.Event()
@@ -124,46 +161,83 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
 
 # -- up / demo ----------------------------------------------------------------------------------------
 def cmd_up(argv: list[str], settings: BaseSettings) -> int:
-    from services.cli.stack import Stack, available_services
+    from services.cli.stack import Stack, available_services, default_data_dir
 
-    p = argparse.ArgumentParser(prog="chameleon up", description="run NATS and every service")
+    p = argparse.ArgumentParser(
+        prog="chameleon up", description="run NATS and every service, restarting any that exits or hangs"
+    )
     p.add_argument("--services", help="comma-separated subset (default: all that exist)")
     p.add_argument("--no-catalogue", action="store_true", help="do not load the starter catalogue")
+    p.add_argument("--workers", type=int, default=1, help="processes of each of preprocess and generator")
+    p.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=5.0,
+        help="seconds without a healthy /healthz before a service is killed and restarted",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help=f"JetStream store of the embedded server, kept across runs (default: {default_data_dir()})",
+    )
+    p.add_argument(
+        "--nats-cluster",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run an N-node JetStream cluster (3: streams and buckets get 3 replicas) instead of one server",
+    )
+    _add_timeout(p)
     args = p.parse_args(argv)
+    if args.workers < 1 or args.nats_cluster < 1:
+        p.error("--workers and --nats-cluster must be at least 1")
+    if settings.nats_url and (args.nats_cluster > 1 or args.data_dir):
+        print(
+            "chameleon up: NATS_URL is set, so no embedded server: --nats-cluster/--data-dir unused",
+            file=sys.stderr,
+        )
     names = args.services.split(",") if args.services else available_services()
-    stack = Stack(names, nats_url=settings.nats_url)
-    stack.start()
-    if "garments" in names and not args.no_catalogue:
-        asyncio.run(_load_catalogue(stack.url, settings.subject_prefix))
-    print(json.dumps({"nats_url": stack.url, "services": {c.name: c.health_port for c in stack.children}}))
-    print(f"export NATS_URL={stack.url}   # then: chameleon camera / watch; Ctrl-C stops all", flush=True)
+    stack = Stack(
+        names,
+        nats_url=settings.nats_url,
+        workers=args.workers,
+        data_dir=args.data_dir or default_data_dir(),
+        nats_cluster=args.nats_cluster,
+        hang_timeout_s=args.hang_timeout,
+    )
     stopped = False
 
     def on_signal(*_: object) -> None:
         nonlocal stopped
         stopped = True
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stack.start()
     try:
+        if "garments" in names and not args.no_catalogue:
+            asyncio.run(_load_catalogue(stack.url, settings.subject_prefix, args.timeout))
+        data_dir = str(stack.data_dir) if stack.nats is not None else None
+        workers = {c.worker_id: c.health_port for c in stack.children}
+        print(json.dumps({"nats_url": stack.url, "data_dir": data_dir, "services": workers}))
+        print(f"export NATS_URL={stack.url}   # then: chameleon camera / watch; Ctrl-C stops all", flush=True)
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
         while not stopped:
-            dead = [c.name for c in stack.children if c.proc.poll() is not None]
-            if dead:
-                print(f"service exited: {', '.join(dead)}", file=sys.stderr)
-                return 1
+            for action in stack.supervise_once():
+                print(f"chameleon up: {action}", file=sys.stderr, flush=True)
             time.sleep(0.5)
     finally:
         stack.stop()
     return 0
 
 
-async def _load_catalogue(url: str, subject_prefix: str) -> None:
+async def _load_catalogue(url: str, subject_prefix: str, connect_timeout: float) -> None:
     from services.garments.starter import load_catalogue
     from shared.bus import connect
     from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
 
-    nc = await connect(url, "up-catalogue")
+    nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout)
     try:
         await load_catalogue(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
     finally:
@@ -212,7 +286,7 @@ def cmd_garments(argv: list[str], settings: BaseSettings) -> int:
     except ModuleNotFoundError as exc:
         print(f"the garment service is not available in this build ({exc})", file=sys.stderr)
         return 2
-    return int(cli.main(argv) or 0)
+    return int(cli.main(argv, connect_timeout_s=connect_timeout_s()) or 0)
 
 
 def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
@@ -221,7 +295,11 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--garment", required=True)
     p.add_argument("--event-id", help="idempotency key (default: a new one)")
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for swap_applied (0: no wait)")
+    _add_timeout(p)
     args = p.parse_args(argv)
+
+    import nats.errors
+    import nats.js.errors
 
     from shared import control
     from shared.bus import connect
@@ -230,7 +308,8 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
 
     async def go() -> int:
         subjects = Subjects(settings.subject_prefix)
-        nc = await connect(_nats_url_or_exit(settings), f"swap-{args.session}")
+        url = _nats_url_or_exit(settings)
+        nc = await connect(url, f"swap-{args.session}", give_up_after_s=args.timeout)
         outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         msg = control.swap(args.session, args.garment, args.event_id)
 
@@ -241,7 +320,24 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
                 outcome.set_result(ev)
 
         await nc.subscribe(subjects.events(args.session), cb=on_event)
-        seq = await control.publish_control(nc, subjects, msg)
+        stored = control.publish_control(
+            nc, subjects, msg, replicas=settings.js_replicas, timeout_s=args.timeout
+        )
+        unavailable = (
+            asyncio.TimeoutError,
+            nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError,
+        )
+        try:  # the whole exchange is bounded, not each of its JetStream requests
+            seq = await asyncio.wait_for(stored, args.timeout)
+        except unavailable as exc:
+            await nc.close()
+            print(
+                f"chameleon swap: JetStream at {url} did not store the swap within {args.timeout:g} s "
+                f"({type(exc).__name__})",
+                file=sys.stderr,
+            )
+            return EXIT_NO_NATS
         result: dict = {"event_id": msg.event_id, "stream_seq": seq}
         if args.wait > 0:
             try:
@@ -296,7 +392,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json, service=f"cli-{argv[0]}")
     cap_blas_threads()
     with contextlib.suppress(KeyboardInterrupt):
-        return COMMANDS[argv[0]](argv[1:], settings)
+        try:
+            return COMMANDS[argv[0]](argv[1:], settings)
+        except NatsUnavailable as exc:  # one line, no traceback: the server is simply not there
+            print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
+            return EXIT_NO_NATS
+        except SettingsError as exc:
+            print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
+            return 2
     return 130
 
 

@@ -1,9 +1,17 @@
-"""A process tree of services: an embedded nats-server (unless a URL is given) and one child
-process per service, each with its own health port; started in dependency order, stopped on exit.
+"""A supervised process tree of services: an embedded nats-server or three-node cluster (unless a
+URL is given) and one child process per service worker, each with its own health port; started in
+dependency order, restarted when they exit or hang, stopped on exit.
 
 A child's health port is reserved, not guessed: this process keeps a socket bound to a port the
 kernel picked (so no other ``bind(0)`` or outgoing connection can be given it) until the child,
 which binds the same port with ``SO_REUSEADDR`` as asyncio does on Linux, answers on it.
+
+Supervision (``supervise_once``, one pass; ``chameleon up`` loops it): a child that exits is
+started again after a back-off (0.5 s doubling to 10 s, back to 0.5 s once a child has stayed
+healthy for 30 s), so a crash loop never spins; a child whose ``/healthz`` has not answered 200
+for ``hang_timeout_s`` (after its first healthy answer; ``ready_timeout_s`` before it) is killed
+with SIGKILL and started again: a wedged process serves nobody. Children are independent: one
+dying never stops another.
 
 Used by ``chameleon up`` (everything that exists), ``chameleon demo`` and the transport benchmark.
 """
@@ -24,7 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from shared.natsserver import EmbeddedNats
+from shared.logging import get_logger
+from shared.natsserver import EmbeddedCluster, EmbeddedNats, reserve_port
+
+log = get_logger("stack")
 
 # Start order: the garment catalogue and the data path in pipeline order.
 SERVICE_MODULES: dict[str, str] = {
@@ -34,6 +45,9 @@ SERVICE_MODULES: dict[str, str] = {
     "generator": "services.generator.main",
     "passthrough": "services.passthrough.main",
 }
+# Stateful stages: ``workers`` processes of each, among which sessions are placed (docs/fleet.md).
+SCALED_SERVICES = ("preprocess", "generator")
+MAX_JS_REPLICAS = 3
 
 
 class StackError(RuntimeError):
@@ -56,22 +70,28 @@ def available_services() -> list[str]:
     return names
 
 
-def reserve_port() -> socket.socket:
-    """A loopback socket bound, never listening, to a port the kernel picked: the reservation
-    lasts until it is closed, and a child may listen on the port meanwhile (``SO_REUSEADDR``)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
+def default_data_dir() -> Path:
+    """Where ``chameleon up`` keeps the embedded server's JetStream store across runs."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "fashion-chameleon" / "nats"
 
 
 @dataclass
 class Child:
-    name: str
+    """One service worker process and what supervision knows about it."""
+
+    name: str  # the service
+    worker_id: str  # <service>-<i>: CHAMELEON_WORKER_ID of the process
     proc: subprocess.Popen[bytes]
     health_port: int
     log: IO[bytes] | None
     reservation: socket.socket | None = None  # holds health_port until the child serves it
+    started_at: float = field(default_factory=time.monotonic)
+    healthy_at: float | None = None  # last 200 from /healthz since this process started
+    healthy_since: float | None = None  # start of the current run of healthy answers
+    restarts: int = 0
+    backoff_s: float = 0.0  # the next restart's delay; 0: the stack's minimum
+    restart_at: float | None = None  # set while an exited child waits for its restart
 
     def release_port(self) -> None:
         if self.reservation is not None:
@@ -86,7 +106,14 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     log_dir: Path | None = None  # None: children log to this process's stderr
     ready_timeout_s: float = 90.0
-    nats: EmbeddedNats | None = None
+    workers: int = 1  # processes of each SCALED_SERVICES service
+    data_dir: Path | None = None  # the embedded server's JetStream store, kept; None: temporary
+    nats_cluster: int = 1  # embedded servers: 1, or a JetStream cluster of that many nodes
+    hang_timeout_s: float = 5.0
+    restart_min_s: float = 0.5
+    restart_max_s: float = 10.0
+    healthy_reset_s: float = 30.0  # healthy this long: the back-off starts again from the minimum
+    nats: EmbeddedNats | EmbeddedCluster | None = None
     children: list[Child] = field(default_factory=list)
 
     @property
@@ -94,11 +121,19 @@ class Stack:
         return self.nats_url or (self.nats.url if self.nats else "")
 
     def start(self) -> Stack:
+        unknown = [n for n in self.services if n not in SERVICE_MODULES]
+        if unknown:
+            raise StackError(f"unknown service {unknown[0]!r}; known: {', '.join(SERVICE_MODULES)}")
         if not self.nats_url:
-            self.nats = EmbeddedNats().start()
+            if self.nats_cluster > 1:
+                self.nats = EmbeddedCluster(self.nats_cluster, store_dir=self.data_dir).start()
+            else:
+                self.nats = EmbeddedNats(store_dir=self.data_dir).start()
         try:
             for name in self.services:
-                self._spawn(name)
+                count = max(1, self.workers) if name in SCALED_SERVICES else 1
+                for i in range(1, count + 1):
+                    self.children.append(self._spawn(name, f"{name}-{i}"))
             for child in self.children:
                 self._wait_healthy(child)
         except BaseException:
@@ -106,60 +141,142 @@ class Stack:
             raise
         return self
 
-    def _spawn(self, name: str) -> None:
-        if name not in SERVICE_MODULES:
-            raise StackError(f"unknown service {name!r}; known: {', '.join(SERVICE_MODULES)}")
-        reservation = reserve_port()
-        port = reservation.getsockname()[1]
-        env = {
+    def _child_env(self, name: str, worker_id: str, port: int) -> dict[str, str]:
+        stack_env: dict[str, str] = {}
+        if isinstance(self.nats, EmbeddedCluster):
+            stack_env["CHAMELEON_JS_REPLICAS"] = str(min(MAX_JS_REPLICAS, self.nats.size))
+        if name == "ingest":  # sessions are placed only on the stateful stages this stack runs
+            stack_env["CHAMELEON_ADMIT_STAGES"] = ",".join(s for s in SCALED_SERVICES if s in self.services)
+        return {
             **os.environ,
+            **stack_env,
             **self.env,
             "NATS_URL": self.url,
             "CHAMELEON_NATS_URL": self.url,
             "CHAMELEON_METRICS_PORT": str(port),
+            "CHAMELEON_WORKER_ID": worker_id,
         }
-        log = None
-        if self.log_dir is not None:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            log = open(self.log_dir / f"{name}.log", "ab")  # closed in stop()
-        proc = subprocess.Popen(
+
+    def _log_file(self, name: str, worker_id: str) -> IO[bytes] | None:
+        if self.log_dir is None:
+            return None
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        several = name in SCALED_SERVICES and self.workers > 1
+        return open(self.log_dir / f"{worker_id if several else name}.log", "ab")  # closed in stop()
+
+    def _popen(
+        self, name: str, worker_id: str, port: int, log_file: IO[bytes] | None
+    ) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
             [sys.executable, "-m", SERVICE_MODULES[name]],
-            env=env,
-            stdout=log or None,
-            stderr=subprocess.STDOUT if log else None,
+            env=self._child_env(name, worker_id, port),
+            stdout=log_file or None,
+            stderr=subprocess.STDOUT if log_file else None,
         )
-        self.children.append(Child(name, proc, port, log, reservation))
+
+    def _spawn(self, name: str, worker_id: str) -> Child:
+        reservation = reserve_port()
+        port = reservation.getsockname()[1]
+        log_file = self._log_file(name, worker_id)
+        proc = self._popen(name, worker_id, port, log_file)
+        return Child(name, worker_id, proc, port, log_file, reservation)
+
+    def _respawn(self, child: Child) -> None:
+        """Start an exited child again, on a freshly reserved port (its old one may be taken)."""
+        child.release_port()
+        child.reservation = reserve_port()
+        child.health_port = child.reservation.getsockname()[1]
+        child.proc = self._popen(child.name, child.worker_id, child.health_port, child.log)
+        child.started_at = time.monotonic()
+        child.healthy_at = child.healthy_since = child.restart_at = None
+        child.restarts += 1
+        log.info("service_restarted", worker=child.worker_id, restarts=child.restarts, port=child.health_port)
+
+    def _probe(self, child: Child, timeout_s: float = 1.0) -> bool:
+        url = f"http://127.0.0.1:{child.health_port}/healthz"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+                return resp.status == 200 and json.loads(resp.read()).get("status") == "ok"
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
+            return False
 
     def _wait_healthy(self, child: Child) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
-        url = f"http://127.0.0.1:{child.health_port}/healthz"
         while time.monotonic() < deadline:
             if child.proc.poll() is not None:
-                raise StackError(f"service {child.name} exited with code {child.proc.returncode}")
-            try:
-                with urllib.request.urlopen(url, timeout=1) as resp:
-                    if resp.status == 200 and json.loads(resp.read()).get("status") == "ok":
-                        child.release_port()  # the child listens on it now
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-                pass
+                raise StackError(f"service {child.worker_id} exited with code {child.proc.returncode}")
+            if self._probe(child):
+                child.healthy_at = child.healthy_since = time.monotonic()
+                child.release_port()  # the child listens on it now
+                return
             time.sleep(0.1)
-        raise StackError(f"service {child.name} not healthy after {self.ready_timeout_s:.0f} s")
+        raise StackError(f"service {child.worker_id} not healthy after {self.ready_timeout_s:.0f} s")
+
+    def _schedule_restart(self, child: Child, now: float) -> None:
+        delay = child.backoff_s or self.restart_min_s
+        child.backoff_s = min(delay * 2, self.restart_max_s)
+        child.restart_at = now + delay
+        child.release_port()
+
+    def supervise_once(self) -> list[str]:
+        """One supervision pass over every child; returns what it did (``"<worker> exited"``,
+        ``"<worker> hung"``, ``"<worker> restarted"``) for the caller to report."""
+        actions: list[str] = []
+        for child in self.children:
+            now = time.monotonic()
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    self._respawn(child)
+                    actions.append(f"{child.worker_id} restarted")
+                continue
+            code = child.proc.poll()
+            if code is not None:
+                self._schedule_restart(child, now)
+                log.warning(
+                    "service_exited", worker=child.worker_id, code=code, restart_in_s=child.restart_at - now
+                )
+                actions.append(f"{child.worker_id} exited")
+                continue
+            if self._probe(child):
+                child.healthy_at = now
+                child.release_port()
+                child.healthy_since = child.healthy_since or now
+                if now - child.healthy_since >= self.healthy_reset_s:
+                    child.backoff_s = 0.0
+                continue
+            child.healthy_since = None
+            since = child.healthy_at if child.healthy_at is not None else child.started_at
+            allowed = self.hang_timeout_s if child.healthy_at is not None else self.ready_timeout_s
+            if now - since > allowed:
+                child.proc.kill()  # SIGKILL works on a stopped (SIGSTOP) process too
+                child.proc.wait()
+                self._schedule_restart(child, now)
+                log.warning(
+                    "service_hung",
+                    worker=child.worker_id,
+                    unhealthy_s=round(now - since, 1),
+                    restart_in_s=child.restart_at - now,
+                )
+                actions.append(f"{child.worker_id} hung")
+        return actions
 
     def health(self) -> dict[str, dict]:
         out = {}
         for c in self.children:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{c.health_port}/healthz", timeout=1) as r:
-                    out[c.name] = json.loads(r.read())
+                    out[c.worker_id] = json.loads(r.read())
             except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as exc:
-                out[c.name] = {"status": "unreachable", "error": str(exc)}
+                out[c.worker_id] = {"status": "unreachable", "error": str(exc)}
         return out
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop every child (SIGTERM, SIGKILL after ``timeout_s``) and the embedded server; a
+        JetStream store in ``data_dir`` stays where it is."""
         for c in reversed(self.children):
             if c.proc.poll() is None:
                 c.proc.send_signal(signal.SIGTERM)
+                c.proc.send_signal(signal.SIGCONT)  # a stopped child handles SIGTERM only when resumed
         deadline = time.monotonic() + timeout_s
         for c in reversed(self.children):
             try:
@@ -172,7 +289,7 @@ class Stack:
                 c.log.close()
         self.children.clear()
         if self.nats is not None:
-            self.nats.close()
+            self.nats.close()  # removes the store only when it made a temporary one
             self.nats = None
 
     def __enter__(self) -> Stack:

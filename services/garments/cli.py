@@ -1,8 +1,9 @@
 """``chameleon garments ...``: add, list and show garments, load the starter catalogue.
 
-Talks to a running garment service over NATS (``NATS_URL`` / ``CHAMELEON_NATS_URL``, prefix
-``CHAMELEON_SUBJECT_PREFIX``). Exit status: 0 ok, 1 a garment was refused or the service failed,
-2 usage or no NATS.
+Talks to a running garment service over NATS (``NATS_URL`` / ``CHAMELEON_NATS_URL``, a
+comma-separated list for a cluster; prefix ``CHAMELEON_SUBJECT_PREFIX``). Connecting gives up after
+``connect_timeout_s`` (``CHAMELEON_CONNECT_TIMEOUT_S``, passed in by ``chameleon``). Exit status:
+0 ok, 1 a garment was refused or the service failed, 2 usage or no NATS.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from services.garments.catalogue import catalogue_photos
 from services.garments.settings import GarmentSettings
-from shared.bus import connect
+from shared.bus import NatsUnavailable, connect
 from shared.garment_client import GarmentClient, GarmentError
 from shared.garment_schemas import GARMENT_CATEGORIES
 from shared.logging import configure_logging
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, connect_timeout_s: float = 5.0) -> int:
     args = _parser().parse_args(argv)
     if args.command == "add" and len(args.paths) > 1 and (args.garment_id or args.name):
         print("--id and --name need exactly one PATH", file=sys.stderr)
@@ -52,14 +53,14 @@ def main(argv: list[str] | None = None) -> int:
     if not settings.nats_url:
         print("no NATS server: set NATS_URL (or CHAMELEON_NATS_URL), e.g. by `chameleon up`", file=sys.stderr)
         return 2
-    return asyncio.run(_run(args, settings))
+    return asyncio.run(_run(args, settings, connect_timeout_s))
 
 
-async def _run(args: argparse.Namespace, settings: GarmentSettings) -> int:
+async def _run(args: argparse.Namespace, settings: GarmentSettings, connect_timeout_s: float) -> int:
     try:
-        nc = await asyncio.wait_for(connect(settings.nats_url, "garments-cli"), 10)
-    except Exception as exc:
-        print(f"cannot connect to NATS at {settings.nats_url}: {exc}", file=sys.stderr)
+        nc = await connect(settings.nats_url, "garments-cli", give_up_after_s=connect_timeout_s)
+    except NatsUnavailable as exc:
+        print(f"chameleon garments: {exc}", file=sys.stderr)
         return 2
     subjects = Subjects(settings.subject_prefix)
     client = GarmentClient(nc, subjects, timeout_s=args.timeout, encode_timeout_s=args.timeout)

@@ -107,8 +107,8 @@ class GarmentHandlers:
     async def start(self) -> None:
         js = self.ctx.nc.jetstream()
         subjects = self.ctx.subjects
-        kv = await key_value(js, index_config(subjects.garment_bucket))
-        objects = await object_store(js, blobs_config(subjects.garment_objects))
+        kv = await key_value(js, index_config(subjects.garment_bucket, self.settings.js_replicas))
+        objects = await object_store(js, blobs_config(subjects.garment_objects, self.settings.js_replicas))
         # a rewritten record drops its cached reply before anything can serve it again
         self._store = GarmentStore(js, kv, objects, subjects, self.encoder, on_record_changed=self._cache.pop)
         group = self.settings.queue_group

@@ -39,20 +39,24 @@ CAS_ATTEMPTS = 10  # conflicting writers per record before a request gives up (`
 INDEX_KEY_PREFIX = "id."
 
 
-def index_config(bucket: str) -> KeyValueConfig:
-    """The index bucket; a little history so an operator can see what a record pointed at."""
+def index_config(bucket: str, replicas: int = 1) -> KeyValueConfig:
+    """The index bucket; a little history so an operator can see what a record pointed at.
+    ``replicas`` 3 on a 3-node cluster: the catalogue survives the loss of a server."""
     return KeyValueConfig(
         bucket=bucket,
         history=5,
         storage=StorageType.FILE,
+        replicas=replicas,
         description="garment catalogue index: id.<garment_id> -> GarmentRecord",
     )
 
 
-def blobs_config(bucket: str) -> ObjectStoreConfig:
+def blobs_config(bucket: str, replicas: int = 1) -> ObjectStoreConfig:
+    """The blob store; ``replicas`` as for the index, which points into it."""
     return ObjectStoreConfig(
         bucket=bucket,
         storage=StorageType.FILE,
+        replicas=replicas,
         description="garment sources and encoded assets, content-addressed",
     )
 

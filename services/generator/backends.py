@@ -1,12 +1,13 @@
 """Backend selection. ``auto`` picks the student when CUDA and a checkpoint are present (the paper's
-real-time path needs a GPU), otherwise the CPU ``warp`` renderer."""
+real-time path needs a GPU), otherwise the CPU ``warp`` renderer; ``sim`` (a stand-in for a GPU in
+load tests) is only ever chosen by name."""
 
 from __future__ import annotations
 
 from services.generator.rendering import Backend
 from services.generator.settings import GeneratorSettings
 
-BACKEND_NAMES = ("warp", "student")
+BACKEND_NAMES = ("warp", "student", "sim")
 
 
 def resolve(name: str, settings: GeneratorSettings) -> str:
@@ -28,4 +29,8 @@ def make_backend(name: str, settings: GeneratorSettings) -> Backend:
         from services.generator.student_backend import StudentBackend
 
         return StudentBackend.from_settings(settings)
+    if name == "sim":
+        from services.generator.sim_backend import SimBackend
+
+        return SimBackend(settings.sim_service_ms, settings.max_sessions)
     raise ValueError(f"unknown backend {name!r}")

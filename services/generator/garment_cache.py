@@ -106,5 +106,4 @@ class GarmentCache:
     async def close(self) -> None:
         if self._prefetch is not None:
             self._prefetch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._prefetch
+            await asyncio.wait([self._prefetch], timeout=5.0)

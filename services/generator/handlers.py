@@ -1,9 +1,14 @@
 """Generator handlers: the only generator module that touches NATS.
 
-- conditioning (all sessions, latest-frame-wins) → the session's renderer → output frames, on the
-  shared frame-stage skeleton (``shared.stage``);
-- the control stream (JetStream, durable pull consumer): start / swap / stop, applied in order,
-  idempotent by event id, acknowledged only once the change is in effect in the renderer; what
+- the fleet (``shared.fleet``): this worker serves only the sessions it owns (placed at session
+  start, moved here on another worker's failure or drain); outputs carry its ownership epoch and
+  stop the moment it no longer owns the session or its lease is lapsing;
+- conditioning (owned sessions, latest-frame-wins) → the session's renderer → output frames, on
+  the shared frame-stage skeleton (``shared.stage``);
+- control (JetStream): one durable pull consumer per session, bound by whichever worker owns it,
+  so a new owner resumes at the old one's acknowledgements and one session's consumer can never
+  stop another's swaps. start / swap / stop apply in order, idempotent by event id, acknowledged
+  only once in effect; swaps that queued up are coalesced (only the newest is rendered). What
   each does is decided in ``lifecycle`` (pure), this module fetches and publishes;
 - durable session state (KV): the garment in effect survives a restart of this worker;
 - garments through ``GarmentCache`` (fetched once per worker, prefetched in the background).
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -20,19 +26,20 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Histogram
 
 from services.generator.backends import make_backend, resolve
 from services.generator.garment_cache import GarmentCache
 from services.generator.inputs import frame_input
-from services.generator.lifecycle import ServedSession, SessionTable
+from services.generator.lifecycle import ServedSession, SessionTable, superseded
 from services.generator.rendering import AtCapacity, Backend, FrameInput, Garment, RenderedFrame, Renderer
 from services.generator.settings import GeneratorSettings
 from shared.control import ensure_control_stream
 from shared.errors import CodedError
 from shared.events import EventPublisher
+from shared.fleet import FleetMember, Ownership
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
 from shared.jetstream import key_value
@@ -45,11 +52,9 @@ from shared.stage import FrameDropped, FrameStage, StageOutput
 from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("generator")
-
-
-def _log_unexpected_end(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("control_loop_died", error=repr(task.exception()))
+CONSUMER_INACTIVE_S = 24 * 3600  # a session's control consumer outlives idle gaps, like the stream
+CONSUMER_CHECK_S = 2.0  # an idle control loop checks its consumer still exists this often
+CONTROL_BATCH = 32
 
 
 class GeneratorHandlers:
@@ -89,7 +94,10 @@ class GeneratorHandlers:
             registry=ctx.metrics.registry,
         )
         self._subs: list[Subscription] = []
-        self._control_task: asyncio.Task[None] | None = None
+        self._control_tasks: dict[str, asyncio.Task[None]] = {}
+        self._control_failing: dict[str, float] = {}  # session -> since when (monotonic)
+        self._background: set[asyncio.Task[None]] = set()
+        self.fleet: FleetMember | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
 
@@ -99,57 +107,175 @@ class GeneratorHandlers:
         self.js = ctx.nc.jetstream()
         await ensure_control_stream(self.js, ctx.subjects)
         self.kv = await key_value(
-            self.js, KeyValueConfig(bucket=ctx.subjects.session_bucket, history=1, storage=StorageType.FILE)
-        )
-        psub = await self.js.pull_subscribe(
-            ctx.subjects.all_sessions(Channel.CONTROL),
-            durable=self.settings.control_durable,
-            stream=ctx.subjects.control_stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.NEW,
-                ack_wait=self.settings.control_ack_wait_s,
-                max_deliver=5,
+            self.js,
+            KeyValueConfig(
+                bucket=ctx.subjects.session_bucket,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=self.settings.js_replicas,
             ),
         )
-        await self._backend(resolve(self.settings.backend, self.settings))  # warm before frames arrive
+        backend = resolve(self.settings.backend, self.settings)
+        await self._backend(backend)  # warm before frames arrive
         self.garments.prefetch()
-        self._control_task = asyncio.create_task(self._control_loop(psub), name="control")
-        self._control_task.add_done_callback(_log_unexpected_end)
-        self._subs.append(await self.stage.start())
+        self.fleet = FleetMember(
+            self.js,
+            ctx.subjects,
+            ctx.name,
+            self.settings.worker_name,
+            self.settings.max_sessions,
+            self.settings.lease_s,
+            on_serve=self._serve,
+            on_unserve=self._unserve,
+            backend=backend,
+            free_slots=lambda: self._free_slots(backend),
+            replicas=self.settings.js_replicas,
+        )
+        self.stage.owner = self.fleet
+        await self.stage.start(all_sessions=False)
+        await self.fleet.start()
 
     async def stop(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.drain()  # hand the sessions over before this worker goes
         await self.garments.close()
-        if self._control_task:
-            self._control_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._control_task
+        for task in list(self._control_tasks.values()):
+            task.cancel()
+        if self._control_tasks:
+            await asyncio.wait(list(self._control_tasks.values()), timeout=2.0)
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await self.stage.close()
         for served in self.table:
             self.table.close(served.session_id)
+        if self.fleet is not None:
+            await self.fleet.close()
 
     def health(self) -> dict:
-        return {"sessions": len(self.table), "garments_cached": len(self.garments)}
+        """Unhealthy when the lease is lapsing or a session's control consumer has been failing
+        for a few seconds (swaps would be lost silently otherwise)."""
+        now = time.monotonic()
+        stuck = sorted(sid for sid, since in self._control_failing.items() if now - since > 3.0)
+        healthy = self.fleet is not None and self.fleet.healthy and not stuck
+        return {
+            "sessions": len(self.table),
+            "garments_cached": len(self.garments),
+            "worker_id": self.fleet.worker_id if self.fleet else "",
+            "owned": len(self.fleet.serving) if self.fleet else 0,
+            "control_failing": stuck,
+            "status": "ok" if healthy else "unhealthy",
+        }
+
+    def _free_slots(self, backend_name: str) -> int:
+        backend = self.backends.get(backend_name)
+        free = getattr(backend, "free_slots", None)
+        return int(free()) if callable(free) else -1
+
+    # -- fleet ------------------------------------------------------------------------------------
+    async def _serve(self, session_id: str, record: Ownership) -> None:
+        """This worker owns the session now: its frames, and its control consumer where the last
+        owner left it (unacknowledged swaps come back, the acknowledged ones do not)."""
+        await self.stage.serve(session_id)
+        if session_id not in self._control_tasks:
+            self._control_tasks[session_id] = asyncio.create_task(
+                self._control_loop(session_id), name=f"control:{session_id}"
+            )
+        log.info("session_assigned", session_id=session_id, epoch=record.epoch, reason=record.reason)
+
+    async def _unserve(self, session_id: str, reason: str) -> None:
+        task = self._control_tasks.pop(session_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            # wait without swallowing a cancellation of our own (asyncio.wait never raises it)
+            await asyncio.wait([task], timeout=2.0)
+        self._control_failing.pop(session_id, None)
+        await self.stage.unserve(session_id)
+        async with self._lock(session_id):
+            await self._end(session_id, reason, announce=False)
+        log.info("session_unassigned", session_id=session_id, reason=reason)
 
     # -- control ----------------------------------------------------------------------------------
-    async def _control_loop(self, psub) -> None:  # type: ignore[no-untyped-def]
+    async def _control_loop(self, session_id: str) -> None:
+        """Consume one session's control subject for as long as this worker owns it. A consumer
+        that disappears (deleted by hand, lost with a node) is noticed and created again; until
+        then ``/healthz`` says unhealthy."""
+        assert self.js is not None
+        subjects = self.ctx.subjects
+        with structlog.contextvars.bound_contextvars(session_id=session_id):
+            while True:
+                try:
+                    psub = await self.js.pull_subscribe(
+                        subjects.control(session_id),
+                        durable=subjects.control_consumer(self.settings.control_durable, session_id),
+                        stream=subjects.control_stream,
+                        config=ConsumerConfig(
+                            ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL,
+                            ack_wait=self.settings.control_ack_wait_s,
+                            max_deliver=5,
+                            inactive_threshold=CONSUMER_INACTIVE_S,
+                        ),
+                    )
+                    self._control_failing.pop(session_id, None)
+                    await self._consume(session_id, psub)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # disconnected, consumer deleted, node lost …: bind again
+                    self._control_failing.setdefault(session_id, time.monotonic())
+                    log.warning("control_consumer_failed", error=str(exc) or type(exc).__name__)
+                    await asyncio.sleep(0.5)
+
+    async def _consume(self, session_id: str, psub) -> None:  # type: ignore[no-untyped-def]
+        idle_since = time.monotonic()
         while True:
             try:
-                # one at a time: a larger batch can hold the first swap back until it fills
+                # wait for one; then take whatever else is already queued, to coalesce swaps
                 msgs = await psub.fetch(batch=1, timeout=1.0)
             except TimeoutError:
+                if time.monotonic() - idle_since > CONSUMER_CHECK_S:
+                    await psub.consumer_info()  # raises NotFoundError when the consumer is gone
+                    idle_since = time.monotonic()
                 continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # disconnected, consumer being recreated …: retry
-                log.warning("control_fetch_failed", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(0.5)
+            pending = msgs[-1].metadata.num_pending if msgs[-1].metadata else 0
+            if pending:
+                with contextlib.suppress(TimeoutError):
+                    msgs += await psub.fetch(batch=min(pending, CONTROL_BATCH), timeout=0.5)
+            await self._apply_batch(session_id, msgs)
+            idle_since = time.monotonic()
+
+    async def _apply_batch(self, session_id: str, msgs: list[Msg]) -> None:
+        """Apply in stream order; a swap followed by a newer one is acknowledged unrendered."""
+        controls: list[Control | None] = []
+        for msg in msgs:
+            try:
+                controls.append(Control.decode(msg.data))
+            except SchemaError:
+                controls.append(None)
+        skip = superseded(controls)
+        for i, msg in enumerate(msgs):
+            control = controls[i]
+            if i in skip and control is not None:
+                await self._supersede(session_id, control, skip[i])
+                with contextlib.suppress(Exception):
+                    await msg.ack()
                 continue
-            for msg in msgs:  # in stream order: swaps apply in the order they were published
-                await self.on_control(msg)
+            await self.on_control(msg)
+
+    async def _supersede(self, session_id: str, control: Control, newer: str) -> None:
+        served = self.table.get(session_id)
+        if served is not None:
+            served.remember_event(control.event_id)
+        self.control_total.labels(self.ctx.name, "swap", "superseded").inc()
+        await self.events.emit(
+            "status",
+            session_id,
+            "swap_superseded",
+            "a newer swap arrived before this one was shown",
+            event_id=control.event_id,
+            garment_id=control.garment_id,
+            superseded_by=newer,
+        )
 
     async def on_control(self, msg: Msg) -> None:
         try:
@@ -221,6 +347,10 @@ class GeneratorHandlers:
         state = None if served is not None else await self._load_state(sid)
         if SessionTable.is_duplicate(control.event_id, served, state):
             return True
+        if SessionTable.is_stale_swap(control, served, state):
+            in_effect = served.garment.garment_id if served else state.garment_id if state else ""
+            await self._supersede(sid, control, newer=f"the newer swap to {in_effect}")
+            return True
         if served is None and state is None:
             raise CodedError("unknown_session", f"no session {sid!r}: send start or frames first")
         garment = await self.garments.get(control.garment_id or "")
@@ -247,7 +377,24 @@ class GeneratorHandlers:
         with contextlib.suppress(Exception):
             assert self.kv is not None
             await self.kv.delete(sid)
+        # a stopped session leaves no control history: a later session with the same id starts
+        # from nothing instead of replaying this one's start, swaps and stop
+        task = asyncio.create_task(self._forget_control(sid), name=f"forget:{sid}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         return False
+
+    async def _forget_control(self, sid: str) -> None:
+        assert self.js is not None and self.fleet is not None
+        await asyncio.sleep(0)  # let the stop's acknowledgement go first
+        await self.fleet.release(sid)  # ends the control loop (this task is not part of it)
+        subjects = self.ctx.subjects
+        with contextlib.suppress(Exception):
+            await self.js.purge_stream(subjects.control_stream, subject=subjects.control(sid))
+        with contextlib.suppress(NotFoundError, Exception):
+            await self.js.delete_consumer(
+                subjects.control_stream, subjects.control_consumer(self.settings.control_durable, sid)
+            )
 
     async def _rerender_latest(self, served: ServedSession) -> None:
         """Show the swap now: draw the newest input frame again with the new garment instead of
@@ -333,12 +480,19 @@ class GeneratorHandlers:
         applied = served.frame_published(out.note.garment_id, out.note.seq, out.meta.trace[-1].ns)
         if applied is not None:
             self.swap_latency.observe(float(applied["latency_ms"]) / 1e3)  # type: ignore[arg-type]
-            await self.events.emit("swap_applied", session_id, "swap_applied", **applied)
+            await self.events.emit(
+                "swap_applied", session_id, "swap_applied", epoch=out.meta.epoch, **applied
+            )
 
     async def on_idle(self, session_id: str) -> None:
+        """No frames for ``session_idle_s``: the camera went away. The renderer and cache go, the
+        slot is given back to the fleet; the stored state stays, so the session resumes with its
+        garment when frames come back (ingest admits it again)."""
         async with self._lock(session_id):
             await self._end(session_id, "idle")
         self.locks.pop(session_id, None)
+        if self.fleet is not None:
+            await self.fleet.release(session_id)
 
     # -- sessions ---------------------------------------------------------------------------------
     async def _backend(self, name: str) -> Backend:
@@ -385,14 +539,16 @@ class GeneratorHandlers:
         )
         return served
 
-    async def _end(self, sid: str, reason: str) -> None:
+    async def _end(self, sid: str, reason: str, announce: bool = True) -> None:
+        """Stop serving a session here; ``announce`` tells its viewers (not when it only moved)."""
         served = self.table.close(sid)
         if served is None:
             return
         self.ctx.stats.forget(sid)
         self.events.forget(sid)
         self.ctx.metrics.active_sessions.set(len(self.table))
-        await self.events.emit("session_ended", sid, reason, frames=served.frames_rendered)
+        if announce:
+            await self.events.emit("session_ended", sid, reason, frames=served.frames_rendered)
 
     def _lock(self, sid: str) -> asyncio.Lock:
         lock = self.locks.get(sid)

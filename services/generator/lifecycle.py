@@ -53,6 +53,7 @@ class ServedSession:
     garment: Garment
     backend: str
     epoch: int = 0
+    swap_published_ns: int = 0  # when the swap in effect was published (0: none yet)
     renderer: Renderer | None = None
     in_flight: list[Renderer] = field(default_factory=list)  # renderers drawing on a worker thread
     pending_swap: PendingSwap | None = None
@@ -114,6 +115,28 @@ class ServedSession:
         self.renderer = None
 
 
+def superseded(controls: list[Control | None]) -> dict[int, str]:
+    """Swaps that a newer swap of the same batch makes pointless: index -> the newer event id.
+
+    Swaps that queued while no worker served the session (a restart, a failover) arrive
+    together; only the newest is rendered, the older ones are acknowledged as superseded, so no
+    stale garment flashes on screen. A start or stop between two swaps keeps the earlier one."""
+    out: dict[int, str] = {}
+    newer: str | None = None
+    for i in range(len(controls) - 1, -1, -1):
+        control = controls[i]
+        if control is None:
+            continue
+        if control.action == "swap":
+            if newer is not None:
+                out[i] = newer
+            else:
+                newer = control.event_id
+        else:
+            newer = None
+    return out
+
+
 class SessionTable:
     """The sessions this worker serves, with its capacity."""
 
@@ -137,6 +160,15 @@ class SessionTable:
             state is not None and event_id in state.applied_events
         )
 
+    @staticmethod
+    def is_stale_swap(control: Control, served: ServedSession | None, state: SessionState | None) -> bool:
+        """A swap published before the one in effect: it arrives late (redelivered after the
+        worker it was delivered to died) and must not replace the newer garment."""
+        in_effect = (
+            served.swap_published_ns if served is not None else state.swap_published_ns if state else 0
+        )
+        return control.action == "swap" and control.published_ns < in_effect
+
     def open(
         self,
         session_id: str,
@@ -152,8 +184,10 @@ class SessionTable:
         served = ServedSession(session_id, garment, backend, epoch=state.epoch if state else 0)
         if state is not None:
             served.applied_events = list(state.applied_events)
+            served.swap_published_ns = state.swap_published_ns
         if previous is not None:
             served.applied_events, served.epoch = list(previous.applied_events), previous.epoch
+            served.swap_published_ns = previous.swap_published_ns
         self._sessions[session_id] = served
         return served
 
@@ -182,6 +216,7 @@ class SessionTable:
         the caller must close (see ``ServedSession.use``)."""
         stale = served.use(renderer) if renderer is not None else None
         served.garment = garment
+        served.swap_published_ns = max(served.swap_published_ns, control.published_ns)
         served.pending_swap = PendingSwap(
             control.event_id,
             garment.garment_id,
@@ -207,4 +242,5 @@ class SessionTable:
             epoch=served.epoch,
             applied_events=served.applied_events,
             updated_ns=time.time_ns(),
+            swap_published_ns=served.swap_published_ns,
         )

@@ -11,13 +11,14 @@ from shared.settings import BaseSettings
 class GeneratorSettings(BaseSettings):
     backend: str = "auto"  # auto: student when CUDA and a checkpoint exist, else warp
     default_garment: str = "tee-red-solid"  # used when a session starts by frames alone
-    max_sessions: int = 8  # admission control: more sessions get an at_capacity error
-    session_idle_s: float = 30.0  # no frames this long: release the session's cache
+    max_sessions: int = 8  # this worker's capacity in the fleet (sessions placed here at most)
+    session_idle_s: float = 5.0  # no frames this long: the camera went away; free the cache and slot
     out_jpeg_quality: int = 95  # output is compared with the input outside the garment
     garment_cache_size: int = 64  # decoded garments kept per worker, shared by sessions
     garment_timeout_s: float = 2.0
-    control_durable: str = "generator"  # JetStream durable consumer of the control stream
-    control_ack_wait_s: float = 30.0
+    control_durable: str = "generator"  # prefix of each session's durable control consumer
+    control_ack_wait_s: float = 2.0  # a swap its owner did not acknowledge goes to the next owner after this
     student_config: str = "tiny"
     student_checkpoint: str = ""  # safetensors; empty: the packaged checkpoint if any
     student_device: str = "auto"  # auto: cuda when available, else cpu
+    sim_service_ms: float = 40.0  # backend=sim: time each frame holds its worker, like a GPU call

@@ -1,20 +1,25 @@
 """Ingest handlers: the only ingest module that touches NATS.
 
 camera frames (all sessions) → validate → normalise → ingested frames, on the shared frame-stage
-skeleton (``shared.stage``). What is ingest's own: the session's requested resolution (from
-``start`` on the control subject), the deadline for stale frames, and the validation itself.
+skeleton (``shared.stage``). What is ingest's own: admission (a session's first frame or its
+``start`` places it in the fleet, once, for the whole pipeline; frames of a session no worker
+took are dropped here, before any decode), the session's requested resolution (from ``start``),
+the deadline for stale frames, and the validation itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Limits, process_frame
+from shared.errors import CodedError
 from shared.events import EventPublisher
+from shared.fleet import Admission, FleetView, open_view
 from shared.headers import FrameMeta, now_ns
 from shared.logging import get_logger
 from shared.schemas import Control, SchemaError
@@ -44,9 +49,17 @@ class IngestHandlers:
             on_idle=self.on_idle,
         )
         self._subs: list[Subscription] = []
+        self.stages = [s.strip() for s in settings.admit_stages.split(",") if s.strip()]
+        self.view: FleetView | None = None
+        self.admission: Admission | None = None
+        self._refused: dict[str, float] = {}  # session -> monotonic time it may try again
+        self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         ctx = self.ctx
+        if self.stages:
+            self.view = await open_view(ctx.nc.jetstream(), ctx.subjects, self.settings.js_replicas)
+            self.admission = Admission(self.view, self.stages, self.settings.admit_retry_s)
         self._subs.append(await self.stage.start())
         self._subs.append(
             await ctx.nc.subscribe(ctx.subjects.all_sessions(Channel.CONTROL), cb=self.on_control)
@@ -56,9 +69,38 @@ class IngestHandlers:
         for sub in self._subs:
             await sub.unsubscribe()
         await self.stage.close()
+        if self.view is not None:
+            await self.view.close()
 
     def health(self) -> dict:
-        return {"sessions": len(self.stage.sessions)}
+        return {"sessions": len(self.stage.sessions), "admit_stages": self.stages}
+
+    # -- admission --------------------------------------------------------------------------------
+    async def admit(self, session_id: str) -> None:
+        """Place the session in every stage that needs an owner, once; raises ``CodedError``
+        (``at_capacity`` with ``retry_after_s``) and, until that time, drops its frames unread."""
+        if self.admission is None or self.admission.admitted(session_id):
+            return
+        until = self._refused.get(session_id)
+        if until is not None and time.monotonic() < until:
+            raise FrameDropped("not_admitted")
+        try:
+            placed = await self.admission.admit(session_id)
+        except CodedError:
+            self._refused[session_id] = time.monotonic() + self.settings.admit_retry_s
+            raise
+        self._refused.pop(session_id, None)
+        log.info(
+            "session_admitted", session_id=session_id, owners={s: o.worker_id for s, o in placed.items()}
+        )
+
+    async def _admit_on_start(self, session_id: str) -> None:
+        try:
+            await self.admit(session_id)
+        except CodedError as exc:
+            await self.stage.reject(session_id, exc.code, exc.message, **exc.data)
+        except FrameDropped:
+            pass
 
     # -- handlers ---------------------------------------------------------------------------------
     async def on_control(self, msg: Msg) -> None:
@@ -67,14 +109,21 @@ class IngestHandlers:
             control = Control.decode(msg.data)
         except SchemaError:
             return  # the generator owns control errors; ingest only reads resolutions
-        if control.action == "start" and control.width and control.height:
-            self.resolution[control.session_id] = (control.width, control.height)
+        if control.action == "start":
+            if control.width and control.height:
+                self.resolution[control.session_id] = (control.width, control.height)
+            if self.admission is not None:  # an owner ready before the first frame arrives
+                task = asyncio.create_task(self._admit_on_start(control.session_id))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         elif control.action == "stop":
             self.resolution.pop(control.session_id, None)
+            self._refused.pop(control.session_id, None)
 
     async def process(self, session_id: str, msg: Msg, meta: FrameMeta) -> list[StageOutput]:
-        """Drop a stale frame, else validate and fit it to the session's resolution."""
+        """Admit the session (first frame), drop a stale frame, else validate and fit it."""
         self.ctx.metrics.active_sessions.set(len(self.stage.sessions))
+        await self.admit(session_id)  # before anything is decoded
         if (now_ns() - meta.capture_ns) / 1e6 > self.settings.deadline_ms:  # a wait in the slot counts
             raise FrameDropped("stale")
         box_w, box_h = self.resolution.get(session_id, (self.settings.out_width, self.settings.out_height))
@@ -85,5 +134,6 @@ class IngestHandlers:
         return [StageOutput(norm.jpeg, meta)]
 
     async def on_idle(self, session_id: str) -> None:
+        self._refused.pop(session_id, None)
         self.ctx.metrics.active_sessions.set(len(self.stage.sessions))
         log.info("session_idle", session_id=session_id)

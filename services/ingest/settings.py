@@ -18,3 +18,6 @@ class IngestSettings(BaseSettings):
     jpeg_quality: int = 85
     deadline_ms: float = 500.0  # frames older than this when ingest sees them are dropped
     session_idle_s: float = 30.0
+    # stages a session needs an owner in before its frames go on (docs/fleet.md); empty: admit all
+    admit_stages: str = "preprocess,generator"
+    admit_retry_s: float = 2.0  # a session refused at_capacity is asked to retry after this long

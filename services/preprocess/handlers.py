@@ -3,7 +3,9 @@
 ingested frames (all sessions, latest-frame-wins per session) → the session's own
 ``SessionPreprocessor`` on a worker thread → ``Conditioning`` on the session's cond subject with
 the frame's headers (stamped ``preprocess.in``/``.out`` by the shared frame-stage skeleton,
-``shared.stage``). Per-session state is created on the first
+``shared.stage``). A worker takes only the sessions the fleet gives it (``shared.fleet``: placed at
+session start, moved on failure or drain) and publishes them with its ownership epoch. Per-session
+state is created on the first
 frame and closed when the session stops (control ``stop``) or goes idle, so memory follows the
 number of live sessions, not the number ever seen.
 """
@@ -22,6 +24,7 @@ from services.preprocess.pipeline import FrameResult, PreprocessConfig, SessionP
 from services.preprocess.settings import PreprocessSettings
 from shared.errors import CodedError
 from shared.events import EventPublisher
+from shared.fleet import FleetMember, Ownership
 from shared.headers import FrameMeta
 from shared.logging import get_logger
 from shared.schemas import Control, SchemaError
@@ -67,24 +70,54 @@ class PreprocessHandlers:
             on_idle=self.on_idle,
         )
         self._subs: list[Subscription] = []
+        self.fleet = FleetMember(
+            ctx.nc.jetstream(),
+            ctx.subjects,
+            ctx.name,
+            settings.worker_name,
+            settings.max_sessions,
+            settings.lease_s,
+            on_serve=self._serve,
+            on_unserve=self._unserve,
+            replicas=settings.js_replicas,
+        )
+        self.stage.owner = self.fleet
 
     async def start(self) -> None:
         ctx = self.ctx
-        self._subs.append(await self.stage.start())
+        await self.stage.start(all_sessions=False)
         self._subs.append(
             await ctx.nc.subscribe(ctx.subjects.all_sessions(Channel.CONTROL), cb=self.on_control)
         )
+        await self.fleet.start()
 
     async def stop(self) -> None:
+        await self.fleet.drain()  # hand the sessions over before this worker goes
         for sub in self._subs:
             await sub.unsubscribe()
         await self.stage.close()
         for sid in list(self.sessions):
             await self._close_session(sid, "shutdown")
+        await self.fleet.close()
         self._executor.shutdown(wait=True)
 
     def health(self) -> dict:
-        return {"sessions": len(self.sessions), "sessions_reclaimed": self.reclaimed}
+        return {
+            "sessions": len(self.sessions),
+            "sessions_reclaimed": self.reclaimed,
+            "worker_id": self.fleet.worker_id,
+            "owned": len(self.fleet.serving),
+            "status": "ok" if self.fleet.healthy else "unhealthy",
+        }
+
+    # -- fleet ------------------------------------------------------------------------------------
+    async def _serve(self, session_id: str, record: Ownership) -> None:
+        await self.stage.serve(session_id)
+        log.info("session_assigned", session_id=session_id, epoch=record.epoch, reason=record.reason)
+
+    async def _unserve(self, session_id: str, reason: str) -> None:
+        await self.stage.unserve(session_id)
+        await self._close_session(session_id, reason)
 
     # -- handlers ---------------------------------------------------------------------------------
     async def on_control(self, msg: Msg) -> None:
@@ -93,8 +126,9 @@ class PreprocessHandlers:
             control = Control.decode(msg.data)
         except SchemaError:
             return  # the generator owns control errors
-        if control.action == "stop":
+        if control.action == "stop" and control.session_id in self.fleet.serving:
             await self._close_session(control.session_id, "stopped")
+            await self.fleet.release(control.session_id)
 
     async def process(self, session_id: str, msg: Msg, meta: FrameMeta) -> list[StageOutput]:
         """Pose + segmentation on this session's own graph → one ``Conditioning`` message."""
@@ -111,7 +145,9 @@ class PreprocessHandlers:
         return [StageOutput(result.conditioning.encode(), meta)]
 
     async def on_idle(self, session_id: str) -> None:
+        """No frames for ``session_idle_s``: the camera went away; free the graph and the slot."""
         await self._close_session(session_id, "idle")
+        await self.fleet.release(session_id)
 
     # -- sessions ---------------------------------------------------------------------------------
     async def _process(self, session_id: str, jpeg: bytes, meta: FrameMeta) -> FrameResult:

@@ -10,7 +10,7 @@ from shared.settings import BaseSettings
 @dataclass(frozen=True)
 class PreprocessSettings(BaseSettings):
     # -- sessions --------------------------------------------------------------------------------
-    session_idle_s: float = 30.0  # a session without frames this long loses its MediaPipe graph
+    session_idle_s: float = 5.0  # a session without frames this long loses its graph and its slot
     max_sessions: int = 8  # frames of further sessions get an ``at_capacity`` error
     pose_workers: int = 2  # threads running MediaPipe (one session never uses two at once)
     pose_recreate_frames: int = 20000  # rebuild a session's graph after this many frames (leaks)

@@ -1,5 +1,8 @@
 """Viewer client: subscribes to a session's generated frames, optionally writes them to a video,
-and reports FPS, glass-to-glass latency percentiles and per-stage / per-hop times from headers."""
+and reports FPS, glass-to-glass latency percentiles and per-stage / per-hop times from headers.
+
+Fencing (docs/fleet.md): a frame whose ``Chameleon-Epoch`` is older than the newest epoch seen
+comes from a worker that no longer owns the session; it is dropped and counted, never shown."""
 
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ class Watcher:
     channel: Channel = Channel.OUTPUT  # another per-session channel with frame headers (benchmarks)
     frames: list[Received] = field(default_factory=list)
     bad: int = 0
+    stale_epoch: int = 0  # frames dropped: from an owner older than the newest seen
+    epoch: int = 0  # the newest owner epoch seen
     _sub: Subscription | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -53,6 +58,10 @@ class Watcher:
         except HeaderError:
             self.bad += 1
             return
+        if meta.epoch < self.epoch:
+            self.stale_epoch += 1
+            return
+        self.epoch = meta.epoch
         self.frames.append(Received(meta, t, bytes(msg.data) if self.keep_frames else b""))
         self._arrived.set()
 
@@ -95,6 +104,7 @@ class Watcher:
             "latency_ms": percentiles(lat),
             "stage_ms": {k: percentiles(v, (50, 95)) for k, v in sorted(stages.items())},
             "hop_ms": {k: percentiles(v, (50, 95)) for k, v in sorted(hops.items())},
+            "stale_epoch_dropped": self.stale_epoch,
         }
 
     def write_video(self, path: str | Path, fps: float) -> int:

@@ -25,6 +25,8 @@ from services.generator.settings import GeneratorSettings
 from services.preprocess.pipeline import SessionPreprocessor
 from shared import control
 from shared.bus import connect, publish_frame
+from shared.errors import CodedError
+from shared.fleet import Admission, open_view
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
 from shared.media import decode_jpeg
@@ -70,10 +72,24 @@ class Viewer:
 
 @dataclass
 class Rig:
+    """What ingest and preprocess would do for the generator: admit sessions, send conditioning."""
+
     url: str
     subjects: Subjects
     nc: object
     conditioning: list[Conditioning]
+    admission: Admission | None = None
+    refused: dict[str, CodedError] = field(default_factory=dict)
+
+    async def admit(self, session: str) -> None:
+        """Place the session on a generator worker, as ingest does for a session's first frame."""
+        if self.admission is None:
+            self.admission = Admission(await open_view(self.nc.jetstream(), self.subjects), ["generator"])
+        if not self.admission.admitted(session):
+            try:
+                await self.admission.admit(session)
+            except CodedError as exc:
+                self.refused[session] = exc
 
     async def viewer(self, session: str) -> Viewer:
         v = Viewer()
@@ -83,6 +99,7 @@ class Rig:
         return v
 
     async def send(self, session: str, i: int) -> None:
+        await self.admit(session)
         cond = dataclasses.replace(self.conditioning[i % len(self.conditioning)], session_id=session, seq=i)
         meta = FrameMeta(session, i, now_ns(), cond.width, cond.height).stamp("preprocess", "out")
         await publish_frame(self.nc, self.subjects.conditioning(session), cond.encode(), meta)
@@ -93,6 +110,7 @@ class Rig:
             await asyncio.sleep(1 / fps)
 
     async def control(self, msg) -> None:  # type: ignore[no-untyped-def]
+        await self.admit(msg.session_id)
         await control.publish_control(self.nc, self.subjects, msg)
 
 
@@ -118,9 +136,12 @@ async def rig(url: str, conditioning: list[Conditioning]) -> AsyncIterator[Rig]:
     async with serve_in_task("garments", gsettings, lambda ctx: GarmentHandlers(ctx, gsettings)):
         nc = await connect(url, "generator-test")
         await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
+        r = Rig(url, subjects, nc, conditioning)
         try:
-            yield Rig(url, subjects, nc, conditioning)
+            yield r
         finally:
+            if r.admission is not None:
+                await r.admission.view.close()
             await nc.drain()
 
 
@@ -264,7 +285,8 @@ async def test_at_capacity_is_a_clear_error(nats_url: str, conditioning) -> None
         await r.stream("cap1", range(2))
         await until(lambda: len(va.frames) == 2)
         await r.stream("cap2", range(2))
-        await until(lambda: "at_capacity" in vb.codes("error"))
+        refused = r.refused["cap2"]  # admission answers for the whole fleet, before any frame moves
+        assert refused.code == "at_capacity" and refused.data["retry_after_s"] > 0
         await r.stream("cap1", range(2, 4))
         await until(lambda: len(va.frames) == 4)
         assert vb.frames == []

@@ -25,7 +25,8 @@ SUBJ = Subjects()
 
 
 def _ingest(url: str, **kw: object):
-    settings = IngestSettings(nats_url=url, summary_interval_s=60, **kw)  # type: ignore[arg-type]
+    settings = IngestSettings(nats_url=url, summary_interval_s=60, **{"admit_stages": "", **kw})  # type: ignore[arg-type]
+    # ingest alone: no stateful stage to place sessions in (tests/service/test_fleet.py admits)
     return serve_in_task("ingest", settings, lambda ctx: IngestHandlers(ctx, settings))
 
 

@@ -15,6 +15,8 @@ from services.preprocess import conditioning as cond
 from services.preprocess.handlers import PreprocessHandlers
 from services.preprocess.settings import PreprocessSettings
 from shared.bus import connect, publish_frame
+from shared.errors import CodedError
+from shared.fleet import Admission, open_view
 from shared.headers import FrameMeta, now_ns
 from shared.media import encode_jpeg
 from shared.schemas import Conditioning, Control, Event, unpack_array
@@ -22,11 +24,11 @@ from shared.service import serve_in_task
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service
-SUBJ = Subjects()
+SUBJ = Subjects(f"pre{uuid.uuid4().hex[:8]}")  # this module's own buckets on the shared server
 
 
 def _preprocess(url: str, **kw: object):
-    settings = PreprocessSettings(nats_url=url, summary_interval_s=60, **kw)  # type: ignore[arg-type]
+    settings = PreprocessSettings(nats_url=url, subject_prefix=SUBJ.prefix, summary_interval_s=60, **kw)  # type: ignore[arg-type]
     return serve_in_task("preprocess", settings, lambda ctx: PreprocessHandlers(ctx, settings))
 
 
@@ -35,9 +37,23 @@ def _meta(session: str, seq: int, w: int = 640, h: int = 480) -> FrameMeta:
 
 
 class Collector:
-    def __init__(self) -> None:
+    def __init__(self, nc, session: str) -> None:  # type: ignore[no-untyped-def]
+        self.nc, self.session = nc, session
         self.cond: list[tuple[FrameMeta, Conditioning]] = []
         self.events: list[Event] = []
+        self.refused: CodedError | None = None
+
+    async def admit(self) -> None:
+        """What ingest does before a session's frames go on: place it on a preprocess worker."""
+        admission = Admission(await open_view(self.nc.jetstream(), SUBJ), ["preprocess"])
+        try:
+            if not admission.admitted(self.session):
+                await admission.admit(self.session)
+            self.refused = None
+        except CodedError as exc:
+            self.refused = exc
+        finally:
+            await admission.view.close()
 
     async def on_cond(self, msg) -> None:
         self.cond.append((FrameMeta.from_headers(msg.headers), Conditioning.decode(msg.data)))
@@ -50,10 +66,11 @@ class Collector:
 
 
 async def _watch(nc, session: str) -> Collector:
-    col = Collector()
+    col = Collector(nc, session)
     await nc.subscribe(SUBJ.conditioning(session), cb=col.on_cond)
     await nc.subscribe(SUBJ.events(session), cb=col.on_event)
     await nc.flush()
+    await col.admit()
     return col
 
 
@@ -66,6 +83,7 @@ async def _until(predicate, timeout: float = 20.0) -> None:
 
 
 async def _send_and_wait(nc, col: Collector, session: str, jpeg: bytes, seq: int) -> Conditioning:
+    await col.admit()  # again after an idle release, as ingest would
     await publish_frame(nc, SUBJ.ingested(session), jpeg, _meta(session, seq))
     await _until(lambda: any(c.seq == seq for _, c in col.cond))
     return next(c for _, c in col.cond if c.seq == seq)
@@ -152,10 +170,12 @@ async def test_garbage_gets_an_error_event_and_the_service_keeps_serving(nats_ur
         msg = await _send_and_wait(nc, col, "junk", good, 2)
         assert msg.person_found
         # a third session is over capacity: refused with an event, the others unaffected
-        col_full = await _watch(nc, "third")
         col_two = await _watch(nc, "second")
+        col_full = await _watch(nc, "third")
         await _send_and_wait(nc, col_two, "second", good, 0)
+        # refused by admission for the whole fleet: ingest answers it with an at_capacity event
+        assert col_full.refused is not None and col_full.refused.code == "at_capacity"
         await publish_frame(nc, SUBJ.ingested("third"), good, _meta("third", 0))
-        await _until(lambda: "at_capacity" in col_full.codes())
+        await asyncio.sleep(0.3)
         assert set(pre.sessions) == {"junk", "second"} and not col_full.cond
         await nc.drain()

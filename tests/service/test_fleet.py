@@ -1,0 +1,294 @@
+"""The fleet over real processes: generator workers as `python -m services.generator.main`
+children of a `Stack` on a real nats-server, sessions placed with compare-and-set, a worker
+SIGKILLed, SIGSTOPped or SIGTERMed while its session streams and swaps (docs/fleet.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from services.camera.source import MotionCamera
+from services.cli.stack import Child, Stack
+from services.garments.starter import load_catalogue
+from services.preprocess.pipeline import SessionPreprocessor
+from services.watch.client import Watcher
+from shared import control
+from shared.bus import connect, publish_frame
+from shared.errors import CodedError
+from shared.fleet import Admission, FleetView, open_view
+from shared.garment_client import GarmentClient
+from shared.headers import FrameMeta, now_ns
+from shared.media import encode_jpeg
+from shared.schemas import Conditioning, Event
+from shared.subjects import Subjects
+
+pytestmark = pytest.mark.service
+GARMENTS = ("tee-red-solid", "shirt-blue-checks", "tee-yellow-dots", "tee-navy-stripes")
+
+
+@pytest.fixture(scope="module")
+def conditioning(bus_photo) -> list[Conditioning]:
+    """Real MediaPipe conditioning of a moving camera over the real full-body photo."""
+    cam = MotionCamera(bus_photo, 320, 240)
+    pre = SessionPreprocessor("fleet-fixture")
+    try:
+        return [pre.process(cam.frame(i), i, i * 1000 / 15).conditioning for i in range(12)]
+    finally:
+        pre.close()
+
+
+async def until(predicate, timeout: float = 15.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met in time; state: {what!r:.2000}")
+        await asyncio.sleep(0.02)
+
+
+@dataclass
+class Fleet:
+    """A stack of generator workers plus what ingest and preprocess would do for them."""
+
+    stack: Stack
+    subjects: Subjects
+    nc: object
+    view: FleetView
+    admission: Admission
+    conditioning: list[Conditioning]
+    events: dict[str, list[Event]] = field(default_factory=dict)
+    streams: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def owner(self, session: str) -> Child:
+        held = self.view.owner("generator", session)
+        assert held is not None, f"{session} has no generator owner"
+        return next(c for c in self.stack.children if c.worker_id == held[0].worker_id)
+
+    def epoch(self, session: str) -> int:
+        held = self.view.owner("generator", session)
+        return held[0].epoch if held else 0
+
+    async def admit(self, session: str) -> None:
+        await self.admission.admit(session)
+
+    async def watch(self, session: str) -> Watcher:
+        w = Watcher(self.nc, self.subjects, session, keep_frames=False)  # type: ignore[arg-type]
+        await w.start()
+        self.events[session] = []
+
+        async def on_event(msg) -> None:  # type: ignore[no-untyped-def]
+            self.events[session].append(Event.decode(msg.data))
+
+        await self.nc.subscribe(self.subjects.events(session), cb=on_event)  # type: ignore[attr-defined]
+        return w
+
+    def stream(self, session: str, fps: float = 15.0) -> None:
+        """Conditioning frames for ``session`` until the test ends; re-admitted like ingest would."""
+
+        async def run() -> None:
+            i = 0
+            while True:
+                if not self.admission.admitted(session):
+                    with contextlib.suppress(CodedError):
+                        await self.admission.admit(session)
+                cond = dataclasses.replace(
+                    self.conditioning[i % len(self.conditioning)], session_id=session, seq=i
+                )
+                meta = FrameMeta(session, i, now_ns(), cond.width, cond.height).stamp("preprocess", "out")
+                await publish_frame(self.nc, self.subjects.conditioning(session), cond.encode(), meta)  # type: ignore[arg-type]
+                i += 1
+                await asyncio.sleep(1 / fps)
+
+        self.streams.append(asyncio.create_task(run()))
+
+    async def swap(self, session: str, garment: str) -> str:
+        msg = control.swap(session, garment)
+        await control.publish_control(self.nc, self.subjects, msg)  # type: ignore[arg-type]
+        return msg.event_id
+
+    def answered(self, session: str) -> dict[str, str]:
+        """event id -> swap_applied / swap_superseded, for every swap that got its answer."""
+        return {
+            str(e.data.get("event_id")): e.code
+            for e in self.events.get(session, [])
+            if e.code in ("swap_applied", "swap_superseded")
+        }
+
+
+@contextlib.asynccontextmanager
+async def fleet(nats_url: str, conditioning, workers: int = 2, **env: str) -> AsyncIterator[Fleet]:  # type: ignore[no-untyped-def]
+    prefix = f"fl{uuid.uuid4().hex[:10]}"
+    subjects = Subjects(prefix)
+    stack_env = {
+        "CHAMELEON_SUBJECT_PREFIX": prefix,
+        "CHAMELEON_BACKEND": "warp",
+        "CHAMELEON_LEASE_S": "1.0",
+        "CHAMELEON_LOG_LEVEL": "warning",
+        **env,
+    }
+    stack = await asyncio.to_thread(
+        Stack(["garments", "generator"], nats_url=nats_url, env=stack_env, workers=workers).start
+    )
+    nc = await connect(nats_url, "fleet-test")
+    view = await open_view(nc.jetstream(), subjects)
+    f = Fleet(stack, subjects, nc, view, Admission(view, ["generator"]), conditioning)
+    try:
+        await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
+        await until(lambda: len([w for w in view.workers("generator") if not w.draining]) == workers)
+        yield f
+    finally:
+        for task in f.streams:
+            task.cancel()
+        await view.close()
+        await nc.drain()
+        await asyncio.to_thread(stack.stop)
+
+
+async def test_placement_spreads_sessions_and_a_full_fleet_answers_at_capacity(
+    nats_url, conditioning
+) -> None:  # type: ignore[no-untyped-def]
+    async with fleet(nats_url, conditioning, CHAMELEON_MAX_SESSIONS="2") as f:
+        for session in ("p1", "p2", "p3", "p4"):
+            await f.admit(session)
+        assert sorted(f.view.owned("generator").values()) == [2, 2]
+        with pytest.raises(CodedError) as refused:
+            await f.admit("p5")
+        assert refused.value.code == "at_capacity" and refused.value.data["retry_after_s"] > 0
+        assert f.view.owner("generator", "p5") is None  # nothing half-placed
+
+
+async def test_a_killed_owner_moves_the_session_with_its_garment_and_every_swap(
+    nats_url, conditioning
+) -> None:  # type: ignore[no-untyped-def]
+    async with fleet(nats_url, conditioning) as f:
+        w = await f.watch("k")
+        f.stream("k")
+        await until(lambda: len(w.frames) >= 5)
+        first = await f.swap("k", "shirt-blue-checks")
+        await until(lambda: first in f.answered("k"))
+        owner, old_epoch = f.owner("k"), f.epoch("k")
+        os.kill(owner.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        sent = [await f.swap("k", g) for g in ("tee-yellow-dots", "tee-navy-stripes")]  # while no owner
+        await until(lambda: f.epoch("k") > old_epoch, timeout=5)
+        await until(lambda: w.frames and w.frames[-1].meta.epoch > old_epoch, timeout=5)
+        resumed = time.monotonic() - killed
+        assert resumed < 3.0, resumed
+        assert f.owner("k").worker_id != owner.worker_id
+        await until(lambda: all(e in f.answered("k") for e in sent), what=f.answered("k"))
+        assert (
+            f.answered("k")[sent[-1]] == "swap_applied"
+        )  # the newest is shown, older ones at most superseded
+        await until(
+            lambda: w.frames[-1].meta.garment_id == "tee-navy-stripes",
+            what=[(r.meta.epoch, r.meta.garment_id) for r in w.frames[-40:]],
+        )
+        epochs = [r.meta.epoch for r in w.frames]
+        assert epochs == sorted(epochs)  # a viewer never goes back to an older owner
+
+
+async def test_a_hung_owner_is_replaced_and_never_shown_again(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+    async with fleet(nats_url, conditioning) as f:
+        w = await f.watch("h")
+        raw: list[int] = []
+
+        async def on_raw(msg) -> None:  # type: ignore[no-untyped-def]
+            raw.append(FrameMeta.from_headers(msg.headers).epoch)
+
+        await f.nc.subscribe(f.subjects.output("h"), cb=on_raw)  # type: ignore[attr-defined]
+        f.stream("h")
+        await until(lambda: len(w.frames) >= 5)
+        owner, old_epoch = f.owner("h"), f.epoch("h")
+        os.kill(owner.proc.pid, signal.SIGSTOP)
+        try:
+            await until(lambda: f.epoch("h") > old_epoch, timeout=5)
+            await until(lambda: w.frames[-1].meta.epoch > old_epoch, timeout=5)
+        finally:
+            os.kill(owner.proc.pid, signal.SIGCONT)
+        moved_at = len(raw)
+        await asyncio.sleep(1.5)  # the old owner runs again: it must notice it lost the session
+        late_old = [e for e in raw[moved_at:] if e <= old_epoch]
+        assert late_old == [], "the replaced owner published after waking up"
+        assert [r.meta.epoch for r in w.frames] == sorted(r.meta.epoch for r in w.frames)
+
+
+async def test_sigterm_hands_the_session_over_without_a_long_gap(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+    async with fleet(nats_url, conditioning) as f:
+        w = await f.watch("d")
+        f.stream("d")
+        await until(lambda: len(w.frames) >= 5)
+        owner, old_epoch = f.owner("d"), f.epoch("d")
+        owner.proc.send_signal(signal.SIGTERM)
+        await until(lambda: f.epoch("d") > old_epoch, timeout=5)
+        await until(lambda: w.frames[-1].meta.epoch > old_epoch, timeout=5)
+        assert f.view.owner("generator", "d")[0].reason == "drain"  # type: ignore[index]
+        await asyncio.sleep(0.5)
+        arrivals = [r.recv_ns for r in w.frames]
+        gap_s = max(b - a for a, b in itertools.pairwise(arrivals)) / 1e9
+        assert gap_s < 1.0, gap_s
+
+
+async def test_a_deleted_control_consumer_is_reported_and_recreated(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+    async with fleet(nats_url, conditioning, workers=1) as f:
+        w = await f.watch("c")
+        f.stream("c")
+        await until(lambda: len(w.frames) >= 3)
+        js = f.nc.jetstream()  # type: ignore[attr-defined]
+        await js.delete_consumer(f.subjects.control_stream, Subjects.control_consumer("generator", "c"))
+        await asyncio.sleep(3.5)  # the worker notices within a few seconds and binds a new one
+        swap = await f.swap("c", "tee-yellow-dots")
+        await until(lambda: f.answered("c").get(swap) == "swap_applied", timeout=10)
+
+
+async def test_ingest_admits_once_and_answers_a_full_fleet_before_decoding(nats_url, bus_photo) -> None:  # type: ignore[no-untyped-def]
+    """Through the real ingest: a session the fleet cannot take gets at_capacity with a retry
+    hint, and its further frames are dropped unread; the admitted session is untouched."""
+    prefix = f"fl{uuid.uuid4().hex[:10]}"
+    subjects = Subjects(prefix)
+    env = {
+        "CHAMELEON_SUBJECT_PREFIX": prefix,
+        "CHAMELEON_BACKEND": "warp",
+        "CHAMELEON_MAX_SESSIONS": "1",
+        "CHAMELEON_LOG_LEVEL": "warning",
+    }
+    stack = await asyncio.to_thread(Stack(["ingest", "generator"], nats_url=nats_url, env=env).start)
+    nc = await connect(nats_url, "admission-test")
+    try:
+        events: dict[str, list[Event]] = {"a": [], "b": []}
+        ingested: dict[str, int] = {"a": 0, "b": 0}
+        for s in events:
+
+            async def on_event(msg, s=s) -> None:  # type: ignore[no-untyped-def]
+                events[s].append(Event.decode(msg.data))
+
+            async def on_ingested(msg, s=s) -> None:  # type: ignore[no-untyped-def]
+                ingested[s] += 1
+
+            await nc.subscribe(subjects.events(s), cb=on_event)
+            await nc.subscribe(subjects.ingested(s), cb=on_ingested)
+        cam = MotionCamera(bus_photo, 320, 240)
+        for i in range(6):
+            for s in ("a", "b"):
+                meta = FrameMeta(s, i, now_ns(), 320, 240)
+                await publish_frame(nc, subjects.camera(s), encode_jpeg(cam.frame(i)), meta)
+            await asyncio.sleep(1 / 15)
+        await until(
+            lambda: ingested["a"] >= 4 and any(e.code == "at_capacity" for e in events["b"]),
+            what=(ingested, {s: [e.code for e in ev] for s, ev in events.items()}),
+        )
+        refusal = next(e for e in events["b"] if e.code == "at_capacity")
+        assert refusal.kind == "error" and refusal.service == "ingest" and refusal.data["retry_after_s"] > 0
+        assert ingested["b"] == 0  # nothing of the refused session went on
+        assert len([e for e in events["b"] if e.code == "at_capacity"]) == 1  # once, not per frame
+    finally:
+        await nc.drain()
+        await asyncio.to_thread(stack.stop)

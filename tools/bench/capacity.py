@@ -1,0 +1,458 @@
+"""``chameleon bench capacity``: users per machine and cost per 1,000 concurrent users, from
+measured figures only.
+
+- Warp path (CPU): the real pipeline (the ``chameleon demo`` stack: garments, ingest, preprocess,
+  generator, nats-server) serves one session of a 15 fps camera; every process's CPU time
+  (user + sys from ``/proc/<pid>/stat``) is read before and after the measured window and divided
+  by the frames that came out: CPU ms per frame per stage, cores per session. Measured twice: the
+  demo framing (a moving camera over the full sample photo, the person small) and a close-up (the
+  person fills the frame), because the renderer's cost grows with the garment's area on screen.
+- Generator overhead without rendering: the same window with the ``sim`` backend (its render
+  only sleeps), so the student paths are charged the generator process's decode/encode/bus cost.
+- Student path: the engine benchmark's ``tiny`` measured here on CPU, and the ``paper`` config's
+  H100 figures quoted from docs/benchmarks.md (named as such; no GPU is used by this command).
+
+Prices are flags and every assumption is listed in the JSON, which is the LAST line printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+    from services.watch.client import Watcher
+    from shared.subjects import Subjects
+
+NATS_SERVER = "nats_server"
+PIPELINE = ["garments", "ingest", "preprocess", "generator"]
+USERS = 1000
+# The close-up: the man in the cream coat in bus.jpg (810x1080), head to thighs, in photo pixels
+# (x0, y0, x1, y1). Through a 640x480 camera he is ~480 px tall instead of ~200 px in the demo.
+CLOSEUP_BOX = (10, 370, 290, 780)
+START_TIMEOUT_S = 60.0
+IN_FLIGHT_TIMEOUT_S = 10.0
+
+# The paper config of the student on one NVIDIA H100 80GB HBM3, bf16, random weights, quoted from
+# docs/benchmarks.md, section "Engine: chameleon bench engine --config tiny --json" (the paper-config
+# run on the H100 lent for 15 minutes, 2026-11-27). Not measured by this command.
+PAPER_H100: dict[str, Any] = {
+    "config": "paper",
+    "device": "NVIDIA H100 80GB HBM3",
+    "dtype": "bfloat16",
+    "frames_per_s": 25.614,
+    "pixel_size": "1280x704",
+    "cache_bytes_per_session": 8434483200,
+    "batched_sessions": 2,
+    "batched_speedup": 0.941,
+    "source": "docs/benchmarks.md, H100, 2026-11-27",
+}
+
+
+# -- the arithmetic (pure) ----------------------------------------------------------------------------
+def ms_per_frame(cpu_s: float, frames: int) -> float:
+    """CPU milliseconds one frame costs, from CPU seconds spent over ``frames`` frames out."""
+    if frames <= 0:
+        raise ValueError("no frames came out: nothing to divide by")
+    return cpu_s * 1e3 / frames
+
+
+def cores_per_session(cpu_ms_per_frame: float, fps: float) -> float:
+    """Cores one session keeps busy: its CPU time per frame times the frames per second."""
+    return cpu_ms_per_frame * fps / 1e3
+
+
+def cores_per_users(cores_each: float, users: int = USERS) -> float:
+    """CPU cores for ``users`` concurrent sessions (sessions share cores freely on a CPU)."""
+    return cores_each * users
+
+
+def cpu_cost_per_hour(cores: float, core_price_per_hour: float) -> float:
+    return cores * core_price_per_hour
+
+
+def sessions_per_device(frames_per_s: float, fps: float) -> int:
+    """Whole real-time sessions one device sustains: a session cannot be split across devices."""
+    return math.floor(frames_per_s / fps) if fps > 0 else 0
+
+
+def devices_for(users: int, sessions_each: int) -> int | None:
+    """Devices for ``users`` sessions; None when one device cannot hold one session in real time."""
+    return math.ceil(users / sessions_each) if sessions_each > 0 else None
+
+
+def stage_figures(
+    before: Mapping[str, float], after: Mapping[str, float], frames: int, fps: float
+) -> dict[str, Any]:
+    """Per-stage CPU ms per frame and cores per session from two CPU-seconds snapshots."""
+    ms = {name: ms_per_frame(after[name] - before[name], frames) for name in before}
+    cores = {name: cores_per_session(v, fps) for name, v in ms.items()}
+    return {
+        "cpu_ms_per_frame": {**{k: round(v, 3) for k, v in ms.items()}, "total": round(sum(ms.values()), 3)},
+        "cpu_core_per_session": {
+            "total": round(sum(cores.values()), 4),
+            "by_stage": {k: round(v, 4) for k, v in cores.items()},
+        },
+    }
+
+
+# -- CPU time of processes ----------------------------------------------------------------------------
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(name_prefix: str) -> list[int]:
+    """Direct children of this process whose command starts with ``name_prefix``."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        if int(rest[1]) == me and comm.startswith(name_prefix):
+            found.append(int(entry.name))
+    return found
+
+
+def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
+    return {name: process_cpu_s(pid) for name, pid in pids.items()}
+
+
+# -- the warp path, measured --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Window:
+    label: str
+    backend: str
+    photo: np.ndarray
+
+
+def closeup_photo(photo: np.ndarray) -> np.ndarray:
+    x0, y0, x1, y1 = CLOSEUP_BOX
+    return photo[y0:y1, x0:x1].copy()
+
+
+async def _settle(
+    nc: NATS,
+    subjects: Subjects,
+    sid: str,
+    frames: Iterator[np.ndarray],
+    fps: float,
+    watcher: Watcher,
+    first_seq: int,
+) -> int:
+    """Stream until a frame sent from ``first_seq`` on comes out (a session builds its MediaPipe
+    graph and renderer on its first frame: seconds), then until the newest one is out, so nothing
+    of the start-up spills into the measured window. Returns the next sequence number."""
+    from services.camera.client import run_camera
+
+    arrived = asyncio.Event()
+
+    async def check(_seq: int) -> None:
+        if any(r.meta.seq >= first_seq for r in watcher.frames[-3:]):
+            arrived.set()
+
+    report = await run_camera(
+        nc,
+        subjects,
+        sid,
+        frames,
+        fps,
+        max_frames=int(fps * START_TIMEOUT_S),
+        stop=arrived,
+        on_published=check,
+        first_seq=first_seq,
+    )
+    if not arrived.is_set():
+        raise RuntimeError(f"{sid}: no output within {START_TIMEOUT_S:.0f} s: see the service logs")
+    last = first_seq + report.published + report.skipped - 1
+    if not await watcher.wait_for_seq(last, IN_FLIGHT_TIMEOUT_S):
+        raise RuntimeError(f"{sid}: frame {last} not out within {IN_FLIGHT_TIMEOUT_S:.0f} s")
+    return last + 1
+
+
+async def _measure(
+    url: str, pids: dict[str, int], windows: list[Window], args: argparse.Namespace, idle: bool
+) -> dict[str, Any]:
+    from services.camera.client import run_camera
+    from services.camera.source import MotionCamera
+    from services.cli.demo import Recorder, load_catalogue
+    from services.watch.client import Watcher
+    from shared.bus import connect
+    from shared.settings import BaseSettings
+    from shared.subjects import Subjects
+
+    subjects = Subjects(BaseSettings.from_env().subject_prefix)
+    nc = await connect(url, "bench-capacity")
+    results: dict[str, Any] = {}
+    try:
+        await load_catalogue(nc, subjects)
+        if idle:
+            before = cpu_snapshot(pids)
+            await asyncio.sleep(args.idle_seconds)
+            after = cpu_snapshot(pids)
+            results["idle"] = {k: round((after[k] - before[k]) / args.idle_seconds, 4) for k in pids}
+        for w in windows:
+            sid = f"capacity-{w.label}"
+            rec = Recorder()
+            await nc.subscribe(subjects.events(sid), cb=rec.on_event)
+            watcher = Watcher(nc, subjects, sid, keep_frames=False)
+            await watcher.start()
+            frames: Iterator[np.ndarray] = MotionCamera(w.photo, args.width, args.height).frames()
+            # frames start the session with the stack's garment and backend (no ``start``: the
+            # control schema does not name the sim backend, CHAMELEON_BACKEND does)
+            first_seq = await _settle(nc, subjects, sid, frames, args.fps, watcher, 0)
+            watcher.frames.clear()
+            before = cpu_snapshot(pids)
+            client_before = process_cpu_s(os.getpid())
+            t0 = time.monotonic()
+            report = await run_camera(
+                nc, subjects, sid, frames, args.fps, int(args.seconds * args.fps), first_seq=first_seq
+            )
+            last = first_seq + report.published + report.skipped - 1
+            await watcher.wait_for_seq(last, IN_FLIGHT_TIMEOUT_S)
+            after = cpu_snapshot(pids)
+            wall = time.monotonic() - t0
+            client_cores = (process_cpu_s(os.getpid()) - client_before) / wall
+            await watcher.stop()
+            backend = next((e.data.get("backend") for e in reversed(rec.of("started"))), None)
+            if backend not in (w.backend, None):
+                raise RuntimeError(f"{sid}: the generator runs {backend!r}, not {w.backend!r}")
+            measured = [r for r in watcher.frames if first_seq <= r.meta.seq <= last]
+            out = len({r.meta.seq for r in measured})
+            results[w.label] = {
+                "backend": backend,
+                "output_size": sorted({f"{r.meta.width}x{r.meta.height}" for r in measured}),
+                "frames_in": report.published,
+                "frames_out": out,
+                "window_s": round(wall, 2),
+                "errors": sorted({e.code for e in rec.events if e.kind == "error"}),
+                **stage_figures(before, after, out, args.fps),
+                "stage_ms_p50": {k: v["p50"] for k, v in watcher.summary()["stage_ms"].items()},
+                "client_cores_not_counted": round(client_cores, 4),
+            }
+    finally:
+        await nc.drain()
+    return results
+
+
+def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the demo's stack and measure the windows in it; one stack per backend, because a
+    session started by frames gets the stack's ``CHAMELEON_BACKEND``."""
+    from shared.media import read_image, sample_photo
+
+    photo = read_image(sample_photo("bus.jpg", fetch=True))
+    close = read_image(args.image) if args.image else closeup_photo(photo)
+    results = _run_stack("warp", [Window("demo", "warp", photo), Window("closeup", "warp", close)], args)
+    if not args.skip_sim:
+        results.update(_run_stack("sim", [Window("sim", "sim", photo)], args))
+    return results
+
+
+def _run_stack(backend: str, windows: list[Window], args: argparse.Namespace) -> dict[str, Any]:
+    from services.cli.stack import Stack
+
+    env = {
+        "CHAMELEON_OUT_WIDTH": str(args.width),
+        "CHAMELEON_OUT_HEIGHT": str(args.height),
+        "CHAMELEON_BACKEND": backend,
+        "CHAMELEON_DEFAULT_GARMENT": args.garment,
+    }
+    stack = Stack(PIPELINE, env=env, log_dir=Path(args.logs) / backend if args.logs else None)
+    with stack:
+        pids = {c.name: c.proc.pid for c in stack.children}
+        servers = child_pids("nats-server") if stack.nats is not None else []
+        if len(servers) == 1:
+            pids[NATS_SERVER] = servers[0]
+        return asyncio.run(_measure(stack.url, pids, windows, args, idle=backend == "warp"))
+
+
+# -- the student path ---------------------------------------------------------------------------------
+def measure_tiny(iters: int) -> dict[str, Any]:
+    """The engine benchmark's ``tiny`` on this CPU, shortened to a few seconds."""
+    import torch
+
+    from services.generator.engine.config import get_config
+    from tools.bench.engine import BenchSettings, run_benchmark
+
+    config = get_config("tiny")
+    settings = BenchSettings(iters=iters, warmup=2, swap_repeats=1, history_frames=(10, 20), batch_sessions=2)
+    report = run_benchmark(config, device="cpu", settings=settings)
+    return {
+        "config": "tiny",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "frames_per_s": report["frames_per_s"],
+        "step_ms_p50": report["step_ms"]["p50"],
+        "pixel_size": f"{config.pixel_width}x{config.pixel_height}",
+        "cache_bytes_per_session": report["cache_bytes_per_session"],
+        "source": "measured here (tools.bench.engine.run_benchmark, shortened)",
+    }
+
+
+# -- the report -----------------------------------------------------------------------------------------
+def _machine() -> str:
+    model = platform.processor() or platform.machine()
+    mem_gib = 0.0
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (OSError, ValueError):
+        pass
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def summarise(
+    measured: dict[str, Any], tiny: dict[str, Any] | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The report: headline warp figures (demo framing), both framings, the student paths, costs."""
+    fps, core_price, gpu_price = args.fps, args.cpu_core_price_per_hour, args.gpu_price_per_hour
+    demo, close = measured["demo"], measured["closeup"]
+    per_session = demo["cpu_core_per_session"]["total"]
+    cpus = os.cpu_count() or 1
+
+    def warp_cost(window: dict[str, Any]) -> float:
+        cores = cores_per_users(window["cpu_core_per_session"]["total"])
+        return round(cpu_cost_per_hour(cores, core_price), 2)
+
+    # What a student session needs besides its engine: the data path (ingest, preprocess, garments,
+    # bus) from the warp demo window, plus the generator process without rendering (sim window).
+    by_stage = demo["cpu_core_per_session"]["by_stage"]
+    data_path = sum(v for k, v in by_stage.items() if k != "generator")
+    sim = measured.get("sim")
+    generator_overhead = sim["cpu_core_per_session"]["by_stage"]["generator"] if sim else 0.0
+    around_engine = data_path + generator_overhead
+    around_cost = cpu_cost_per_hour(cores_per_users(around_engine), core_price)
+
+    costs: dict[str, float | None] = {"warp_cpu": warp_cost(demo), "warp_cpu_closeup": warp_cost(close)}
+    student: dict[str, Any] = {}
+    if tiny is not None:
+        engine_cores = tiny["threads"] * fps / tiny["frames_per_s"]
+        student["tiny"] = {
+            **tiny,
+            "sessions_per_device": sessions_per_device(tiny["frames_per_s"], fps),
+            "engine_cores_per_session": round(engine_cores, 4),
+        }
+        costs["student_tiny_cpu"] = round(
+            cpu_cost_per_hour(cores_per_users(engine_cores), core_price) + around_cost, 2
+        )
+    h100_sessions = sessions_per_device(PAPER_H100["frames_per_s"], fps)
+    h100_count = devices_for(USERS, h100_sessions)
+    student["paper"] = {
+        **PAPER_H100,
+        "sessions_per_device": h100_sessions,
+        "devices_per_1000_users": h100_count,
+    }
+    costs["student_paper_h100"] = (
+        round(h100_count * gpu_price + around_cost, 2) if h100_count is not None else None
+    )
+    assumptions = [
+        f"{fps:g} fps per user; one user = one session; {USERS} users all streaming at once",
+        f"CPU core price {core_price} $/core-hour and GPU price {gpu_price} $/GPU-hour are assumptions "
+        "(flags), not measured",
+        "CPU cost is fractional: sessions share cores freely, so cores = cores per session x users "
+        "(no headroom, no packing loss); a GPU session cannot be split, so GPUs = ceil(users / "
+        "whole sessions per GPU)",
+        "cpu_core_per_session is measured with ONE session on this machine: each process's fixed "
+        "cost (event loop, health endpoint, logs, the idle garment service; see idle_cores) is all "
+        "charged to it, which overstates the marginal cost of a session on a shared worker",
+        "the nats-server's CPU is counted as a stage (nats_server); the camera and viewer (this "
+        "process: drawing and JPEG-encoding the camera frames) are the users' devices and are not "
+        "counted (client_cores_not_counted in each window)",
+        "headline warp figures are the demo framing (person ~200 px tall in 640x480); the close-up "
+        "(person fills the frame) is reported beside it",
+        "student paths: engine cost plus the data path measured here (ingest, preprocess, garments, "
+        "nats-server from the warp demo window) plus the generator process without rendering (the "
+        "sim backend window); the student's own output encoding at its size is not measured",
+        "student tiny is 64x64 pixels, not 640x480: a toy-sized model measured on this CPU with "
+        "torch's threads all given to one session, no batching (the generator does not batch sessions)",
+        f"student paper figures are not measured here: {PAPER_H100['source']} (random weights, "
+        "1280x704, bf16); batching 2 sessions gave 0.941x there, so one session per H100 at 15 fps",
+        "prices exclude memory, network, storage and idle capacity",
+    ]
+    return {
+        "bench": "capacity",
+        "fps": fps,
+        "framing": "demo",
+        "cpu_core_per_session": demo["cpu_core_per_session"],
+        "cpu_ms_per_frame": demo["cpu_ms_per_frame"],
+        "sessions_per_core": round(1 / per_session, 3),
+        "users_per_machine": math.floor(cpus / per_session),
+        "cores_per_1000_users": round(cores_per_users(per_session), 1),
+        "cost_per_1000_users_per_hour": costs,
+        "prices": {"cpu_core_per_hour": core_price, "gpu_per_hour": gpu_price, "currency": "USD"},
+        "student_cpu_cores_per_session_besides_engine": round(around_engine, 4),
+        "framings": {
+            "demo": demo,
+            "closeup": {**close, "image": args.image or f"bus.jpg crop {CLOSEUP_BOX}"},
+        },
+        "generator_without_rendering": sim,
+        "idle_cores": measured["idle"],
+        "student": student,
+        "assumptions": assumptions,
+        "seconds": args.seconds,
+        "machine": _machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="chameleon bench capacity",
+        description="Users per machine and cost per 1,000 concurrent users, from measured figures.",
+    )
+    p.add_argument("--json", action="store_true", help="print only the JSON report")
+    p.add_argument("--seconds", type=float, default=20.0, help="measured window per framing")
+    p.add_argument("--idle-seconds", type=float, default=5.0, help="idle window before any session")
+    p.add_argument("--fps", type=float, default=15.0)
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--image", help="close-up photo (default: the person cropped from bus.jpg)")
+    p.add_argument("--garment", default="tee-red-solid")
+    p.add_argument("--gpu-price-per-hour", type=float, default=2.5, help="assumed $ per GPU-hour")
+    p.add_argument("--cpu-core-price-per-hour", type=float, default=0.04, help="assumed $ per core-hour")
+    p.add_argument("--engine-iters", type=int, default=10, help="timed tiny engine steps")
+    p.add_argument("--skip-student", action="store_true", help="no tiny engine run")
+    p.add_argument("--skip-sim", action="store_true", help="no sim-backend window")
+    p.add_argument("--logs", default="out/logs/capacity", help="folder for service logs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    measured = measure_pipeline(args)
+    tiny = None if args.skip_student else measure_tiny(args.engine_iters)
+    report = summarise(measured, tiny, args)
+    if not args.json:
+        for key, value in report.items():
+            print(f"{key:>30}: {value}", file=sys.stderr)
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
