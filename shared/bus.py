@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared.auth import NatsCredentials
 from shared.headers import FrameMeta
 from shared.logging import get_logger
 from shared.schemas import Event
@@ -60,18 +61,32 @@ class NatsUnavailable(ConnectionError):
         super().__init__(f"NATS at {','.join(urls)} unreachable after {waited_s:g} s")
 
 
+class NatsRefused(NatsUnavailable):
+    """The server answered but refused the credentials (wrong, expired or revoked)."""
+
+    def __init__(self, urls: list[str], reason: str) -> None:
+        ConnectionError.__init__(self, f"NATS at {','.join(urls)} refused the credentials ({reason})")
+        self.urls = urls
+        self.waited_s = 0.0
+
+
 async def connect(
     url: str,
     name: str,
     state: ConnectionState | None = None,
     give_up_after_s: float | None = None,
+    *,
+    credentials: NatsCredentials | None = None,
 ) -> NATS:
     """Connect with unlimited reconnects across every server of ``url`` (comma-separated for a
     cluster), logging every state change.
 
     Without ``give_up_after_s`` the first connect also retries forever (a service waits for its
     server); with it, connecting stops after that many seconds with ``NatsUnavailable``, so a
-    command line never hangs on a server that is not there."""
+    command line never hangs on a server that is not there, and at the first refusal of its
+    credentials with ``NatsRefused``. ``credentials`` None: those of the environment
+    (``CHAMELEON_NATS_USER``/``CHAMELEON_NATS_PASSWORD`` or ``CHAMELEON_TOKEN``; none: open mode)."""
+    credentials = NatsCredentials.from_env() if credentials is None else credentials
     state = state or ConnectionState()
     servers = [u.strip() for u in url.split(",") if u.strip()]
     if not servers:
@@ -79,6 +94,7 @@ async def connect(
     nc = NATS()
     attempts = 0
     connected_once = False
+    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def disconnected() -> None:
         state.disconnects += 1
@@ -103,6 +119,8 @@ async def connect(
             return
         # Still connecting for the first time: the retry is expected, one line says so. A bounded
         # caller reports the outcome itself (NatsUnavailable), so its retries stay at debug.
+        if "authorization violation" in reason.lower() and not refused.done():
+            refused.set_result(reason.removeprefix("nats: ").strip("'"))
         attempts += 1
         quiet = give_up_after_s is not None or attempts > 1
         (log.debug if quiet else log.warning)("nats_connect_retry", client=name, error=reason)
@@ -122,16 +140,29 @@ async def connect(
         reconnected_cb=reconnected,
         error_cb=error,
         closed_cb=closed,
+        **credentials.connect_options(),
     )
     if give_up_after_s is None:
         await attempt
     else:
-        try:
-            await asyncio.wait_for(attempt, give_up_after_s)
-        except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
+        connecting = asyncio.ensure_future(attempt)
+        try:  # whichever comes first: connected, refused, or out of time
+            await asyncio.wait(
+                {connecting, refused}, timeout=give_up_after_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting})
+        failure = None if connecting.cancelled() else connecting.exception()
+        if connecting.cancelled() or failure is not None:
             with contextlib.suppress(Exception):
                 await nc.close()
-            raise NatsUnavailable(servers, give_up_after_s) from exc
+            if refused.done():
+                raise NatsRefused(servers, refused.result()) from failure
+            if failure is None or isinstance(failure, (TimeoutError, OSError, nats.errors.NoServersError)):
+                raise NatsUnavailable(servers, give_up_after_s) from failure
+            raise failure
     connected_once = True
     state.set(True)
     return nc

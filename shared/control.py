@@ -7,8 +7,11 @@ stream's duplicate window); consumers also skip event ids they already applied.
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -74,16 +77,36 @@ async def publish_control(
     control: Control,
     replicas: int = 1,
     timeout_s: float = PUBLISH_TIMEOUT_S,
+    ensure_stream: bool = True,
+    deadline_s: float = 15.0,
 ) -> int:
     """Store a control event durably; returns its stream sequence. Each JetStream request waits at
-    most ``timeout_s`` (``nats.errors.TimeoutError``): a caller never hangs on a stream without a
-    leader."""
+    most ``timeout_s`` (``nats.errors.TimeoutError``), and a publish that timed out is sent again
+    with the same event id until ``deadline_s`` (a cluster electing a new stream leader): a caller
+    never hangs, and the event is stored once. ``ensure_stream`` False: publish only, as a session
+    client must (its token allows the publish and nothing of the stream API; the generator creates
+    the stream)."""
     js = nc.jetstream(timeout=timeout_s)
+    subject, payload = subjects.control(control.session_id), control.encode()
+    headers = {"Nats-Msg-Id": control.event_id}
+    deadline = time.monotonic() + max(deadline_s, timeout_s)
+    while True:
+        try:
+            return (await js.publish(subject, payload, headers=headers)).seq
+        except nats.js.errors.NoStreamResponseError:
+            if not ensure_stream:
+                raise
+            break
+        except nats.errors.TimeoutError:
+            # a stream whose leader was lost answers again once a new one is elected (seconds);
+            # the same event id again is stored once (the stream's duplicate window)
+            if time.monotonic() + timeout_s > deadline:
+                raise
+    # no stream yet (a fresh deployment): create it, then store the event. The stream is not
+    # checked before every publish: that would be one more JetStream request per swap, and one
+    # more to time out while a cluster elects a new leader.
     await ensure_control_stream(js, subjects, replicas)
-    ack = await js.publish(
-        subjects.control(control.session_id), control.encode(), headers={"Nats-Msg-Id": control.event_id}
-    )
-    return ack.seq
+    return (await js.publish(subject, payload, headers=headers)).seq
 
 
 def swap(session_id: str, garment_id: str, event_id: str | None = None) -> Control:

@@ -1,7 +1,9 @@
 """Structured events for a session: errors and status, logged and published together.
 
 Errors are rate-limited per (session, code): a camera sending garbage at 30 fps produces one
-event per ``min_interval_s`` carrying the count of suppressed repeats, not a flood.
+event per ``min_interval_s`` carrying the count of suppressed repeats, not a flood. Their log
+lines are rate-limited per service as well (per code): junk sent under a new session id per
+message would otherwise still cost a line per message.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from nats.aio.client import Client as NATS
 
 from shared.bus import publish_event
 from shared.headers import now_ns
-from shared.logging import get_logger
+from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Event
 from shared.subjects import InvalidSessionId, Subjects, validate_session_id
 
@@ -28,12 +30,13 @@ class EventPublisher:
         self.min_interval_s = min_interval_s
         self._last: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
+        self._lines = RateLimitedLog(log, min_interval_s, burst=3)
 
     async def emit(self, kind: str, session_id: str, code: str, message: str = "", **data: Any) -> None:
         try:
             validate_session_id(session_id)
         except InvalidSessionId:
-            log.warning("event_for_invalid_session", kind=kind, code=code, session_id=session_id[:80])
+            self._lines.warning("event_for_invalid_session", kind=kind, code=code, session_id=session_id[:80])
             return
         event = Event(
             kind=kind,
@@ -54,7 +57,9 @@ class EventPublisher:
             return
         self._last[key] = now
         repeats = self._suppressed.pop(key, 0)
-        log.warning("session_error", session_id=session_id, code=code, error=message, suppressed=repeats)
+        self._lines.warning(
+            "session_error", key=code, session_id=session_id, code=code, error=message, suppressed=repeats
+        )
         await self.emit("error", session_id, code, message, suppressed=repeats, **data)
 
     async def status(self, session_id: str, code: str, message: str = "", **data: Any) -> None:

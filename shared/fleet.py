@@ -35,7 +35,7 @@ from typing import ClassVar
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared.errors import CodedError
@@ -89,6 +89,17 @@ class Ownership(Message):
     reason: str = "placed"  # placed (session start), failover (lease lapsed), drain (handed over)
     previous: str = ""  # the worker it came from
     ready: bool = False  # the owner has subscribed to the session: its frames are not lost
+
+
+WRONG_LAST_SEQUENCE = (10071, 10164)  # JetStream's "wrong last sequence" error codes
+
+
+def _lost_race(exc: Exception) -> bool:
+    """A compare-and-set that lost: nats-py raises KeyWrongLastSequenceError from update/create
+    but a plain APIError (code 10071) from delete."""
+    return isinstance(exc, KeyWrongLastSequenceError) or (
+        isinstance(exc, APIError) and exc.err_code in WRONG_LAST_SEQUENCE
+    )
 
 
 def lease_key(stage: str, worker_id: str) -> str:
@@ -183,6 +194,8 @@ class FleetView:
         self.owners: dict[tuple[str, str], tuple[Ownership, int]] = {}
         self.listeners: list[OwnerChange] = []
         self.changed = asyncio.Event()  # set on every owner-record change (waiters clear it)
+        self.last_update: dict[str, float] = {}  # bucket -> when its watch last delivered (monotonic)
+        self.stall_s = 2.0  # a registry watch silent this long (leases renew 4x a lease) is reopened
         self.ready = asyncio.Event()
         self._synced: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -194,6 +207,7 @@ class FleetView:
                 self._watch(self.workers_kv, "workers", self._on_lease), name="fleet:workers"
             ),
             asyncio.create_task(self._watch(self.owners_kv, "owners", self._on_owner), name="fleet:owners"),
+            asyncio.create_task(self._watchdog(), name="fleet:watchdog"),
         ]
         await asyncio.wait_for(self.ready.wait(), timeout_s)
         return self
@@ -207,8 +221,25 @@ class FleetView:
             with contextlib.suppress(Exception):
                 await watcher.stop()
 
+    async def _watchdog(self) -> None:
+        """Reopen both watches when the registry's has gone quiet: leases are renewed four times a
+        lease, so silence means the watch's consumer sat on a lost node (nats-py's ordered
+        consumer would only notice after two missed 5 s heartbeats, 10-18 s of a stale view)."""
+        while True:
+            await asyncio.sleep(self.stall_s / 2)
+            quiet = time.monotonic() - self.last_update.get("workers", time.monotonic())
+            now = time.time_ns()
+            if quiet > self.stall_s and any(w.alive(now - int(quiet * 1e9)) for w in self.leases.values()):
+                log.warning("fleet_watch_stalled", quiet_s=round(quiet, 1))
+                self.last_update["workers"] = time.monotonic()
+                for name, watcher in list(self._watchers.items()):
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()  # ends its loop in _watch, which opens a new one
+                    self._watchers.pop(name, None)
+
     async def _watch(self, kv: KeyValue, name: str, apply: Callable[[str, bytes | None, int], None]) -> None:
-        """Follow one bucket for ever; a watch that breaks (a node lost) is opened again."""
+        """Follow one bucket for ever; a watch that breaks or is stopped by the watchdog (a node
+        lost) is opened again and replays the bucket's current contents."""
         while True:
             try:
                 old = self._watchers.pop(name, None)
@@ -216,7 +247,9 @@ class FleetView:
                     with contextlib.suppress(Exception):
                         await old.stop()
                 watcher = self._watchers[name] = await kv.watchall()
+                self.last_update[name] = time.monotonic()
                 async for entry in watcher:
+                    self.last_update[name] = time.monotonic()
                     if entry is None:  # the bucket's contents so far have all arrived
                         self._synced.add(name)
                         if self._synced >= {"workers", "owners"}:
@@ -224,6 +257,7 @@ class FleetView:
                         continue
                     deleted = entry.operation in KV_DELETES
                     apply(entry.key, None if deleted else entry.value, entry.revision or 0)
+                await asyncio.sleep(0.05)  # stopped: open it again
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -285,6 +319,35 @@ class FleetView:
     def sessions_of(self, stage: str, worker_id: str) -> list[str]:
         return [sid for (s, sid), (o, _) in self.owners.items() if s == stage and o.worker_id == worker_id]
 
+    async def confirm_lapsed(self, stage: str, worker_id: str) -> bool:
+        """Read a lease straight from the bucket before acting on its lapse: the watch may be
+        stale (a lost node), and re-placing a live worker's session makes two owners fight."""
+        try:
+            entry = await self.workers_kv.get(lease_key(stage, worker_id))
+        except KeyNotFoundError:
+            self.leases.pop((stage, worker_id), None)
+            return True
+        except Exception:
+            return False  # cannot tell: do nothing now, the next sweep looks again
+        if not entry.value:
+            return True
+        try:
+            lease = WorkerLease.decode(entry.value)
+        except SchemaError:
+            return True
+        if lease.alive(time.time_ns()):
+            self.leases[(stage, worker_id)] = lease
+            self.lease_seen[(stage, worker_id)] = time.monotonic()
+            return False
+        return True
+
+    def registry_stale(self, stage: str, now_ns: int | None = None) -> bool:
+        """No worker of ``stage`` looks alive: the registry itself is not being renewed (its
+        JetStream leader is being re-elected after a node loss), or every worker is gone. Either
+        way re-placing sessions cannot help, and existing owners are kept."""
+        now = time.time_ns() if now_ns is None else now_ns
+        return not any(w.alive(now) for w in self.workers(stage))
+
     def owner_alive(self, stage: str, session_id: str, now_ns: int | None = None) -> bool:
         held = self.owner(stage, session_id)
         if held is None:
@@ -326,8 +389,10 @@ async def assign(
             revision = await view.owners_kv.create(key, record.encode())
         else:
             revision = await view.owners_kv.update(key, record.encode(), last=expected[1])
-    except KeyWrongLastSequenceError:
-        return None
+    except Exception as exc:
+        if _lost_race(exc):
+            return None
+        raise
     view.record(stage, session_id, record, revision)
     return record
 
@@ -339,8 +404,12 @@ async def unassign(view: FleetView, stage: str, session_id: str, worker_id: str)
         return False
     try:
         await view.owners_kv.delete(owner_key(stage, session_id), last=held[1])
-    except (KeyWrongLastSequenceError, KeyNotFoundError):
+    except KeyNotFoundError:
         return False
+    except Exception as exc:
+        if _lost_race(exc):
+            return False
+        raise
     view.record(stage, session_id, None, held[1] + 1)
     return True
 
@@ -360,16 +429,30 @@ class Admission:
 
     def admitted(self, session_id: str) -> bool:
         now = time.time_ns()
-        return all(self.view.owner_alive(stage, session_id, now) for stage in self.stages)
+        return all(
+            self.view.owner_alive(stage, session_id, now)
+            or (self.view.owner(stage, session_id) is not None and self.view.registry_stale(stage, now))
+            for stage in self.stages
+        )
 
     async def admit(self, session_id: str, backend: str = "") -> dict[str, Ownership]:
-        """Owners for every stage (existing live ones are kept); raises ``CodedError``.
+        """Owners for every stage (existing live ones are kept); raises ``CodedError`` (also
+        ``unavailable`` when JetStream cannot be reached, e.g. during a leader election).
 
         One placement at a time in this process: two sessions placed at once would both see the
         same free slot. (Placers in several processes can still meet; a worker's own
         ``max_sessions`` check is the backstop, see docs/fleet.md.)"""
         async with self._lock:
-            return await self._admit(session_id, backend)
+            try:
+                return await self._admit(session_id, backend)
+            except CodedError:
+                raise
+            except Exception as exc:
+                raise CodedError(
+                    "unavailable",
+                    f"placement failed ({type(exc).__name__}); retry in {self.retry_after_s:g} s",
+                    retry_after_s=self.retry_after_s,
+                ) from None
 
     async def _admit(self, session_id: str, backend: str) -> dict[str, Ownership]:
         placed: dict[str, Ownership] = {}
@@ -379,7 +462,10 @@ class Admission:
             for _attempt in range(3):
                 now = time.time_ns()
                 held = self.view.owner(stage, session_id)
-                if held is not None and self.view.owner_alive(stage, session_id, now):
+                if held is not None and (
+                    self.view.owner_alive(stage, session_id, now)
+                    or not await self.view.confirm_lapsed(stage, held[0].worker_id)
+                ):
                     placed[stage] = held[0]
                     break
                 chosen = place(
@@ -390,6 +476,15 @@ class Admission:
                     backend=backend if stage == "generator" else "",
                     prefer_host=host,
                 )
+                if chosen is None and self.view.workers(stage):
+                    chosen = await self._place_confirmed(session_id, stage, backend, host)
+                if chosen is None and self.view.workers(stage) and self.view.registry_stale(stage):
+                    raise CodedError(
+                        "unavailable",
+                        f"the {stage} registry is not being renewed (a NATS node was lost?); "
+                        f"retry in {self.retry_after_s:g} s",
+                        retry_after_s=self.retry_after_s,
+                    )
                 if chosen is None:
                     for done_stage, worker in created:  # nothing half-placed
                         await unassign(self.view, done_stage, session_id, worker)
@@ -399,7 +494,8 @@ class Admission:
                         retry_after_s=self.retry_after_s,
                         stage=stage,
                     )
-                record = await assign(self.view, stage, session_id, chosen.worker_id, "placed", held)
+                reason = "failover" if held is not None else "placed"
+                record = await assign(self.view, stage, session_id, chosen.worker_id, reason, held)
                 if record is not None:
                     placed[stage] = record
                     created.append((stage, chosen.worker_id))
@@ -409,6 +505,22 @@ class Admission:
                 raise CodedError("unavailable", f"could not place {stage} for {session_id!r}: contended")
         await self._until_ready(session_id, self.ready_timeout_s)
         return placed
+
+    async def _place_confirmed(
+        self, session_id: str, stage: str, backend: str, host: str
+    ) -> WorkerLease | None:
+        """Before answering at_capacity: read the leases straight from the bucket (the watch may
+        be stale after a node loss and show live workers as lapsed)."""
+        for worker in self.view.workers(stage):
+            await self.view.confirm_lapsed(stage, worker.worker_id)
+        return place(
+            session_id,
+            self.view.workers(stage),
+            self.view.owned(stage),
+            time.time_ns(),
+            backend=backend if stage == "generator" else "",
+            prefer_host=host,
+        )
 
     async def _until_ready(self, session_id: str, timeout_s: float) -> None:
         """Wait until every owner has subscribed, so the session's first frames are not lost."""
@@ -622,6 +734,8 @@ class FleetMember:
         for (stage, session_id), held in list(self.view.owners.items()):
             if stage != self.stage or self.view.owner_alive(stage, session_id, now):
                 continue
+            if not await self.view.confirm_lapsed(stage, held[0].worker_id):
+                continue  # the watch was behind: that worker is alive
             owned = self.view.owned(stage)
             chosen = place(session_id, self.view.workers(stage), owned, now, backend=self.backend)
             if chosen is None:
@@ -661,7 +775,12 @@ class FleetMember:
             mine = record is not None and record.worker_id == self.worker_id
             self._busy = True
             try:
-                if mine and session_id not in self.serving:
+                if mine and session_id not in self.serving and len(self.serving) >= self.capacity:
+                    # placed here by a placer that did not see our last slot go: give it back
+                    # (the next frame's admission places it elsewhere)
+                    log.warning("session_over_capacity_returned", session_id=session_id)
+                    await unassign(self.view, self.stage, session_id, self.worker_id)  # type: ignore[arg-type]
+                elif mine and session_id not in self.serving:
                     assert record is not None
                     self.serving[session_id] = record
                     await self._on_serve(session_id, record)

@@ -9,6 +9,7 @@ on different hosts.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -26,6 +27,13 @@ H_GARMENT = "Chameleon-Garment"
 H_EPOCH = "Chameleon-Epoch"  # the producing owner's epoch (docs/fleet.md)
 
 MAX_TRACE_STAMPS = 32  # a frame that has been through more stages than this is misrouted
+# Bounds of the integer headers: every value must survive msgpack (int64) and a JSON client
+# (doubles: 2^53), and a frame side more than a JPEG can declare is a lie.
+MAX_SEQ = 2**53 - 1
+MAX_EPOCH = 2**53 - 1
+MAX_NS = 2**63 - 1  # capture time and trace stamps: wall-clock nanoseconds as int64
+MAX_FRAME_SIDE = 65_535
+_DIGITS = re.compile(r"[0-9]{1,19}")  # plain decimal: no sign, spaces or underscores int() takes
 
 
 class HeaderError(ValueError):
@@ -124,16 +132,13 @@ class FrameMeta:
         missing = [k for k in (H_SESSION, H_SEQ, H_CAPTURE_NS) if k not in headers]
         if missing:
             raise HeaderError(f"missing frame headers: {', '.join(missing)}")
-        try:
-            seq = int(headers[H_SEQ])
-            capture = int(headers[H_CAPTURE_NS])
-            width = int(headers.get(H_WIDTH, "0"))
-            height = int(headers.get(H_HEIGHT, "0"))
-            epoch = int(headers.get(H_EPOCH, "0"))
-        except ValueError as exc:
-            raise HeaderError(f"non-integer frame header: {exc}") from exc
-        if seq < 0 or capture <= 0 or width < 0 or height < 0 or epoch < 0:
-            raise HeaderError("negative sequence, timestamp or size in frame headers")
+        seq = _bounded_int(headers, H_SEQ, MAX_SEQ)
+        capture = _bounded_int(headers, H_CAPTURE_NS, MAX_NS)
+        width = _bounded_int(headers, H_WIDTH, MAX_FRAME_SIDE)
+        height = _bounded_int(headers, H_HEIGHT, MAX_FRAME_SIDE)
+        epoch = _bounded_int(headers, H_EPOCH, MAX_EPOCH)
+        if capture == 0:
+            raise HeaderError(f"{H_CAPTURE_NS} must be positive")
         return cls(
             session_id=headers[H_SESSION],
             seq=seq,
@@ -146,6 +151,15 @@ class FrameMeta:
         )
 
 
+def _bounded_int(headers: Mapping[str, str], name: str, maximum: int) -> int:
+    """An integer header in ``0..maximum`` (absent: 0). A bigger one is refused here, once, instead
+    of failing every later stage that packs it (msgpack stops at 2^64)."""
+    raw = headers.get(name, "0")
+    if not _DIGITS.fullmatch(raw) or int(raw) > maximum:
+        raise HeaderError(f"{name} must be an integer in 0..{maximum}, not {raw[:32]!r}")
+    return int(raw)
+
+
 def _parse_trace(raw: str) -> list[Stamp]:
     if not raw:
         return []
@@ -154,9 +168,11 @@ def _parse_trace(raw: str) -> list[Stamp]:
         try:
             key, value = part.split("=", 1)
             stage, edge = key.rsplit(".", 1)
+            if not _DIGITS.fullmatch(value) or int(value) > MAX_NS:
+                raise ValueError(value)
             stamps.append(Stamp(stage, edge, int(value)))
         except ValueError as exc:
-            raise HeaderError(f"bad trace entry {part!r}") from exc
+            raise HeaderError(f"bad trace entry {part[:80]!r}") from exc
         if edge not in ("in", "out"):
             raise HeaderError(f"bad trace edge in {part!r}")
     if len(stamps) > MAX_TRACE_STAMPS:

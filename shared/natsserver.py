@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from shared.auth import ServerAuth
+
 DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
 _READY = re.compile(r"Server is ready")
 _LISTENING = re.compile(r"Listening for client connections on \S+:(\d+)")
@@ -81,7 +83,9 @@ class EmbeddedNats:
 
     ``port`` 0: the server picks a free one on its first start and keeps it across restarts.
     With ``cluster`` it is one node of an ``EmbeddedCluster`` (named ``server_name``), and serves
-    its HTTP monitor on a port it picks (``monitor_port``) so the cluster can ask it for /healthz."""
+    its HTTP monitor on a port it picks (``monitor_port``) so the cluster can ask it for /healthz.
+    With ``auth`` the config gains accounts, service users and the auth callout (docs/security.md);
+    without it the server is open, as every test fixture wants."""
 
     def __init__(
         self,
@@ -92,6 +96,7 @@ class EmbeddedNats:
         *,
         server_name: str = "",
         cluster: ClusterRoutes | None = None,
+        auth: ServerAuth | None = None,
     ) -> None:
         self.port = port
         self._own_dir = store_dir is None
@@ -100,6 +105,7 @@ class EmbeddedNats:
         self.ready_timeout_s = ready_timeout_s
         self.server_name = server_name
         self.cluster = cluster
+        self.auth = auth
         self.monitor_port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._store_lock: IO[str] | None = None
@@ -135,6 +141,10 @@ class EmbeddedNats:
                 f"  routes: [{routes}]",
                 "}",
             ]
+        if self.auth is not None:
+            lines += self.auth.config_lines()
+        conf.touch(mode=0o600)  # it may hold the service users' passwords
+        conf.chmod(0o600)
         conf.write_text("\n".join(lines) + "\n")
         return conf
 
@@ -271,6 +281,7 @@ class EmbeddedCluster:
         name: str = "chameleon",
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         ready_timeout_s: float = 30.0,
+        auth: ServerAuth | None = None,
     ) -> None:
         if size < 2:  # a clustered JetStream refuses to start without routes to peers
             raise ValueError(f"a cluster needs at least two nodes, not {size}: use EmbeddedNats")
@@ -286,6 +297,7 @@ class EmbeddedCluster:
                 ready_timeout_s=ready_timeout_s,
                 server_name=f"{name}-{i}",
                 cluster=ClusterRoutes(name, port, tuple(p for p in route_ports if p != port)),
+                auth=auth,
             )
             for i, port in enumerate(route_ports)
         ]

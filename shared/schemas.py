@@ -278,3 +278,5 @@ class SessionState(Message):
     # when the swap in effect was published: an older swap delivered late (redelivered after
     # its worker died) is superseded, never shown over a newer one
     swap_published_ns: int = 0
+    # the swap in effect but not yet shown (its swap_applied not yet sent): a new owner answers it
+    pending_event_id: str = ""

@@ -24,8 +24,11 @@ from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
 from shared.errors import CodedError
 from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError
+from shared.logging import RateLimitedLog, get_logger
 from shared.service import ServiceContext
 from shared.subjects import Channel
+
+log = get_logger("stage")
 
 
 @dataclass
@@ -86,6 +89,8 @@ class FrameStage:
         self.owner: Owner | None = None  # set by a stateful stage: only the owner publishes
         self._served: dict[str, Subscription] = {}
         self._upstream_epoch: dict[str, int] = {}
+        self._through: set[str] = set()  # sessions with a frame published since they last went idle
+        self._lines = RateLimitedLog(log)  # per service: made-up session ids cost no line each
         self.slots = LatestFrameSlots(
             self.on_frame,
             idle_s=idle_s,
@@ -96,10 +101,13 @@ class FrameStage:
     async def start(self, all_sessions: bool = True) -> Subscription | None:
         """Take every session's frames (a stateless stage), or, with ``all_sessions=False``, only
         those of the sessions ``serve`` is called for (a stateful stage in the fleet)."""
-        if all_sessions:
-            return await self.ctx.subscribe_frames(self.inbound, self.slots)
         self.ctx.conn.listeners.append(self._on_connection)
-        return None
+        if not all_sessions:
+            return None
+        subject = self.ctx.subjects.all_sessions(self.inbound)
+        return await subscribe_frames(
+            self.ctx.nc, subject, self.ctx.subjects, self.slots, on_bad_subject=self.bad_subject
+        )
 
     def _on_connection(self, connected: bool) -> None:
         if not connected and (stale := self.slots.clear()):
@@ -118,6 +126,7 @@ class FrameStage:
         sub = self._served.pop(session_id, None)
         self.slots.discard(session_id)
         self._upstream_epoch.pop(session_id, None)
+        self._through.discard(session_id)
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -183,6 +192,7 @@ class FrameStage:
                 self.drop(session_id, "disconnected")
                 continue
             spent_s = (out.meta.trace[-1].ns - t_in) / 1e9
+            self._through.add(session_id)
             stats.frames_out += 1
             stats.latency_ms.append(spent_s * 1e3)
             self.ctx.metrics.frames_out.inc()
@@ -192,10 +202,24 @@ class FrameStage:
 
     async def reject(self, session_id: str, code: str, message: str, **data: object) -> None:
         """A frame that cannot be used: counted, a metric by code, and a rate-limited error event
-        (which also logs, rate-limited, bound to the session)."""
-        self.ctx.stats[session_id].rejected += 1
+        (which also logs, rate-limited, bound to the session).
+
+        A session none of whose frames has got through gets no summary line of its own: junk under
+        a new session id per message would cost one per message. Its rejections are in the metric,
+        its events and the error lines."""
+        if session_id in self._through:
+            self.ctx.stats[session_id].rejected += 1
+        else:
+            self.ctx.stats.forget(session_id)
         self.ctx.metrics.rejected(code)
         await self.events.error(session_id, code, message, **data)
+
+    def bad_subject(self, subject: str) -> None:
+        """A frame on a subject whose session token is no valid session id (too long, ``a$b``,
+        ``*``, ``_svc``): there is no session to answer, so it is counted under
+        ``bad_session_id`` and logged, rate-limited per service."""
+        self.ctx.metrics.rejected("bad_session_id")
+        self._lines.warning("bad_session_id", subject=subject[:120])
 
     def drop(self, session_id: str, reason: str) -> None:
         self.ctx.stats[session_id].dropped += 1
@@ -203,6 +227,7 @@ class FrameStage:
 
     async def _idle(self, session_id: str) -> None:
         self._upstream_epoch.pop(session_id, None)
+        self._through.discard(session_id)
         if self._on_idle is not None:
             await self._on_idle(session_id)
         self.ctx.stats.forget(session_id)

@@ -1,6 +1,11 @@
 """The demo's quality figures, measured from what its client received: ghosting two frames after
 each swap, PSNR outside the garment pooled over the stream, and a contact sheet around each swap.
 
+Ghosting only means something when the output is the camera's scene with a garment drawn on it:
+an output that does not resemble its input outside the garment (a whole frame generated at low
+resolution, colour blobs) shows no old garment either, and would score a perfectly "clean" swap.
+So below ``RESEMBLES_INPUT_MIN_DB`` the swap figures are reported as not applicable, never as 0.
+
 ``chameleon demo`` runs the pipeline and calls ``demo_quality`` once the stream is over; the
 per-image measures it builds on live in ``tools.quality``.
 """
@@ -23,6 +28,9 @@ from tools.quality import contact_sheet, garment_pixels, ghost_ratio
 
 Colours = Mapping[str, Sequence[tuple[int, int, int]]]  # garment id -> dominant BGR colours
 MIN_GARMENT_PIXELS = 50  # fewer shown garment pixels than this: too few to judge a swap by
+# PSNR outside the garment below this: not the camera's scene (JPEG alone keeps it above 35 dB;
+# another photo, or the same one blurred beyond recognition, scores near 10-20 dB)
+RESEMBLES_INPUT_MIN_DB = 20.0
 
 
 class OutputFrame(Protocol):
@@ -63,9 +71,10 @@ class ReceivedStream:
         return (out, inp.frame_bgr, inp.garment_mask) if out.shape == inp.frame_bgr.shape else None
 
 
-def psnr_outside_garment_db(stream: ReceivedStream) -> float:
+def psnr_outside_garment_db(stream: ReceivedStream) -> float | None:
     """PSNR of every output against its own input outside the garment region (dilated by 2 px
-    for the feathered edge), pooled over all pixels of all frames; 100 when nothing differs."""
+    for the feathered edge), pooled over all pixels of all frames; 100 when nothing differs, None
+    when no output could be paired with its input (nothing was compared)."""
     sq_err, n_px = 0.0, 0
     for s in stream.seqs:
         if (p := stream.pair(s)) is None:
@@ -79,7 +88,39 @@ def psnr_outside_garment_db(stream: ReceivedStream) -> float:
         diff = out[keep].astype(np.float64) - inp[keep].astype(np.float64)
         sq_err += float((diff**2).sum())
         n_px += diff.size
-    return 100.0 if n_px == 0 or sq_err == 0 else 10 * np.log10(255.0**2 / (sq_err / n_px))
+    if n_px == 0:
+        return None
+    return 100.0 if sq_err == 0 else float(10 * np.log10(255.0**2 / (sq_err / n_px)))
+
+
+def not_applicable(psnr_db: float | None) -> str | None:
+    """Why ghosting cannot be judged on this stream, or None when it can: the output must
+    resemble its input outside the garment (``RESEMBLES_INPUT_MIN_DB``)."""
+    if psnr_db is None or psnr_db >= RESEMBLES_INPUT_MIN_DB:
+        return None
+    return (
+        f"output does not resemble its input: PSNR outside the garment {psnr_db:.1f} dB "
+        f"< {RESEMBLES_INPUT_MIN_DB:.0f} dB"
+    )
+
+
+def _shown_after(
+    stream: ReceivedStream, later: list[int], old: str | None, new: str, colours: Colours
+) -> tuple[int, np.ndarray, np.ndarray] | str:
+    """The frame a swap's ghosting is measured on: ``(seq, output, garment pixels shown)``, or
+    why there is none."""
+    if not later:
+        return "no output frame two after the swap"
+    if old is None or old == new:
+        return "no output frame with another garment before the swap"
+    s = later[0]
+    if (p := stream.pair(s)) is None or p[2] is None:
+        return f"no garment region in output frame {s}"
+    out, inp, region = p
+    shown = garment_pixels(out, inp, region, colours[old], colours[new])
+    if np.count_nonzero(shown) < MIN_GARMENT_PIXELS:
+        return f"fewer than {MIN_GARMENT_PIXELS} garment pixels shown in output frame {s}"
+    return s, out, shown
 
 
 def demo_quality(
@@ -90,17 +131,24 @@ def demo_quality(
     sheet: str = "",
 ) -> dict:
     """Ghosting two frames after each swap, and PSNR outside the garment region pooled over
-    every frame (output against its own input).
+    every frame (output against its own input). A swap that cannot be measured (no output frame
+    two after it, too little garment in view, an output that does not resemble its input) is
+    listed under ``swaps_unmeasured`` with the reason, so ``swaps_measured`` + those = the applied
+    swaps given. ``resembles_input`` is False (and ``metrics_not_applicable`` says why, the ghost
+    ratios null) when the PSNR outside the garment is under ``RESEMBLES_INPUT_MIN_DB``.
 
     Ghosting is measured on the pixels that show a garment (``garment_pixels``: in the garment
     region, nearer a garment's colours than the camera's own pixel): a pixel that still shows
     the person's own clothes is neither the old garment nor the new. With ``sheet``, a contact
-    sheet of the frame before, at and two after each measured swap is written there (PNG)."""
+    sheet of the frame before, at and two after each swap is written there (PNG)."""
     stream = ReceivedStream.of(outputs, conditioning)
+    psnr = psnr_outside_garment_db(stream)
+    why_not = not_applicable(psnr)
     seqs = stream.seqs
     garment_of = {r.meta.seq: r.meta.garment_id for r in outputs}
     ghosts: list[float] = []
     details: list[dict] = []
+    unmeasured: list[dict] = []
     rows = []
     for ev in swaps_applied:
         first = int(ev.data["first_seq"])
@@ -108,15 +156,15 @@ def demo_quality(
         before = [s for s in seqs if s < first]
         old = garment_of.get(before[-1]) if before else None
         later = [s for s in seqs if s >= first + 2]
-        if not later or old is None or old == new:
+        if sheet:
+            rows += _sheet_rows(stream, garment_of, [*before[-1:], first, *later[:1]], first)
+        measured = why_not or _shown_after(stream, later, old, new, colours)
+        if isinstance(measured, str):
+            unmeasured.append(
+                {"event_id": ev.data.get("event_id"), "to": new, "first_seq": first, "reason": measured}
+            )
             continue
-        s = later[0]
-        if (p := stream.pair(s)) is None or p[2] is None:
-            continue
-        out, inp, region = p
-        shown = garment_pixels(out, inp, region, colours[old], colours[new])
-        if np.count_nonzero(shown) < MIN_GARMENT_PIXELS:
-            continue
+        s, out, shown = measured
         ghosts.append(ghost_ratio(out, shown, colours[old], colours[new]))
         details.append(
             {
@@ -131,18 +179,33 @@ def demo_quality(
                 "ghost_ratio_2f": round(ghosts[-1], 4),
             }
         )
-        if sheet:
-            for k in (before[-1], first, s):
-                ck = conditioning(k)
-                if ck is not None:
-                    label = f"seq {k} {garment_of.get(k)}" + ("  <- swap" if k == first else "")
-                    rows.append((label, decode_jpeg(ck.frame_jpeg), decode_jpeg(stream.outputs[k].jpeg)))
     if sheet and rows:
         Path(sheet).parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(sheet, contact_sheet(rows))
     return {
         "ghost_ratio_2f": round(max(ghosts), 4) if ghosts else None,
+        # every applied swap is in exactly one of these: measured (its details) or not (why not)
+        "swaps_measured": len(details),
         "swap_details": details,
+        "swaps_unmeasured": unmeasured,
         "ghost_ratio_2f_mean": round(float(np.mean(ghosts)), 4) if ghosts else None,
-        "psnr_outside_garment_db": round(float(psnr_outside_garment_db(stream)), 2),
+        "psnr_outside_garment_db": None if psnr is None else round(psnr, 2),
+        "resembles_input": None if psnr is None else why_not is None,
+        "metrics_not_applicable": why_not,  # null: the ghost figures above mean what they say
     }
+
+
+def _sheet_rows(
+    stream: ReceivedStream, garment_of: Mapping[int, str | None], seqs: Sequence[int], swap_seq: int
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Input | output rows of the contact sheet for the frames ``seqs`` around one swap."""
+    rows = []
+    for k in seqs:
+        ck = stream.conditioning(k)
+        if ck is None or k not in stream.outputs:
+            continue
+        inp, out = decode_jpeg(ck.frame_jpeg), decode_jpeg(stream.outputs[k].jpeg)
+        if inp is not None and out is not None:
+            label = f"seq {k} {garment_of.get(k)}" + ("  <- swap" if k == swap_seq else "")
+            rows.append((label, inp, out))
+    return rows

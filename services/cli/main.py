@@ -30,6 +30,8 @@ DELEGATES: dict[tuple[str, str], str] = {
     ("bench", "garments"): "tools.bench.garments",
     ("bench", "engine"): "tools.bench.engine",
     ("bench", "capacity"): "tools.bench.capacity",
+    ("bench", "failover"): "tools.bench.failover",
+    ("bench", "load"): "tools.bench.load",
     ("inspect", "attention"): "tools.inspect_attention",
     ("eval", "swap"): "tools.training.evaluate",
 }
@@ -68,6 +70,31 @@ def _add_timeout(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_token(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CHAMELEON_TOKEN", ""),
+        help="session token from `chameleon session create` (default: CHAMELEON_TOKEN); "
+        "without one: CHAMELEON_NATS_USER/PASSWORD, or none (an open server)",
+    )
+
+
+def _credentials(args: argparse.Namespace, session_id: str):  # type: ignore[no-untyped-def]
+    """The credentials of ``--token`` (checked to be for ``session_id``), else None: the
+    environment's."""
+    from shared.auth import NatsCredentials, TokenFormatError, read_token
+
+    if not args.token:
+        return None
+    try:
+        claims = read_token(args.token)
+    except TokenFormatError as exc:
+        raise SettingsError(f"--token / CHAMELEON_TOKEN is not a session token ({exc})") from None
+    if claims.session_id != session_id:
+        raise SettingsError(f"the token is for session {claims.session_id!r}, not {session_id!r}")
+    return NatsCredentials(token=args.token)
+
+
 # -- camera / watch ---------------------------------------------------------------------------------
 def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
     p = argparse.ArgumentParser(prog="chameleon camera", description="publish camera frames")
@@ -83,7 +110,9 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--loop", action="store_true", help="with --video: loop forever")
     _add_timeout(p)
+    _add_token(p)
     args = p.parse_args(argv)
+    credentials = _credentials(args, args.session)
 
     from services.camera.client import run_camera
     from services.camera.source import Motion, MotionCamera, video_frames, webcam_frames
@@ -101,7 +130,10 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
 
     async def go() -> None:
         nc = await connect(
-            _nats_url_or_exit(settings), f"camera-{args.session}", give_up_after_s=args.timeout
+            _nats_url_or_exit(settings),
+            f"camera-{args.session}",
+            give_up_after_s=args.timeout,
+            credentials=credentials,
         )
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
@@ -129,14 +161,21 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--frames", type=int, default=None, help="stop after N frames")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     _add_timeout(p)
+    _add_token(p)
     args = p.parse_args(argv)
+    credentials = _credentials(args, args.session)
 
     from services.watch.client import Watcher
     from shared.bus import connect
     from shared.subjects import Subjects
 
     async def go() -> dict:
-        nc = await connect(_nats_url_or_exit(settings), f"watch-{args.session}", give_up_after_s=args.timeout)
+        nc = await connect(
+            _nats_url_or_exit(settings),
+            f"watch-{args.session}",
+            give_up_after_s=args.timeout,
+            credentials=credentials,
+        )
         w = Watcher(nc, Subjects(settings.subject_prefix), args.session, keep_frames=bool(args.out))
         await w.start()
         stop = asyncio.Event()
@@ -188,6 +227,11 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
         metavar="N",
         help="run an N-node JetStream cluster (3: streams and buckets get 3 replicas) instead of one server",
     )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no authorization: anyone who can reach the server may do anything (experiments only)",
+    )
     _add_timeout(p)
     args = p.parse_args(argv)
     if args.workers < 1 or args.nats_cluster < 1:
@@ -195,6 +239,20 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
     if settings.nats_url and (args.nats_cluster > 1 or args.data_dir):
         print(
             "chameleon up: NATS_URL is set, so no embedded server: --nats-cluster/--data-dir unused",
+            file=sys.stderr,
+        )
+    secure = not args.insecure and not settings.nats_url
+    if args.insecure:
+        print(
+            "chameleon up: --insecure: NATS is OPEN. Anyone who can reach it may read every session's "
+            "video, publish into any session and delete the streams. Experiments only.",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif settings.nats_url:
+        print(
+            "chameleon up: NATS_URL is set: authorization is that server's own config (docs/security.md); "
+            "services connect with CHAMELEON_NATS_USER/PASSWORD from the environment, if any",
             file=sys.stderr,
         )
     names = args.services.split(",") if args.services else available_services()
@@ -205,6 +263,7 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
         data_dir=args.data_dir or default_data_dir(),
         nats_cluster=args.nats_cluster,
         hang_timeout_s=args.hang_timeout,
+        secure=secure,
     )
     stopped = False
 
@@ -215,11 +274,25 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
     stack.start()
     try:
         if "garments" in names and not args.no_catalogue:
-            asyncio.run(_load_catalogue(stack.url, settings.subject_prefix, args.timeout))
+            asyncio.run(
+                _load_catalogue(stack.url, settings.subject_prefix, args.timeout, stack.admin_credentials)
+            )
         data_dir = str(stack.data_dir) if stack.nats is not None else None
         workers = {c.worker_id: c.health_port for c in stack.children}
-        print(json.dumps({"nats_url": stack.url, "data_dir": data_dir, "services": workers}))
-        print(f"export NATS_URL={stack.url}   # then: chameleon camera / watch; Ctrl-C stops all", flush=True)
+        auth = "on" if secure else "off"
+        print(json.dumps({"nats_url": stack.url, "data_dir": data_dir, "auth": auth, "services": workers}))
+        if secure and stack.data_dir is not None:
+            _record_url(stack.data_dir, stack.url)
+            print(
+                f"export NATS_URL={stack.url}   # then: chameleon session create NAME (a token for "
+                "camera / watch / swap --token); Ctrl-C stops all",
+                flush=True,
+            )
+        else:
+            print(
+                f"export NATS_URL={stack.url}   # then: chameleon camera / watch; Ctrl-C stops all",
+                flush=True,
+            )
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
         while not stopped:
@@ -228,16 +301,30 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
             time.sleep(0.5)
     finally:
         stack.stop()
+        if secure and stack.data_dir is not None:  # the URL it recorded is gone with it
+            (stack.data_dir / UP_RECORD).unlink(missing_ok=True)
     return 0
 
 
-async def _load_catalogue(url: str, subject_prefix: str, connect_timeout: float) -> None:
+UP_RECORD = "up.json"  # in the data dir: the URL of the running `up`, for `session create`
+
+
+def _record_url(data_dir: Path, url: str) -> None:
+    (data_dir / UP_RECORD).write_text(json.dumps({"nats_url": url, "pid": os.getpid()}) + "\n")
+
+
+async def _load_catalogue(
+    url: str,
+    subject_prefix: str,
+    connect_timeout: float,
+    credentials=None,  # type: ignore[no-untyped-def]
+) -> None:
     from services.garments.starter import load_catalogue
     from shared.bus import connect
     from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
 
-    nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout)
+    nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout, credentials=credentials)
     try:
         await load_catalogue(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
     finally:
@@ -296,7 +383,9 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--event-id", help="idempotency key (default: a new one)")
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for swap_applied (0: no wait)")
     _add_timeout(p)
+    _add_token(p)
     args = p.parse_args(argv)
+    credentials = _credentials(args, args.session)
 
     import nats.errors
     import nats.js.errors
@@ -309,7 +398,7 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
     async def go() -> int:
         subjects = Subjects(settings.subject_prefix)
         url = _nats_url_or_exit(settings)
-        nc = await connect(url, f"swap-{args.session}", give_up_after_s=args.timeout)
+        nc = await connect(url, f"swap-{args.session}", give_up_after_s=args.timeout, credentials=credentials)
         outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         msg = control.swap(args.session, args.garment, args.event_id)
 
@@ -320,8 +409,13 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
                 outcome.set_result(ev)
 
         await nc.subscribe(subjects.events(args.session), cb=on_event)
-        stored = control.publish_control(
-            nc, subjects, msg, replicas=settings.js_replicas, timeout_s=args.timeout
+        stored = control.publish_control(  # a session client may publish, not create the stream
+            nc,
+            subjects,
+            msg,
+            replicas=settings.js_replicas,
+            timeout_s=args.timeout,
+            ensure_stream=credentials is None,
         )
         unavailable = (
             asyncio.TimeoutError,
@@ -352,6 +446,59 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
     return asyncio.run(go())
 
 
+def cmd_session(argv: list[str], settings: BaseSettings) -> int:
+    """``chameleon session create SESSION``: a bearer token for one session, signed with the token
+    key of a secure ``chameleon up`` (its data dir), expiring after ``--ttl`` seconds."""
+    from datetime import datetime, timezone
+
+    from services.auth.keys import AuthKeys, KeysError
+    from services.auth.tokens import DEFAULT_TTL_S, MAX_TTL_S, mint
+    from services.cli.stack import KEYS_FILE, default_data_dir
+    from shared.auth import read_token
+    from shared.subjects import InvalidSessionId
+
+    p = argparse.ArgumentParser(prog="chameleon session", description="per-session credentials")
+    sub = p.add_subparsers(dest="action", required=True)
+    create = sub.add_parser("create", help="mint a token that opens one session and nothing else")
+    create.add_argument("session")
+    create.add_argument("--ttl", type=float, default=DEFAULT_TTL_S, help=f"seconds (at most {MAX_TTL_S:.0f})")
+    create.add_argument(
+        "--data-dir", type=Path, default=None, help=f"that of `chameleon up` (default: {default_data_dir()})"
+    )
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    args = p.parse_args(argv)
+    data_dir = args.data_dir or default_data_dir()
+    keys_file = data_dir / KEYS_FILE
+    if not keys_file.exists():
+        print(
+            f"chameleon session: no keys at {keys_file}: run `chameleon up` (secure) first", file=sys.stderr
+        )
+        return 2
+    try:
+        token = mint(AuthKeys.load(keys_file).token_seed, args.session, args.ttl)
+    except (KeysError, InvalidSessionId, ValueError) as exc:
+        print(f"chameleon session: {exc}", file=sys.stderr)
+        return 2
+    url = settings.nats_url
+    if not url and (data_dir / UP_RECORD).exists():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            url = json.loads((data_dir / UP_RECORD).read_text())["nats_url"]
+    expires = datetime.fromtimestamp(read_token(token).expires_at, timezone.utc)
+    result = {
+        "session_id": args.session,
+        "nats_url": url or None,
+        "token": token,
+        "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"export CHAMELEON_TOKEN={token}   # session {args.session}, expires {result['expires_at']}")
+        if url:
+            print(f"export NATS_URL={url}")
+    return 0
+
+
 def cmd_train(argv: list[str], settings: BaseSettings) -> int:
     """Train the small student (autoencoder, then in-context teacher forcing): docs/training.md."""
     from tools.training import train
@@ -376,6 +523,7 @@ COMMANDS: dict[str, Callable[[list[str], BaseSettings], int]] = {
     "bench": cmd_bench,
     "garments": cmd_garments,
     "swap": cmd_swap,
+    "session": cmd_session,
     "inspect": lambda argv, _settings: _delegate("inspect", argv),
     "eval": lambda argv, _settings: _delegate("eval", argv),
     "train": cmd_train,

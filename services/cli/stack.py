@@ -14,6 +14,11 @@ with SIGKILL and started again: a wedged process serves nobody. Children are ind
 dying never stops another.
 
 Used by ``chameleon up`` (everything that exists), ``chameleon demo`` and the transport benchmark.
+
+``secure`` (``up`` and ``demo`` by default; off for every other caller): the embedded server gets
+accounts, one user per service and the auth callout (docs/security.md), the auth service starts
+first, and each child connects as its own service user. The keys live in ``DATA_DIR/auth-keys.json``
+(mode 0600, made on first use) so tokens minted by ``chameleon session create`` keep working.
 """
 
 from __future__ import annotations
@@ -32,13 +37,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from services.auth.keys import AuthKeys
+from services.auth.tokens import DEFAULT_TTL_S, mint
+from shared.auth import ADMIN_USER, ENV_TOKEN, SYSTEM_USER, NatsCredentials
 from shared.logging import get_logger
 from shared.natsserver import EmbeddedCluster, EmbeddedNats, reserve_port
+from shared.subjects import DEFAULT_PREFIX, Subjects
 
 log = get_logger("stack")
 
 # Start order: the garment catalogue and the data path in pipeline order.
 SERVICE_MODULES: dict[str, str] = {
+    "auth": "services.auth.main",  # only in a secure stack, which starts it first
     "garments": "services.garments.main",
     "ingest": "services.ingest.main",
     "preprocess": "services.preprocess.main",
@@ -48,6 +58,7 @@ SERVICE_MODULES: dict[str, str] = {
 # Stateful stages: ``workers`` processes of each, among which sessions are placed (docs/fleet.md).
 SCALED_SERVICES = ("preprocess", "generator")
 MAX_JS_REPLICAS = 3
+KEYS_FILE = "auth-keys.json"  # in the data dir, beside the JetStream store
 
 
 class StackError(RuntimeError):
@@ -64,7 +75,7 @@ def _exists(module: str) -> bool:
 def available_services() -> list[str]:
     """Every service whose module exists in this checkout. The pass-through stand-in only runs
     when there is no generator yet."""
-    names = [n for n, m in SERVICE_MODULES.items() if _exists(m)]
+    names = [n for n, m in SERVICE_MODULES.items() if _exists(m) and n != "auth"]
     if "generator" in names:
         names.remove("passthrough")
     return names
@@ -113,6 +124,8 @@ class Stack:
     restart_min_s: float = 0.5
     restart_max_s: float = 10.0
     healthy_reset_s: float = 30.0  # healthy this long: the back-off starts again from the minimum
+    secure: bool = False  # authorization on: service users, auth callout, the auth service
+    keys: AuthKeys | None = None  # secure: given, else DATA_DIR/auth-keys.json, else fresh ones
     nats: EmbeddedNats | EmbeddedCluster | None = None
     children: list[Child] = field(default_factory=list)
 
@@ -124,13 +137,23 @@ class Stack:
         unknown = [n for n in self.services if n not in SERVICE_MODULES]
         if unknown:
             raise StackError(f"unknown service {unknown[0]!r}; known: {', '.join(SERVICE_MODULES)}")
+        if self.secure and self.nats_url:
+            raise StackError("a secure stack configures its own embedded server: unset NATS_URL")
+        auth = None
+        if self.secure:
+            if self.keys is None and self.data_dir is not None:
+                self.keys = AuthKeys.load_or_create(self.data_dir / KEYS_FILE)
+            elif self.keys is None:  # a temporary store: keys as short-lived as the server
+                self.keys = AuthKeys.generate()
+            auth = self.keys.server_auth(self.subjects)
         if not self.nats_url:
             if self.nats_cluster > 1:
-                self.nats = EmbeddedCluster(self.nats_cluster, store_dir=self.data_dir).start()
+                self.nats = EmbeddedCluster(self.nats_cluster, store_dir=self.data_dir, auth=auth).start()
             else:
-                self.nats = EmbeddedNats(store_dir=self.data_dir).start()
+                self.nats = EmbeddedNats(store_dir=self.data_dir, auth=auth).start()
+        names = (["auth"] if self.secure else []) + [n for n in self.services if n != "auth"]
         try:
-            for name in self.services:
+            for name in names:
                 count = max(1, self.workers) if name in SCALED_SERVICES else 1
                 for i in range(1, count + 1):
                     self.children.append(self._spawn(name, f"{name}-{i}"))
@@ -140,6 +163,38 @@ class Stack:
             self.stop()
             raise
         return self
+
+    @property
+    def subjects(self) -> Subjects:
+        prefix = self.env.get("CHAMELEON_SUBJECT_PREFIX") or os.environ.get("CHAMELEON_SUBJECT_PREFIX")
+        return Subjects(prefix or DEFAULT_PREFIX)
+
+    @property
+    def admin_credentials(self) -> NatsCredentials | None:
+        """What this process's own tools connect with (catalogue load, the demo's measuring
+        client): the admin user when secure; None (the environment's) otherwise."""
+        return self.keys.credentials(ADMIN_USER) if self.secure and self.keys else None
+
+    def session_credentials(self, session_id: str, ttl_s: float = DEFAULT_TTL_S) -> NatsCredentials | None:
+        """A token for one session when secure, as ``chameleon session create`` mints it."""
+        if not (self.secure and self.keys):
+            return None
+        return NatsCredentials(token=mint(self.keys.token_seed, session_id, ttl_s))
+
+    def _auth_env(self, name: str) -> dict[str, str]:
+        """A secure child's credentials (and the auth service's keys); none when open. A session
+        token in this process's environment is never handed to a service."""
+        if not (self.secure and self.keys):
+            return {ENV_TOKEN: ""}
+        env = self.keys.credentials(name).env()
+        if name == "auth":
+            env.update(
+                CHAMELEON_AUTH_ISSUER_SEED=self.keys.issuer_seed,
+                CHAMELEON_AUTH_TOKEN_PUBLIC_KEY=self.keys.token_public,
+                CHAMELEON_AUTH_SYS_USER=SYSTEM_USER,
+                CHAMELEON_AUTH_SYS_PASSWORD=self.keys.passwords[SYSTEM_USER],
+            )
+        return env
 
     def _child_env(self, name: str, worker_id: str, port: int) -> dict[str, str]:
         stack_env: dict[str, str] = {}
@@ -151,6 +206,7 @@ class Stack:
             **os.environ,
             **stack_env,
             **self.env,
+            **self._auth_env(name),
             "NATS_URL": self.url,
             "CHAMELEON_NATS_URL": self.url,
             "CHAMELEON_METRICS_PORT": str(port),

@@ -21,6 +21,8 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
+import nats.errors
+import nats.js.errors
 import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -55,6 +57,7 @@ log = get_logger("generator")
 CONSUMER_INACTIVE_S = 24 * 3600  # a session's control consumer outlives idle gaps, like the stream
 CONSUMER_CHECK_S = 2.0  # an idle control loop checks its consumer still exists this often
 CONTROL_BATCH = 32
+STATE_SAVE_DEADLINE_S = 15.0
 
 
 class GeneratorHandlers:
@@ -105,7 +108,7 @@ class GeneratorHandlers:
     async def start(self) -> None:
         ctx = self.ctx
         self.js = ctx.nc.jetstream()
-        await ensure_control_stream(self.js, ctx.subjects)
+        await ensure_control_stream(self.js, ctx.subjects, self.settings.js_replicas)
         self.kv = await key_value(
             self.js,
             KeyValueConfig(
@@ -266,14 +269,18 @@ class GeneratorHandlers:
         served = self.table.get(session_id)
         if served is not None:
             served.remember_event(control.event_id)
+        await self._answer_superseded(session_id, control.event_id, control.garment_id or "", newer)
+
+    async def _answer_superseded(self, session_id: str, event_id: str, garment_id: str, newer: str) -> None:
+        """Every swap gets an answer: this one was overtaken by ``newer`` before it was shown."""
         self.control_total.labels(self.ctx.name, "swap", "superseded").inc()
         await self.events.emit(
             "status",
             session_id,
             "swap_superseded",
             "a newer swap arrived before this one was shown",
-            event_id=control.event_id,
-            garment_id=control.garment_id,
+            event_id=event_id,
+            garment_id=garment_id,
             superseded_by=newer,
         )
 
@@ -360,9 +367,11 @@ class GeneratorHandlers:
             served = self._open(sid, garment, self._backend_name(state.backend), state)
         elif served.renderer is not None:
             renderer = await asyncio.to_thread(served.renderer.swap, garment)
-        stale = SessionTable.swap(served, control, garment, renderer, received_ns, started_ns)
+        stale, replaced = SessionTable.swap(served, control, garment, renderer, received_ns, started_ns)
         if stale is not None:
             stale.close()
+        if replaced is not None:  # applied but never shown: this swap overtook it
+            await self._answer_superseded(sid, replaced.event_id, replaced.garment_id, control.event_id)
         await self._rerender_latest(served)  # first: the shopper sees the swap before we persist it
         await self._save_state(served, control)
         return False
@@ -483,6 +492,10 @@ class GeneratorHandlers:
             await self.events.emit(
                 "swap_applied", session_id, "swap_applied", epoch=out.meta.epoch, **applied
             )
+            # answered: a later owner must not answer it again (off the frame path)
+            task = asyncio.create_task(self._save_state_quietly(served))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def on_idle(self, session_id: str) -> None:
         """No frames for ``session_idle_s``: the camera went away. The renderer and cache go, the
@@ -529,18 +542,42 @@ class GeneratorHandlers:
         """A session that starts with frames alone: its stored state (after a restart) or the
         default garment and backend."""
         state = await self._load_state(sid)
-        garment = await self.garments.get(state.garment_id if state else self.settings.default_garment)
+        garment = await self._resumed_garment(sid, state)
         backend = self._backend_name(state.backend if state else "")
         served = self._open(sid, garment, backend, state)
-        if state is None:
+        if state is None or garment.garment_id != state.garment_id:
             await self._save_state(served, None)
         await self.events.emit(
             "session_started", sid, "started", garment_id=garment.garment_id, backend=backend
         )
         return served
 
+    async def _resumed_garment(self, sid: str, state: SessionState | None) -> Garment:
+        """The stored garment, or the default one when the stored one no longer exists (taken out
+        of the catalogue): the session renders on, with a ``garment_fallback`` status event,
+        instead of answering every frame with ``unknown_garment`` and showing nothing."""
+        default = self.settings.default_garment
+        if state is None or not state.garment_id or state.garment_id == default:
+            return await self.garments.get(default)
+        try:
+            return await self.garments.get(state.garment_id)
+        except CodedError as exc:
+            if exc.code != "unknown_garment":
+                raise  # the garment service is down or failing: not a reason to forget the garment
+        garment = await self.garments.get(default)
+        await self.events.status(
+            sid,
+            "garment_fallback",
+            f"stored garment {state.garment_id!r} does not exist; showing {garment.garment_id!r}",
+            requested=state.garment_id,
+            garment_id=garment.garment_id,
+        )
+        return garment
+
     async def _end(self, sid: str, reason: str, announce: bool = True) -> None:
         """Stop serving a session here; ``announce`` tells its viewers (not when it only moved)."""
+        if (ending := self.table.get(sid)) is not None:
+            await self._flush(ending)
         served = self.table.close(sid)
         if served is None:
             return
@@ -549,6 +586,23 @@ class GeneratorHandlers:
         self.ctx.metrics.active_sessions.set(len(self.table))
         if announce:
             await self.events.emit("session_ended", sid, reason, frames=served.frames_rendered)
+
+    async def _flush(self, served: ServedSession) -> None:
+        """Publish what the renderer still holds (the student's incomplete chunk) before its
+        session ends, so every frame it took comes out once. Not while a frame is drawing: that
+        thread owns the renderer, and its chunk is dropped with the session as before."""
+        renderer = served.renderer
+        if renderer is None or served.in_flight:
+            return
+        t_in, quality = now_ns(), self.settings.out_jpeg_quality
+        try:
+            rendered = await asyncio.to_thread(
+                lambda: [(f, encode_jpeg(f.image_bgr, quality)) for f in renderer.flush()]
+            )
+        except Exception as exc:  # the session ends regardless; its held-back frames are lost
+            log.warning("flush_failed", session_id=served.session_id, error=str(exc))
+            return
+        await self.stage.publish(served.session_id, self._outputs(served, rendered), t_in)
 
     def _lock(self, sid: str) -> asyncio.Lock:
         lock = self.locks.get(sid)
@@ -574,6 +628,29 @@ class GeneratorHandlers:
             log.warning("session_state_corrupt", error=str(exc))
             return None
 
+    async def _save_state_quietly(self, served: ServedSession) -> None:
+        try:
+            await self._save_state(served, None)
+        except Exception as exc:  # the next change stores it again
+            log.warning("session_state_not_saved", session_id=served.session_id, error=str(exc))
+
     async def _save_state(self, served: ServedSession, control: Control | None) -> None:
+        """Store the session's state; a put that times out (the bucket's leader lost, a new one
+        being elected: seconds) is tried again for up to ``STATE_SAVE_DEADLINE_S``. The control
+        event is acknowledged only after this, so a crash before it means redelivery."""
         assert self.kv is not None
-        await self.kv.put(served.session_id, SessionTable.state_of(served, control).encode())
+        state = SessionTable.state_of(served, control).encode()
+        deadline = time.monotonic() + STATE_SAVE_DEADLINE_S
+        while True:
+            try:
+                await self.kv.put(served.session_id, state)
+                return
+            except (
+                nats.errors.TimeoutError,
+                nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError,
+                nats.js.errors.ServiceUnavailableError,
+            ):  # the bucket has no leader right now
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)

@@ -185,6 +185,11 @@ class SessionTable:
         if state is not None:
             served.applied_events = list(state.applied_events)
             served.swap_published_ns = state.swap_published_ns
+            if state.pending_event_id:  # a swap the last owner applied but never showed
+                now = time.time_ns()
+                served.pending_swap = PendingSwap(
+                    state.pending_event_id, state.garment_id, state.swap_published_ns, now, now, now
+                )
         if previous is not None:
             served.applied_events, served.epoch = list(previous.applied_events), previous.epoch
             served.swap_published_ns = previous.swap_published_ns
@@ -210,11 +215,13 @@ class SessionTable:
         renderer: Renderer | None,
         received_ns: int,
         started_ns: int,
-    ) -> Renderer | None:
+    ) -> tuple[Renderer | None, PendingSwap | None]:
         """Put a swap in effect: ``renderer`` is what ``Renderer.swap`` returned (None when the
         session has no renderer yet: its first frame opens one on ``garment``). Returns a renderer
-        the caller must close (see ``ServedSession.use``)."""
+        the caller must close (see ``ServedSession.use``) and the earlier swap this one replaced
+        before any frame showed it (the caller answers it ``swap_superseded``)."""
         stale = served.use(renderer) if renderer is not None else None
+        replaced = served.pending_swap
         served.garment = garment
         served.swap_published_ns = max(served.swap_published_ns, control.published_ns)
         served.pending_swap = PendingSwap(
@@ -226,7 +233,7 @@ class SessionTable:
             time.time_ns(),
         )
         served.remember_event(control.event_id)
-        return stale
+        return stale, replaced
 
     @staticmethod
     def state_of(served: ServedSession, control: Control | None) -> SessionState:
@@ -243,4 +250,5 @@ class SessionTable:
             applied_events=served.applied_events,
             updated_ns=time.time_ns(),
             swap_published_ns=served.swap_published_ns,
+            pending_event_id=served.pending_swap.event_id if served.pending_swap else "",
         )

@@ -65,6 +65,13 @@ class Renderer(Protocol):
         itself with the rescheduling queued for its next chunk boundary."""
         ...
 
+    def flush(self) -> list[RenderedFrame]:
+        """The session is ending (stop, idle, restart): return the frames still held back, so
+        every frame given to ``render`` comes out exactly once. A frame-by-frame renderer holds
+        none and returns []; a chunked one generates its incomplete chunk. Called only while no
+        frame is drawing, and the renderer is closed after it."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -49,6 +49,10 @@ class SimRenderer:
             return self._backend.open(self.session_id, garment)
         return SimRenderer(self.session_id, garment, self.service_ms)
 
+    def flush(self) -> list[RenderedFrame]:
+        """Nothing held back: every ``render`` returned its frame (``Renderer.flush``)."""
+        return []
+
     def close(self) -> None:
         self.closed = True
 

@@ -5,6 +5,11 @@ The student works in chunks: it collects ``pixel_frames_next_chunk`` conditioned
 generates them in one step, and returns them together (chunk latency is the price of the paper's
 few-step causal sampling). A swap runs the engine's three rescheduling operations at the next
 chunk boundary; frames buffered but not yet generated are rendered with the new garment.
+
+The student generates whole frames at its own small resolution (64x64 for ``tiny``); stretched to
+the camera's size that is no person and no background, only the garment is worth showing. So only
+the garment region is taken from it, feathered inward, and everything else is the camera frame,
+bit for bit. At the session's end ``flush`` generates the incomplete chunk, so every frame comes out.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from services.generator.rendering import AtCapacity, FrameInput, Garment, Render
 from services.generator.settings import GeneratorSettings
 
 PACKAGED_CHECKPOINTS = Path(__file__).parent / "checkpoints"
+FEATHER_FRACTION = 1 / 96  # feather width over the frame's shorter side: 5 px at 480
 
 # MediaPipe pose connections drawn into the skeleton channel (shoulders, arms, torso, legs).
 _LIMBS = (
@@ -94,6 +100,42 @@ def garment_rgb(garment: Garment) -> np.ndarray:
     return cv2.cvtColor(bgr.astype(np.uint8), cv2.COLOR_BGR2RGB)
 
 
+def garment_alpha(region: np.ndarray) -> np.ndarray:
+    """Weight of the generated frame, float32 in [0, 1] at the region's size: 1 deep inside the
+    garment region, feathered down toward its edge, and exactly 0 outside it, so the background,
+    face and arms stay the camera's own pixels."""
+    h, w = region.shape[:2]
+    r = max(1, round(min(h, w) * FEATHER_FRACTION))
+    inside = region > 0
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    core = cv2.erode(inside.astype(np.uint8), disc)  # the blur below spreads it back to the edge
+    alpha = cv2.GaussianBlur(core.astype(np.float32), (2 * r + 1, 2 * r + 1), 0)
+    alpha[~inside] = 0.0
+    return alpha
+
+
+def composite(
+    camera_bgr: np.ndarray, generated_bgr: np.ndarray, region: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The generated frame blended onto the camera frame inside ``region`` only: ``(output, drawn
+    mask)``. Pixels outside the drawn mask are the camera's, bit-identical; without a region (no
+    person found) the camera frame comes back as is and nothing is drawn."""
+    if region is None:
+        return camera_bgr, None
+    h, w = camera_bgr.shape[:2]
+    if region.shape[:2] != (h, w):
+        region = cv2.resize(region, (w, h), interpolation=cv2.INTER_NEAREST)
+    alpha = garment_alpha(region)
+    drawn = alpha >= 0.5 / 255  # lighter than that rounds back to the camera pixel
+    if not drawn.any():
+        return camera_bgr, None
+    out = camera_bgr.copy()
+    cam = camera_bgr[drawn].astype(np.float32)
+    blended = cam + alpha[drawn][:, None] * (generated_bgr[drawn].astype(np.float32) - cam) + 0.5
+    out[drawn] = np.clip(blended, 0, 255).astype(np.uint8)
+    return out, drawn.astype(np.uint8) * 255
+
+
 class StudentRenderer:
     chunked = True
 
@@ -111,26 +153,41 @@ class StudentRenderer:
         self._queued: Garment | None = None  # a swap waiting for the next chunk boundary
 
     def render(self, frame: FrameInput) -> list[RenderedFrame]:
-        queued, self._queued = self._queued, None
-        if queued is not None:
-            self._reschedule(queued)
+        self._apply_queued()
         if not self.session.started:
             reference = cv2.cvtColor(frame.frame_bgr, cv2.COLOR_BGR2RGB)
             self.session.start(reference, garment_rgb(self.garment))
         self.buffer.append(frame)
         if len(self.buffer) < self.session.pixel_frames_next_chunk:
             return []
+        return self._generate()
+
+    def flush(self) -> list[RenderedFrame]:
+        """The session is ending: generate the incomplete chunk now instead of dropping it
+        (``Renderer.flush``). The chunk is padded with its last frame's conditioning and only the
+        buffered frames come out. The padding enters the KV history, hence only at the end."""
+        self._apply_queued()  # a swap queued after the last frame still shows on the buffered ones
+        return self._generate() if self.buffer else []
+
+    def _apply_queued(self) -> None:
+        queued, self._queued = self._queued, None
+        if queued is not None:
+            self._reschedule(queued)
+
+    def _generate(self) -> list[RenderedFrame]:
+        """One chunk from the buffered frames, each composited onto its own camera frame."""
         garment_id = self.garment_id  # what this chunk is generated with, whatever is queued meanwhile
         cfg = self.config
-        cond = np.stack(
-            [conditioning_maps(f, cfg.pixel_height, cfg.pixel_width, cfg.cond_channels) for f in self.buffer]
-        )
-        frames = self.session.step(cond)
+        size = cfg.pixel_height, cfg.pixel_width
+        cond = [conditioning_maps(f, *size, cfg.cond_channels) for f in self.buffer]
+        cond += [cond[-1]] * (self.session.pixel_frames_next_chunk - len(cond))
+        frames = self.session.step(np.stack(cond))
         out = []
-        for inp, rgb in zip(self.buffer, frames, strict=True):
+        for inp, rgb in zip(self.buffer, frames[: len(self.buffer)], strict=True):
             h, w = inp.frame_bgr.shape[:2]
             bgr = cv2.resize(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (w, h), interpolation=cv2.INTER_LINEAR)
-            out.append(RenderedFrame(inp.seq, bgr, garment_id))
+            image, drawn = composite(inp.frame_bgr, bgr, inp.garment_mask)
+            out.append(RenderedFrame(inp.seq, image, garment_id, drawn))
         self.buffer.clear()
         return out
 

@@ -16,12 +16,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.ingest.settings import IngestSettings
-from services.ingest.validate import Limits, process_frame
+from services.ingest.validate import Limits, process_frame, session_box
 from shared.errors import CodedError
 from shared.events import EventPublisher
 from shared.fleet import Admission, FleetView, open_view
 from shared.headers import FrameMeta, now_ns
-from shared.logging import get_logger
+from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.stage import FrameDropped, FrameStage, StageOutput
@@ -39,6 +39,11 @@ class IngestHandlers:
         )
         self.events = EventPublisher(ctx.nc, ctx.subjects, ctx.name)
         self.resolution: dict[str, tuple[int, int]] = {}
+        self.max_box = (
+            max(settings.max_session_width, settings.out_width),
+            max(settings.max_session_height, settings.out_height),
+        )
+        self._lines = RateLimitedLog(log, burst=3)  # per service: junk under new ids costs no line each
         self.stage = FrameStage(
             ctx,
             self.events,
@@ -81,9 +86,7 @@ class IngestHandlers:
         (``at_capacity`` with ``retry_after_s``) and, until that time, drops its frames unread."""
         if self.admission is None or self.admission.admitted(session_id):
             return
-        until = self._refused.get(session_id)
-        if until is not None and time.monotonic() < until:
-            raise FrameDropped("not_admitted")
+        self._check_refused(session_id)
         try:
             placed = await self.admission.admit(session_id)
         except CodedError:
@@ -93,6 +96,11 @@ class IngestHandlers:
         log.info(
             "session_admitted", session_id=session_id, owners={s: o.worker_id for s, o in placed.items()}
         )
+
+    def _check_refused(self, session_id: str) -> None:
+        until = self._refused.get(session_id)
+        if until is not None and time.monotonic() < until:
+            raise FrameDropped("not_admitted")
 
     async def _admit_on_start(self, session_id: str) -> None:
         try:
@@ -111,7 +119,7 @@ class IngestHandlers:
             return  # the generator owns control errors; ingest only reads resolutions
         if control.action == "start":
             if control.width and control.height:
-                self.resolution[control.session_id] = (control.width, control.height)
+                await self._set_resolution(control.session_id, control.width, control.height)
             if self.admission is not None:  # an owner ready before the first frame arrives
                 task = asyncio.create_task(self._admit_on_start(control.session_id))
                 self._background.add(task)
@@ -120,20 +128,49 @@ class IngestHandlers:
             self.resolution.pop(control.session_id, None)
             self._refused.pop(control.session_id, None)
 
+    async def _set_resolution(self, session_id: str, width: int, height: int) -> None:
+        """The session's box from its start, capped at what this deployment is configured for."""
+        box = session_box(width, height, self.max_box, self.settings.min_input_side)
+        self.resolution[session_id] = box
+        if box != (width, height):
+            await self.events.status(
+                session_id,
+                "resolution_capped",
+                f"start asked for {width}x{height}; frames are fitted into {box[0]}x{box[1]}",
+                requested=[width, height],
+                applied=list(box),
+            )
+
     async def process(self, session_id: str, msg: Msg, meta: FrameMeta) -> list[StageOutput]:
-        """Admit the session (first frame), drop a stale frame, else validate and fit it."""
+        """Refuse a capture time in the future, drop a refused session's or a stale frame unread,
+        validate and fit it, and admit the session (its first valid frame)."""
         self.ctx.metrics.active_sessions.set(len(self.stage.sessions))
-        await self.admit(session_id)  # before anything is decoded
+        ahead_ms = (meta.capture_ns - now_ns()) / 1e6
+        if ahead_ms > self.settings.max_clock_skew_ms:  # latency would come out negative
+            raise CodedError(
+                "clock_skew",
+                f"capture time {ahead_ms:.0f} ms in the future (at most {self.settings.max_clock_skew_ms:.0f}"
+                " ms allowed): is the camera's clock synced?",
+            )
+        self._check_refused(session_id)  # a refused session's frames are dropped unread
         if (now_ns() - meta.capture_ns) / 1e6 > self.settings.deadline_ms:  # a wait in the slot counts
             raise FrameDropped("stale")
         box_w, box_h = self.resolution.get(session_id, (self.settings.out_width, self.settings.out_height))
         norm = await asyncio.to_thread(
-            process_frame, bytes(msg.data), self.limits, box_w, box_h, self.settings.jpeg_quality
+            process_frame,
+            bytes(msg.data),
+            self.limits,
+            box_w,
+            box_h,
+            self.settings.jpeg_quality,
+            (meta.width, meta.height),
         )
+        # placed only once a frame proved valid: junk under fresh session ids never takes a slot
+        await self.admit(session_id)
         meta.width, meta.height = norm.width, norm.height
         return [StageOutput(norm.jpeg, meta)]
 
     async def on_idle(self, session_id: str) -> None:
         self._refused.pop(session_id, None)
         self.ctx.metrics.active_sessions.set(len(self.stage.sessions))
-        log.info("session_idle", session_id=session_id)
+        self._lines.info("session_idle", session_id=session_id)

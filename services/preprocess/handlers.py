@@ -26,7 +26,7 @@ from shared.errors import CodedError
 from shared.events import EventPublisher
 from shared.fleet import FleetMember, Ownership
 from shared.headers import FrameMeta
-from shared.logging import get_logger
+from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.stage import FrameStage, StageOutput
@@ -57,6 +57,7 @@ class PreprocessHandlers:
         self.settings = settings
         self.config = PreprocessConfig.from_settings(settings)
         self.events = EventPublisher(ctx.nc, ctx.subjects, ctx.name)
+        self._failures = RateLimitedLog(log)  # a traceback per service per second, not per frame
         self.sessions: dict[str, _OpenPreprocessor] = {}
         self.reclaimed = 0
         self._executor = ThreadPoolExecutor(max(1, settings.pose_workers), thread_name_prefix="preprocess")
@@ -137,7 +138,7 @@ class PreprocessHandlers:
         except CodedError:
             raise
         except Exception as exc:  # MediaPipe failed: start this session's graph afresh
-            log.exception("preprocess_failed", seq=meta.seq)
+            self._failures.exception("preprocess_failed", seq=meta.seq)
             await self._close_session(session_id, "failed")
             raise CodedError("preprocess_failed", f"{type(exc).__name__}: {exc}") from None
         await self._report(session_id, result, meta.seq)

@@ -18,7 +18,7 @@ from services.preprocess.settings import PreprocessSettings
 from services.preprocess.smoothing import LandmarkSmoother, OneEuroParams
 from shared import body
 from shared.errors import CodedError
-from shared.media import decode_jpeg, encode_jpeg
+from shared.media import UndecodableImage, decode_image, encode_jpeg
 from shared.schemas import Conditioning, pack_array
 
 FRAME_TOO_SMALL = "frame_too_small"
@@ -102,9 +102,10 @@ class SessionPreprocessor:
 
     def process_jpeg(self, jpeg: bytes, seq: int, timestamp_ms: float) -> FrameResult:
         t0 = time.perf_counter()
-        frame = decode_jpeg(jpeg)
-        if frame is None:
-            raise CodedError("bad_frame", f"{len(jpeg)} bytes are not a decodable JPEG/PNG image")
+        try:  # quietly: libjpeg's warning about a corrupt frame becomes the error, not a stderr line
+            frame = decode_image(jpeg)
+        except UndecodableImage as exc:
+            raise CodedError("bad_frame", str(exc)) from None
         result = self.process(frame, seq, timestamp_ms, frame_jpeg=jpeg)
         result.timings_ms["decode"] = (time.perf_counter() - t0) * 1e3 - sum(result.timings_ms.values())
         return result

@@ -292,3 +292,22 @@ async def test_ingest_admits_once_and_answers_a_full_fleet_before_decoding(nats_
     finally:
         await nc.drain()
         await asyncio.to_thread(stack.stop)
+
+
+async def test_a_cluster_losing_a_node_keeps_the_session_and_its_swaps(nats_cluster, conditioning) -> None:  # type: ignore[no-untyped-def]
+    """Three nats-servers, R3 streams and buckets: one node SIGKILLed while the session streams
+    and swaps; frames keep coming (clients reconnect to a surviving node) and a swap sent after
+    the loss is applied."""
+    async with fleet(nats_cluster.url, conditioning, CHAMELEON_JS_REPLICAS="3") as f:
+        w = await f.watch("n")
+        f.stream("n")
+        await until(lambda: len(w.frames) >= 5)
+        before = await f.swap("n", "shirt-blue-checks")
+        await until(lambda: f.answered("n").get(before) == "swap_applied")
+        nats_cluster.kill_node(0)
+        killed, seen = time.monotonic(), len(w.frames)
+        after = await f.swap("n", "tee-yellow-dots")
+        await until(lambda: len(w.frames) > seen + 5, timeout=10)
+        assert time.monotonic() - killed < 5.0 + 10 / 15  # output back within 5 s (plus the frames counted)
+        await until(lambda: f.answered("n").get(after) == "swap_applied", timeout=15, what=f.answered("n"))
+        await until(lambda: w.frames[-1].meta.garment_id == "tee-yellow-dots")

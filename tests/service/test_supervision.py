@@ -215,7 +215,8 @@ def test_chameleon_up_restarts_a_killed_service_and_keeps_its_data_dir(tmp_path:
 
     try:
         banner = json.loads(wait_for('"nats_url"'))
-        assert banner["data_dir"] == str(data) and list(banner["services"]) == ["passthrough-1"]
+        # secure by default: the auth service runs beside what was asked for
+        assert banner["data_dir"] == str(data) and list(banner["services"]) == ["auth-1", "passthrough-1"]
         (child,) = _child_pids(up.pid, "services.passthrough.main")
         os.kill(child, signal.SIGKILL)
         wait_for("chameleon up: passthrough-1 restarted")

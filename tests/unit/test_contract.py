@@ -82,6 +82,45 @@ def test_bad_headers_raise_header_error(headers: dict | None) -> None:
         FrameMeta.from_headers(headers)
 
 
+GOOD = {"Chameleon-Session": "s", "Chameleon-Seq": "1", "Chameleon-Capture-Ns": "1"}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("Chameleon-Seq", str(2**70)),  # msgpack could not pack it downstream (issue #13)
+        ("Chameleon-Seq", str(2**53)),  # a JSON client would round it
+        ("Chameleon-Seq", "1_000"),  # int() takes these; no camera sends them
+        ("Chameleon-Seq", " 7"),
+        ("Chameleon-Seq", "+7"),
+        ("Chameleon-Capture-Ns", str(2**63)),
+        ("Chameleon-Capture-Ns", "0"),
+        ("Chameleon-Width", "65536"),
+        ("Chameleon-Height", str(10**30)),
+        ("Chameleon-Epoch", str(2**60)),
+        ("Chameleon-Trace", f"camera.out={2**64}"),
+    ],
+)
+def test_integer_headers_out_of_range_are_refused(name: str, value: str) -> None:
+    with pytest.raises(HeaderError) as info:
+        FrameMeta.from_headers({**GOOD, name: value})
+    assert name in str(info.value) or "trace entry" in str(info.value)  # says which header
+
+
+def test_integer_headers_at_their_bounds_pass_and_pack() -> None:
+    headers = {
+        **GOOD,
+        "Chameleon-Seq": str(2**53 - 1),
+        "Chameleon-Capture-Ns": str(2**63 - 1),
+        "Chameleon-Width": "65535",
+        "Chameleon-Height": "65535",
+        "Chameleon-Epoch": str(2**53 - 1),
+    }
+    meta = FrameMeta.from_headers(headers)
+    assert (meta.seq, meta.width, meta.epoch) == (2**53 - 1, 65535, 2**53 - 1)
+    msgpack.packb([meta.seq, meta.capture_ns, meta.epoch])  # what later stages do with them
+
+
 def test_percentiles_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert percentiles(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0}

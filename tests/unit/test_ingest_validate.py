@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from services.ingest.validate import Limits, process_frame
+from services.ingest.validate import Limits, process_frame, session_box
 from shared.errors import CodedError
 from shared.media import decode_jpeg, encode_jpeg, jpeg_dimensions
 
@@ -90,3 +90,52 @@ def test_size_limits_apply_to_header_checked_jpegs() -> None:
         assert rejected.code == "bad_frame"
     else:
         assert out.jpeg != cut and jpeg_dimensions(out.jpeg) == (640, 480)
+
+
+def _with_sof_size(jpeg: bytes, w: int, h: int) -> bytes:
+    """The same JPEG with its frame header (SOF) claiming ``w`` x ``h``: a header that lies."""
+    out, i = bytearray(jpeg), 2
+    while out[i + 1] not in (0xC0, 0xC1, 0xC2):
+        i += 2 + ((out[i + 2] << 8) | out[i + 3])
+    out[i + 5 : i + 9] = bytes([h >> 8, h & 255, w >> 8, w & 255])
+    return bytes(out)
+
+
+def _garbage_scan(w: int, h: int) -> bytes:
+    """A valid JPEG's headers up to its scan, then random bytes (no markers), then EOI."""
+    head = _jpeg(w, h)
+    sos = head.index(b"\xff\xda")
+    noise = np.random.default_rng(1).integers(0, 255, 5000, dtype=np.uint8).tobytes().replace(b"\xff", b"\0")
+    return head[: sos + 2 + ((head[sos + 2] << 8) | head[sos + 3])] + noise + b"\xff\xd9"
+
+
+def test_a_jpeg_whose_data_does_not_match_its_header_is_a_bad_frame_without_stderr(capfd) -> None:
+    """Issue #13: a header claiming 640x480 over 176x144 data, or over garbage, passed ingest's
+    header-only check, and libjpeg printed a raw warning for it in every stage that decoded it."""
+    lying = _with_sof_size(_jpeg(176, 144), 640, 480)
+    for payload in (lying, _garbage_scan(640, 480)):
+        assert jpeg_dimensions(payload) == (640, 480)  # structurally a complete 640x480 JPEG
+        with pytest.raises(CodedError) as info:
+            process_frame(payload, LIMITS, 640, 480, 85)  # fits the box: the fast path
+        assert info.value.code == "bad_frame" and "corrupt image data" in info.value.message
+        with pytest.raises(CodedError):
+            process_frame(payload, LIMITS, 320, 240, 85)  # needs a resize: the full decode
+    assert capfd.readouterr().err == ""
+
+
+def test_a_jpeg_of_another_size_than_its_frame_headers_declare_is_a_bad_frame() -> None:
+    data = _jpeg(640, 480)
+    with pytest.raises(CodedError) as info:
+        process_frame(data, LIMITS, 640, 480, 85, declared=(176, 144))
+    assert info.value.code == "bad_frame" and "176x144" in info.value.message
+    assert process_frame(data, LIMITS, 640, 480, 85, declared=(640, 480)).jpeg == data
+    assert process_frame(data, LIMITS, 640, 480, 85, declared=(0, 0)).jpeg == data  # not declared
+
+
+def test_a_session_box_is_capped() -> None:
+    """Issue #13: a start asking for 4096x4096 made small frames 13 MP downstream."""
+    assert session_box(4096, 4096, (1280, 720), 16) == (1280, 720)
+    assert session_box(640, 480, (1280, 720), 16) == (640, 480)
+    assert session_box(2, 2, (1280, 720), 16) == (16, 16)
+    w, h = session_box(4096, 4096, (1280, 720), 16)
+    assert (process_frame(_jpeg(176, 144), LIMITS, w, h, 85).height) == 720

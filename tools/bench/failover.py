@@ -9,8 +9,9 @@ swap has an answer (or ``--settle`` passes) and looks at the last frames:
 
 - ``generator``: the process that owns the session's generator (``FleetView.owner``);
 - ``preprocess``: the process that owns the session's preprocess;
-- ``nats_node``: one node of a 3-node JetStream cluster (children get the URL list and R3): by
-  default the node the generator owner is connected to (never the bench's own), with what it led.
+- ``nats_node``: one node of a 3-node JetStream cluster (children get the URL list and R3): the
+  node the generator owner is connected to, else the preprocess owner's, else another one, never
+  the bench's own; the report says what it led and which clients it served.
 
 Per phase:
 
@@ -114,6 +115,13 @@ def garment_matches(last_garments: Sequence[str | None], requested: str | None) 
     return requested is not None and bool(last_garments) and all(g == requested for g in last_garments)
 
 
+def answer_of(kind: str, code: str) -> str:
+    """What an event says about the control message it answers: ``swap_applied``, ``error``, or
+    its code (a superseded swap is ``kind=status, code=swap_superseded``; older generators sent
+    ``kind=swap_superseded``, which the event schema refuses)."""
+    return kind if kind in ("swap_applied", "error") else code or kind
+
+
 def event_answer(raw: bytes) -> tuple[str, str, str, bool]:
     """``(kind, code, event_id, schema_ok)`` of one event; an event ``Event.decode`` refuses (a
     kind the schema does not list) is still read from its msgpack map, and flagged."""
@@ -164,11 +172,29 @@ class Answers:
             self.errors[code] += 1
         if not event_id:
             return
-        self.by_event.setdefault(event_id, []).append(kind)
+        self.by_event.setdefault(event_id, []).append(answer_of(kind, code))
         self.first_ns.setdefault(event_id, now_ns())
         if kind == "error":
             self.codes[event_id] = code
         self.changed.set()
+
+
+async def store_control(nc: NATS, subjects: Subjects, msg: Any, replicas: int) -> tuple[int, int]:
+    """Publish a control message until JetStream stores it, with its event id each time (the
+    stream's duplicate window stores it once): ``(stored_ns or 0, attempts)``."""
+    from shared import control
+    from shared.headers import now_ns
+
+    attempts = 0
+    deadline = time.monotonic() + STORE_GIVE_UP_S
+    while time.monotonic() < deadline:
+        attempts += 1
+        try:
+            await control.publish_control(nc, subjects, msg, replicas=replicas, timeout_s=PUBLISH_TIMEOUT_S)
+            return now_ns(), attempts
+        except Exception:  # no leader, no responders, a timeout: the same event id again
+            await asyncio.sleep(0.1)
+    return 0, attempts
 
 
 class Swapper:
@@ -188,22 +214,6 @@ class Swapper:
         self.sent: list[SwapRecord] = []
         self.stop = asyncio.Event()
 
-    async def _store(self, record: SwapRecord, msg: Any) -> None:
-        from shared import control
-        from shared.headers import now_ns
-
-        deadline = time.monotonic() + STORE_GIVE_UP_S
-        while time.monotonic() < deadline:
-            record.attempts += 1
-            try:
-                await control.publish_control(
-                    self.nc, self.subjects, msg, replicas=self.replicas, timeout_s=PUBLISH_TIMEOUT_S
-                )
-                record.stored_ns = now_ns()
-                return
-            except Exception:  # no leader, no responders, a timeout: the same event id again
-                await asyncio.sleep(0.1)
-
     async def run(self) -> None:
         from shared import control
         from shared.headers import now_ns
@@ -214,7 +224,9 @@ class Swapper:
             msg = control.swap(self.session_id, self.garments[i % len(self.garments)])
             record = SwapRecord(msg.event_id, msg.garment_id or "", now_ns())
             self.sent.append(record)
-            await self._store(record, msg)
+            record.stored_ns, record.attempts = await store_control(
+                self.nc, self.subjects, msg, self.replicas
+            )
             i += 1
             next_at += self.interval_s
             with contextlib.suppress(asyncio.TimeoutError):
@@ -225,6 +237,18 @@ class Swapper:
 def _monitor(port: int, path: str) -> dict[str, Any]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
         return json.loads(resp.read())
+
+
+def clients_by_node(monitor_ports: Sequence[int]) -> list[list[str]]:
+    """For each node, the names of its client connections (services are named after themselves)."""
+    out: list[list[str]] = []
+    for port in monitor_ports:
+        try:
+            conns = _monitor(port, "/connz?limit=1024").get("connections") or []
+        except (OSError, ValueError):
+            conns = []
+        out.append(sorted(c.get("name", "") for c in conns))
+    return out
 
 
 def subscribers_by_node(monitor_ports: Sequence[int], subject: str) -> list[list[str]]:
@@ -238,6 +262,13 @@ def subscribers_by_node(monitor_ports: Sequence[int], subject: str) -> list[list
             continue
         out.append([c.get("name", "") for c in conns if subject in (c.get("subscriptions_list") or [])])
     return out
+
+
+async def stream_replicas(nc: NATS, stream: str) -> int | None:
+    """The replicas a stream is configured with (None: not there, or no answer)."""
+    with contextlib.suppress(Exception):
+        return (await nc.jetstream(timeout=2.0).stream_info(stream)).config.num_replicas or 1
+    return None
 
 
 async def cluster_roles(nc: NATS, stack: Stack, subjects: Subjects) -> dict[str, str]:
@@ -317,6 +348,7 @@ async def choose_victim(
         "generator_owner_connected_here": bool(gen[index]),
         "preprocess_owner_connected_here": bool(pre[index]),
         "bench_client_node": cluster.nodes[own].server_name if own >= 0 else "",
+        "clients_here": clients_by_node(ports)[index],
     }
     return Victim(name, lambda: cluster.kill_node(index), detail)
 
@@ -366,6 +398,9 @@ def phase_report(
         "first_new_epoch_s": _round(first_new_epoch_s([(r.recv_ns, r.meta.epoch) for r in frames], kill_ns)),
         "lost_swaps": len(lost),
         "lost_swap_ids": lost[:10],
+        "lost_swaps_sent_s_after_kill": [
+            round((s.sent_ns - kill_ns) / 1e9, 2) for s in stored if s.event_id in set(lost)
+        ][:10],
         "swaps_sent": len(swapper.sent),
         "swaps_stored": len(stored),
         "swaps_never_stored": len(swapper.sent) - len(stored),
@@ -440,8 +475,11 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
         if phase == "preprocess":
             cond_watcher = Watcher(nc, subjects, sid, keep_frames=False, channel=Channel.CONDITIONING)
             await cond_watcher.start()
+        control_before = await stream_replicas(nc, subjects.control_stream)
         start = control.start(sid, garments[0], "auto", args.width, args.height, args.fps)
-        await control.publish_control(nc, subjects, start, replicas=replicas)
+        started_ns, start_attempts = await store_control(nc, subjects, start, replicas)
+        if not started_ns:
+            raise RuntimeError(f"{phase}: the start was not stored within {STORE_GIVE_UP_S:.0f} s")
         photo = read_image(sample_photo("bus.jpg", fetch=True))
         frames = MotionCamera(photo, args.width, args.height).frames()
         tasks.append(
@@ -482,8 +520,15 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
             owner_after=new_owner[0].worker_id if new_owner else None,
             owner_after_epoch=new_owner[0].epoch if new_owner else None,
             owner_after_reason=new_owner[0].reason if new_owner else None,
+            # an epoch is the wall-clock millisecond of the owner change (shared.fleet.next_epoch)
+            kill_to_owner_change_s=_round((new_owner[0].epoch * 1e6 - kill_ns) / 1e9)
+            if new_owner and new_owner[0].epoch * 1_000_000 > kill_ns
+            else None,
             settled=settled,
             first_output_after_start_s=round(first_frame_s, 2),
+            control_stream_replicas_before_client=control_before,
+            control_stream_replicas_after=await stream_replicas(nc, subjects.control_stream),
+            start_store_attempts=start_attempts,
         )
         return report
     finally:

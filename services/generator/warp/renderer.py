@@ -127,6 +127,10 @@ class WarpRenderer:
         """Forget the temporal smoothing of body points (a swap, or the person was lost)."""
         self._points = None
 
+    def flush(self) -> list[RenderedFrame]:
+        """Nothing held back: every ``render`` returned its frame (``Renderer.flush``)."""
+        return []
+
     def close(self) -> None:
         self.closed = True
         self.withdraw_history()

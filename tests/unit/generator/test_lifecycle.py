@@ -85,8 +85,10 @@ def test_a_swap_replaces_the_renderer_and_hands_back_the_old_one(red: Garment, b
     old = served.renderer = backend.open("s", red)
     new = old.swap(blue)
     swap = controls.swap("s", blue.garment_id)
-    stale = SessionTable.swap(served, swap, blue, new, received_ns=swap.published_ns + 5, started_ns=0)
-    assert stale is old and served.renderer is new and served.garment is blue
+    stale, replaced = SessionTable.swap(
+        served, swap, blue, new, received_ns=swap.published_ns + 5, started_ns=0
+    )
+    assert stale is old and replaced is None and served.renderer is new and served.garment is blue
     assert served.seen(swap.event_id)
     assert served.pending_swap is not None and served.pending_swap.garment_id == blue.garment_id
 
@@ -96,7 +98,7 @@ def test_a_renderer_drawing_a_frame_is_not_closed_under_it(red: Garment, blue: G
     served = SessionTable(8).open("s", red, "warp")
     old = served.renderer = backend.open("s", red)
     served.in_flight.append(old)
-    assert SessionTable.swap(served, controls.swap("s", "x"), blue, old.swap(blue), 0, 0) is None
+    assert SessionTable.swap(served, controls.swap("s", "x"), blue, old.swap(blue), 0, 0)[0] is None
     assert not old.closed  # the frame path closes it when its frame ends
     served.in_flight.remove(old)
     drawing = served.renderer
@@ -137,3 +139,27 @@ def test_the_latest_input_is_re_rendered_once(red: Garment) -> None:
     got = served.take_latest()
     assert got is not None and got[0] is inp and got[1].seq == 4
     assert served.take_latest() is None
+
+
+def test_a_swap_overtaking_one_not_yet_shown_hands_it_back_to_be_answered(
+    red: Garment, blue: Garment
+) -> None:
+    served = SessionTable(8).open("s", red, "warp")
+    first, second = controls.swap("s", blue.garment_id), controls.swap("s", red.garment_id)
+    SessionTable.swap(served, first, blue, None, 0, 0)
+    _, replaced = SessionTable.swap(served, second, red, None, 0, 0)
+    assert replaced is not None and replaced.event_id == first.event_id
+    assert served.pending_swap is not None and served.pending_swap.event_id == second.event_id
+
+
+def test_a_swap_applied_but_not_shown_is_answered_by_the_next_owner(red: Garment, blue: Garment) -> None:
+    served = SessionTable(8).open("s", red, "warp")
+    swap = controls.swap("s", blue.garment_id)
+    SessionTable.swap(served, swap, blue, None, 0, 0)
+    state = SessionTable.state_of(served, swap)
+    assert state.pending_event_id == swap.event_id
+    heir = SessionTable(8).open("s", blue, "warp", state)
+    applied = heir.frame_published(blue.garment_id, 9, swap.published_ns + 1)
+    assert applied is not None and applied["event_id"] == swap.event_id
+    served.frame_published(blue.garment_id, 1, swap.published_ns + 1)
+    assert SessionTable.state_of(served, None).pending_event_id == ""  # answered: nobody answers again

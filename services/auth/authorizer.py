@@ -1,0 +1,61 @@
+"""The auth service's decisions, without the bus (pure): which token opens a connection, which
+sessions are stopped, which connections to drop when one stops.
+
+Why a revocation time rather than a token list: a ``stop`` ends the session, so every token for it
+issued until then must stop working (the connected clients are kicked, and their reconnects must
+fail), while a token minted after the stop opens the session anew, as a later ``start`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from services.auth.tokens import MAX_TTL_S, TokenError, verify
+from shared.auth import TokenClaims
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One admitted connection: where it is, and until when it may stay."""
+
+    server_id: str
+    client_id: int
+    expires_at: int
+
+
+@dataclass
+class Authorizer:
+    token_public: str
+    revoked: dict[str, float] = field(default_factory=dict)  # session -> when it was stopped
+    connections: dict[str, list[Connection]] = field(default_factory=dict)  # session -> admitted
+    admitted_total: int = 0
+    refused_total: int = 0
+
+    def authorize(self, token: str, now: float) -> TokenClaims:
+        """The claims of a token that may connect now; ``TokenError`` with the reason otherwise."""
+        try:
+            if not token:
+                raise TokenError("no token")
+            claims = verify(self.token_public, token, now)
+            stopped = self.revoked.get(claims.session_id)
+            if stopped is not None and claims.issued_at <= stopped:
+                raise TokenError(f"session {claims.session_id} was stopped")
+        except TokenError:
+            self.refused_total += 1
+            raise
+        return claims
+
+    def admitted(self, claims: TokenClaims, server_id: str, client_id: int, now: float) -> None:
+        """Remember a connection so a ``stop`` can kick it; forgets the expired ones."""
+        self.admitted_total += 1
+        kept = [c for c in self.connections.get(claims.session_id, []) if c.expires_at > now]
+        kept.append(Connection(server_id, client_id, claims.expires_at))
+        self.connections[claims.session_id] = kept
+
+    def revoke(self, session_id: str, now: float) -> list[Connection]:
+        """Stop a session: its tokens issued until ``now`` are refused from here on. Returns the
+        connections to kick."""
+        self.revoked[session_id] = now
+        horizon = now - MAX_TTL_S  # no token issued before this is still valid: forget its stop
+        self.revoked = {s: t for s, t in self.revoked.items() if t > horizon}
+        return [c for c in self.connections.pop(session_id, []) if c.expires_at > now]

@@ -1,0 +1,142 @@
+"""The auth service's NATS side: answers nats-server's auth callout, and ends stopped sessions.
+
+- ``$SYS.REQ.USER.AUTH`` (queue group ``auth``): every connect attempt that is not a configured
+  service user. A valid session token gets a user JWT for that session alone, placed in the
+  ``CLIENTS`` account and expiring with the token (the server disconnects it then); anything else
+  gets an error, and the server refuses the connection.
+- ``<p>.*.control``: a ``stop`` revokes the session's tokens issued so far and kicks its connected
+  clients through the system account (``$SYS.REQ.SERVER.<id>.KICK``), so their reconnects are
+  refused too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import nkeys
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from services.auth.authorizer import Authorizer, Connection
+from services.auth.callout import CalloutError, decode_request, response_jwt, user_jwt
+from services.auth.keys import keypair, verify_key
+from services.auth.permissions import session_permissions, session_user_name
+from services.auth.settings import AuthSettings
+from services.auth.tokens import TokenError
+from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
+from shared.bus import connect
+from shared.logging import RateLimitedLog, get_logger
+from shared.schemas import Control, SchemaError
+from shared.service import ServiceContext
+from shared.subjects import Channel, InvalidSessionId
+
+log = get_logger("auth")
+
+
+class AuthHandlers:
+    def __init__(
+        self, ctx: ServiceContext, settings: AuthSettings, limits: SessionLimits | None = None
+    ) -> None:
+        if not settings.auth_issuer_seed or not settings.auth_token_public_key:
+            raise ValueError(
+                "auth: CHAMELEON_AUTH_ISSUER_SEED and CHAMELEON_AUTH_TOKEN_PUBLIC_KEY are required"
+            )
+        self.ctx = ctx
+        self.settings = settings
+        self.limits = limits or SessionLimits()
+        self.issuer: nkeys.KeyPair = keypair(settings.auth_issuer_seed)
+        verify_key(settings.auth_token_public_key, nkeys.PREFIX_BYTE_OPERATOR)  # a typo fails at start
+        self.authorizer = Authorizer(settings.auth_token_public_key)
+        self.kicked = 0
+        self._subs: list[Subscription] = []
+        self._sys: NATS | None = None
+        self._refusals = RateLimitedLog(log, 1.0, burst=5)
+
+    async def start(self) -> None:
+        nc, subjects = self.ctx.nc, self.ctx.subjects
+        if self.settings.auth_sys_user:
+            creds = NatsCredentials(
+                user=self.settings.auth_sys_user, password=self.settings.auth_sys_password
+            )
+            self._sys = await connect(self.settings.nats_url, "auth-sys", credentials=creds)
+        self._subs = [
+            await nc.subscribe(AUTH_REQUEST_SUBJECT, queue=AUTH_QUEUE_GROUP, cb=self.on_request),
+            await nc.subscribe(subjects.all_sessions(Channel.CONTROL), cb=self.on_control),
+        ]
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+        if self._sys is not None:
+            await self._sys.drain()
+            self._sys = None
+
+    def health(self) -> dict:
+        a = self.authorizer
+        return {"admitted": a.admitted_total, "refused": a.refused_total, "kicked": self.kicked}
+
+    async def on_request(self, msg: Msg) -> None:
+        try:
+            request = decode_request(msg.data)
+        except CalloutError as exc:  # not from a server: nothing to answer it with
+            self._refusals.warning("auth_request_invalid", error=str(exc))
+            return
+        now = time.time()
+        try:
+            claims = self.authorizer.authorize(request.token, now)
+        except TokenError as exc:
+            self._refusals.info(
+                "auth_refused", reason=str(exc), client=request.client_name, host=request.host
+            )
+            await msg.respond(response_jwt(self.issuer, request, error=str(exc)))
+            return
+        jwt = user_jwt(
+            self.issuer,
+            request,
+            self.settings.auth_client_account,
+            session_user_name(claims.session_id),
+            session_permissions(self.ctx.subjects, claims.session_id),
+            claims.expires_at,
+            max_payload=self.limits.max_payload,
+            max_subscriptions=self.limits.max_subscriptions,
+        )
+        self.authorizer.admitted(claims, request.server_id, request.client_id, now)
+        log.info(
+            "auth_admitted", session_id=claims.session_id, client=request.client_name, cid=request.client_id
+        )
+        await msg.respond(response_jwt(self.issuer, request, jwt=jwt))
+
+    async def on_control(self, msg: Msg) -> None:
+        """A ``stop`` on a session's control subject (the subject names the session: only its own
+        clients and the services may publish there) ends its clients' access."""
+        try:
+            session_id = self.ctx.subjects.session_of(msg.subject)
+            action = Control.decode(msg.data).action
+        except (InvalidSessionId, SchemaError):
+            return
+        if action != "stop":
+            return
+        connections = self.authorizer.revoke(session_id, time.time())
+        log.info("session_revoked", session_id=session_id, connections=len(connections))
+        for connection in connections:
+            await self._kick(session_id, connection)
+
+    async def _kick(self, session_id: str, connection: Connection) -> None:
+        if self._sys is None:
+            return
+        try:
+            reply = await self._sys.request(
+                kick_subject(connection.server_id),
+                json.dumps({"cid": connection.client_id}).encode(),
+                timeout=self.settings.auth_kick_timeout_s,
+            )
+            error = json.loads(reply.data or b"{}").get("error")
+        except Exception as exc:  # a kick that fails leaves the client until its token expires
+            error = str(exc) or type(exc).__name__
+        if error:  # typically: that client had already gone
+            log.info("kick_failed", session_id=session_id, cid=connection.client_id, error=str(error))
+        else:
+            self.kicked += 1

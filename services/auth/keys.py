@@ -1,0 +1,140 @@
+"""The keys of a secured deployment, made once and kept in one file only its owner may read.
+
+- the **issuer** (an account nkey): signs the user JWTs the callout returns; the server trusts its
+  public key (``auth_callout.issuer``); only the auth service holds the seed.
+- the **token key** (an operator-role nkey, so it is never mistaken for an account): signs session
+  tokens; whoever mints tokens holds the seed (``chameleon session create``, the launcher), the
+  auth service only the public key, so the process that reads untrusted input cannot mint.
+- one **password** per service user, the admin and the system user.
+
+Why a file: ``chameleon up`` and a later ``chameleon session create`` must agree on the keys, and
+tokens should outlive a restart. Rotation (docs/security.md) is replacing the file.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nacl.signing
+import nkeys
+
+from shared.auth import ADMIN_USER, SERVICE_ROLES, SYSTEM_USER, NatsCredentials, ServerAuth, SessionLimits
+from shared.auth import server_auth as build_server_auth
+from shared.subjects import Subjects
+
+KEYS_VERSION = 1
+USERS = (*SERVICE_ROLES, ADMIN_USER, SYSTEM_USER)
+
+
+class KeysError(ValueError):
+    """A malformed nkey, seed or keys file."""
+
+
+def new_seed(prefix: int) -> str:
+    """A fresh nkey seed of role ``prefix`` (``nkeys.PREFIX_BYTE_ACCOUNT`` …)."""
+    return nkeys.encode_seed(os.urandom(32), prefix).decode()
+
+
+def keypair(seed: str) -> nkeys.KeyPair:
+    try:
+        return nkeys.from_seed(seed.encode())
+    except (nkeys.NkeysError, ValueError) as exc:
+        raise KeysError(f"bad nkey seed: {exc}") from None
+
+
+def public_key(seed: str) -> str:
+    return keypair(seed).public_key.decode()
+
+
+def verify_key(public: str, prefix: int | None = None) -> nacl.signing.VerifyKey:
+    """The ed25519 key of an encoded public nkey, its role and checksum checked (nkeys 0.2 can sign
+    and verify only with a seed in hand)."""
+    try:
+        raw = base64.b32decode(public + "=" * (-len(public) % 8))
+    except (ValueError, TypeError) as exc:
+        raise KeysError(f"bad public nkey: {exc}") from None
+    if len(raw) != 35:
+        raise KeysError("bad public nkey: wrong length")
+    body, crc = raw[:-2], raw[-2:]
+    if nkeys.crc16_checksum(body) != crc:
+        raise KeysError("bad public nkey: checksum")
+    if prefix is not None and body[0] != prefix:
+        raise KeysError("public nkey of the wrong role")
+    return nacl.signing.VerifyKey(bytes(body[1:]))
+
+
+@dataclass(frozen=True)
+class AuthKeys:
+    """Everything secret a secured deployment needs (see the module docstring)."""
+
+    issuer_seed: str = field(repr=False)
+    token_seed: str = field(repr=False)
+    passwords: Mapping[str, str] = field(repr=False)
+
+    @property
+    def issuer_public(self) -> str:
+        return public_key(self.issuer_seed)
+
+    @property
+    def token_public(self) -> str:
+        return public_key(self.token_seed)
+
+    def credentials(self, user: str) -> NatsCredentials:
+        return NatsCredentials(user=user, password=self.passwords[user])
+
+    def server_auth(self, subjects: Subjects, limits: SessionLimits | None = None) -> ServerAuth:
+        return build_server_auth(self.issuer_public, self.passwords, subjects, limits)
+
+    @classmethod
+    def generate(cls) -> AuthKeys:
+        return cls(
+            issuer_seed=new_seed(nkeys.PREFIX_BYTE_ACCOUNT),
+            token_seed=new_seed(nkeys.PREFIX_BYTE_OPERATOR),
+            passwords={u: secrets.token_urlsafe(24) for u in USERS},
+        )
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "version": KEYS_VERSION,
+            "issuer_seed": self.issuer_seed,
+            "token_seed": self.token_seed,
+            "passwords": dict(self.passwords),
+        }
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f, indent=2)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> AuthKeys:
+        try:
+            body = json.loads(path.read_text())
+            keys = cls(str(body["issuer_seed"]), str(body["token_seed"]), dict(body["passwords"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise KeysError(f"{path}: not a keys file ({exc})") from None
+        keypair(keys.issuer_seed), keypair(keys.token_seed)  # fail here, not at the first token
+        return keys
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> AuthKeys:
+        """The keys in ``path``, made (and saved, mode 0600) when it does not exist; a user the
+        file predates gets a password of its own."""
+        if not path.exists():
+            keys = cls.generate()
+            keys.save(path)
+            return keys
+        keys = cls.load(path)
+        missing = [u for u in USERS if u not in keys.passwords]
+        if missing:
+            passwords = {**keys.passwords, **{u: secrets.token_urlsafe(24) for u in missing}}
+            keys = cls(keys.issuer_seed, keys.token_seed, passwords)
+            keys.save(path)
+        return keys

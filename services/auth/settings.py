@@ -1,0 +1,19 @@
+"""Auth service settings (``CHAMELEON_*``). ``chameleon up`` fills them from its keys file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.auth import CLIENT_ACCOUNT
+from shared.settings import BaseSettings
+
+
+@dataclass(frozen=True)
+class AuthSettings(BaseSettings):
+    # account nkey seed whose public key is the server's auth_callout issuer: signs user JWTs
+    auth_issuer_seed: str = field(default="", repr=False)
+    auth_token_public_key: str = ""  # verifies session tokens (the seed stays with whoever mints)
+    auth_sys_user: str = ""  # system-account user that kicks a stopped session's clients; empty: no kicks
+    auth_sys_password: str = field(default="", repr=False)
+    auth_client_account: str = CLIENT_ACCOUNT  # where session clients are placed
+    auth_kick_timeout_s: float = 2.0
