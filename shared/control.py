@@ -7,6 +7,8 @@ stream's duplicate window); consumers also skip event ids they already applied.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 
@@ -90,23 +92,24 @@ async def publish_control(
     subject, payload = subjects.control(control.session_id), control.encode()
     headers = {"Nats-Msg-Id": control.event_id}
     deadline = time.monotonic() + max(deadline_s, timeout_s)
+    ensured = False
     while True:
         try:
             return (await js.publish(subject, payload, headers=headers)).seq
         except nats.js.errors.NoStreamResponseError:
-            if not ensure_stream:
-                raise
-            break
+            # no stream answers: none exists yet (a fresh deployment: create it, once), or its
+            # leader was just lost (a new one is elected within seconds: try again). The stream is
+            # not checked before every publish: one more request per swap, one more to time out.
+            if ensure_stream and not ensured:
+                ensured = True
+                with contextlib.suppress(Exception):
+                    await ensure_control_stream(js, subjects, replicas)
+                    continue
         except nats.errors.TimeoutError:
-            # a stream whose leader was lost answers again once a new one is elected (seconds);
-            # the same event id again is stored once (the stream's duplicate window)
-            if time.monotonic() + timeout_s > deadline:
-                raise
-    # no stream yet (a fresh deployment): create it, then store the event. The stream is not
-    # checked before every publish: that would be one more JetStream request per swap, and one
-    # more to time out while a cluster elects a new leader.
-    await ensure_control_stream(js, subjects, replicas)
-    return (await js.publish(subject, payload, headers=headers)).seq
+            pass  # a stream between leaders; the same event id again is stored once
+        if time.monotonic() + timeout_s > deadline:
+            raise nats.errors.TimeoutError
+        await asyncio.sleep(0.2)
 
 
 def swap(session_id: str, garment_id: str, event_id: str | None = None) -> Control:

@@ -49,6 +49,9 @@ class Watcher:
     async def start(self) -> None:
         subject = self.subjects.session(self.session_id, self.channel)
         self._sub = await self.nc.subscribe(subject, cb=self._on_msg)
+        # twice: nats-py 2.16 can write a flush's PING ahead of a SUB still in its buffer, so one
+        # round trip does not prove the server has the subscription (seen in the server's trace)
+        await self.nc.flush()
         await self.nc.flush()
 
     async def _on_msg(self, msg: Msg) -> None:

@@ -77,7 +77,15 @@ def test_cluster_forms_with_named_nodes_and_a_meta_leader(nats_cluster: Embedded
 async def _replicated_data(nc: NATS) -> None:
     """An R3 stream with 20 messages and an R3 KV bucket with one key."""
     js = nc.jetstream()
-    await js.add_stream(StreamConfig(name="KEPT", subjects=["kept.>"], num_replicas=3))
+    deadline = time.monotonic() + 10  # a loaded machine: JetStream may answer a moment after start
+    while True:
+        try:
+            await js.add_stream(StreamConfig(name="KEPT", subjects=["kept.>"], num_replicas=3))
+            break
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.js.errors.APIError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
     for i in range(20):
         await js.publish("kept.a", f"m{i}".encode())
     kv = await js.create_key_value(KeyValueConfig(bucket="KEPT_KV", replicas=3))
