@@ -63,7 +63,9 @@ class EventPublisher:
         await self.emit("error", session_id, code, message, suppressed=repeats, **data)
 
     async def status(self, session_id: str, code: str, message: str = "", **data: Any) -> None:
-        log.info("session_status", session_id=session_id, code=code, detail=message)
+        # every change is published; its log line is rate-limited per code (a camera alternating
+        # good and garbage frames changes a pose status every frame)
+        self._lines.info("session_status", key=code, session_id=session_id, code=code, detail=message)
         await self.emit("status", session_id, code, message, **data)
 
     def forget(self, session_id: str) -> None:

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import os
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 from shared.bus import ConnectionState, LatestFrameSlots, connect, subscribe_frames
-from shared.logging import configure_logging, get_logger
+from shared.logging import RateLimitedLog, configure_logging, get_logger
 from shared.metrics import HealthServer, ServiceMetrics, SessionStats
 from shared.settings import BaseSettings
 from shared.subjects import Channel, Subjects
@@ -155,9 +159,72 @@ def cap_blas_threads() -> None:
     ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
+class _LineWriter(io.TextIOBase):
+    """``sys.stderr`` once file descriptor 2 is captured: text to the original stderr, written a
+    whole line at a time. ``print`` writes a line's text and its newline in two calls, and two
+    threads (the event loop, the native-output reader) must not interleave them."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._pending = threading.local()
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        buffered = getattr(self._pending, "text", "") + text
+        lines, newline, rest = buffered.rpartition("\n")
+        self._pending.text = rest
+        if newline:
+            data = (lines + newline).encode("utf-8", "replace")
+            with self._lock:
+                while data:
+                    data = data[os.write(self._fd, data) :]
+        return len(text)
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+
+def capture_native_stderr(service: str) -> None:
+    """Turn what native libraries print to file descriptor 2 into JSON log lines.
+
+    MediaPipe, TFLite and absl write lines such as ``INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU.`` and ``W0000 00:00:... inference_feedback_manager.cc...`` straight to fd 2
+    whenever a session's graph is built: not JSON, not rate-limited. Here fd 2 becomes a pipe that
+    a daemon thread reads, each line becoming a ``native_output`` line (a few per second, the rest
+    counted in ``lines_suppressed``), while this process's own log lines go to a duplicate of the
+    original stderr. A decode that captures fd 2 for itself (``shared.media``) still does."""
+    try:
+        original = os.dup(2)
+        read_fd, write_fd = os.pipe()
+    except OSError:  # no stderr at all: nothing to capture
+        return
+    sys.stderr.flush()
+    sys.stderr = _LineWriter(original)
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+
+    def forward() -> None:
+        structlog.contextvars.bind_contextvars(service=service)  # a thread starts without it
+        lines = RateLimitedLog(get_logger("native"), interval_s=1.0, burst=5)
+        with open(read_fd, "rb") as pipe:
+            for raw in pipe:
+                text = raw.decode("utf-8", "replace").strip()
+                if text:
+                    lines.info("native_output", text=text[:500])
+
+    threading.Thread(target=forward, name="native-stderr", daemon=True).start()
+
+
 def service_main(name: str, settings: BaseSettings, make_handlers: HandlerFactory) -> None:
     """Entry point body for ``python -m services.<name>.main``."""
     configure_logging(settings.log_level, settings.log_json, service=name)
+    capture_native_stderr(name)
     import cv2
 
     # Several services share the machine; OpenCV's default (a thread per core in every process)

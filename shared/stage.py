@@ -152,6 +152,8 @@ class FrameStage:
                     raise CodedError(
                         "session_mismatch", f"header session {meta.session_id!r} != subject session"
                     )
+                if self.inbound is Channel.CAMERA:  # a camera owns nothing: an epoch it sent
+                    meta.epoch = 0  # would fence its own later frames here and downstream
                 if meta.epoch < self._upstream_epoch.get(session_id, 0):
                     raise FrameDropped("stale_epoch")  # from a replaced upstream owner
                 self._upstream_epoch[session_id] = meta.epoch

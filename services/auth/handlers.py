@@ -114,10 +114,11 @@ class AuthHandlers:
         clients and the services may publish there) ends its clients' access."""
         try:
             session_id = self.ctx.subjects.session_of(msg.subject)
-            action = Control.decode(msg.data).action
+            control = Control.decode(msg.data)
         except (InvalidSessionId, SchemaError):
             return
-        if action != "stop":
+        # a stop naming another session is refused by the generator (session_mismatch): not a stop
+        if control.action != "stop" or control.session_id != session_id:
             return
         connections = self.authorizer.revoke(session_id, time.time())
         log.info("session_revoked", session_id=session_id, connections=len(connections))

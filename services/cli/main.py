@@ -32,6 +32,8 @@ DELEGATES: dict[tuple[str, str], str] = {
     ("bench", "capacity"): "tools.bench.capacity",
     ("bench", "failover"): "tools.bench.failover",
     ("bench", "load"): "tools.bench.load",
+    ("bench", "fuzz"): "tools.bench.fuzz",
+    ("bench", "soak"): "tools.bench.soak",
     ("inspect", "attention"): "tools.inspect_attention",
     ("eval", "swap"): "tools.training.evaluate",
 }

@@ -45,7 +45,7 @@ from shared.fleet import FleetMember, Ownership
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
 from shared.jetstream import key_value
-from shared.logging import get_logger
+from shared.logging import RateLimitedLog, get_logger
 from shared.media import encode_jpeg
 from shared.metrics import LATENCY_BUCKETS_S
 from shared.schemas import Conditioning, Control, SchemaError, SessionState
@@ -96,6 +96,7 @@ class GeneratorHandlers:
             ["service", "action", "outcome"],
             registry=ctx.metrics.registry,
         )
+        self._lines = RateLimitedLog(log, burst=3)  # per service: junk control costs no line each
         self._subs: list[Subscription] = []
         self._control_tasks: dict[str, asyncio.Task[None]] = {}
         self._control_failing: dict[str, float] = {}  # session -> since when (monotonic)
@@ -313,7 +314,10 @@ class GeneratorHandlers:
             except (SchemaError, CodedError) as exc:
                 code = exc.code if isinstance(exc, CodedError) else "bad_control"
                 self.control_total.labels(self.ctx.name, action, code).inc()
-                log.warning("control_rejected", code=code, error=str(exc), event_id=event_id)
+                # answered one per message (the event below); logged a few lines per second per code
+                self._lines.warning(
+                    "control_rejected", key=code, code=code, error=str(exc), event_id=event_id
+                )
                 # every control message gets its own answer: not rate-limited like frame errors
                 await self.events.emit("error", session_id, code, str(exc), event_id=event_id, action=action)
             except Exception as exc:  # never lose the consumer over one message

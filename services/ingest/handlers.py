@@ -25,7 +25,7 @@ from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.stage import FrameDropped, FrameStage, StageOutput
-from shared.subjects import Channel
+from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("ingest")
 
@@ -115,8 +115,11 @@ class IngestHandlers:
         """Track each session's requested output resolution (other actions are not ours)."""
         try:
             control = Control.decode(msg.data)
-        except SchemaError:
+            subject_session = self.ctx.subjects.session_of(msg.subject)
+        except (SchemaError, InvalidSessionId):
             return  # the generator owns control errors; ingest only reads resolutions
+        if control.session_id != subject_session:
+            return  # another session's name on this one's subject: the generator answers it
         if control.action == "start":
             if control.width and control.height:
                 await self._set_resolution(control.session_id, control.width, control.height)

@@ -30,7 +30,7 @@ from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.stage import FrameStage, StageOutput
-from shared.subjects import Channel
+from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("preprocess")
 POSE_CODES = (cond.NO_PERSON, cond.PARTIAL_PERSON, cond.NO_TORSO, cond.SEVERAL_PEOPLE)
@@ -125,8 +125,11 @@ class PreprocessHandlers:
         """A stopped session gives its MediaPipe graph back at once (not after the idle timeout)."""
         try:
             control = Control.decode(msg.data)
-        except SchemaError:
+            subject_session = self.ctx.subjects.session_of(msg.subject)
+        except (SchemaError, InvalidSessionId):
             return  # the generator owns control errors
+        if control.session_id != subject_session:
+            return  # another session's name on this one's subject: never close that one
         if control.action == "stop" and control.session_id in self.fleet.serving:
             await self._close_session(control.session_id, "stopped")
             await self.fleet.release(control.session_id)

@@ -114,7 +114,11 @@ def metric_by(samples: Iterable[Sample], name: str, label: str) -> dict[str, flo
 def delta(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
     """``after - before`` per key, zeros left out (a counter absent before was 0)."""
     keys = set(after) | set(before)
-    return {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(keys) if after.get(k, 0.0) != before.get(k, 0.0)}
+    return {
+        k: after.get(k, 0.0) - before.get(k, 0.0)
+        for k in sorted(keys)
+        if after.get(k, 0.0) != before.get(k, 0.0)
+    }
 
 
 def unaccounted(sent: int, answered: int, answered_ok: int, counted: int, refused: int) -> int:
@@ -159,6 +163,17 @@ class Probe:
     payload: bytes
     headers: dict[str, str] | None = None
     subject: str = ""  # forbidden: the subject; no_credentials: the inner route's subject
+    fresh: bool = False  # headers get the capture time of the moment they are sent
+
+    def headers_now(self) -> dict[str, str] | None:
+        """The headers as sent: a frame meant to be judged on its payload or on one absurd
+        header must not be dropped as stale first, so its capture time is now."""
+        if not self.fresh or self.headers is None:
+            return self.headers
+        from shared.headers import H_CAPTURE_NS, H_TRACE, now_ns
+
+        t = now_ns()
+        return {**self.headers, H_CAPTURE_NS: str(t), H_TRACE: f"camera.out={t}"}
 
 
 @dataclass
@@ -196,7 +211,9 @@ def _msgpack_junk(rng: random.Random, depth: int = 0) -> Any:
     if kind == 4:
         return [_msgpack_junk(rng, depth + 1) for _ in range(rng.randrange(0, 5))]
     if kind == 5:
-        return {str(_msgpack_junk(rng, 3))[:40]: _msgpack_junk(rng, depth + 1) for _ in range(rng.randrange(0, 5))}
+        return {
+            str(_msgpack_junk(rng, 3))[:40]: _msgpack_junk(rng, depth + 1) for _ in range(rng.randrange(0, 5))
+        }
     return {"type": "control", "v": 1, "action": rng.choice(["start", "swap", "stop", 7, None])}
 
 
@@ -245,7 +262,7 @@ def _corrupt_scan(jpeg: bytes, rng: random.Random) -> bytes:
 
 
 def camera_probe(m: Material, rng: random.Random, seq: int) -> Probe:
-    from shared.headers import now_ns
+    from shared.headers import H_CAPTURE_NS, H_EPOCH, H_SCHEMA, H_SEQ, H_SESSION, H_TRACE, H_WIDTH, now_ns
 
     good = m.good_jpeg
     family = rng.choice(
@@ -280,26 +297,27 @@ def camera_probe(m: Material, rng: random.Random, seq: int) -> Probe:
     elif family == "lying_size_jpeg":
         payload = _with_sof_size(m.small_jpeg, m.width, m.height)
     elif family == "absurd_seq":
-        h["Chameleon-Seq"] = rng.choice([str(2**70), "-5", "1.5", "0x10", " 7", "", "9" * 40])
+        h[H_SEQ] = rng.choice([str(2**70), "-5", "1.5", "0x10", " 7", "", "9" * 40])
     elif family == "future_capture":
-        h["Chameleon-Capture-Ns"] = str(now_ns() + rng.randrange(10**10, 10**18))
+        h[H_CAPTURE_NS] = str(now_ns() + rng.randrange(10**12, 10**18))  # >= 1000 s ahead
     elif family == "ancient_capture":
-        h["Chameleon-Capture-Ns"] = rng.choice(["1", str(10**18)])
+        h[H_CAPTURE_NS] = rng.choice(["1", str(10**18)])
     elif family == "wrong_session_header":
-        h["Chameleon-Session"] = rng.choice([m.neighbour, "../x", "*", "", "a" * 300])
+        h[H_SESSION] = rng.choice([m.neighbour, "../x", "*", "", "a" * 300])
     elif family == "absurd_size":
-        h["Chameleon-Width"] = rng.choice(["1000000", "0", "60000", "-640", "6.4e2"])
+        h[H_WIDTH] = rng.choice(["1000000", "0", "60000", "-640", "6.4e2"])
     elif family == "bad_trace":
-        h["Chameleon-Trace"] = rng.choice(["x=1;;", "camera.sideways=5", "camera.out=-1", "a.in=1;" * 40])
+        h[H_TRACE] = rng.choice(["x=1;;", "camera.sideways=5", "camera.out=-1", "a.in=1;" * 40])
     elif family == "bad_schema":
-        h["Chameleon-Frame-Schema"] = rng.choice(["99", "abc", "-1"])
+        h[H_SCHEMA] = rng.choice(["99", "abc", "-1"])
     elif family == "absurd_epoch":
-        h["Chameleon-Epoch"] = rng.choice([str(2**53 - 1), str(2**53), "-1", str(2**64)])
+        h[H_EPOCH] = rng.choice([str(2**53 - 1), str(2**53), "-1", str(2**64)])
     elif family == "msgpack_frame":
         payload = _pack(_msgpack_junk(rng))
     elif family == "control_as_frame":
         payload = _pack(_control_dict(m, rng))
-    return Probe("camera", family, payload, h)
+    keeps_time = family not in ("future_capture", "ancient_capture", "bad_trace", "no_headers")
+    return Probe("camera", family, payload, h, fresh=keeps_time)
 
 
 def control_probe(m: Material, rng: random.Random) -> Probe:
@@ -403,7 +421,10 @@ def plan(m: Material, n: int, seed: int) -> list[Probe]:
             probes.append(garment_probe(m, rng))
         elif route == "forbidden":
             inner = rng.choice([camera_probe(m, rng, i), control_probe(m, rng)])
-            probes.append(Probe("forbidden", inner.family, inner.payload, inner.headers, rng.choice(forbidden)))
+            subject = rng.choice(forbidden)
+            probes.append(
+                Probe("forbidden", inner.family, inner.payload, inner.headers, subject, inner.fresh)
+            )
         else:
             inner = rng.choice([camera_probe(m, rng, i), control_probe(m, rng), garment_probe(m, rng)])
             probes.append(Probe("no_credentials", inner.family, inner.payload, inner.headers, inner.route))
@@ -416,7 +437,7 @@ class FuzzClient:
     """The fuzz session's connection and what came back to it."""
 
     nc: Any = None
-    violations: Counter[str] = field(default_factory=Counter)  # subject -> permission violations
+    violations: Counter[str] = field(default_factory=Counter)  # "publish:<subject>" -> violations
     other_errors: list[str] = field(default_factory=list)
     control_answers: Counter[str] = field(default_factory=Counter)  # error code -> control errors
     control_ok_events: int = 0
@@ -431,9 +452,9 @@ class FuzzClient:
 
     async def on_error(self, exc: Exception) -> None:
         text = str(exc)
-        m = re.search(r'permissions violation for (?:publish|subscription) to "([^"]+)"', text, re.I)
+        m = re.search(r'permissions violation for (publish|subscription) to "([^"]+)"', text, re.I)
         if m:
-            self.violations[m.group(1)] += 1
+            self.violations[f"{m.group(1).lower()}:{m.group(2).lower()}"] += 1
         else:
             self.other_errors.append(text[:200])
 
@@ -511,15 +532,8 @@ class Refusals:
     unrefused_messages: int = 0
 
     async def attempt(self, url: str, variant: str, token: str, batch: Sequence[Probe]) -> None:
-        from shared.auth import NatsCredentials
-
-        creds = NatsCredentials(token=token) if token else None
         try:
-            if creds is not None:  # a token that is not ours to read: no inbox prefix for it
-                opts = {"token": token}
-                nc = await _connect_plain(url, opts)
-            else:
-                nc = await _connect_plain(url, {})
+            nc = await _connect_plain(url, {"token": token} if token else {})
         except Exception as exc:
             if "authorization violation" in str(exc).lower() or type(exc).__name__ == "AuthorizationError":
                 self.attempts[variant] += 1
@@ -575,16 +589,21 @@ def scrape(stack: Any) -> dict[str, list[Sample]]:
     return out
 
 
-FRAME_METRICS = ("chameleon_frames_rejected_total", "chameleon_frames_dropped_total", "chameleon_frames_out_total")
+FRAME_METRICS = (
+    "chameleon_frames_rejected_total",
+    "chameleon_frames_dropped_total",
+    "chameleon_frames_out_total",
+)
 
 
 def ingest_frames(samples: Mapping[str, list[Sample]]) -> float:
-    s = samples.get("ingest", [])
+    """Every frame ingest handled: rejected, dropped or forwarded (the stack runs one ingest)."""
+    s = samples.get("ingest-1", [])
     return sum(metric_sum(s, name) for name in FRAME_METRICS)
 
 
 def control_outcomes(samples: Mapping[str, list[Sample]]) -> dict[str, float]:
-    return metric_by(samples.get("generator-1", samples.get("generator", [])), "chameleon_control_total", "outcome")
+    return metric_by(samples.get("generator-1", []), "chameleon_control_total", "outcome")
 
 
 def service_deltas(after: Mapping[str, list[Sample]], before: Mapping[str, list[Sample]]) -> dict[str, Any]:
@@ -598,10 +617,15 @@ def service_deltas(after: Mapping[str, list[Sample]], before: Mapping[str, list[
     for worker in sorted(after):
         d = {}
         for key, (name, label) in names.items():
-            change = delta(metric_by(after[worker], name, label), metric_by(before.get(worker, []), name, label))
+            change = delta(
+                metric_by(after[worker], name, label), metric_by(before.get(worker, []), name, label)
+            )
             if change:
                 d[key] = {k: int(v) for k, v in change.items()}
-        for key, name in (("frames_in", "chameleon_frames_in_total"), ("frames_out", "chameleon_frames_out_total")):
+        for key, name in (
+            ("frames_in", "chameleon_frames_in_total"),
+            ("frames_out", "chameleon_frames_out_total"),
+        ):
             change = metric_sum(after[worker], name) - metric_sum(before.get(worker, []), name)
             if change:
                 d[key] = int(change)
@@ -680,6 +704,7 @@ class Sender:
     sent: Counter[str] = field(default_factory=Counter)
     families: Counter[str] = field(default_factory=Counter)
     late_s: float = 0.0
+    connection_lost: str = ""
 
 
 async def send_all(
@@ -715,25 +740,31 @@ async def send_all(
         if delay > 0:
             await asyncio.sleep(delay)
         s.late_s = max(s.late_s, -delay)
+        if nc.is_closed:  # kicked or closed by the server: what is left is not sent, and says so
+            s.connection_lost = f"closed after {i} messages: {client.other_errors[-1:] or 'no error'}"
+            break
         s.sent[p.route] += 1
         s.families[f"{p.route}:{p.family}"] += 1
         if p.route == "camera":
-            await nc.publish(subjects.camera(m.fuzz), p.payload, headers=p.headers)
+            await nc.publish(subjects.camera(m.fuzz), p.payload, headers=p.headers_now())
         elif p.route == "control":
             await nc.publish(subjects.control(m.fuzz), p.payload)
         elif p.route in ("garments_get", "garments_list"):
             verb = p.route.split("_", 1)[1]
-            tasks.append(asyncio.create_task(client.request(subjects.garments(verb), p.payload, timeout_s, gate)))
+            tasks.append(
+                asyncio.create_task(client.request(subjects.garments(verb), p.payload, timeout_s, gate))
+            )
         elif p.route == "forbidden":
-            await nc.publish(p.subject, p.payload, headers=p.headers)
+            await nc.publish(p.subject, p.payload, headers=p.headers_now())
         else:
             batch.append(p)
             if len(batch) >= NO_CREDENTIAL_BATCH:
                 flush_batch()
-        if i % 200 == 199:
+        if i % 200 == 199 and not nc.is_closed:
             await nc.flush()
     flush_batch()
-    await nc.flush()
+    if not nc.is_closed:
+        await nc.flush()
     if tasks:
         await asyncio.wait(tasks)
     return s
@@ -749,11 +780,9 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     from shared.garment_client import GarmentClient
     from shared.media import encode_jpeg, read_image, sample_photo
     from shared.settings import BaseSettings
+    from shared.subjects import Channel, Subjects
 
-    subjects = BaseSettings.from_env().subject_prefix
-    from shared.subjects import Subjects
-
-    subjects = Subjects(subjects)
+    subjects = Subjects(BaseSettings.from_env().subject_prefix)
     tag = f"{random.Random(args.seed).getrandbits(24):06x}"
     neighbour, fuzz = f"good-{tag}", f"fuzz-{tag}"
     photo = read_image(sample_photo("bus.jpg", fetch=True))
@@ -783,7 +812,9 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     client.nc = await open_raw(stack.url, stack.session_credentials(fuzz), client, f"fuzz-{fuzz}")
     await client.nc.subscribe(subjects.events(fuzz), cb=client.on_event)
     await client.nc.flush()
-    await control.publish_control(client.nc, subjects, control.start(fuzz, GARMENT, "warp"), ensure_stream=False)
+    await control.publish_control(
+        client.nc, subjects, control.start(fuzz, GARMENT, "warp"), ensure_stream=False
+    )
     await asyncio.wait_for(client.started.wait(), 60)
 
     # A: warm-up (until the good session's output flows) and the baseline window
@@ -816,13 +847,15 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     refusals = Refusals()
     tokens = bad_tokens(stack.keys.token_seed, fuzz)
     sub_refused = []
-    for subject in (subjects.output(neighbour), subjects.all_sessions(__import__("shared.subjects").subjects.Channel.OUTPUT)):
+    for subject in (subjects.output(neighbour), subjects.all_sessions(Channel.OUTPUT)):
         sub = await client.nc.subscribe(subject)
         sub_refused.append(subject)
         await client.nc.flush()
         await sub.unsubscribe()
     t_b0 = time.time_ns()
-    sender = await send_all(probes, args.rate, client, refusals, stack.url, subjects, m, tokens, args.request_timeout)
+    sender = await send_all(
+        probes, args.rate, client, refusals, stack.url, subjects, m, tokens, args.request_timeout
+    )
     t_b1 = time.time_ns()
     stop_b.set()
     report_b = await cam_b
@@ -832,13 +865,17 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     control_sent = sender.sent["control"]
     control_before = sum(control_outcomes(before).values())
     await settle(
-        lambda: sum(control_outcomes(scrape(stack)).values()) - control_before, control_sent, args.settle_timeout
+        lambda: sum(control_outcomes(scrape(stack)).values()) - control_before,
+        control_sent,
+        args.settle_timeout,
     )
     stop_keep.set()
     keep_sent = await keep_b
     await asyncio.sleep(1.0)
     frames_target = sender.sent["camera"] + keep_sent + report_b.published
-    await settle(lambda: ingest_frames(scrape(stack)) - ingest_frames(before), frames_target, args.settle_timeout)
+    await settle(
+        lambda: ingest_frames(scrape(stack)) - ingest_frames(before), frames_target, args.settle_timeout
+    )
     await asyncio.sleep(0.5)
     after = await asyncio.to_thread(scrape, stack)
     lines, by_event, raw_lines = log_written(log_dir, logs_before)
@@ -863,7 +900,9 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     control_counted = int(outcomes.get("applied", 0) + outcomes.get("duplicate", 0))
     control_answered = sum(client.control_answers.values())
     garment_answered = sum(client.garment_error.values())
-    forbidden_refused = min(sender.sent["forbidden"], sum(v for k, v in client.violations.items() if k not in sub_refused))
+    forbidden_refused = min(
+        sender.sent["forbidden"], sum(v for k, v in client.violations.items() if k.startswith("publish:"))
+    )
     refused = forbidden_refused + refusals.refused_messages
     answered = control_answered + garment_answered
     answered_ok = client.garment_ok + client.control_ok_events
@@ -923,12 +962,13 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
         "by_route": by_route,
         "frame_error_events": dict(client.frame_error_events),
         "frame_errors_suppressed_in_events": client.frame_errors_suppressed,
-        "subscribe_refused": {s: client.violations.get(s, 0) for s in sub_refused},
+        "subscribe_refused": {s: client.violations.get(f"subscription:{s.lower()}", 0) for s in sub_refused},
         "other_client_errors": client.other_errors[:5],
         "service_deltas": service_deltas(after, before),
         "keepalive_frames": keep_sent,
         "neighbour_frames": {"before": report_a.published, "during": report_b.published},
         "crashed": sorted(set(crashed) | set(replaced)),
+        "fuzz_connection_lost": sender.connection_lost,
         "families": dict(sorted(sender.families.items())),
         "rate": args.rate,
         "fuzz_s": round(fuzz_s, 1),
@@ -986,10 +1026,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--baseline", type=float, default=10.0, help="seconds of the good session's fps before")
-    p.add_argument("--warmup", type=float, default=4.0, help="seconds after the first output before measuring")
+    p.add_argument(
+        "--warmup", type=float, default=4.0, help="seconds after the first output before measuring"
+    )
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--request-timeout", type=float, default=5.0, help="seconds a garment request may take")
-    p.add_argument("--settle-timeout", type=float, default=60.0, help="seconds to wait for the services to catch up")
+    p.add_argument(
+        "--settle-timeout", type=float, default=60.0, help="seconds to wait for the services to catch up"
+    )
     p.add_argument("--logs", default="out/logs/fuzz", help="folder for the service logs (emptied first)")
     return p
 
