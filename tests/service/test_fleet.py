@@ -110,9 +110,9 @@ class Fleet:
 
         self.streams.append(asyncio.create_task(run()))
 
-    async def swap(self, session: str, garment: str) -> str:
+    async def swap(self, session: str, garment: str, deadline_s: float = 15.0) -> str:
         msg = control.swap(session, garment)
-        await control.publish_control(self.nc, self.subjects, msg)  # type: ignore[arg-type]
+        await control.publish_control(self.nc, self.subjects, msg, deadline_s=deadline_s)  # type: ignore[arg-type]
         return msg.event_id
 
     def answered(self, session: str) -> dict[str, str]:
@@ -306,8 +306,11 @@ async def test_a_cluster_losing_a_node_keeps_the_session_and_its_swaps(nats_clus
         await until(lambda: f.answered("n").get(before) == "swap_applied")
         nats_cluster.kill_node(0)
         killed, seen = time.monotonic(), len(w.frames)
-        after = await f.swap("n", "tee-yellow-dots")
+        # sent now, stored once the control stream has a leader again (node 0 may have led it, and
+        # the JetStream meta group too: elections take seconds, more on a loaded machine)
+        sending = asyncio.create_task(f.swap("n", "tee-yellow-dots", deadline_s=45))
         await until(lambda: len(w.frames) > seen + 5, timeout=10)
         assert time.monotonic() - killed < 5.0 + 10 / 15  # output back within 5 s (plus the frames counted)
-        await until(lambda: f.answered("n").get(after) == "swap_applied", timeout=15, what=f.answered("n"))
+        after = await sending
+        await until(lambda: f.answered("n").get(after) == "swap_applied", timeout=30, what=f.answered("n"))
         await until(lambda: w.frames[-1].meta.garment_id == "tee-yellow-dots")
