@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from tools.bench.common import child_pids, emit, machine, process_cpu_s
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -112,29 +113,6 @@ def stage_figures(
 
 
 # -- CPU time of processes ----------------------------------------------------------------------------
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def child_pids(name_prefix: str) -> list[int]:
-    """Direct children of this process whose command starts with ``name_prefix``."""
-    me, found = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if int(rest[1]) == me and comm.startswith(name_prefix):
-            found.append(int(entry.name))
-    return found
-
-
 def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
     return {name: process_cpu_s(pid) for name, pid in pids.items()}
 
@@ -312,18 +290,11 @@ def measure_tiny(iters: int) -> dict[str, Any]:
 
 # -- the report -----------------------------------------------------------------------------------------
 def _machine() -> str:
-    model = platform.processor() or platform.machine()
+    """``common.machine()`` plus memory and Python: the cost figures rest on them."""
     mem_gib = 0.0
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
+    with contextlib.suppress(OSError, ValueError):
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (OSError, ValueError):
-        pass
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores ({model}), {mem_gib:.0f} GiB, "
-        f"Python {platform.python_version()}"
-    )
+    return f"{machine()}, {mem_gib:.0f} GiB, Python {platform.python_version()}"
 
 
 def summarise(
@@ -447,11 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     measured = measure_pipeline(args)
     tiny = None if args.skip_student else measure_tiny(args.engine_iters)
     report = summarise(measured, tiny, args)
-    if not args.json:
-        for key, value in report.items():
-            print(f"{key:>30}: {value}", file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+    return emit(report, args.json, width=30)
 
 
 if __name__ == "__main__":

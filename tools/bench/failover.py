@@ -34,19 +34,18 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
-import sys
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+from tools.bench.common import emit, provenance
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
@@ -568,14 +567,6 @@ def run_stack_phase(phase: str, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    return f"{platform.machine()}, {os.cpu_count()} cores ({model})"
-
-
 HEADLINE = ("resume_s", "lost_swaps", "stale_epoch_frames_delivered", "stale_epoch_frames_dropped")
 
 
@@ -596,8 +587,7 @@ def summarise(results: Mapping[str, dict[str, Any]], args: argparse.Namespace) -
         "after_s": args.after,
         "workers": 2,
     }
-    report["machine"] = _machine()
-    report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.update(provenance())
     return report
 
 
@@ -629,11 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error(f"unknown phase {unknown[0]!r}; one of {', '.join(PHASES)}")
     results = {phase: run_stack_phase(phase, args) for phase in phases}
     report = summarise(results, args)
-    if not args.json:
-        for key, value in report.items():
-            print(f"{key:>36}: {value}", file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+    return emit(report, args.json)
 
 
 if __name__ == "__main__":

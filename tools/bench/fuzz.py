@@ -49,20 +49,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import re
 import shutil
-import sys
 import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from tools.bench.common import emit, provenance
 
 SERVICES = ["garments", "ingest", "preprocess", "generator"]  # + auth: a secure stack starts it
 GARMENT = "tee-red-solid"
@@ -979,16 +977,6 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     return report
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores ({model})"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from services.cli.stack import Stack
 
@@ -1008,8 +996,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report = asyncio.run(measure(stack, args, log_dir))
     report["stack_start_s"] = round(stack_start_s, 1)
     report["seconds"] = round(time.monotonic() - started, 1)
-    report["machine"] = _machine()
-    report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.update(provenance())
     return report
 
 
@@ -1043,11 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.messages < 1 or args.rate <= 0 or args.fps <= 0:
         _parser().error("--messages, --rate and --fps must be positive")
     report = run(args)
-    if not args.json:
-        for key, value in report.items():
-            print(f"{key:>36}: {value}", file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+    return emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -27,18 +27,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import math
 import os
-import platform
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tools.bench.common import child_pids, cpu_total, emit, process_cpu_s, provenance
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -103,34 +101,6 @@ def goals(report: Mapping[str, Any], fps: float, extra_asked: int) -> dict[str, 
         and not report["rejected_other"],
         "none_admitted_and_starved": report["admitted_starved"] == 0,
     }
-
-
-# -- CPU time of processes ----------------------------------------------------------------------------
-def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def child_pids(name_prefix: str) -> list[int]:
-    """Direct children of this process whose command name starts with ``name_prefix``."""
-    me, found = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if int(rest[1]) == me and comm.startswith(name_prefix):
-            found.append(int(entry.name))
-    return found
-
-
-def cpu_total(pids: Iterable[int]) -> float:
-    return sum(process_cpu_s(pid) for pid in pids)
 
 
 # -- recorded conditioning ------------------------------------------------------------------------------
@@ -386,16 +356,6 @@ async def measure(
     return report
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores ({model})"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from services.cli.stack import Stack
 
@@ -422,8 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stopping = time.monotonic()
     report["stack_start_s"] = round(stack_start_s, 1)
     report["stack_stop_s"] = round(time.monotonic() - stopping, 1)
-    report["machine"] = _machine()
-    report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.update(provenance())
     return report
 
 
@@ -458,11 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1 or args.sessions < 1 or args.capacity < 1 or args.fps <= 0:
         _parser().error("--workers, --sessions, --capacity and --fps must be positive")
     report = run(args)
-    if not args.json:
-        for key, value in report.items():
-            print(f"{key:>36}: {value}", file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+    return emit(report, args.json)
 
 
 if __name__ == "__main__":

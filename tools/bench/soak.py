@@ -25,17 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from tools.bench.common import emit, provenance
 
 SERVICES = ["garments", "ingest", "preprocess", "generator"]
 GARMENT = "tee-red-solid"
@@ -231,16 +228,6 @@ async def measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} cores ({model})"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from services.cli.stack import Stack
 
@@ -261,8 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with stack:
         report = asyncio.run(measure(stack, args))
     report["seconds"] = round(time.monotonic() - started, 1)
-    report["machine"] = _machine()
-    report["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report.update(provenance())
     return report
 
 
@@ -291,11 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 10 or args.fps <= 0 or not 0 < args.warmup_share < 1:
         _parser().error("--frames must be at least 10, --fps positive, --warmup-share within (0, 1)")
     report = run(args)
-    if not args.json:
-        for key, value in report.items():
-            print(f"{key:>30}: {value}", file=sys.stderr)
-    print(json.dumps(report))
-    return 0
+    return emit(report, args.json, width=30)
 
 
 if __name__ == "__main__":
