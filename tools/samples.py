@@ -47,3 +47,22 @@ def preprocessed_frames(frames: list[np.ndarray], warmup: int = 2, fps: float = 
     finally:
         pre.close()
     return out
+
+
+# -- hostile inputs (tests and `chameleon bench fuzz`) --------------------------------------------------
+def with_sof_size(jpeg: bytes, w: int, h: int) -> bytes:
+    """The same JPEG with its frame header (SOF) claiming ``w`` x ``h``: a header that lies."""
+    out, i = bytearray(jpeg), 2
+    while out[i + 1] not in (0xC0, 0xC1, 0xC2):
+        i += 2 + ((out[i + 2] << 8) | out[i + 3])
+    out[i + 5 : i + 9] = bytes([h >> 8, h & 255, w >> 8, w & 255])
+    return bytes(out)
+
+
+def garbage_scan(jpeg: bytes, seed: int = 1) -> bytes:
+    """``jpeg``'s headers up to its scan, then random bytes (no markers), then EOI."""
+    sos = jpeg.index(b"\xff\xda")
+    noise = (
+        np.random.default_rng(seed).integers(0, 255, 5000, dtype=np.uint8).tobytes().replace(b"\xff", b"\0")
+    )
+    return jpeg[: sos + 2 + ((jpeg[sos + 2] << 8) | jpeg[sos + 3])] + noise + b"\xff\xd9"

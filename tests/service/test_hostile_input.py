@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from service_testkit import admit_when_registered
 from structlog.testing import capture_logs
 
 from services.camera.source import MotionCamera
@@ -27,7 +28,6 @@ from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
 from services.preprocess.pipeline import SessionPreprocessor
 from shared.bus import connect, publish_frame
-from shared.errors import CodedError
 from shared.fleet import Admission, open_view
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
@@ -35,6 +35,7 @@ from shared.media import decode_jpeg, encode_jpeg
 from shared.schemas import Control, Event, SessionState
 from shared.service import serve_in_task
 from shared.subjects import Subjects
+from tools.samples import garbage_scan, with_sof_size
 
 pytestmark = pytest.mark.service
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,23 +53,6 @@ def _ingest(url: str, **kw: object):  # type: ignore[no-untyped-def]
 
 def _jpeg(w: int, h: int, seed: int = 0) -> bytes:
     return encode_jpeg(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8))
-
-
-def _with_sof_size(jpeg: bytes, w: int, h: int) -> bytes:
-    """The same JPEG with its frame header (SOF) claiming ``w`` x ``h``: a header that lies."""
-    out, i = bytearray(jpeg), 2
-    while out[i + 1] not in (0xC0, 0xC1, 0xC2):
-        i += 2 + ((out[i + 2] << 8) | out[i + 3])
-    out[i + 5 : i + 9] = bytes([h >> 8, h & 255, w >> 8, w & 255])
-    return bytes(out)
-
-
-def _garbage_scan(w: int, h: int) -> bytes:
-    """A valid JPEG's headers up to its scan, then random bytes (no markers), then EOI."""
-    head = _jpeg(w, h)
-    sos = head.index(b"\xff\xda")
-    noise = np.random.default_rng(1).integers(0, 255, 5000, dtype=np.uint8).tobytes().replace(b"\xff", b"\0")
-    return head[: sos + 2 + ((head[sos + 2] << 8) | head[sos + 3])] + noise + b"\xff\xd9"
 
 
 class Watch:
@@ -136,13 +120,13 @@ async def test_a_sequence_number_of_2_to_the_70_is_bad_headers_at_ingest(nats_ur
 # -- JPEGs whose header lies ----------------------------------------------------------------------
 async def test_a_jpeg_whose_data_does_not_match_its_header_is_a_bad_frame_at_ingest(nats_url: str) -> None:
     """A 640x480 header over 176x144 data, or over garbage, used to pass ingest undecoded."""
-    lying = _with_sof_size(_jpeg(176, 144), 640, 480)
+    lying = with_sof_size(_jpeg(176, 144), 640, 480)
     async with _ingest(nats_url):
         nc = await connect(nats_url, "test")
         watches = {s: await Watch.on(nc, SUBJ, s) for s in ("lie", "garbage")}
         await publish_frame(nc, SUBJ.camera("lie"), lying, _meta("lie", 0, 640, 480))
         await publish_frame(
-            nc, SUBJ.camera("garbage"), _garbage_scan(640, 480), _meta("garbage", 0, 640, 480)
+            nc, SUBJ.camera("garbage"), garbage_scan(_jpeg(640, 480)), _meta("garbage", 0, 640, 480)
         )
         await until(lambda: all("bad_frame" in w.codes("error") for w in watches.values()))
         for w in watches.values():
@@ -175,24 +159,13 @@ async def test_preprocess_reports_a_lying_jpeg_as_bad_frame_and_prints_only_json
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    lying = _with_sof_size(_jpeg(176, 144), 640, 480)
+    lying = with_sof_size(_jpeg(176, 144), 640, 480)
     nc = await connect(nats_url, "test")
     try:
         watch = await Watch.on(nc, SUBJ, "pre-lie", out="cond")
-        admission = Admission(await open_view(nc.jetstream(), SUBJ), ["preprocess"])
-        try:
-            deadline = time.monotonic() + 60
-            while True:  # the worker registers once it has started
-                try:
-                    await admission.admit("pre-lie")
-                    break
-                except CodedError:
-                    assert time.monotonic() < deadline and proc.returncode is None, "no preprocess worker"
-                    await asyncio.sleep(0.2)
-        finally:
-            await admission.view.close()
+        await admit_when_registered(nc, SUBJ, "preprocess", "pre-lie", proc)
         for seq in range(30):
-            payload = lying if seq % 2 else _garbage_scan(640, 480)
+            payload = lying if seq % 2 else garbage_scan(_jpeg(640, 480))
             await publish_frame(nc, SUBJ.ingested("pre-lie"), payload, _meta("pre-lie", seq, 640, 480))
             await asyncio.sleep(1 / 30)
         await until(lambda: "bad_frame" in watch.codes("error"), timeout=30)

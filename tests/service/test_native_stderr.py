@@ -13,16 +13,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from service_testkit import admit_when_registered
 
 from services.camera.source import MotionCamera
 from shared.bus import connect, publish_frame
-from shared.errors import CodedError
-from shared.fleet import Admission, open_view
 from shared.headers import FrameMeta, now_ns
 from shared.media import encode_jpeg
 from shared.subjects import Subjects
@@ -58,18 +56,7 @@ async def test_native_library_output_of_a_service_is_json(nats_url: str, bus_pho
     try:
         await nc.subscribe(SUBJ.conditioning("native"), cb=on_cond)
         await nc.flush()
-        admission = Admission(await open_view(nc.jetstream(), SUBJ), ["preprocess"])
-        try:
-            deadline = time.monotonic() + 60
-            while True:  # the worker registers once it has started
-                try:
-                    await admission.admit("native")
-                    break
-                except CodedError:
-                    assert time.monotonic() < deadline and proc.returncode is None, "no preprocess worker"
-                    await asyncio.sleep(0.2)
-        finally:
-            await admission.view.close()
+        await admit_when_registered(nc, SUBJ, "preprocess", "native", proc)
         jpeg = encode_jpeg(MotionCamera(bus_photo, 640, 480).frame(0))
         meta = FrameMeta("native", 0, now_ns(), 640, 480).stamp("ingest", "out")
         await publish_frame(nc, SUBJ.ingested("native"), jpeg, meta)

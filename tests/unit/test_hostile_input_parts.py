@@ -16,6 +16,7 @@ from shared.logging import RateLimitedLog, get_logger
 from shared.media import UndecodableImage, decode_image, decode_jpeg, encode_jpeg
 from shared.schemas import Event
 from tools.demo_metrics import demo_quality
+from tools.samples import with_sof_size
 
 pytestmark = pytest.mark.unit
 
@@ -45,17 +46,9 @@ def test_rate_limited_log_writes_a_few_lines_per_interval_and_counts_the_rest() 
     assert len(logs) == 4 and all(e["log_level"] == "warning" for e in logs)
 
 
-def _with_sof_size(jpeg: bytes, w: int, h: int) -> bytes:
-    out, i = bytearray(jpeg), 2
-    while out[i + 1] not in (0xC0, 0xC1, 0xC2):
-        i += 2 + ((out[i + 2] << 8) | out[i + 3])
-    out[i + 5 : i + 9] = bytes([h >> 8, h & 255, w >> 8, w & 255])
-    return bytes(out)
-
-
 def test_decode_refuses_a_lying_jpeg_and_prints_nothing(capfd) -> None:
     img = np.random.default_rng(0).integers(0, 255, (144, 176, 3), dtype=np.uint8)
-    lying = _with_sof_size(encode_jpeg(img), 640, 480)
+    lying = with_sof_size(encode_jpeg(img), 640, 480)
     for reduced in (False, True):
         with pytest.raises(UndecodableImage, match="premature end of data segment"):
             decode_image(lying, reduced=reduced)

@@ -9,6 +9,7 @@ import pytest
 from services.ingest.validate import Limits, process_frame, session_box
 from shared.errors import CodedError
 from shared.media import decode_jpeg, encode_jpeg, jpeg_dimensions
+from tools.samples import garbage_scan, with_sof_size
 
 pytestmark = pytest.mark.unit
 LIMITS = Limits(max_frame_bytes=500_000, max_input_pixels=2000 * 2000, min_input_side=16, max_aspect=4.0)
@@ -92,28 +93,11 @@ def test_size_limits_apply_to_header_checked_jpegs() -> None:
         assert out.jpeg != cut and jpeg_dimensions(out.jpeg) == (640, 480)
 
 
-def _with_sof_size(jpeg: bytes, w: int, h: int) -> bytes:
-    """The same JPEG with its frame header (SOF) claiming ``w`` x ``h``: a header that lies."""
-    out, i = bytearray(jpeg), 2
-    while out[i + 1] not in (0xC0, 0xC1, 0xC2):
-        i += 2 + ((out[i + 2] << 8) | out[i + 3])
-    out[i + 5 : i + 9] = bytes([h >> 8, h & 255, w >> 8, w & 255])
-    return bytes(out)
-
-
-def _garbage_scan(w: int, h: int) -> bytes:
-    """A valid JPEG's headers up to its scan, then random bytes (no markers), then EOI."""
-    head = _jpeg(w, h)
-    sos = head.index(b"\xff\xda")
-    noise = np.random.default_rng(1).integers(0, 255, 5000, dtype=np.uint8).tobytes().replace(b"\xff", b"\0")
-    return head[: sos + 2 + ((head[sos + 2] << 8) | head[sos + 3])] + noise + b"\xff\xd9"
-
-
 def test_a_jpeg_whose_data_does_not_match_its_header_is_a_bad_frame_without_stderr(capfd) -> None:
     """Issue #13: a header claiming 640x480 over 176x144 data, or over garbage, passed ingest's
     header-only check, and libjpeg printed a raw warning for it in every stage that decoded it."""
-    lying = _with_sof_size(_jpeg(176, 144), 640, 480)
-    for payload in (lying, _garbage_scan(640, 480)):
+    lying = with_sof_size(_jpeg(176, 144), 640, 480)
+    for payload in (lying, garbage_scan(_jpeg(640, 480))):
         assert jpeg_dimensions(payload) == (640, 480)  # structurally a complete 640x480 JPEG
         with pytest.raises(CodedError) as info:
             process_frame(payload, LIMITS, 640, 480, 85)  # fits the box: the fast path

@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.bench.common import emit, provenance
+from tools.samples import with_sof_size
 
 SERVICES = ["garments", "ingest", "preprocess", "generator"]  # + auth: a secure stack starts it
 GARMENT = "tee-red-solid"
@@ -241,15 +242,6 @@ def _control_dict(m: Material, rng: random.Random, **fields: Any) -> dict[str, A
     return d
 
 
-def _with_sof_size(jpeg: bytes, w: int, h: int) -> bytes:
-    """The same JPEG with its frame header claiming ``w`` x ``h``: a header that lies."""
-    out, i = bytearray(jpeg), 2
-    while out[i + 1] not in (0xC0, 0xC1, 0xC2):
-        i += 2 + ((out[i + 2] << 8) | out[i + 3])
-    out[i + 5 : i + 9] = bytes([h >> 8, h & 255, w >> 8, w & 255])
-    return bytes(out)
-
-
 def _corrupt_scan(jpeg: bytes, rng: random.Random) -> bytes:
     sos = jpeg.index(b"\xff\xda")
     start = sos + 2 + ((jpeg[sos + 2] << 8) | jpeg[sos + 3])
@@ -293,7 +285,7 @@ def camera_probe(m: Material, rng: random.Random, seq: int) -> Probe:
     elif family == "corrupt_scan":
         payload = _corrupt_scan(good, rng)
     elif family == "lying_size_jpeg":
-        payload = _with_sof_size(m.small_jpeg, m.width, m.height)
+        payload = with_sof_size(m.small_jpeg, m.width, m.height)
     elif family == "absurd_seq":
         h[H_SEQ] = rng.choice([str(2**70), "-5", "1.5", "0x10", " 7", "", "9" * 40])
     elif family == "future_capture":
