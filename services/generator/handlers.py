@@ -132,7 +132,7 @@ class GeneratorHandlers:
             on_serve=self._serve,
             on_unserve=self._unserve,
             backend=backend,
-            free_slots=lambda: self._free_slots(backend),
+            free_slots=self.backends[backend].free_slots,
             replicas=self.settings.js_replicas,
         )
         self.stage.owner = self.fleet
@@ -170,11 +170,6 @@ class GeneratorHandlers:
             "control_failing": stuck,
             "status": "ok" if healthy else "unhealthy",
         }
-
-    def _free_slots(self, backend_name: str) -> int:
-        backend = self.backends.get(backend_name)
-        free = getattr(backend, "free_slots", None)
-        return int(free()) if callable(free) else -1
 
     # -- fleet ------------------------------------------------------------------------------------
     async def _serve(self, session_id: str, record: Ownership) -> None:

@@ -87,6 +87,11 @@ class Backend(Protocol):
         so a later swap to it only switches; may do nothing."""
         ...
 
+    def free_slots(self) -> int:
+        """Sessions this backend can still open (the student: free KV caches in its pool). The
+        worker's lease carries it, so the fleet never places a session where it cannot open."""
+        ...
+
 
 class AtCapacity(RuntimeError):
     """This worker has no room for another session (its cache pool is full)."""

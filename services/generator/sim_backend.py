@@ -72,6 +72,9 @@ class SimBackend:
     def prepare(self, garment: Garment) -> None:
         """Nothing to precompute."""
 
+    def free_slots(self) -> int:
+        return self.max_sessions - sum(1 for r in self._open.values() if not r.closed)
+
     def open(self, session_id: str, garment: Garment) -> SimRenderer:
         self._open = {k: v for k, v in self._open.items() if not v.closed}
         if session_id not in self._open and len(self._open) >= self.max_sessions:

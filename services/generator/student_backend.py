@@ -235,6 +235,10 @@ class StudentBackend:
         )
         return cls(engine)
 
+    def free_slots(self) -> int:
+        pool = self.engine.pool
+        return pool.capacity - pool.in_use
+
     def prepare(self, garment: Garment) -> None:
         """Nothing yet: the garment latent is encoded at the swap (one image encode, ~ms)."""
 

@@ -291,6 +291,9 @@ class WarpBackend:
         """Precompute the garment's warp data now (off any swap's path)."""
         self._prepared.get(garment)
 
+    def free_slots(self) -> int:
+        return self.max_sessions - sum(1 for r in self._open.values() if not r.closed)
+
     def open(self, session_id: str, garment: Garment) -> WarpRenderer:
         self._open = {k: v for k, v in self._open.items() if not v.closed}
         if session_id not in self._open and len(self._open) >= self.max_sessions:

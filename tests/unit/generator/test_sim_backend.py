@@ -13,6 +13,7 @@ from services.generator.backends import BACKEND_NAMES, make_backend, resolve
 from services.generator.rendering import AtCapacity, FrameInput, Garment
 from services.generator.settings import GeneratorSettings
 from services.generator.sim_backend import OUT_HEIGHT, OUT_WIDTH, SimBackend, SimRenderer
+from tools.samples import catalogue_garment
 
 pytestmark = pytest.mark.unit
 
@@ -71,3 +72,14 @@ def test_settings_choose_it_by_name_only() -> None:
     assert "sim" in BACKEND_NAMES
     assert resolve("sim", settings) == "sim"
     assert resolve("auto", GeneratorSettings(student_checkpoint="/nonexistent")) == "warp"
+
+
+def test_free_slots_count_open_renderers() -> None:
+    backend = SimBackend(service_ms=0, max_sessions=2)
+    garment = catalogue_garment("tee-red-solid")
+    first = backend.open("a", garment)
+    assert backend.free_slots() == 1
+    backend.open("b", garment)
+    assert backend.free_slots() == 0
+    first.close()
+    assert backend.free_slots() == 1

@@ -144,3 +144,15 @@ def test_a_frame_by_frame_renderer_holds_nothing_back(red_tee: Garment) -> None:
     renderer = SimBackend(service_ms=0).open("sim", red_tee)
     assert len(renderer.render(FrameInput(0, np.zeros((48, 64, 3), np.uint8)))) == 1
     assert renderer.flush() == []
+
+
+def test_free_slots_follow_the_cache_pool(backend: StudentBackend, red_tee: Garment) -> None:
+    """What the worker's lease advertises to the fleet: a session takes a cache, closing gives it back."""
+    before = backend.free_slots()
+    assert before == backend.engine.pool.capacity - backend.engine.pool.in_use >= 1
+    renderer = backend.open("slots", red_tee)
+    try:
+        assert backend.free_slots() == before - 1
+    finally:
+        renderer.close()
+    assert backend.free_slots() == before
