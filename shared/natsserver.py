@@ -35,6 +35,7 @@ DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
 _READY = re.compile(r"Server is ready")
 _LISTENING = re.compile(r"Listening for client connections on \S+:(\d+)")
 _MONITOR = re.compile(r"Starting http monitor on \S+:(\d+)")
+_WEBSOCKET = re.compile(r"Listening for websocket clients on \S+:(\d+)")
 
 
 class NatsServerError(RuntimeError):
@@ -85,7 +86,10 @@ class EmbeddedNats:
     With ``cluster`` it is one node of an ``EmbeddedCluster`` (named ``server_name``), and serves
     its HTTP monitor on a port it picks (``monitor_port``) so the cluster can ask it for /healthz.
     With ``auth`` the config gains accounts, service users and the auth callout (docs/security.md);
-    without it the server is open, as every test fixture wants."""
+    without it the server is open, as every test fixture wants. With ``websocket`` it also listens
+    for browsers (``ws_url``, plain ``ws://`` on loopback: put TLS in front anywhere else); the
+    same accounts and callout apply to them (docs/frontends.md). ``websocket_origins``: the only
+    page origins a browser may connect from (a client sending no ``Origin`` is not a browser)."""
 
     def __init__(
         self,
@@ -97,8 +101,13 @@ class EmbeddedNats:
         server_name: str = "",
         cluster: ClusterRoutes | None = None,
         auth: ServerAuth | None = None,
+        websocket: bool = False,
+        websocket_origins: tuple[str, ...] = (),
     ) -> None:
         self.port = port
+        self.websocket = websocket
+        self.websocket_origins = websocket_origins
+        self.ws_port = 0
         self._own_dir = store_dir is None
         self.workdir = Path(store_dir or tempfile.mkdtemp(prefix="chameleon-nats-"))
         self.max_payload = max_payload
@@ -117,6 +126,11 @@ class EmbeddedNats:
             raise NatsServerError("nats-server has no port yet: start() it first")
         return f"nats://127.0.0.1:{self.port}"
 
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket URL browsers connect to; empty without ``websocket``."""
+        return f"ws://127.0.0.1:{self.ws_port}" if self.websocket and self.ws_port else ""
+
     def _write_config(self) -> Path:
         conf = self.workdir / "nats.conf"
         lines = [
@@ -131,6 +145,13 @@ class EmbeddedNats:
         ]
         if self.server_name:
             lines.append(f'server_name: "{self.server_name}"')
+        if self.websocket:
+            lines += ["websocket {", f'  listen: "127.0.0.1:{self.ws_port or -1}"', "  no_tls: true"]
+            if self.websocket_origins:  # a browser on any other page is refused (403)
+                lines.append(
+                    "  allowed_origins: [" + ", ".join(json.dumps(o) for o in self.websocket_origins) + "]"
+                )
+            lines.append("}")
         if self.cluster is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster.peer_route_ports)
             lines += [
@@ -164,6 +185,7 @@ class EmbeddedNats:
         ready = threading.Event()
         listening: list[int] = []
         monitor: list[int] = []
+        ws: list[int] = []
 
         def pump(stream) -> None:  # keep reading so the pipe never fills up
             for raw in iter(stream.readline, b""):
@@ -174,6 +196,8 @@ class EmbeddedNats:
                     listening.append(int(m.group(1)))
                 if (m := _MONITOR.search(line)) and not monitor:
                     monitor.append(int(m.group(1)))
+                if (m := _WEBSOCKET.search(line)) and not ws:
+                    ws.append(int(m.group(1)))
                 if _READY.search(line):
                     ready.set()
 
@@ -190,6 +214,7 @@ class EmbeddedNats:
             raise NatsServerError(f"nats-server is ready but did not log its client port:\n{log}")
         self.port = listening[0]  # the one it picked: a restart comes back on it
         self.monitor_port = monitor[0] if monitor else 0  # logged before the client port
+        self.ws_port = ws[0] if ws else 0  # likewise
         return self
 
     def _lock_store(self) -> None:
@@ -282,6 +307,8 @@ class EmbeddedCluster:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         ready_timeout_s: float = 30.0,
         auth: ServerAuth | None = None,
+        websocket: bool = False,
+        websocket_origins: tuple[str, ...] = (),
     ) -> None:
         if size < 2:  # a clustered JetStream refuses to start without routes to peers
             raise ValueError(f"a cluster needs at least two nodes, not {size}: use EmbeddedNats")
@@ -298,6 +325,8 @@ class EmbeddedCluster:
                 server_name=f"{name}-{i}",
                 cluster=ClusterRoutes(name, port, tuple(p for p in route_ports if p != port)),
                 auth=auth,
+                websocket=websocket,
+                websocket_origins=websocket_origins,
             )
             for i, port in enumerate(route_ports)
         ]
@@ -314,6 +343,11 @@ class EmbeddedCluster:
     def url(self) -> str:
         """Every node's client URL, comma-separated: what ``NATS_URL`` takes for a cluster."""
         return ",".join(self.urls)
+
+    @property
+    def ws_url(self) -> str:
+        """Every node's WebSocket URL, comma-separated (a browser client takes the list)."""
+        return ",".join(n.ws_url for n in self.nodes if n.ws_url)
 
     def start(self) -> EmbeddedCluster:
         try:

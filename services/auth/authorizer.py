@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from services.auth.tokens import MAX_TTL_S, TokenError, verify
 from shared.auth import TokenClaims
+from shared.tokens import MAX_TTL_S, TokenError, verify
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from typing import Any
 import nacl.exceptions
 import nkeys
 
-from services.auth.keys import KeysError, verify_key
 from shared.auth import Permissions, TokenFormatError, b64url, b64url_decode
+from shared.tokens import KeysError, verify_key
 
 JWT_HEADER = b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}, separators=(",", ":")).encode())
 NO_LIMIT = -1

@@ -21,16 +21,15 @@ from nats.aio.subscription import Subscription
 
 from services.auth.authorizer import Authorizer, Connection
 from services.auth.callout import CalloutError, decode_request, response_jwt, user_jwt
-from services.auth.keys import keypair, verify_key
 from services.auth.permissions import session_permissions, session_user_name
 from services.auth.settings import AuthSettings
-from services.auth.tokens import TokenError
 from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
 from shared.bus import connect
 from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.subjects import Channel, InvalidSessionId
+from shared.tokens import TokenError, keypair, verify_key
 
 log = get_logger("auth")
 

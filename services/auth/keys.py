@@ -13,7 +13,6 @@ tokens should outlive a restart. Rotation (docs/security.md) is replacing the fi
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -21,52 +20,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nacl.signing
 import nkeys
 
 from shared.auth import ADMIN_USER, SERVICE_ROLES, SYSTEM_USER, NatsCredentials, ServerAuth, SessionLimits
 from shared.auth import server_auth as build_server_auth
 from shared.subjects import Subjects
+from shared.tokens import KeysError, keypair, new_seed, public_key
 
 KEYS_VERSION = 1
 USERS = (*SERVICE_ROLES, ADMIN_USER, SYSTEM_USER)
-
-
-class KeysError(ValueError):
-    """A malformed nkey, seed or keys file."""
-
-
-def new_seed(prefix: int) -> str:
-    """A fresh nkey seed of role ``prefix`` (``nkeys.PREFIX_BYTE_ACCOUNT`` …)."""
-    return nkeys.encode_seed(os.urandom(32), prefix).decode()
-
-
-def keypair(seed: str) -> nkeys.KeyPair:
-    try:
-        return nkeys.from_seed(seed.encode())
-    except (nkeys.NkeysError, ValueError) as exc:
-        raise KeysError(f"bad nkey seed: {exc}") from None
-
-
-def public_key(seed: str) -> str:
-    return keypair(seed).public_key.decode()
-
-
-def verify_key(public: str, prefix: int | None = None) -> nacl.signing.VerifyKey:
-    """The ed25519 key of an encoded public nkey, its role and checksum checked (nkeys 0.2 can sign
-    and verify only with a seed in hand)."""
-    try:
-        raw = base64.b32decode(public + "=" * (-len(public) % 8))
-    except (ValueError, TypeError) as exc:
-        raise KeysError(f"bad public nkey: {exc}") from None
-    if len(raw) != 35:
-        raise KeysError("bad public nkey: wrong length")
-    body, crc = raw[:-2], raw[-2:]
-    if nkeys.crc16_checksum(body) != crc:
-        raise KeysError("bad public nkey: checksum")
-    if prefix is not None and body[0] != prefix:
-        raise KeysError("public nkey of the wrong role")
-    return nacl.signing.VerifyKey(bytes(body[1:]))
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,11 @@ DELEGATES: dict[tuple[str, str], str] = {
     ("bench", "load"): "tools.bench.load",
     ("bench", "fuzz"): "tools.bench.fuzz",
     ("bench", "soak"): "tools.bench.soak",
+    ("bench", "gpu"): "tools.bench.gpu",
+    ("bench", "browser"): "tools.bench.browser",
     ("inspect", "attention"): "tools.inspect_attention",
     ("eval", "swap"): "tools.training.evaluate",
+    ("eval", "drift"): "tools.eval.drift",
 }
 
 
@@ -234,6 +237,12 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
         action="store_true",
         help="no authorization: anyone who can reach the server may do anything (experiments only)",
     )
+    p.add_argument(
+        "--web-port",
+        type=int,
+        default=int(os.environ.get("CHAMELEON_WEB_PORT") or 8080),
+        help="the shopper page's port on 127.0.0.1 (0: a free one); the URL is printed",
+    )
     _add_timeout(p)
     args = p.parse_args(argv)
     if args.workers < 1 or args.nats_cluster < 1:
@@ -266,6 +275,7 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
         nats_cluster=args.nats_cluster,
         hang_timeout_s=args.hang_timeout,
         secure=secure,
+        web_port=args.web_port,
     )
     stopped = False
 
@@ -282,9 +292,22 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
         data_dir = str(stack.data_dir) if stack.nats is not None else None
         workers = {c.worker_id: c.health_port for c in stack.children}
         auth = "on" if secure else "off"
-        print(json.dumps({"nats_url": stack.url, "data_dir": data_dir, "auth": auth, "services": workers}))
+        print(
+            json.dumps(
+                {
+                    "nats_url": stack.url,
+                    "ws_url": stack.ws_url or None,
+                    "web_url": stack.web_url or None,
+                    "data_dir": data_dir,
+                    "auth": auth,
+                    "services": workers,
+                }
+            )
+        )
+        if stack.web_url:
+            print(f"chameleon up: the shopper page is at {stack.web_url}", flush=True)
         if secure and stack.data_dir is not None:
-            _record_url(stack.data_dir, stack.url)
+            _record_url(stack.data_dir, stack.url, stack.ws_url)
             print(
                 f"export NATS_URL={stack.url}   # then: chameleon session create NAME (a token for "
                 "camera / watch / swap --token); Ctrl-C stops all",
@@ -311,8 +334,9 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
 UP_RECORD = "up.json"  # in the data dir: the URL of the running `up`, for `session create`
 
 
-def _record_url(data_dir: Path, url: str) -> None:
-    (data_dir / UP_RECORD).write_text(json.dumps({"nats_url": url, "pid": os.getpid()}) + "\n")
+def _record_url(data_dir: Path, url: str, ws_url: str = "") -> None:
+    record = {"nats_url": url, "ws_url": ws_url or None, "pid": os.getpid()}
+    (data_dir / UP_RECORD).write_text(json.dumps(record) + "\n")
 
 
 async def _load_catalogue(
@@ -453,11 +477,11 @@ def cmd_session(argv: list[str], settings: BaseSettings) -> int:
     key of a secure ``chameleon up`` (its data dir), expiring after ``--ttl`` seconds."""
     from datetime import datetime, timezone
 
-    from services.auth.keys import AuthKeys, KeysError
-    from services.auth.tokens import DEFAULT_TTL_S, MAX_TTL_S, mint
+    from services.auth.keys import AuthKeys
     from services.cli.stack import KEYS_FILE, default_data_dir
     from shared.auth import read_token
     from shared.subjects import InvalidSessionId
+    from shared.tokens import DEFAULT_TTL_S, MAX_TTL_S, KeysError, mint
 
     p = argparse.ArgumentParser(prog="chameleon session", description="per-session credentials")
     sub = p.add_subparsers(dest="action", required=True)
@@ -481,14 +505,17 @@ def cmd_session(argv: list[str], settings: BaseSettings) -> int:
     except (KeysError, InvalidSessionId, ValueError) as exc:
         print(f"chameleon session: {exc}", file=sys.stderr)
         return 2
-    url = settings.nats_url
-    if not url and (data_dir / UP_RECORD).exists():
+    url, ws_url = settings.nats_url, os.environ.get("CHAMELEON_WS_URL", "")
+    if (data_dir / UP_RECORD).exists():
         with contextlib.suppress(OSError, ValueError, KeyError):
-            url = json.loads((data_dir / UP_RECORD).read_text())["nats_url"]
+            record = json.loads((data_dir / UP_RECORD).read_text())
+            url = url or record["nats_url"]
+            ws_url = ws_url or record.get("ws_url") or ""
     expires = datetime.fromtimestamp(read_token(token).expires_at, timezone.utc)
     result = {
         "session_id": args.session,
         "nats_url": url or None,
+        "ws_url": ws_url or None,
         "token": token,
         "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }

@@ -38,11 +38,11 @@ from pathlib import Path
 from typing import IO
 
 from services.auth.keys import AuthKeys
-from services.auth.tokens import DEFAULT_TTL_S, mint
 from shared.auth import ADMIN_USER, ENV_TOKEN, SYSTEM_USER, NatsCredentials
 from shared.logging import get_logger
 from shared.natsserver import EmbeddedCluster, EmbeddedNats, reserve_port
 from shared.subjects import DEFAULT_PREFIX, Subjects
+from shared.tokens import DEFAULT_TTL_S, mint
 
 log = get_logger("stack")
 
@@ -54,6 +54,7 @@ SERVICE_MODULES: dict[str, str] = {
     "preprocess": "services.preprocess.main",
     "generator": "services.generator.main",
     "passthrough": "services.passthrough.main",
+    "web": "services.web.main",  # the shopper page; its server gets a WebSocket listener
 }
 # Stateful stages: ``workers`` processes of each, among which sessions are placed (docs/fleet.md).
 SCALED_SERVICES = ("preprocess", "generator")
@@ -126,12 +127,31 @@ class Stack:
     healthy_reset_s: float = 30.0  # healthy this long: the back-off starts again from the minimum
     secure: bool = False  # authorization on: service users, auth callout, the auth service
     keys: AuthKeys | None = None  # secure: given, else DATA_DIR/auth-keys.json, else fresh ones
+    web_port: int = 0  # the page's port when "web" runs; 0: a free one (``web_url`` says which)
+    web_host: str = "127.0.0.1"
     nats: EmbeddedNats | EmbeddedCluster | None = None
     children: list[Child] = field(default_factory=list)
+
+    _web_reservation: socket.socket | None = None
 
     @property
     def url(self) -> str:
         return self.nats_url or (self.nats.url if self.nats else "")
+
+    @property
+    def ws_url(self) -> str:
+        """The embedded server's WebSocket URL(s) for browsers; ``CHAMELEON_WS_URL`` with an
+        external server (empty: none known)."""
+        if self.nats is not None:
+            return self.nats.ws_url
+        return self.env.get("CHAMELEON_WS_URL") or os.environ.get("CHAMELEON_WS_URL", "")
+
+    @property
+    def web_url(self) -> str:
+        """The page's URL; empty when the web service is not part of this stack."""
+        if "web" not in self.services or not self.web_port:
+            return ""
+        return f"http://{self.web_host}:{self.web_port}/"
 
     def start(self) -> Stack:
         unknown = [n for n in self.services if n not in SERVICE_MODULES]
@@ -146,11 +166,25 @@ class Stack:
             elif self.keys is None:  # a temporary store: keys as short-lived as the server
                 self.keys = AuthKeys.generate()
             auth = self.keys.server_auth(self.subjects)
+        websocket = "web" in self.services
+        if websocket and not self.web_port:  # held until the web service listens on it
+            self._web_reservation = reserve_port()
+            self.web_port = self._web_reservation.getsockname()[1]
+        # browsers may reach the WebSocket listener from the page only, not from any site they visit
+        origins = (f"http://{self.web_host}:{self.web_port}",) if websocket else ()
         if not self.nats_url:
             if self.nats_cluster > 1:
-                self.nats = EmbeddedCluster(self.nats_cluster, store_dir=self.data_dir, auth=auth).start()
+                self.nats = EmbeddedCluster(
+                    self.nats_cluster,
+                    store_dir=self.data_dir,
+                    auth=auth,
+                    websocket=websocket,
+                    websocket_origins=origins,
+                ).start()
             else:
-                self.nats = EmbeddedNats(store_dir=self.data_dir, auth=auth).start()
+                self.nats = EmbeddedNats(
+                    store_dir=self.data_dir, auth=auth, websocket=websocket, websocket_origins=origins
+                ).start()
         names = (["auth"] if self.secure else []) + [n for n in self.services if n != "auth"]
         try:
             for name in names:
@@ -186,6 +220,8 @@ class Stack:
         token in this process's environment is never handed to a service."""
         if not (self.secure and self.keys):
             return {ENV_TOKEN: ""}
+        if name == "web":  # no NATS user: it only mints session tokens, with the token key
+            return {ENV_TOKEN: "", "CHAMELEON_WEB_TOKEN_SEED": self.keys.token_seed}
         env = self.keys.credentials(name).env()
         if name == "auth":
             env.update(
@@ -202,6 +238,12 @@ class Stack:
             stack_env["CHAMELEON_JS_REPLICAS"] = str(min(MAX_JS_REPLICAS, self.nats.size))
         if name == "ingest":  # sessions are placed only on the stateful stages this stack runs
             stack_env["CHAMELEON_ADMIT_STAGES"] = ",".join(s for s in SCALED_SERVICES if s in self.services)
+        if name == "web":
+            stack_env.update(
+                CHAMELEON_WEB_HOST=self.web_host,
+                CHAMELEON_WEB_PORT=str(self.web_port),
+                CHAMELEON_WS_URL=self.ws_url,
+            )
         return {
             **os.environ,
             **stack_env,
@@ -264,6 +306,8 @@ class Stack:
             if self._probe(child):
                 child.healthy_at = child.healthy_since = time.monotonic()
                 child.release_port()  # the child listens on it now
+                if child.name == "web":
+                    self._release_web_port()
                 return
             time.sleep(0.1)
         raise StackError(f"service {child.worker_id} not healthy after {self.ready_timeout_s:.0f} s")
@@ -344,9 +388,15 @@ class Stack:
             if c.log:
                 c.log.close()
         self.children.clear()
+        self._release_web_port()
         if self.nats is not None:
             self.nats.close()  # removes the store only when it made a temporary one
             self.nats = None
+
+    def _release_web_port(self) -> None:
+        if self._web_reservation is not None:
+            self._web_reservation.close()
+            self._web_reservation = None
 
     def __enter__(self) -> Stack:
         return self.start()

@@ -27,7 +27,7 @@ from nats.js.api import KeyValueConfig
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
-from services.auth.tokens import mint
+from shared.tokens import mint
 from services.cli.stack import KEYS_FILE
 from shared import control
 from shared.auth import ADMIN_USER, SYSTEM_USER, NatsCredentials
@@ -370,8 +370,9 @@ async def test_session_create_mints_a_token_the_cli_clients_use(
     )
     assert made.returncode == 0, made.stderr
     session = json.loads(made.stdout.strip().splitlines()[-1])
-    assert set(session) == {"session_id", "nats_url", "token", "expires_at"}
+    assert set(session) == {"session_id", "nats_url", "ws_url", "token", "expires_at"}
     assert (session["session_id"], session["nats_url"]) == ("erin", secure_nats.url)
+    assert session["ws_url"] is None  # no `up` recorded one, and no CHAMELEON_WS_URL
     assert session["expires_at"].endswith("Z")
     tok = session["token"]
 

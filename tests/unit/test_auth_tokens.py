@@ -21,9 +21,8 @@ from services.auth.callout import (
     response_jwt,
     user_jwt,
 )
-from services.auth.keys import USERS, AuthKeys, keypair, new_seed
+from services.auth.keys import USERS, AuthKeys
 from services.auth.permissions import session_permissions
-from services.auth.tokens import MAX_TTL_S, TokenError, mint, verify
 from shared.auth import (
     SERVICE_ROLES,
     NatsCredentials,
@@ -34,6 +33,7 @@ from shared.auth import (
     session_inbox_prefix,
 )
 from shared.subjects import Subjects
+from shared.tokens import MAX_TTL_S, TokenError, keypair, mint, new_seed, verify
 
 pytestmark = pytest.mark.unit
 S = Subjects()

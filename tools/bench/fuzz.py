@@ -557,7 +557,7 @@ async def _connect_plain(url: str, opts: dict[str, Any]) -> Any:
 
 def bad_tokens(token_seed: str, session_id: str) -> dict[str, str]:
     from services.auth.keys import AuthKeys
-    from services.auth.tokens import mint
+    from shared.tokens import mint
 
     return {
         "none": "",

@@ -1,0 +1,381 @@
+// The shopper page: asks the web service for a session, connects to NATS over WebSocket, sends
+// the webcam (or the demo feed), draws the dressed stream, and swaps garments on click.
+// Everything it measures is in `window.chameleon.stats()` (the tests and `chameleon bench
+// browser` read it there).
+import { ChameleonSession } from "./client.js";
+import { LatestSlot, SendGate, Ticker } from "./frames.js";
+import { FpsMeter, Samples, SwapTimer } from "./meters.js";
+import { describeEvent, nowNs, nsToMs } from "./protocol.js";
+
+const $ = (id) => document.getElementById(id);
+const NO_OUTPUT_MS = 2000; // live, but no frame drawn this long: say so instead of freezing
+const JPEG_QUALITY = 0.85;
+
+const page = {
+  session: null,
+  client: null,
+  state: "connecting",
+  notice: "",
+  garments: new Map(), // id -> {record, button}
+  inEffect: null,
+  lastDrawMs: 0,
+  outFps: new FpsMeter(),
+  camFps: new FpsMeter(),
+  latency: new Samples(600),
+  swaps: new SwapTimer(),
+  gate: new SendGate(),
+  slot: new LatestSlot(),
+  decoding: false,
+  framesDrawn: 0,
+  staleDropped: 0,
+  events: [],
+  errors: [],
+  demo: false,
+  source: null, // {draw(ctx, w, h, i)}
+};
+
+function setState(state, text) {
+  page.state = state;
+  const el = $("state");
+  el.dataset.state = state;
+  el.textContent = text;
+}
+
+function setNotice(text) {
+  page.notice = text || "";
+  const el = $("notice");
+  el.textContent = page.notice;
+  el.hidden = !page.notice;
+}
+
+// -- session -------------------------------------------------------------------------------------
+async function requestSession() {
+  for (;;) {
+    const res = await fetch("/api/session", { method: "POST" });
+    if (res.ok) return res.json();
+    if (res.status === 429) {
+      const wait = Number(res.headers.get("Retry-After") || 5);
+      setState("at_capacity", `Too many new sessions: retrying in ${wait} s`);
+      await new Promise((r) => setTimeout(r, wait * 1000));
+      continue;
+    }
+    throw new Error(`the server refused a session (HTTP ${res.status})`);
+  }
+}
+
+async function watchStatus(client) {
+  for await (const s of client.status()) {
+    if (s.type === "disconnect" || s.type === "reconnecting" || s.type === "staleConnection") {
+      setState("reconnecting", "Reconnecting…");
+    } else if (s.type === "reconnect") {
+      setState("live", "Live");
+    } else if (s.type === "error") {
+      page.errors.push(String(s.error?.message || s.error));
+      setState("error", `Connection error: ${s.error?.message || s.error}`);
+    }
+  }
+}
+
+function onEvent(ev) {
+  page.events.push({ kind: ev.kind, code: ev.code, data: ev.data });
+  if (page.events.length > 200) page.events.shift();
+  const d = describeEvent(ev);
+  if (d.kind === "swap") {
+    markApplied(d.garmentId, ev.data?.latency_ms);
+  } else if (d.kind === "error") {
+    page.errors.push(d.text);
+    setNotice(d.text);
+  } else if (d.kind === "notice" && (d.state === "no_person" || d.state === "at_capacity")) {
+    setState(d.state, d.text);
+    setNotice(d.text);
+  } else if (d.kind === "notice" && d.state === "live") {
+    setNotice("");
+    if (page.framesDrawn) setState("live", "Live");
+  }
+}
+
+// -- catalogue -------------------------------------------------------------------------------------
+function renderCatalogue(items) {
+  const list = $("garments");
+  list.replaceChildren();
+  for (const rec of items) {
+    const li = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "garment";
+    button.dataset.garmentId = rec.garment_id;
+    button.setAttribute("aria-pressed", "false");
+    const img = document.createElement("img");
+    img.alt = "";
+    const label = document.createElement("span");
+    label.className = "label";
+    label.textContent = rec.name || rec.garment_id;
+    const status = document.createElement("span");
+    status.className = "status";
+    button.append(img, label, status);
+    button.addEventListener("click", () => swapTo(rec.garment_id));
+    li.append(button);
+    list.append(li);
+    page.garments.set(rec.garment_id, { record: rec, button, img, status });
+  }
+  loadImages(items.map((r) => r.garment_id));
+}
+
+async function loadImages(ids) {
+  for (const id of ids) {
+    try {
+      const png = await page.client.garmentImage(id);
+      const g = page.garments.get(id);
+      if (g) g.img.src = URL.createObjectURL(new Blob([png], { type: "image/png" }));
+    } catch (err) {
+      page.errors.push(String(err.message || err));
+    }
+  }
+}
+
+function showInEffect(garmentId) {
+  if (!garmentId || page.inEffect === garmentId) return;
+  page.inEffect = garmentId;
+  for (const [id, g] of page.garments) g.button.setAttribute("aria-pressed", String(id === garmentId));
+  const g = page.garments.get(garmentId);
+  $("garment-name").textContent = g ? `· ${g.record.name || garmentId}` : `· ${garmentId}`;
+}
+
+async function swapTo(garmentId) {
+  const g = page.garments.get(garmentId);
+  if (!g || !page.client) return;
+  for (const other of page.garments.values()) other.button.classList.remove("pending");
+  page.swaps.clicked(garmentId, performance.now());
+  g.button.classList.add("pending");
+  g.button.classList.remove("failed");
+  g.status.textContent = "switching…";
+  try {
+    await page.client.swap(garmentId);
+  } catch (err) {
+    g.button.classList.remove("pending");
+    g.button.classList.add("failed");
+    g.status.textContent = "failed";
+    page.errors.push(String(err.message || err));
+  }
+}
+
+function markApplied(garmentId, eventLatencyMs) {
+  const g = page.garments.get(garmentId);
+  if (!g) return;
+  g.button.classList.remove("pending");
+  const ms = page.swaps.last ?? eventLatencyMs;
+  g.status.textContent = ms != null ? `${Math.round(ms)} ms` : "";
+  showInEffect(garmentId);
+}
+
+// -- output ------------------------------------------------------------------------------------------
+function onFrame(jpeg, meta) {
+  page.slot.put({ jpeg, meta });
+  if (!page.decoding) drawLoop();
+}
+
+async function drawLoop() {
+  page.decoding = true;
+  const canvas = $("output");
+  const ctx = canvas.getContext("2d");
+  try {
+    for (let item = page.slot.take(); item; item = page.slot.take()) {
+      let bitmap;
+      try {
+        bitmap = await createImageBitmap(new Blob([item.jpeg], { type: "image/jpeg" })); // off the main thread
+      } catch {
+        continue; // a frame that does not decode is skipped, the next one follows
+      }
+      if (canvas.width !== bitmap.width || canvas.height !== bitmap.height) {
+        canvas.width = bitmap.width;
+        canvas.height = bitmap.height;
+      }
+      ctx.drawImage(bitmap, 0, 0);
+      bitmap.close();
+      const drawnMs = performance.now();
+      page.lastDrawMs = drawnMs;
+      page.framesDrawn += 1;
+      page.outFps.tick(drawnMs);
+      if (item.meta.captureNs !== null) page.latency.add(nsToMs(nowNs() - item.meta.captureNs));
+      if (item.meta.garmentId) {
+        const swapMs = page.swaps.drawn(item.meta.garmentId, drawnMs);
+        if (swapMs !== null) markApplied(item.meta.garmentId, swapMs);
+        showInEffect(item.meta.garmentId);
+      }
+      if (page.state !== "live" && page.state !== "error" && page.state !== "reconnecting") {
+        setState("live", "Live");
+        setNotice("");
+      }
+    }
+  } finally {
+    page.decoding = false;
+  }
+}
+
+// -- camera ------------------------------------------------------------------------------------------
+async function webcamSource(width, height) {
+  const stream = await navigator.mediaDevices.getUserMedia({ video: { width, height }, audio: false });
+  const video = $("webcam");
+  video.srcObject = stream;
+  await video.play();
+  return {
+    name: "webcam",
+    draw(ctx, w, h) {
+      ctx.drawImage(video, 0, 0, w, h);
+    },
+    stop() {
+      for (const t of stream.getTracks()) t.stop();
+    },
+  };
+}
+
+async function demoSource() {
+  const img = new Image();
+  img.src = "/demo.jpg";
+  await img.decode();
+  return {
+    name: "demo",
+    draw(ctx, w, h, i) {
+      // a slowly moving camera over the photo (as `chameleon camera --image --motion` does)
+      const phase = (2 * Math.PI * i) / 90;
+      const zoom = 1 + 0.05 * (1 - Math.cos(phase));
+      const s = Math.min(w / img.width, h / img.height) * zoom;
+      ctx.fillStyle = "#222";
+      ctx.fillRect(0, 0, w, h);
+      ctx.setTransform(s, 0, 0, s, w / 2 + 24 * Math.sin(phase), h / 2 + 12 * Math.sin(phase * 1.3));
+      ctx.drawImage(img, -img.width / 2, -img.height / 2);
+      ctx.setTransform(1, 0, 0, 1, 0, 0);
+    },
+    stop() {},
+  };
+}
+
+async function chooseSource(demo) {
+  const { width, height } = page.session;
+  page.source?.stop();
+  page.source = null;
+  if (!demo) {
+    try {
+      page.source = await webcamSource(width, height);
+    } catch (err) {
+      setNotice(`No webcam (${err.name || err}): showing the demo feed`);
+      $("demo-feed").checked = true;
+    }
+  }
+  if (!page.source) {
+    try {
+      page.source = await demoSource();
+    } catch {
+      setState("error", "No webcam, and this server has no demo feed");
+      return;
+    }
+  }
+  page.demo = page.source.name === "demo";
+}
+
+function encodeJpeg(canvas) {
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
+}
+
+async function sendLoop() {
+  const canvas = $("camera");
+  const { width, height, fps } = page.session;
+  canvas.width = width;
+  canvas.height = height;
+  const ctx = canvas.getContext("2d", { willReadFrequently: false });
+  const ticker = new Ticker(fps, performance.now());
+  let seq = 0;
+  for (;;) {
+    const wait = ticker.due(performance.now());
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    ticker.advance();
+    const i = seq++;
+    if (!page.source || !page.gate.tryEnter()) continue; // the last frame is still on its way: drop this one
+    let sent = false;
+    try {
+      page.source.draw(ctx, width, height, i);
+      const captureNs = nowNs();
+      const blob = await encodeJpeg(canvas);
+      if (blob && page.state !== "reconnecting") {
+        page.client.publishFrame(new Uint8Array(await blob.arrayBuffer()), { seq: i, captureNs, width, height });
+        page.camFps.tick(performance.now());
+        sent = true;
+        await page.client.flush();
+      }
+    } catch (err) {
+      page.errors.push(String(err.message || err));
+    } finally {
+      page.gate.leave(sent);
+    }
+  }
+}
+
+// -- overlay -----------------------------------------------------------------------------------------
+function stats() {
+  const now = performance.now();
+  return {
+    state: page.state,
+    notice: page.notice,
+    session_id: page.session?.session_id ?? null,
+    source: page.source?.name ?? null,
+    fps_displayed: page.outFps.fps(now),
+    fps_sent: page.camFps.fps(now),
+    frames_drawn: page.framesDrawn,
+    frames_sent: page.gate.sent,
+    latency_ms: { p50: page.latency.p(50), p95: page.latency.p(95), count: page.latency.count },
+    latency_all_ms: page.latency.all.slice(-5000),
+    swap_ms: page.swaps.done.all.slice(),
+    last_swap_ms: page.swaps.last,
+    frames_dropped_by_page: page.gate.dropped + page.slot.replaced,
+    camera_frames_dropped: page.gate.dropped,
+    output_frames_replaced: page.slot.replaced,
+    stale_epoch_dropped: page.staleDropped,
+    garment_in_effect: page.inEffect,
+    garments: [...page.garments.keys()],
+    events: page.events.slice(-50),
+    errors: page.errors.slice(-20),
+  };
+}
+
+function updateOverlay() {
+  const s = stats();
+  $("m-fps").textContent = s.fps_displayed ? s.fps_displayed.toFixed(1) : "–";
+  $("m-p50").textContent = s.latency_ms.count ? `${Math.round(s.latency_ms.p50)} ms` : "–";
+  $("m-p95").textContent = s.latency_ms.count ? `${Math.round(s.latency_ms.p95)} ms` : "–";
+  $("m-swap").textContent = s.last_swap_ms != null ? `${Math.round(s.last_swap_ms)} ms` : "–";
+  if (page.state === "live" && performance.now() - page.lastDrawMs > NO_OUTPUT_MS) {
+    setState("waiting", "Waiting for the stream…");
+  }
+}
+
+// -- start -------------------------------------------------------------------------------------------
+async function main() {
+  window.chameleon = { stats, swapTo };
+  setInterval(updateOverlay, 250);
+  try {
+    setState("connecting", "Connecting…");
+    page.session = await requestSession();
+    page.client = await ChameleonSession.connect(page.session);
+    watchStatus(page.client);
+    page.client.onEvent(onEvent);
+    page.client.onFrame(onFrame, () => {
+      page.staleDropped += 1;
+    });
+    const items = await page.client.listGarments();
+    renderCatalogue(items);
+    const { width, height, fps } = page.session;
+    await page.client.start({ garmentId: items[0]?.garment_id ?? null, width, height, fps });
+    const demo = new URLSearchParams(location.search).has("demo");
+    $("demo-feed").checked = demo;
+    await chooseSource(demo);
+    $("demo-feed").addEventListener("change", (e) => chooseSource(e.target.checked));
+    setState("waiting", "Waiting for the stream…");
+    window.addEventListener("pagehide", () => page.client?.close());
+    await sendLoop();
+  } catch (err) {
+    page.errors.push(String(err.message || err));
+    setState("error", `Error: ${err.message || err}`);
+  }
+}
+
+main();
