@@ -43,6 +43,9 @@ SYSTEM_USER = "auth-sys"  # the auth service's second connection, in SYS: kicks 
 ENV_USER = "CHAMELEON_NATS_USER"
 ENV_PASSWORD = "CHAMELEON_NATS_PASSWORD"
 ENV_TOKEN = "CHAMELEON_TOKEN"
+# a deployment's keys file (``chameleon auth init``): a service user's password is read from it
+# when the environment names the user but carries no password (compose mounts it read-only)
+ENV_KEYS_FILE = "CHAMELEON_KEYS_FILE"
 
 TOKEN_SCHEME = "cht1"  # the session token's version tag: ``cht1.<claims>.<signature>``
 
@@ -70,7 +73,13 @@ class NatsCredentials:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> NatsCredentials:
         env = os.environ if env is None else env
-        return cls(env.get(ENV_USER, ""), env.get(ENV_PASSWORD, ""), env.get(ENV_TOKEN, ""))
+        user, password = env.get(ENV_USER, ""), env.get(ENV_PASSWORD, "")
+        if user and not password and env.get(ENV_KEYS_FILE):
+            passwords = read_keys_file(env[ENV_KEYS_FILE]).get("passwords", {})
+            if not isinstance(passwords, dict) or user not in passwords:
+                raise KeysFileError(f"{env[ENV_KEYS_FILE]} has no password for user {user!r}")
+            password = str(passwords[user])
+        return cls(user, password, env.get(ENV_TOKEN, ""))
 
     def connect_options(self) -> dict[str, Any]:
         """nats-py ``connect`` keyword arguments. A token client gets its session's inbox prefix:
@@ -87,6 +96,23 @@ class NatsCredentials:
     def env(self) -> dict[str, str]:
         """The environment that hands these credentials to a child process."""
         return {ENV_USER: self.user, ENV_PASSWORD: self.password, ENV_TOKEN: self.token}
+
+
+class KeysFileError(ValueError):
+    """A keys file that cannot be read, or lacks what a process needs from it."""
+
+
+def read_keys_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON of a deployment's keys file (``services/auth/keys.py`` writes it): its seeds and
+    passwords. Readable by the deployment's processes only (mode 0600, their user)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            body = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise KeysFileError(f"{path}: not a readable keys file ({exc})") from None
+    if not isinstance(body, dict):
+        raise KeysFileError(f"{path}: not a keys file")
+    return body
 
 
 # -- the session token, as its holder may read it ------------------------------------------------

@@ -79,6 +79,45 @@ class ClusterRoutes:
     peer_route_ports: tuple[int, ...]
 
 
+def server_config(
+    listen: str,
+    store_dir: str | os.PathLike[str],
+    max_payload: int = DEFAULT_MAX_PAYLOAD,
+    *,
+    server_name: str = "",
+    http: str = "",
+    websocket: str = "",
+    websocket_origins: tuple[str, ...] = (),
+    auth: ServerAuth | None = None,
+) -> list[str]:
+    """The lines of a nats-server config: JetStream with a file store, optionally the HTTP monitor,
+    a plain WebSocket listener (TLS belongs in front of it) admitting browsers from
+    ``websocket_origins`` only, and the accounts, users and auth callout of ``auth``. One writer
+    for the embedded server and for a deployment's (``chameleon auth init``)."""
+    lines = [
+        f"listen: {listen}",
+        f"max_payload: {max_payload}",
+        "max_pending: 64MB",
+        "jetstream {",
+        f"  store_dir: {json.dumps(str(store_dir))}",
+        "  max_memory_store: 256MB",
+        "  max_file_store: 2GB",
+        "}",
+    ]
+    if server_name:
+        lines.append(f"server_name: {json.dumps(server_name)}")
+    if http:
+        lines.append(f"http: {json.dumps(http)}")
+    if websocket:
+        lines += ["websocket {", f"  listen: {json.dumps(websocket)}", "  no_tls: true"]
+        if websocket_origins:  # a browser on any other page is refused (403)
+            lines.append("  allowed_origins: [" + ", ".join(json.dumps(o) for o in websocket_origins) + "]")
+        lines.append("}")
+    if auth is not None:
+        lines += auth.config_lines()
+    return lines
+
+
 class EmbeddedNats:
     """One nats-server process. Context manager; ``url`` is valid after ``start()``.
 
@@ -133,25 +172,14 @@ class EmbeddedNats:
 
     def _write_config(self) -> Path:
         conf = self.workdir / "nats.conf"
-        lines = [
-            f"listen: 127.0.0.1:{self.port or -1}",  # -1: the server picks a free port
-            f"max_payload: {self.max_payload}",
-            "max_pending: 64MB",
-            "jetstream {",
-            f'  store_dir: "{self.workdir / "jetstream"}"',
-            "  max_memory_store: 256MB",
-            "  max_file_store: 2GB",
-            "}",
-        ]
-        if self.server_name:
-            lines.append(f'server_name: "{self.server_name}"')
-        if self.websocket:
-            lines += ["websocket {", f'  listen: "127.0.0.1:{self.ws_port or -1}"', "  no_tls: true"]
-            if self.websocket_origins:  # a browser on any other page is refused (403)
-                lines.append(
-                    "  allowed_origins: [" + ", ".join(json.dumps(o) for o in self.websocket_origins) + "]"
-                )
-            lines.append("}")
+        lines = server_config(
+            listen=f"127.0.0.1:{self.port or -1}",  # -1: the server picks a free port
+            store_dir=self.workdir / "jetstream",
+            max_payload=self.max_payload,
+            server_name=self.server_name,
+            websocket=f"127.0.0.1:{self.ws_port or -1}" if self.websocket else "",
+            websocket_origins=self.websocket_origins,
+        )
         if self.cluster is not None:
             routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in self.cluster.peer_route_ports)
             lines += [

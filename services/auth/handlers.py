@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 
@@ -69,8 +71,12 @@ class AuthHandlers:
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
-        if self._sys is not None:
-            await self._sys.drain()
+        if self._sys is not None:  # bounded: a drain that hangs must not keep the process alive
+            try:
+                await asyncio.wait_for(self._sys.drain(), self.settings.drain_timeout_s)
+            except Exception:
+                with contextlib.suppress(Exception):
+                    await self._sys.close()
             self._sys = None
 
     def health(self) -> dict:

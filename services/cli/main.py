@@ -38,6 +38,7 @@ DELEGATES: dict[tuple[str, str], str] = {
     ("bench", "browser"): "tools.bench.browser",
     ("inspect", "attention"): "tools.inspect_attention",
     ("eval", "swap"): "tools.training.evaluate",
+    ("eval", "render"): "tools.eval.render",
     ("eval", "drift"): "tools.eval.drift",
 }
 
@@ -528,6 +529,49 @@ def cmd_session(argv: list[str], settings: BaseSettings) -> int:
     return 0
 
 
+def cmd_auth(argv: list[str], settings: BaseSettings) -> int:
+    """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
+    trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
+    makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
+    from services.auth.keys import AuthKeys
+    from services.cli.stack import KEYS_FILE
+    from shared.natsserver import server_config
+    from shared.subjects import Subjects
+
+    p = argparse.ArgumentParser(prog="chameleon auth", description="a deployment's keys and server config")
+    sub = p.add_subparsers(dest="action", required=True)
+    init = sub.add_parser("init", help="make (or keep) the keys and write nats.conf beside them")
+    init.add_argument("--out", type=Path, required=True, help="folder of auth-keys.json and nats.conf")
+    init.add_argument("--listen", default="0.0.0.0:4222", help="client listener")
+    init.add_argument("--http", default="0.0.0.0:8222", help="monitor (/healthz); empty: none")
+    init.add_argument("--websocket", default="0.0.0.0:8443", help="browser listener; empty: none")
+    init.add_argument(
+        "--ws-origin", action="append", default=[], help="a page origin browsers may connect from (repeat)"
+    )
+    init.add_argument("--store-dir", default="/data", help="JetStream store, as the server sees it")
+    init.add_argument("--owner", type=int, default=None, help="uid that owns both files (the services' user)")
+    args = p.parse_args(argv)
+    keys_file, conf = args.out / KEYS_FILE, args.out / "nats.conf"
+    created = not keys_file.exists()
+    keys = AuthKeys.load_or_create(keys_file)  # kept across runs: tokens and passwords stay valid
+    lines = server_config(
+        args.listen,
+        args.store_dir,
+        http=args.http,
+        websocket=args.websocket,
+        websocket_origins=tuple(args.ws_origin),
+        auth=keys.server_auth(Subjects(settings.subject_prefix)),
+    )
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if args.owner is not None:
+        for path in (keys_file, conf):
+            os.chown(path, args.owner, -1)
+    print(json.dumps({"keys_file": str(keys_file), "nats_conf": str(conf), "created": created}))
+    return 0
+
+
 def cmd_train(argv: list[str], settings: BaseSettings) -> int:
     """Train the small student (autoencoder, then in-context teacher forcing): docs/training.md."""
     from tools.training import train
@@ -553,6 +597,7 @@ COMMANDS: dict[str, Callable[[list[str], BaseSettings], int]] = {
     "garments": cmd_garments,
     "swap": cmd_swap,
     "session": cmd_session,
+    "auth": cmd_auth,
     "inspect": lambda argv, _settings: _delegate("inspect", argv),
     "eval": lambda argv, _settings: _delegate("eval", argv),
     "train": cmd_train,

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
 import signal
 from pathlib import Path
 
 from services.web.server import WebServer
 from services.web.sessions import SessionBroker
 from services.web.settings import WebSettings
+from shared.auth import ENV_KEYS_FILE, read_keys_file
 from shared.logging import configure_logging, get_logger
 
 log = get_logger("web")
@@ -71,6 +74,9 @@ async def serve(settings: WebSettings, stop: asyncio.Event | None = None) -> Non
 
 def main() -> None:
     settings = WebSettings.from_env()
+    if os.environ.get(ENV_KEYS_FILE) and not settings.web_token_seed:  # compose: the mounted keys file
+        seed = str(read_keys_file(os.environ[ENV_KEYS_FILE]).get("token_seed", ""))
+        settings = dataclasses.replace(settings, web_token_seed=seed)
     configure_logging(settings.log_level, settings.log_json, service="web")
     asyncio.run(serve(settings))
 

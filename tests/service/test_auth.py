@@ -27,7 +27,6 @@ from nats.js.api import KeyValueConfig
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
-from shared.tokens import mint
 from services.cli.stack import KEYS_FILE
 from shared import control
 from shared.auth import ADMIN_USER, SYSTEM_USER, NatsCredentials
@@ -35,6 +34,7 @@ from shared.bus import NatsRefused, connect
 from shared.natsserver import EmbeddedNats
 from shared.service import serve_in_task
 from shared.subjects import Channel, Subjects
+from shared.tokens import mint
 
 pytestmark = pytest.mark.service
 

@@ -29,7 +29,7 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
-from tools.bench.common import emit, provenance
+from tools.bench.common import emit, provenance, tree_cpu_s
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_FLAGS = (
@@ -246,6 +246,8 @@ def run(seconds: float, clicks: int, workdir: Path, fake_frames: int = 60) -> di
         garments = stats(page)["garments"]
         warm = stats(page)
         t0 = time.monotonic()
+        assert up.proc is not None
+        cpu0 = (tree_cpu_s(up.proc.pid), tree_cpu_s(os.getpid(), "chrom"))
         interval = seconds / (clicks + 1)
         clicked = 0
         while time.monotonic() - t0 < seconds:
@@ -258,6 +260,7 @@ def run(seconds: float, clicks: int, workdir: Path, fake_frames: int = 60) -> di
         page.wait_for_timeout(1500)  # the last click's frames
         end = stats(page)
         elapsed = time.monotonic() - t0
+        cpu1 = (tree_cpu_s(up.proc.pid), tree_cpu_s(os.getpid(), "chrom"))
         page.screenshot(path=str(workdir / "page.png"))
     latencies = end["latency_all_ms"][warm["latency_ms"]["count"] :]
     return {
@@ -273,6 +276,12 @@ def run(seconds: float, clicks: int, workdir: Path, fake_frames: int = 60) -> di
         "frames_dropped_by_page": end["frames_dropped_by_page"] - warm["frames_dropped_by_page"],
         "camera_frames_dropped": end["camera_frames_dropped"] - warm["camera_frames_dropped"],
         "output_frames_replaced": end["output_frames_replaced"] - warm["output_frames_replaced"],
+        # cores busy during the run: the services (and nats-server) vs the browser (encode, decode, draw)
+        "cpu_cores": {
+            "services": round((cpu1[0] - cpu0[0]) / elapsed, 2),
+            "browser": round((cpu1[1] - cpu0[1]) / elapsed, 2),
+        },
+        "machine_load_1m": round(os.getloadavg()[0], 2),
         "page_errors": end["errors"],
         "screenshot": str(workdir / "page.png"),
     }

@@ -4,6 +4,7 @@ object as the last line)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -69,3 +70,37 @@ def child_pids(name_prefix: str) -> list[int]:
         if int(rest[1]) == me and comm.startswith(name_prefix):
             found.append(int(entry.name))
     return found
+
+
+def process_tree(root: int) -> dict[int, str]:
+    """``root`` and every process below it: pid -> command name."""
+    parent: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        pid = int(entry.name)
+        names[pid] = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parent[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    tree, frontier = {root: names.get(root, "")}, [root]
+    while frontier:
+        p = frontier.pop()
+        for child, ppid in parent.items():
+            if ppid == p and child not in tree:
+                tree[child] = names[child]
+                frontier.append(child)
+    return tree
+
+
+def tree_cpu_s(root: int, name_prefix: str = "") -> float:
+    """CPU seconds of ``root``'s process tree (only commands starting with ``name_prefix``)."""
+    total = 0.0
+    for pid, name in process_tree(root).items():
+        if name.startswith(name_prefix):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                total += process_cpu_s(pid)
+    return total
