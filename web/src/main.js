@@ -146,6 +146,7 @@ async function swapTo(garmentId) {
   if (!g || !page.client) return;
   for (const other of page.garments.values()) other.button.classList.remove("pending");
   page.swaps.clicked(garmentId, performance.now());
+  g.applied = false;
   g.button.classList.add("pending");
   g.button.classList.remove("failed");
   g.status.textContent = "switching…";
@@ -159,11 +160,14 @@ async function swapTo(garmentId) {
   }
 }
 
+/** `swap_applied` arrived: the card stops pending and shows the swap's latency as the page measured
+ *  it (click to the first drawn frame), or the generator's until that frame is drawn. */
 function markApplied(garmentId, eventLatencyMs) {
   const g = page.garments.get(garmentId);
   if (!g) return;
   g.button.classList.remove("pending");
-  const ms = page.swaps.last ?? eventLatencyMs;
+  g.applied = true;
+  const ms = page.swaps.lastFor === garmentId ? page.swaps.last : eventLatencyMs;
   g.status.textContent = ms != null ? `${Math.round(ms)} ms` : "";
   showInEffect(garmentId);
 }
@@ -199,7 +203,8 @@ async function drawLoop() {
       if (item.meta.captureNs !== null) page.latency.add(nsToMs(nowNs() - item.meta.captureNs));
       if (item.meta.garmentId) {
         const swapMs = page.swaps.drawn(item.meta.garmentId, drawnMs);
-        if (swapMs !== null) markApplied(item.meta.garmentId, swapMs);
+        const g = page.garments.get(item.meta.garmentId);
+        if (swapMs !== null && g?.applied) g.status.textContent = `${Math.round(swapMs)} ms`;
         showInEffect(item.meta.garmentId);
       }
       if (page.state !== "live" && page.state !== "error" && page.state !== "reconnecting") {

@@ -54,16 +54,19 @@ export class SwapTimer {
     this.pending = new Map(); // garment id -> click time (ms)
     this.done = new Samples(1000);
     this.last = null;
+    this.lastFor = null; // the garment of `last`
   }
   clicked(garmentId, nowMs) {
     this.pending.clear(); // only the newest click can still be shown
     this.pending.set(garmentId, nowMs);
+    this.lastFor = null; // `last` belongs to an earlier click
   }
   drawn(garmentId, nowMs) {
     const at = this.pending.get(garmentId);
     if (at === undefined) return null;
     this.pending.delete(garmentId);
     this.last = nowMs - at;
+    this.lastFor = garmentId;
     this.done.add(this.last);
     return this.last;
   }

@@ -34,6 +34,10 @@ test("a swap is timed from its click to the first frame with its garment", () =>
   assert.equal(t.drawn("b", 1100), 80);
   assert.equal(t.drawn("b", 1200), null); // counted once
   assert.deepEqual(t.done.all, [80]);
+  assert.equal(t.lastFor, "b");
+  t.clicked("b", 1300); // clicked again: the old figure is not this click's
+  assert.equal(t.lastFor, null);
+  assert.equal(t.last, 80); // the overlay still shows the last measured swap
 });
 
 test("latest frame wins and the replaced ones are counted", () => {
