@@ -332,9 +332,9 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
     js_base = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
     events = s.all_sessions(Channel.EVENTS)
     inbox = "_INBOX.>"
-    if role == "auth":
+    if role == "auth":  # answers the callout; keeps stopped sessions in its own bucket
         return Permissions(
-            publish=(),
+            publish=(*js_base, *_kv(s.revocation_bucket)),
             subscribe=(AUTH_REQUEST_SUBJECT, s.all_sessions(Channel.CONTROL), inbox),
             allow_responses=True,
         )

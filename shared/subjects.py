@@ -128,6 +128,12 @@ class Subjects:
         return f"{stage}-{validate_session_id(session_id)}"
 
     @property
+    def revocation_bucket(self) -> str:
+        """Stopped sessions (session -> when), so the auth service refuses their older tokens
+        after its own restart too (docs/security.md)."""
+        return f"{self.stream_token}_REVOKED"
+
+    @property
     def garment_bucket(self) -> str:
         return f"{self.stream_token}_GARMENTS"
 

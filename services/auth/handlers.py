@@ -6,7 +6,8 @@
   gets an error, and the server refuses the connection.
 - ``<p>.*.control``: a ``stop`` revokes the session's tokens issued so far and kicks its connected
   clients through the system account (``$SYS.REQ.SERVER.<id>.KICK``), so their reconnects are
-  refused too.
+  refused too. The stop is also kept in the KV bucket ``<P>_REVOKED`` (entries expire with the
+  longest token lifetime), which the service reads at start: a restart forgets no stop.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import nkeys
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from nats.js.api import KeyValueConfig
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.kv import KeyValue
 
 from services.auth.authorizer import Authorizer, Connection
 from services.auth.callout import CalloutError, decode_request, response_jwt, user_jwt
@@ -27,11 +31,12 @@ from services.auth.permissions import session_permissions, session_user_name
 from services.auth.settings import AuthSettings
 from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
 from shared.bus import connect
+from shared.jetstream import key_value
 from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.subjects import Channel, InvalidSessionId
-from shared.tokens import TokenError, keypair, verify_key
+from shared.tokens import MAX_TTL_S, TokenError, keypair, verify_key
 
 log = get_logger("auth")
 
@@ -53,6 +58,7 @@ class AuthHandlers:
         self.kicked = 0
         self._subs: list[Subscription] = []
         self._sys: NATS | None = None
+        self._revocations: KeyValue | None = None
         self._refusals = RateLimitedLog(log, 1.0, burst=5)
 
     async def start(self) -> None:
@@ -62,10 +68,45 @@ class AuthHandlers:
                 user=self.settings.auth_sys_user, password=self.settings.auth_sys_password
             )
             self._sys = await connect(self.settings.nats_url, "auth-sys", credentials=creds)
+        await self._restore_revocations()
         self._subs = [
             await nc.subscribe(AUTH_REQUEST_SUBJECT, queue=AUTH_QUEUE_GROUP, cb=self.on_request),
             await nc.subscribe(subjects.all_sessions(Channel.CONTROL), cb=self.on_control),
         ]
+
+    async def _restore_revocations(self) -> None:
+        """Read the stops kept in the bucket. Without JetStream (an external server configured
+        so) the service still runs, with stops kept in memory only, and says so."""
+        config = KeyValueConfig(
+            bucket=self.ctx.subjects.revocation_bucket,
+            history=1,
+            ttl=MAX_TTL_S,
+            replicas=max(1, self.settings.js_replicas),
+        )
+        try:
+            self._revocations = await key_value(self.ctx.nc.jetstream(timeout=5), config)
+            try:
+                keys = await self._revocations.keys()
+            except NoKeysError:
+                keys = []
+            for key in keys:
+                with contextlib.suppress(KeyNotFoundError, ValueError):
+                    entry = await self._revocations.get(key)
+                    self.authorizer.restore(key, float((entry.value or b"0").decode()))
+            log.info("revocations_restored", sessions=len(keys))
+        except Exception as exc:
+            self._revocations = None
+            log.warning("revocations_not_persisted", error=f"{type(exc).__name__}: {exc}")
+
+    async def _keep_revocation(self, session_id: str, at: float) -> None:
+        if self._revocations is None:
+            return
+        try:
+            await self._revocations.put(session_id, repr(at).encode())
+        except Exception as exc:  # kept in memory: lost only if this service restarts before expiry
+            log.warning(
+                "revocation_not_persisted", session_id=session_id, error=f"{type(exc).__name__}: {exc}"
+            )
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -125,8 +166,10 @@ class AuthHandlers:
         # a stop naming another session is refused by the generator (session_mismatch): not a stop
         if control.action != "stop" or control.session_id != session_id:
             return
-        connections = self.authorizer.revoke(session_id, time.time())
+        now = time.time()
+        connections = self.authorizer.revoke(session_id, now)
         log.info("session_revoked", session_id=session_id, connections=len(connections))
+        await self._keep_revocation(session_id, now)
         for connection in connections:
             await self._kick(session_id, connection)
 

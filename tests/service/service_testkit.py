@@ -27,3 +27,14 @@ async def admit_when_registered(
                 await asyncio.sleep(0.2)
     finally:
         await admission.view.close()
+
+
+async def until(predicate, timeout: float = 15.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate()`` until it holds; on timeout fail with ``what`` (called first when it is
+    callable), the state worth reading when a condition is never met."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            state = what() if callable(what) else what
+            raise AssertionError(f"condition not met in {timeout:g} s; state: {state!r:.2000}")
+        await asyncio.sleep(0.01)

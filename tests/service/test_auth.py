@@ -23,6 +23,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
+from nats.js.errors import KeyNotFoundError
 
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
@@ -412,5 +413,42 @@ async def test_session_create_mints_a_token_the_cli_clients_use(
             chameleon, "swap", "--session", "erin", "--garment", "x", "--token", expired
         )
         assert late.returncode == 2 and "refused the credentials" in late.stderr, late.stderr[-2000:]
+    finally:
+        await admin.nc.close()
+
+
+async def test_a_stop_outlives_an_auth_service_restart(
+    secure_nats: EmbeddedNats, keys: AuthKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop is kept in the ``<P>_REVOKED`` bucket: a restarted auth service (here: a new one)
+    still refuses the stopped session's older tokens, and admits a fresh one."""
+    for name, value in keys.credentials("auth").env().items():
+        monkeypatch.setenv(name, value)
+    settings = AuthSettings(
+        nats_url=secure_nats.url, auth_issuer_seed=keys.issuer_seed, auth_token_public_key=keys.token_public
+    )
+    admin = await open_client(secure_nats.url, keys.credentials(ADMIN_USER))
+    old = token(keys, "frank")
+    try:
+        async with serve_in_task("auth", settings, lambda ctx: AuthHandlers(ctx, settings)) as first:
+            await admin.nc.publish(S.control("frank"), control.stop("frank").encode())
+            await admin.nc.flush()
+            kv = await admin.nc.jetstream().key_value(S.revocation_bucket)
+            stored = None
+            for _ in range(int(WAIT_S / 0.05)):  # until the stop is kept in the bucket
+                with contextlib.suppress(KeyNotFoundError):
+                    stored = await kv.get("frank")
+                    break
+                await asyncio.sleep(0.05)
+            assert stored is not None and "frank" in first.authorizer.revoked
+        async with serve_in_task("auth", settings, lambda ctx: AuthHandlers(ctx, settings)) as second:
+            assert "frank" in second.authorizer.revoked
+            with pytest.raises(NatsRefused):
+                await connect(secure_nats.url, "old", give_up_after_s=WAIT_S, credentials=old)
+            await asyncio.sleep(0.01)  # a token issued after the stop (claims carry milliseconds)
+            fresh = await connect(
+                secure_nats.url, "fresh", give_up_after_s=WAIT_S, credentials=token(keys, "frank")
+            )
+            await fresh.close()
     finally:
         await admin.nc.close()

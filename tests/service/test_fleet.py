@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import os
 import signal
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from service_testkit import until as _until
 
 from services.camera.source import MotionCamera
 from services.cli.stack import Child, Stack
@@ -47,12 +49,7 @@ def conditioning(bus_photo) -> list[Conditioning]:
         pre.close()
 
 
-async def until(predicate, timeout: float = 15.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in time; state: {what!r:.2000}")
-        await asyncio.sleep(0.02)
+until = functools.partial(_until, timeout=15.0)
 
 
 @dataclass

@@ -15,6 +15,7 @@ never one per message, while every control message is still answered.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 import uuid
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from service_testkit import until as _until
 from structlog.testing import capture_logs
 
 from services.auth.handlers import AuthHandlers
@@ -75,11 +77,7 @@ def _ctx(nc, name: str) -> ServiceContext:  # type: ignore[no-untyped-def]
     return ServiceContext(name, nc, SUBJ, ServiceMetrics(name), SessionStats(), ConnectionState(True))
 
 
-async def until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
+until = functools.partial(_until, timeout=10.0)
 
 
 def _jpeg(w: int, h: int) -> bytes:

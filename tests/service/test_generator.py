@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import time
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pytest
+from service_testkit import until as _until
 
 from services.camera.source import MotionCamera
 from services.garments.catalogue import spec_by_id
@@ -114,12 +115,7 @@ class Rig:
         await control.publish_control(self.nc, self.subjects, msg)
 
 
-async def until(predicate, timeout: float = 20.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in time; state: {what!r:.2000}")
-        await asyncio.sleep(0.01)
+until = functools.partial(_until, timeout=20.0)
 
 
 def generator(url: str, prefix: str, **kw: object):  # type: ignore[no-untyped-def]

@@ -4,18 +4,19 @@ it (real services, real JPEG bytes, real MediaPipe, a real preprocess process fo
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from service_testkit import admit_when_registered
+from service_testkit import until as _until
 from structlog.testing import capture_logs
 
 from services.camera.source import MotionCamera
@@ -81,12 +82,7 @@ class Watch:
         return [e.code for e in self.events if kind is None or e.kind == kind]
 
 
-async def until(predicate, timeout: float = 10.0, what=None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met in time{f'; {what()}' if what else ''}")
-        await asyncio.sleep(0.01)
+until = functools.partial(_until, timeout=10.0)
 
 
 def _meta(session: str, seq: int, w: int, h: int, capture_ns: int | None = None) -> FrameMeta:
