@@ -110,10 +110,14 @@ def deployment(tmp_path: Path):
             )
             _healthy(port)
         yield url, keys_file
-    finally:  # the services first, while their server is there to drain to
+    finally:  # the services first, while their server is there to drain to; nothing left behind
         for proc in reversed(procs):
             proc.terminate()
-            proc.wait(15)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 async def test_the_generated_config_runs_secured_with_keys_file_credentials(deployment) -> None:
