@@ -86,12 +86,14 @@ def test_page_streams_and_swaps_in_chromium(tmp_path: Path, chromium: str, bus_p
         shutil.copy(tmp_path / "up.log", ARTIFACTS / "page-up.log")
 
 
-def test_page_narrow_screen_and_keyboard(tmp_path: Path, chromium: str, bus_photo) -> None:
+def test_page_narrow_screen_keyboard_and_token_renewal(tmp_path: Path, chromium: str, bus_photo) -> None:
     """On a phone-sized screen the page has no horizontal overflow, and the catalogue is reachable
-    and usable with the keyboard alone (Tab to a card, Enter swaps)."""
+    and usable with the keyboard alone (Tab to a card, Enter swaps). Its token lives 12 s here: the
+    page moves to a new session before it expires, keeping the garment, and the stream goes on."""
     y4m = harness.fake_webcam(tmp_path / "webcam.y4m", frames=15)
+    ttl = {"CHAMELEON_WEB_SESSION_TTL_S": "12"}
     with (
-        harness.Up(tmp_path / "nats", tmp_path / "up.log") as up,
+        harness.Up(tmp_path / "nats", tmp_path / "up.log", env=ttl) as up,
         harness.browser_page(y4m, chromium, width=390, height=844) as page,
     ):
         page.goto(up.web_url)
@@ -113,3 +115,12 @@ def test_page_narrow_screen_and_keyboard(tmp_path: Path, chromium: str, bus_phot
         page.screenshot(path=str(tmp_path / "narrow.png"))
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "narrow.png", ARTIFACTS / "page-narrow.png")
+
+        first = harness.stats(page)
+        page.wait_for_function("() => window.chameleon.stats().renewals >= 1", timeout=30_000)
+        drawn = harness.stats(page)["frames_drawn"]
+        harness.wait_for_frames(page, drawn + 10, timeout_s=30)
+        after = harness.stats(page)
+        assert after["session_id"] != first["session_id"]
+        assert after["garment_in_effect"] == focused, after  # the new session started with it
+        assert after["state"] == "live", after

@@ -104,6 +104,7 @@ class Up:
     data_dir: Path
     log_path: Path
     extra: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # added to the services' environment
     proc: subprocess.Popen[str] | None = None
     info: dict[str, Any] = field(default_factory=dict)
     _log: IO[str] | None = None
@@ -114,6 +115,7 @@ class Up:
             for k, v in os.environ.items()
             if k not in ("NATS_URL", "CHAMELEON_NATS_URL", "CHAMELEON_TOKEN")
         }
+        env.update(self.env)
         self._log = open(self.log_path, "w")
         cmd = [
             sys.executable,

@@ -129,6 +129,11 @@ export class ChameleonSession {
     return msg.asset.texture_png;
   }
 
+  /** Resolves when the connection is closed for good (closed by us, token expired, kicked). */
+  closed() {
+    return this.nc.closed();
+  }
+
   /** Connection changes ({type: "disconnect" | "reconnecting" | "reconnect" | ...}). */
   status() {
     return this.nc.status();

@@ -32,6 +32,9 @@ const page = {
   errors: [],
   demo: false,
   source: null, // {draw(ctx, w, h, i)}
+  renewals: 0, // sessions that took over from an expiring one
+  renewTimer: 0,
+  leaving: false,
 };
 
 function setState(state, text) {
@@ -65,6 +68,7 @@ async function requestSession() {
 
 async function watchStatus(client) {
   for await (const s of client.status()) {
+    if (client !== page.client) continue; // an old session on its way out
     if (s.type === "disconnect" || s.type === "reconnecting" || s.type === "staleConnection") {
       setState("reconnecting", "Reconnecting…");
     } else if (s.type === "reconnect") {
@@ -295,17 +299,19 @@ async function sendLoop() {
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     ticker.advance();
     const i = seq++;
-    if (!page.source || !page.gate.tryEnter()) continue; // the last frame is still on its way: drop this one
+    if (!page.source || !page.client) continue; // no session for a moment (renewing)
+    if (!page.gate.tryEnter()) continue; // the last frame is still on its way: drop this one
     let sent = false;
     try {
       page.source.draw(ctx, width, height, i);
       const captureNs = nowNs();
       const blob = await encodeJpeg(canvas);
-      if (blob && page.state !== "reconnecting") {
-        page.client.publishFrame(new Uint8Array(await blob.arrayBuffer()), { seq: i, captureNs, width, height });
+      const client = page.client;
+      if (blob && client && page.state !== "reconnecting") {
+        client.publishFrame(new Uint8Array(await blob.arrayBuffer()), { seq: i, captureNs, width, height });
         page.camFps.tick(performance.now());
         sent = true;
-        await page.client.flush();
+        await client.flush();
       }
     } catch (err) {
       page.errors.push(String(err.message || err));
@@ -322,6 +328,7 @@ function stats() {
     state: page.state,
     notice: page.notice,
     session_id: page.session?.session_id ?? null,
+    renewals: page.renewals,
     source: page.source?.name ?? null,
     fps_displayed: page.outFps.fps(now),
     fps_sent: page.camFps.fps(now),
@@ -353,29 +360,78 @@ function updateOverlay() {
   }
 }
 
+// -- session lifetime -----------------------------------------------------------------------------
+/** A session (and its token) with every subscription the page needs. */
+async function openSession() {
+  const session = await requestSession();
+  const client = await ChameleonSession.connect(session);
+  client.onEvent(onEvent);
+  client.onFrame(onFrame, () => {
+    page.staleDropped += 1;
+  });
+  watchStatus(client);
+  client.closed().then(() => {
+    // closed for good (the token expired, the session was stopped): never a silent freeze
+    if (page.client === client && !page.leaving) renewSession();
+  });
+  return { session, client };
+}
+
+/** Before the token expires (or after the connection is lost for good), a new session takes over
+ *  with the garment in effect; the old one is stopped. */
+async function renewSession() {
+  const old = page.client;
+  page.client = null; // the send loop skips its ticks meanwhile
+  try {
+    const { session, client } = await openSession();
+    const { width, height, fps } = session;
+    await client.start({ garmentId: page.inEffect, width, height, fps });
+    page.session = session;
+    page.client = client;
+    page.renewals += 1;
+    if (page.state === "error" || page.state === "reconnecting") setState("waiting", "Waiting for the stream…");
+    scheduleRenewal();
+  } catch (err) {
+    page.errors.push(`renewing the session: ${err.message || err}`);
+    setState("reconnecting", "Reconnecting…");
+    page.client = old;
+    setTimeout(renewSession, 5000);
+    return;
+  }
+  old?.close().catch(() => {});
+}
+
+function scheduleRenewal() {
+  clearTimeout(page.renewTimer);
+  if (!page.session.expires_at) return; // an open server: no token to expire
+  const left = Date.parse(page.session.expires_at) - Date.now();
+  const margin = Math.min(60_000, left / 4);
+  page.renewTimer = setTimeout(renewSession, Math.max(1000, left - margin));
+}
+
 // -- start -------------------------------------------------------------------------------------------
 async function main() {
   window.chameleon = { stats, swapTo };
   setInterval(updateOverlay, 250);
   try {
     setState("connecting", "Connecting…");
-    page.session = await requestSession();
-    page.client = await ChameleonSession.connect(page.session);
-    watchStatus(page.client);
-    page.client.onEvent(onEvent);
-    page.client.onFrame(onFrame, () => {
-      page.staleDropped += 1;
-    });
-    const items = await page.client.listGarments();
+    const { session, client } = await openSession();
+    page.session = session;
+    page.client = client;
+    const items = await client.listGarments();
     renderCatalogue(items);
-    const { width, height, fps } = page.session;
-    await page.client.start({ garmentId: items[0]?.garment_id ?? null, width, height, fps });
+    const { width, height, fps } = session;
+    await client.start({ garmentId: items[0]?.garment_id ?? null, width, height, fps });
+    scheduleRenewal();
     const demo = new URLSearchParams(location.search).has("demo");
     $("demo-feed").checked = demo;
     await chooseSource(demo);
     $("demo-feed").addEventListener("change", (e) => chooseSource(e.target.checked));
     setState("waiting", "Waiting for the stream…");
-    window.addEventListener("pagehide", () => page.client?.close());
+    window.addEventListener("pagehide", () => {
+      page.leaving = true;
+      page.client?.close();
+    });
     await sendLoop();
   } catch (err) {
     page.errors.push(String(err.message || err));
