@@ -56,9 +56,8 @@ def cpu_total(pids: Iterable[int]) -> float:
     return sum(process_cpu_s(pid) for pid in pids)
 
 
-def child_pids(name_prefix: str) -> list[int]:
-    """Direct children of this process whose command name starts with ``name_prefix``."""
-    me, found = os.getpid(), []
+def _processes() -> Iterable[tuple[int, str, int]]:
+    """(pid, command name, parent pid) of every process, from ``/proc``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -67,25 +66,21 @@ def child_pids(name_prefix: str) -> list[int]:
         except OSError:
             continue
         comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        if int(rest[1]) == me and comm.startswith(name_prefix):
-            found.append(int(entry.name))
-    return found
+        yield int(entry.name), comm, int(rest[1])
+
+
+def child_pids(name_prefix: str) -> list[int]:
+    """Direct children of this process whose command name starts with ``name_prefix``."""
+    me = os.getpid()
+    return [pid for pid, comm, ppid in _processes() if ppid == me and comm.startswith(name_prefix)]
 
 
 def process_tree(root: int) -> dict[int, str]:
     """``root`` and every process below it: pid -> command name."""
-    parent: dict[int, int] = {}
     names: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
-        except OSError:
-            continue
-        pid = int(entry.name)
-        names[pid] = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parent[pid] = int(stat[stat.rindex(")") + 2 :].split()[1])
+    parent: dict[int, int] = {}
+    for pid, comm, ppid in _processes():
+        names[pid], parent[pid] = comm, ppid
     tree, frontier = {root: names.get(root, "")}, [root]
     while frontier:
         p = frontier.pop()
