@@ -573,7 +573,8 @@ def cmd_auth(argv: list[str], settings: BaseSettings) -> int:
 
 
 def cmd_train(argv: list[str], settings: BaseSettings) -> int:
-    """Train the small student (autoencoder, then in-context teacher forcing): docs/training.md."""
+    """Train the small student (autoencoder, then in-context teacher forcing; ``--stage dmd``: the
+    self-forcing + distribution-matching stage from a checkpoint): docs/training.md."""
     from tools.training import train
 
     return int(train.main(argv) or 0)

@@ -1,6 +1,6 @@
 """Swap quality of the four rescheduling policies on held-out procedural clips with a mid-clip swap.
 
-``python -m tools.training.evaluate --json [--weights W] [--clips N]``
+``python -m tools.training.evaluate --json [--weights W] [--baseline W0] [--clips N]``
 
 Each clip starts from the reference (frame 0 in garment A) with garment A, streams chunk by chunk
 with the clip's conditioning maps and swaps to garment B at ``swap_frame`` (a chunk boundary).
@@ -220,6 +220,27 @@ def evaluate(
     return report
 
 
+COMPARED = ("ghost_ratio", "continuity", "psnr", "psnr_after")
+
+
+def compare(report: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+    """Per policy, the new checkpoint's metrics minus the baseline's (same clips, same seeds), and
+    the DMD stage's goals: ``full`` psnr_after +1 dB or more while the swap goals still hold."""
+    delta = {
+        p: {k: round(report["policies"][p][k] - baseline["policies"][p][k], 4) for k in COMPARED}
+        for p in report["policies"]
+        if p in baseline["policies"]
+    }
+    out: dict[str, Any] = {"baseline_weights": baseline["weights"], "delta": delta}
+    if "full" in delta and "goals" in report:
+        out["goals"] = {
+            "full_psnr_after_gain_db": delta["full"]["psnr_after"],
+            "full_psnr_after_gain_ge_1db": delta["full"]["psnr_after"] >= 1.0,
+            **report["goals"],
+        }
+    return out
+
+
 def save_contact_sheet(path: Path, clip: Clip, rows: dict[str, np.ndarray], scale: int = 3) -> None:
     """Rows: ground truth then each policy; columns around the swap (plus reference and garments)."""
     k = clip.swap_frame or 0
@@ -276,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="out/eval")
+    p.add_argument(
+        "--baseline",
+        help="also evaluate these weights on the same clips; adds 'baseline' and 'comparison' (deltas)",
+    )
     args = p.parse_args(argv)
     weights = args.weights
     if weights is None and DEFAULT_WEIGHTS.is_file():
@@ -292,6 +317,21 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out,
         threads=args.threads,
     )
+    if args.baseline:
+        base = evaluate(
+            None if args.baseline == "random" else args.baseline,
+            config_name=args.config,
+            clips=args.clips,
+            frames=args.frames,
+            swap_frame=args.swap_frame,
+            seed=args.seed,
+            out_dir=Path(args.out) / "baseline",
+            threads=args.threads,
+        )
+        report["baseline"] = {
+            k: base[k] for k in ("weights", "autoencoder_psnr", "policies", "goals") if k in base
+        }
+        report["comparison"] = compare(report, base)
     if not args.json:
         for name, row in report["policies"].items():
             print(name, {k: v for k, v in row.items() if k != "attention_after_swap"}, file=sys.stderr)

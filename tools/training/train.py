@@ -10,7 +10,8 @@ Phase 2 (student, paper "streaming distillation", first stage only): in-context 
 The sequence is ``[reference | garment | clean video | noisy video]`` with the engine's
 ``teacher_forcing_mask``; each noisy chunk gets its own sigma drawn from the student's few-step
 schedule; clean and noisy copies share RoPE positions and conditioning; flow-matching loss
-(``v = eps - x0``) on the noisy video tokens only. The DMD stage is not implemented.
+(``v = eps - x0``) on the noisy video tokens only. The second stage (teacher, self-forcing
+rollouts, DMD) is ``--stage dmd --from CHECKPOINT``: ``distill.py``.
 
 Two sample layouts, mixed per batch: a *start* (reference = frame 0 in garment A, video from the
 image-first latent in B) and a *restart*, the state a full swap leaves behind: the reference is
@@ -57,7 +58,15 @@ LATENT_POWER_WEIGHT = 0.05
 RESTART_BLUR = 1.0  # pixels (64x64 frames): half the restart references are blurred this much
 STUDENT_WARMUP = 100  # student steps of linear learning-rate warm-up
 # How each per-step detail is written in the log file's lines (the format of the shipped tiny.log).
-DETAIL_FORMATS = {"rec": ".4f", "latent_power": ".3f", "lr": ".2e"}
+DETAIL_FORMATS = {
+    "rec": ".4f",
+    "latent_power": ".3f",
+    "lr": ".2e",
+    "dmd": ".4f",
+    "regression": ".4f",
+    "critic": ".4f",
+    "weight_max": ".2f",
+}
 
 
 def _doc(text: str, flag: str | None = None) -> dict[str, str | None]:
@@ -94,6 +103,32 @@ class TrainConfig:
     restart_p: float = field(default=0.5, metadata=_doc("share of post-swap restart samples"))
     log_every: int = field(default=25, metadata=_doc("log and record the loss every this many steps"))
     save_every: int = field(default=200, metadata=_doc("write train_state.pt every this many steps"))
+    # --stage dmd (tools/training/distill.py): teacher, then self-forcing DMD from a checkpoint.
+    stage: str = field(default="student", metadata=_doc("student (autoencoder + teacher forcing) or dmd"))
+    from_checkpoint: str | None = field(
+        default=None, metadata=_doc("dmd: the teacher-forced checkpoint to start from", flag="--from")
+    )
+    teacher_from: str | None = field(default=None, metadata=_doc("dmd: a trained teacher; skips its phase"))
+    teacher_steps: int = field(
+        default=3000, metadata=_doc("dmd: bidirectional teacher steps (batch --batch)")
+    )
+    teacher_minutes: float | None = field(default=None, metadata=_doc("dmd: teacher time budget, minutes"))
+    teacher_lr: float = field(default=5e-4, metadata=_doc("dmd: teacher learning rate"))
+    teacher_sample_steps: int = field(default=32, metadata=_doc("dmd: Euler steps of a teacher sample"))
+    dmd_steps: int = field(default=1500, metadata=_doc("dmd: iterations (one critic update each)"))
+    dmd_minutes: float | None = field(default=None, metadata=_doc("dmd: time budget, minutes"))
+    dmd_batch: int = field(default=8, metadata=_doc("dmd: streams rolled out per iteration"))
+    dmd_clips: int = field(default=256, metadata=_doc("dmd: swap clips rolled out (seeds from 20000)"))
+    dmd_lr: float = field(default=1e-4, metadata=_doc("dmd: student learning rate"))
+    critic_lr: float = field(default=2e-4, metadata=_doc("dmd: fake-score critic learning rate"))
+    critic_steps: int = field(default=5, metadata=_doc("dmd: critic updates per student update"))
+    grad_steps: int = field(default=1, metadata=_doc("dmd: last denoising steps per chunk with gradients"))
+    reward_tau: float | None = field(
+        default=None, metadata=_doc("dmd: reward-weighted DMD temperature (paper: 0.2); off if unset")
+    )
+    regression: float = field(
+        default=0.0, metadata=_doc("dmd: weight of rollout-vs-ground-truth latent MSE (0 = pure DMD)")
+    )
 
 
 def cli_flag(option: dataclasses.Field[Any]) -> str:
@@ -370,27 +405,40 @@ class TrainRun:
         return True
 
     def finish_step(self, phase: str, start: float, loss: Tensor, detail: dict[str, float]) -> None:
-        """Step count, elapsed time, the logged loss history and periodic checkpoints: both phases.
+        """Step count, elapsed time, the logged loss history and periodic checkpoints: both phases."""
+        record_step(self.state, self.config, self.progress, self.save_state, phase, start, loss, detail)
 
-        ``loss.item()`` (a device sync) only runs on logged steps."""
-        state = self.state
-        state.step += 1
-        state.elapsed_s = time.perf_counter() - start
-        if state.step % self.config.log_every == 0 or state.step == 1:
-            value = loss.item()
-            state.history[phase].append([state.step, value, state.elapsed_s])
-            text = " ".join(f"{name} {v:{DETAIL_FORMATS[name]}}" for name, v in detail.items())
-            self.progress(
-                "train_step",
-                f"{phase} step {state.step} loss {value:.4f} {text} t {state.elapsed_s:.0f}s",
-                phase=phase,
-                step=state.step,
-                loss=value,
-                **detail,
-                elapsed_s=round(state.elapsed_s, 1),
-            )
-        if state.step % self.config.save_every == 0:
-            self.save_state()
+
+def record_step(
+    state: TrainState,
+    config: TrainConfig,
+    progress: ProgressLog,
+    save_state: Callable[[], None],
+    phase: str,
+    start: float,
+    loss: Tensor,
+    detail: dict[str, float],
+) -> None:
+    """One finished step of any phase (both stages): count, log, history, periodic checkpoint.
+
+    ``loss.item()`` (a device sync) only runs on logged steps."""
+    state.step += 1
+    state.elapsed_s = time.perf_counter() - start
+    if state.step % config.log_every == 0 or state.step == 1:
+        value = loss.item()
+        state.history.setdefault(phase, []).append([state.step, value, state.elapsed_s])
+        text = " ".join(f"{name} {v:{DETAIL_FORMATS[name]}}" for name, v in detail.items())
+        progress(
+            "train_step",
+            f"{phase} step {state.step} loss {value:.4f} {text} t {state.elapsed_s:.0f}s",
+            phase=phase,
+            step=state.step,
+            loss=value,
+            **detail,
+            elapsed_s=round(state.elapsed_s, 1),
+        )
+    if state.step % config.save_every == 0:
+        save_state()
 
 
 def start_run(config: TrainConfig) -> TrainRun:
@@ -617,6 +665,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     Running the same config again resumes from ``out/train_state.pt``; the data and the sampling
     generator are rebuilt from ``seed``, so a resumed run draws like an uninterrupted one."""
+    if config.stage == "dmd":
+        from tools.training.distill import train_dmd  # the second stage (imports this module)
+
+        return train_dmd(config)
+    if config.stage != "student":
+        raise ValueError(f"unknown stage {config.stage!r}; known: student, dmd")
     run = start_run(config)
     pool = render_pool(run)
     rng = torch.Generator().manual_seed(config.seed + 1)
@@ -628,14 +682,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def save_loss_plot(summary: dict[str, Any], path: str | Path) -> None:
-    """Both phases' loss curves (log scale) from a training summary."""
+    """Every phase's loss curve (log scale) from a training summary."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, phase in zip(axes, ("autoencoder", "student"), strict=True):
+    phases = list(summary["loss"]) or ["student"]
+    fig, axes = plt.subplots(1, len(phases), figsize=(5 * len(phases), 3.5), squeeze=False)
+    for ax, phase in zip(axes[0], phases, strict=True):
         points = np.array(summary["loss"][phase] or [[0, float("nan"), 0]])
         ax.plot(points[:, 0], points[:, 1])
         ax.set_yscale("log")
