@@ -273,6 +273,9 @@ def run(seconds: float, clicks: int, workdir: Path, fake_frames: int = 60) -> di
         "fps_sent": round((end["frames_sent"] - warm["frames_sent"]) / elapsed, 2),
         "latency_ms": percentiles(latencies),
         "swap_click_to_display_ms": percentiles(end["swap_ms"]),
+        # where the latency goes (last 600 frames): the page's encode + upload, the services,
+        # delivery + decode + draw
+        "latency_parts_ms": end["latency_parts_ms"],
         "swaps_clicked": clicked,
         "swaps_displayed": len(end["swap_ms"]),
         "frames_dropped_by_page": end["frames_dropped_by_page"] - warm["frames_dropped_by_page"],

@@ -22,6 +22,7 @@ const page = {
   outFps: new FpsMeter(),
   camFps: new FpsMeter(),
   latency: new Samples(600),
+  parts: { upload: new Samples(600), services: new Samples(600), deliver: new Samples(600) },
   swaps: new SwapTimer(),
   gate: new SendGate(),
   slot: new LatestSlot(),
@@ -204,7 +205,11 @@ async function drawLoop() {
       page.lastDrawMs = drawnMs;
       page.framesDrawn += 1;
       page.outFps.tick(drawnMs);
-      if (item.meta.captureNs !== null) page.latency.add(nsToMs(nowNs() - item.meta.captureNs));
+      if (item.meta.captureNs !== null) {
+        const drawnNs = nowNs();
+        page.latency.add(nsToMs(drawnNs - item.meta.captureNs));
+        addLatencyParts(item.meta, drawnNs);
+      }
       if (item.meta.garmentId) {
         const swapMs = page.swaps.drawn(item.meta.garmentId, drawnMs);
         const g = page.garments.get(item.meta.garmentId);
@@ -219,6 +224,19 @@ async function drawLoop() {
   } finally {
     page.decoding = false;
   }
+}
+
+/** Where a frame's glass-to-glass time went, from its trace: the page's encode and upload (capture
+ *  to the first service's `in`), the services (to the last `out`), delivery and decode to the draw. */
+function addLatencyParts(meta, drawnNs) {
+  const trace = meta.trace;
+  if (trace.length < 3) return;
+  const firstIn = trace.find((s) => s.edge === "in");
+  const lastOut = trace[trace.length - 1];
+  if (!firstIn || lastOut.edge !== "out") return;
+  page.parts.upload.add(nsToMs(firstIn.ns - meta.captureNs));
+  page.parts.services.add(nsToMs(lastOut.ns - firstIn.ns));
+  page.parts.deliver.add(nsToMs(drawnNs - lastOut.ns));
 }
 
 // -- camera ------------------------------------------------------------------------------------------
@@ -336,6 +354,9 @@ function stats() {
     frames_sent: page.gate.sent,
     latency_ms: { p50: page.latency.p(50), p95: page.latency.p(95), count: page.latency.count },
     latency_all_ms: page.latency.all.slice(-5000),
+    latency_parts_ms: Object.fromEntries(
+      Object.entries(page.parts).map(([k, s]) => [k, { p50: s.p(50), p95: s.p(95) }]),
+    ),
     swap_ms: page.swaps.done.all.slice(),
     last_swap_ms: page.swaps.last,
     frames_dropped_by_page: page.gate.dropped + page.slot.replaced,
