@@ -48,6 +48,7 @@ from tools.training.train import (
     clip_conditioning_latent,
     encode_pool,
     lr_scale,
+    over_budget,
     record_step,
     to_unit,
 )
@@ -177,13 +178,7 @@ class DistillRun:
         )
 
     def over_budget(self, phase: str, start: float, minutes: float | None) -> bool:
-        if minutes is None or time.perf_counter() - start <= 60 * minutes:
-            return False
-        step = self.state.step
-        self.progress(
-            "train_budget_reached", f"{phase}: time budget reached at step {step}", phase=phase, step=step
-        )
-        return True
+        return over_budget(self.state, self.progress, phase, start, minutes)
 
     def finish_step(self, phase: str, start: float, loss: Tensor, detail: dict[str, float]) -> None:
         record_step(self.state, self.config, self.progress, self.save_state, phase, start, loss, detail)

@@ -395,18 +395,26 @@ class TrainRun:
         )
 
     def over_budget(self, phase: str, start: float, minutes: float | None) -> bool:
-        """True (and logged) once a phase has used its time budget."""
-        if minutes is None or time.perf_counter() - start <= 60 * minutes:
-            return False
-        step = self.state.step
-        self.progress(
-            "train_budget_reached", f"{phase}: time budget reached at step {step}", phase=phase, step=step
-        )
-        return True
+        return over_budget(self.state, self.progress, phase, start, minutes)
 
     def finish_step(self, phase: str, start: float, loss: Tensor, detail: dict[str, float]) -> None:
         """Step count, elapsed time, the logged loss history and periodic checkpoints: both phases."""
         record_step(self.state, self.config, self.progress, self.save_state, phase, start, loss, detail)
+
+
+def over_budget(
+    state: TrainState, progress: ProgressLog, phase: str, start: float, minutes: float | None
+) -> bool:
+    """True (and logged) once a phase has used its time budget (every stage's runs)."""
+    if minutes is None or time.perf_counter() - start <= 60 * minutes:
+        return False
+    progress(
+        "train_budget_reached",
+        f"{phase}: time budget reached at step {state.step}",
+        phase=phase,
+        step=state.step,
+    )
+    return True
 
 
 def record_step(
