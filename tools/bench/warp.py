@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--garment", default="shirt-blue-checks", help="starter-catalogue garment id")
     parser.add_argument("--frames", type=int, default=30, help="distinct camera frames")
     parser.add_argument("--renders", type=int, default=300, help="timed renders")
+    parser.add_argument("--renderer", choices=("current", "legacy"), default="current")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args(argv)
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     photo = read_image(sample_photo("bus.jpg"))[UPPER_BODY]
     camera = MotionCamera(photo, args.width, args.height, Motion(period=args.frames))
     inputs = preprocessed_frames([camera.frame(i) for i in range(args.frames)])
+    if args.renderer == "legacy":
+        from services.generator.warp.legacy import LegacyWarpRenderer as WarpRenderer
     session = WarpRenderer("bench", catalogue_garment(args.garment))
     for frame in inputs[:5]:  # warm-up: allocations, first reference estimate
         session.render(frame)
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "size": [args.width, args.height],
         "garment": args.garment,
+        "renderer": args.renderer,
         "renders": args.renders,
         "frames_with_person": sum(f.landmarks is not None for f in inputs),
         "drawn_fraction_mean": round(float(np.mean(drawn)), 4),

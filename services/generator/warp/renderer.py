@@ -1,10 +1,12 @@
 """The warp backend: a classical, CPU-only try-on renderer behind ``Backend``/``Renderer``.
 
-Per frame: body points from the landmarks (lightly smoothed over time) -> a piecewise-affine mesh
-(torso + sleeves, ``geometry``) -> the garment texture remapped into the mesh's bounding box
-(``raster``) -> composited inside warped alpha ∩ garment region ∩ dilated person mask, minus
-head, hands and (short sleeves) forearms, with the frame's own shading multiplied in. Pixels the
-garment does not cover are copied, so they stay bit-identical to the input.
+Per frame: the person's own upper-body clothing is found (segmentation ∩ body zones, minus head,
+hands and skin; ``region``); the new garment is mapped onto it part by part (the torso fitted to
+the clothing's silhouette row by row, each sleeve along its shoulder-elbow-wrist chain;
+``mapping``); its albedo is multiplied by the old clothing's normalised luminance (``shading``);
+where a short sleeve replaces a long one the arm is repainted in the wearer's shaded skin colour.
+Layers stack with soft edges, never past the person mask; pixels the garment does not touch are
+copied, so they stay bit-identical to the input.
 
 A session maps a swap onto the paper's three operations (see ``WarpRenderer.swap``).
 """
@@ -12,68 +14,108 @@ A session maps a swap onto the paper's three operations (see ``WarpRenderer.swap
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
 from services.generator.rendering import AtCapacity, FrameInput, Garment, RenderedFrame
-from services.generator.warp.geometry import GarmentGeometry, body_mesh
-from services.generator.warp.raster import mesh_bounds, warp_layers
-from shared.body import LM, garment_region, head_mask
+from services.generator.warp import mapping, region
+from services.generator.warp.geometry import GarmentGeometry
+from services.generator.warp.region import ARMS, RegionConfig, SkinModel
+from services.generator.warp.shading import ShadingConfig, shading_gain
+from shared.body import LM, head_mask
 from shared.lru import LRU
-
-HAND_POINTS = ((15, 17, 19, 21), (16, 18, 20, 22))  # wrist, pinky, index, thumb per hand
 
 
 @dataclass(frozen=True)
 class WarpConfig:
-    smoothing: float = 0.6  # weight of the newest body points in the exponential average
+    """Every size and rate of the renderer. Lengths are in body scales (about a shoulder width)
+    unless they say px, so one set of numbers serves a small webcam frame and a large crop."""
+
+    smoothing: float = 0.6  # weight of the newest body points in the exponential average, moving
+    still_weight: float = 0.15  # ... and for a barely moving one
+    deadband: float = 0.05  # body scales (median point) per frame below which the points are held
+    release: float = 0.05  # ... and how far the landmarks must wander from held points to move them
+    still_luma: float = 0.8  # grey levels of mean change (an eighth size) under which a person is still
+    moving_fraction: float = 0.03  # body scales per frame (median point) that count as moving
     snap_fraction: float = 0.25  # a jump over this many shoulder widths resets the average
-    shading_strength: float = 0.7  # how much of the frame's fold shading reaches the garment
-    shading_clip: tuple[float, float] = (0.6, 1.4)
-    light_clip: tuple[float, float] = (0.75, 1.1)  # the global light gain from the reference
-    skin_luma: float = 150.0  # face luminance of a well-exposed frame (the reference's yardstick)
-    reference_rate: float = 0.05  # how fast the reference follows the light between swaps
+    profile_rate: float = 0.35  # weight of the newest torso outline in its exponential average
     visibility: float = 0.5
-    feather_px: int = 1
+    hold_frames: int = 3  # frames without landmarks drawn from the last ones (tracker dropouts)
+    skin_every: int = 30  # frames between skin-colour re-estimates (a slow follow of the light)
+    edge_sigma: float = 1.0  # px: the soft edge's Gaussian (the ramp is about 4 sigma wide)
+    outside_alpha: float = 0.45  # the most garment a pixel outside the person mask may get
+    short_sleeve_scale: float = 1.2  # canvas sleeve length / garment width -> body scales
+    sleeve_width: float = 0.38  # body scales: a sleeve's thickness on the body (arm + cloth)
+    cuff_past_wrist: float = 0.12  # body scales a long sleeve's band reaches past the wrist
+    bare_width: float = 0.3  # body scales: a bare forearm's thickness where it crosses the torso
+    wide_arm: float = 0.7  # body scales: how far across an arm its old sleeve may be found
+    behind_z: float = 0.35  # body scales of depth: a shoulder this much farther is behind
+    facing_margin: float = 0.2  # torso lengths of shoulder spread before facing may flip
+    region: RegionConfig = field(default_factory=RegionConfig)
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
 
 
-@dataclass
-class Reference:
-    """What the renderer knows about the wearer and the light, estimated from frames.
+@dataclass(frozen=True)
+class RenderDetail:
+    """What one render drew, for tests and evaluations: the garment's coverage (without the
+    repainted skin) and everything the pipeline found, all full-frame uint8 0/255."""
 
-    ``light`` multiplies the garment's colours (a dim scene dims the garment); it comes from the
-    face's luminance against ``WarpConfig.skin_luma``. ``skin_bgr`` is the face's median colour.
-    """
-
-    light: float
-    skin_bgr: tuple[int, int, int]
+    frame: RenderedFrame
+    garment: np.ndarray | None = None  # where the new garment's alpha is at least 0.5
+    clothing: np.ndarray | None = None  # the old clothing found in the frame
+    skin: np.ndarray | None = None  # arm repainted as skin (a short sleeve over a long one)
 
 
 def _bleed(texture: np.ndarray) -> np.ndarray:
-    """Fill the transparent canvas with nearby garment colour, so bilinear sampling at the
-    garment's edge never mixes in the canvas' black."""
+    """BGR: the transparent canvas filled with nearby garment colour, so sampling at (or past)
+    the garment's edge never mixes in the canvas' black. Sleeves and a silhouette-fitted torso
+    sample a little outside the garment, so the fill reaches the whole canvas."""
     colour = texture[..., :3].astype(np.float32)
-    alpha = texture[..., 3:].astype(np.float32) / 255.0
-    num = cv2.GaussianBlur(colour * alpha, (0, 0), 6)
-    den = cv2.GaussianBlur(alpha, (0, 0), 6)[..., None]
-    filled = np.where(alpha > 0.99, colour, num / np.maximum(den, 1e-3))
+    # the antialiased rim mixes in the photo's background: treat it as transparent too
+    core = cv2.erode((texture[..., 3] > 250).astype(np.uint8), np.ones((5, 5), np.uint8))
+    alpha = core.astype(np.float32)[..., None]
+    if alpha.sum() < 1:
+        return np.ascontiguousarray(texture[..., :3])
+    filled = np.empty_like(colour)
+    filled[:] = (colour * alpha).reshape(-1, 3).sum(axis=0) / alpha.sum()  # the garment's mean colour
+    for sigma in (24, 6):  # wide first, then the near edge overrides where it has support
+        num = cv2.GaussianBlur(colour * alpha, (0, 0), sigma)
+        den = cv2.GaussianBlur(alpha, (0, 0), sigma)[..., None]
+        filled = np.where(den > 0.02, num / np.maximum(den, 1e-4), filled)
     mixed = colour * alpha + filled * (1 - alpha)  # keep the garment's own colours where it is opaque
-    return np.dstack([np.clip(mixed, 0, 255).astype(np.uint8), texture[..., 3]])
+    return np.clip(mixed, 0, 255).astype(np.uint8)
 
 
-def _capsule(mask: np.ndarray, a: np.ndarray, b: np.ndarray, thickness: float) -> None:
-    t = max(1, round(thickness))
-    p, q = (round(float(a[0])), round(float(a[1]))), (round(float(b[0])), round(float(b[1])))
-    cv2.line(mask, p, q, 255, t)
-    cv2.circle(mask, p, t // 2, 255, -1)
-    cv2.circle(mask, q, t // 2, 255, -1)
+def _band(mask: np.ndarray, a: np.ndarray, b: np.ndarray, width: float) -> None:
+    """A flat-ended band of ``width`` from ``a`` to ``b`` (a capsule without the round caps)."""
+    d = b - a
+    n = float(np.hypot(*d))
+    if n < 1e-6:
+        return
+    side = np.array([-d[1], d[0]]) / n * width / 2
+    pts = np.array([a + side, b + side, b - side, a - side])
+    cv2.fillConvexPoly(mask, np.round(np.clip(pts, -1e5, 1e5)).astype(np.int32), 255)
+
+
+def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
+    a = mask.astype(np.float32) * (1 / 255)
+    return cv2.GaussianBlur(a, (0, 0), sigma) if sigma > 0 else a
+
+
+def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
+    pts = cv2.findNonZero(mask)
+    if pts is None:
+        return None
+    x, y, w, h = cv2.boundingRect(pts)
+    return max(0, x - pad), max(0, y - pad), min(mask.shape[1], x + w + pad), min(mask.shape[0], y + h + pad)
 
 
 class WarpRenderer:
-    """One stream's renderer state: the garment (texture + warp data), the smoothed body points
-    (temporal history) and the reference (light / skin estimate)."""
+    """One stream's renderer state: the garment (texture + warp data), the smoothed body points and
+    torso outline (temporal history) and the reference (the wearer's skin colour)."""
 
     chunked = False  # one frame in, one frame out: a swap can re-render the latest frame at once
 
@@ -92,7 +134,11 @@ class WarpRenderer:
         self.frames = 0
         self.closed = False
         self._points: np.ndarray | None = None
-        self._reference: Reference | None = None
+        self._profile: mapping.TorsoProfile | None = None
+        self._hem: float | None = None
+        self._rate = 1.0  # this frame's weight for the outline's and hem's averages
+        self._facing = 1.0  # +1: the image-left shoulder is MediaPipe's right (facing the camera)
+        self._skin: SkinModel | None = None
         self._reschedule(garment)
 
     # -- the swap: the paper's three operations ----------------------------------------------------
@@ -108,15 +154,16 @@ class WarpRenderer:
     def _reschedule(self, garment: Garment) -> None:
         """The three rescheduling operations of the paper, as this renderer has them:
         1. refresh the garment: new texture (edge-bled for sampling) and new warp data (canvas
-           mesh, sleeve axes, long/short sleeves, body-region category);
-        2. withdraw history: the smoothed body points are dropped, so the next frame's mesh comes
-           from that frame alone. No frame-level blending exists, so no old pixel can return;
-        3. re-estimate the reference: the light / skin estimate is cleared and re-derived from
-           the next (latest) frame instead of being carried over.
+           outline, sleeve axes, long/short sleeves, category);
+        2. withdraw history: the smoothed body points and torso outline are dropped, so the next
+           frame's mapping comes from that frame alone. No frame-level blending exists, so no old
+           pixel can return;
+        3. re-estimate the reference: the skin colour is cleared and re-learned from the next
+           (latest) frame's face instead of being carried over.
         """
         self._refresh_garment(garment)
         self.withdraw_history()
-        self._reference = None
+        self._skin = None
 
     def _refresh_garment(self, garment: Garment) -> None:
         self.texture, self.geometry = self._prepared.get(garment)
@@ -124,8 +171,14 @@ class WarpRenderer:
         self.garment_id = garment.garment_id
 
     def withdraw_history(self) -> None:
-        """Forget the temporal smoothing of body points (a swap, or the person was lost)."""
+        """Forget the temporal smoothing (a swap, or the person was lost)."""
         self._points = None
+        self._profile = None
+        self._hem = None
+        self._holding = False  # the body points are held (a still person)
+        self._last_grey: tuple[np.ndarray, np.ndarray] | None = None  # the frame before, tiny
+        self._last: tuple[np.ndarray, np.ndarray | None] | None = None  # a dropout's stand-in
+        self._held = 0
 
     def flush(self) -> list[RenderedFrame]:
         """Nothing held back: every ``render`` returned its frame (``Renderer.flush``)."""
@@ -134,126 +187,345 @@ class WarpRenderer:
     def close(self) -> None:
         self.closed = True
         self.withdraw_history()
-        self._reference = None
+        self._skin = None
 
     # -- per frame -----------------------------------------------------------------------------------
     def render(self, frame: FrameInput) -> list[RenderedFrame]:
         """One frame in, one frame out. Without a person, landmarks or region: the input as is."""
-        self.frames += 1
-        image, drawn = self._render(frame)
-        if drawn is None:
-            self.withdraw_history()
-        return [RenderedFrame(frame.seq, image, self.garment_id, drawn)]
+        return [self.render_detail(frame).frame]
 
-    def _smoothed(self, px: np.ndarray) -> np.ndarray:
+    def render_detail(self, frame: FrameInput) -> RenderDetail:
+        """``render`` with the masks it drew (tests, evaluations). Never raises on bad input: a
+        frame the renderer cannot use comes back unchanged, with the history withdrawn.
+
+        A tracker that loses the person for a frame or two (no landmarks) while the frame is
+        otherwise fine gets the last landmarks (and person mask, if that is missing too) for up
+        to ``hold_frames`` frames: a still person's garment does not blink off and on."""
+        self.frames += 1
+        held = False
+        if frame.landmarks is None and self._last is not None and self._held < self.config.hold_frames:
+            lm, person = self._last
+            frame = replace(
+                frame,
+                landmarks=lm,
+                person_mask=frame.person_mask if frame.person_mask is not None else person,
+            )
+            held = True
+        try:
+            detail = self._render(frame)
+        except (ValueError, cv2.error, FloatingPointError, IndexError):
+            detail = None
+        if detail is None:
+            self.withdraw_history()
+            return RenderDetail(RenderedFrame(frame.seq, frame.frame_bgr, self.garment_id, None))
+        if held:
+            self._held += 1
+        else:
+            self._held = 0
+            self._last = (frame.landmarks, frame.person_mask)
+        return detail
+
+    def _still(self, img: np.ndarray, person: np.ndarray) -> bool:
+        """Whether the person's pixels are the same as last frame's up to camera noise (mean
+        absolute change under ``still_luma`` grey levels, at an eighth of the size): then the
+        person is still, whatever the tracker's landmarks wander."""
+        h, w = img.shape[:2]
+        size = (max(1, w // 8), max(1, h // 8))
+        grey = cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(person, size, interpolation=cv2.INTER_NEAREST) > 0
+        prev, self._last_grey = self._last_grey, (grey, mask)
+        if prev is None or prev[0].shape != grey.shape:
+            return False
+        both = mask & prev[1]
+        if both.sum() < 8:
+            return False
+        change = float(np.abs(grey[both].astype(np.int16) - prev[0][both]).mean())
+        return change < self.config.still_luma
+
+    def _smoothed(self, px: np.ndarray, still: bool = False) -> np.ndarray:
+        """The body points the mapping uses, stable when the person is: once the points move less
+        than ``deadband`` in a frame they are held, and released only when the landmarks wander
+        further than ``release`` from them (hysteresis: a tracker's jitter on a still person never
+        moves the texture); moving points follow an exponential average whose weight grows with
+        the motion; a jump past ``snap_fraction`` starts afresh. Sets ``self._rate``, the weight
+        the torso outline and hem get this frame (0 while held). ``still``: the person's pixels
+        did not change (``_still``): held whatever the landmarks do, short of a snap."""
         c = self.config
+        self._rate = 1.0
         if self._points is not None:
             shoulder_w = float(np.hypot(*(px[LM.LEFT_SHOULDER] - px[LM.RIGHT_SHOULDER])))
-            jump = float(np.max(np.hypot(*(px[11:27] - self._points[11:27]).T)))
-            if jump <= c.snap_fraction * max(shoulder_w, 4.0):
-                px = c.smoothing * px + (1 - c.smoothing) * self._points
+            torso = float(np.hypot(*((px[11] + px[12]) / 2 - (px[23] + px[24]) / 2)))
+            scale = max(shoulder_w, 0.6 * torso, 4.0)
+            steps = np.hypot(*(px[11:25] - self._points[11:25]).T)
+            moved = float(np.median(steps))
+            if (still and moved <= c.snap_fraction * scale) or moved < (
+                c.release if self._holding else c.deadband
+            ) * scale:
+                self._holding = True
+                self._rate = 0.0
+                return self._points
+            self._holding = False
+            if float(np.max(steps)) <= c.snap_fraction * scale:
+                motion = moved / (c.moving_fraction * scale)
+                k = c.still_weight + (c.smoothing - c.still_weight) * min(1.0, motion)
+                px = k * px + (1 - k) * self._points
+                self._rate = c.still_weight + (c.profile_rate - c.still_weight) * min(1.0, motion)
+            else:
+                self._profile, self._hem = None, None
         self._points = px
         return px
 
-    def _estimate_reference(self, frame: np.ndarray, px: np.ndarray) -> Reference:
-        """Median colour of a small patch between the eyes and the mouth (cheeks and nose)."""
-        h, w = frame.shape[:2]
-        centre = (px[0] + (px[9] + px[10]) / 2) / 2
-        r = max(2, int(0.25 * float(np.hypot(*(px[LM.LEFT_EAR] - px[LM.RIGHT_EAR])))))
-        cx, cy = round(float(centre[0])), round(float(centre[1]))
-        patch = frame[max(0, cy - r) : min(h, cy + r + 1), max(0, cx - r) : min(w, cx + r + 1)]
-        if patch.size == 0:
-            return self._reference or Reference(1.0, (0, 0, 0))
-        skin = np.median(patch.reshape(-1, 3), axis=0)
-        luma = float(0.114 * skin[0] + 0.587 * skin[1] + 0.299 * skin[2])
-        lo, hi = self.config.light_clip
-        light = float(np.clip(np.sqrt(luma / self.config.skin_luma), lo, hi))
-        new = Reference(light, (int(skin[0]), int(skin[1]), int(skin[2])))
-        if self._reference is None:
-            return new
-        k = self.config.reference_rate
-        return Reference((1 - k) * self._reference.light + k * new.light, new.skin_bgr)
-
-    def _keep_mask(self, px: np.ndarray, s: float, roi: tuple[int, int, int, int]) -> np.ndarray:
-        """What stays in front of the garment inside ``roi``: head, hands, and the forearms under
-        short sleeves. Drawn in ROI coordinates, so it costs the ROI, not the frame."""
-        x0, y0, x1, y1 = roi
-        w, h = x1 - x0, y1 - y0
-        px = px - (x0, y0)
-        lm = np.zeros((33, 4), np.float32)
-        lm[:, 0], lm[:, 1], lm[:, 3] = px[:, 0] / w, px[:, 1] / h, 1.0
-        keep = head_mask(lm, w, h)
-        for hand in HAND_POINTS:
-            pts = np.round(px[list(hand)]).astype(np.int32)
-            cv2.fillConvexPoly(keep, cv2.convexHull(pts), 255)
-            for p in hand[1:]:
-                _capsule(keep, px[hand[0]], px[p], 0.12 * s)
-        if not self.geometry.long_sleeves:
-            for elbow, wrist in ((LM.LEFT_ELBOW, LM.LEFT_WRIST), (LM.RIGHT_ELBOW, LM.RIGHT_WRIST)):
-                _capsule(keep, px[elbow], px[wrist], 0.26 * s)
-        return keep
-
-    def _render(self, frame: FrameInput) -> tuple[np.ndarray, np.ndarray | None]:
-        img = frame.frame_bgr
+    def _usable(self, frame: FrameInput) -> np.ndarray | None:
+        """The person mask when the frame has a body to dress, else None."""
         lm = frame.landmarks
-        if lm is None or lm.shape[0] < 33 or not np.all(np.isfinite(lm[:33, :2])):
-            return img, None
+        img = frame.frame_bgr
+        if (
+            img is None
+            or img.ndim != 3
+            or img.shape[2] != 3
+            or img.dtype != np.uint8
+            or min(img.shape[:2]) < 8
+        ):
+            return None
+        if lm is None or lm.ndim != 2 or lm.shape[0] < 33 or lm.shape[1] < 4:
+            return None
+        if not np.all(np.isfinite(lm[:33, :4])):
+            return None
+        person = frame.person_mask if frame.person_mask is not None else frame.garment_mask
+        if person is None:  # landmarks without segmentation: the body zones stand in for it
+            person = np.zeros(img.shape[:2], np.uint8)
+        elif person.shape != img.shape[:2] or person.dtype != np.uint8:
+            return None
+        for i in (LM.LEFT_SHOULDER, LM.RIGHT_SHOULDER):
+            x, y, _, vis = lm[i]
+            if vis < self.config.visibility or not (-0.1 <= x <= 1.1 and -0.1 <= y <= 1.1):
+                return None
+        return person
+
+    def _render(self, frame: FrameInput) -> RenderDetail | None:
+        c, rc = self.config, self.config.region
+        person_full = self._usable(frame)
+        if person_full is None:
+            return None
+        img = frame.frame_bgr
         h, w = img.shape[:2]
-        region = garment_region(
-            lm, w, h, self.geometry.region_category, frame.person_mask, self.config.visibility
+        lm = frame.landmarks[:33]
+        px = self._smoothed(lm[:, :2].astype(np.float64) * (w, h), self._still(img, person_full))
+        # facing the camera or away, with hysteresis: a side view's shoulders nearly overlap, and
+        # their order flipping on jitter would mirror the garment from frame to frame
+        across = float(px[LM.LEFT_SHOULDER, 0] - px[LM.RIGHT_SHOULDER, 0])
+        if abs(across) > c.facing_margin * max(float(np.hypot(*(px[11] - px[23]))), 4.0):
+            self._facing = 1.0 if across > 0 else -1.0
+        whole = region.body_in_roi(px, self._facing)
+        s = whole.scale
+        # the ROI: the upper body and where a hem or a sleeve may reach
+        pts = px[[11, 12, 13, 14, 15, 16, 23, 24]]
+        pts = np.vstack([pts, px[11:13] - whole.ey * 0.3 * s])
+        hem = (
+            2.4
+            if self.geometry.category == "dress"
+            else (1.35 if self.geometry.category == "jacket" else rc.hem_band[1])
         )
-        if frame.garment_mask is not None and region is not None:
-            region = cv2.bitwise_or(region, frame.garment_mask)
-        if region is None or not region.any():
-            return img, None
-        px = self._smoothed(lm[:33, :2].astype(np.float64) * (w, h))
-        layers = body_mesh(self.geometry, px, lm[:33, 2])
-        roi = mesh_bounds([shape for layer in layers for shape in layer], w, h)
-        if roi is None:
-            return img, None
-        x0, y0, x1, y1 = roi
-        s = max(float(np.hypot(*(px[LM.LEFT_SHOULDER] - px[LM.RIGHT_SHOULDER]))), 4.0)
-        mask = region[y0:y1, x0:x1].copy()
-        if frame.person_mask is not None:
-            k = max(3, int(0.06 * s) | 1)
-            near = cv2.dilate(
-                frame.person_mask[y0:y1, x0:x1], cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-            )
-            mask = cv2.min(mask, near)
-        mask[self._keep_mask(px, s, roi) > 0] = 0
-        if self.config.feather_px > 0:
-            k = 2 * self.config.feather_px + 1
-            mask = cv2.GaussianBlur(mask, (k, k), 0)
-        colour, alpha = warp_layers(self.texture, layers, roi)
-        a = alpha * mask.astype(np.float32) * (1 / 255)
-        drawn_roi = a >= 0.5 / 255  # lighter than that rounds back to the input pixel
-        if not drawn_roi.any():
-            return img, None
-
-        if self._reference is None or self.frames % 15 == 0:
-            self._reference = self._estimate_reference(img, px)
-        out = img.copy()
+        pts = np.vstack([pts, whole.centre + whole.ey * (hem + 0.05) * whole.torso_len])
+        pad = 0.35 * s
+        x0, y0 = np.floor(np.clip(pts.min(axis=0) - pad, 0, (w, h))).astype(int)
+        x1, y1 = np.ceil(np.clip(pts.max(axis=0) + pad, 0, (w, h))).astype(int)
+        if x1 - x0 < 4 or y1 - y0 < 4:
+            return None
+        shape = (int(y1 - y0), int(x1 - x0))
         patch = img[y0:y1, x0:x1]
-        shade = self._shading(patch, s)
-        garment = colour * (shade * (mask.astype(np.float32) * (1 / 255)))[..., None]
-        blended = garment + patch.astype(np.float32) * (1 - a)[..., None] + 0.5
-        np.copyto(out[y0:y1, x0:x1], np.clip(blended, 0, 255).astype(np.uint8), where=drawn_roi[..., None])
-        drawn = np.zeros((h, w), np.uint8)
-        drawn[y0:y1, x0:x1][drawn_roi] = 255
-        return out, drawn
+        person = person_full[y0:y1, x0:x1]
+        b = region.body_in_roi(px - (x0, y0), self._facing)
+        landmarks_only = frame.person_mask is None and frame.garment_mask is None
 
-    def _shading(self, patch: np.ndarray, s: float) -> np.ndarray:
-        """Fold shading of the frame: luminance over its heavily blurred self, softened, times
-        the reference's light gain."""
-        c = self.config
-        luma = cv2.cvtColor(patch, cv2.COLOR_BGR2GRAY).astype(np.float32) + 1.0
-        ph, pw = luma.shape
-        small = cv2.resize(luma, (max(1, pw // 4), max(1, ph // 4)), interpolation=cv2.INTER_AREA)
-        small = cv2.GaussianBlur(small, (0, 0), max(1.0, 0.06 * s))
-        base = cv2.resize(small, (pw, ph), interpolation=cv2.INTER_LINEAR)
-        ratio = np.clip(luma / base, *c.shading_clip)
-        light = self._reference.light if self._reference else 1.0
-        return (1.0 + c.shading_strength * (ratio - 1.0)) * light
+        if self._skin is None or self.frames % c.skin_every == 0:
+            skin_model = SkinModel.from_face(img, px, rc.skin_min_spread)
+            if skin_model is not None or self._skin is None:
+                self._skin = skin_model
+        zone = region.torso_zone(b, shape, rc, hem)
+        arms = region.arm_masks(b, shape, rc)
+        hands = region.hands_mask(b, shape, rc)
+        lm_roi = np.zeros((33, 4), np.float32)
+        lm_roi[:, :2] = (px - (x0, y0)) / (shape[1], shape[0])
+        head = head_mask(lm_roi, shape[1], shape[0])
+        raw_skin = self._skin.mask(patch, rc.skin_tolerance) if self._skin is not None else None
+        blocked = cv2.bitwise_or(head, hands)
+        body_zone = cv2.bitwise_or(zone, cv2.bitwise_or(arms[0], arms[1]))
+        if landmarks_only:
+            person = body_zone.copy()
+        candidate = cv2.bitwise_and(person, body_zone)
+        candidate[blocked > 0] = 0
+        if raw_skin is not None:
+            skin = raw_skin
+            # skin comes in blobs (arms, neck); skin-like specks are a pattern's squares or dots
+            k = max(3, int(rc.skin_min_blob * s) | 1)
+            skin = cv2.morphologyEx(
+                skin, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+            )
+            in_torso = cv2.bitwise_and(candidate, zone)
+            torso_px = cv2.countNonZero(in_torso)
+            if torso_px and cv2.countNonZero(cv2.bitwise_and(skin, in_torso)) > rc.skin_guard * torso_px:
+                skin[zone > 0] = 0  # the clothes are skin-coloured: trust the zone on the torso
+            clothing = cv2.bitwise_and(candidate, cv2.bitwise_not(skin))
+        else:
+            clothing = candidate
+        k3 = np.ones((3, 3), np.uint8)
+        if not landmarks_only:
+            clothing = region.trim_to_silhouette(patch, person, clothing, s, rc.edge_band, rc.edge_sigma)
+        clothing = cv2.morphologyEx(clothing, cv2.MORPH_OPEN, k3)
+        if self.geometry.category != "dress":
+            clothing, self._hem = region.hem_by_colour(
+                patch, b, clothing, rc, zone, self._hem, self._rate, cv2.bitwise_or(arms[0], arms[1]), person
+            )
+        torso = cv2.bitwise_and(clothing, zone)
+        if cv2.countNonZero(torso) < 30:
+            return None
+
+        # the torso's outline without the arms beside it (they would widen the garment)
+        arms_any = cv2.bitwise_or(arms[0], arms[1])
+        own = cv2.bitwise_and(torso, cv2.bitwise_not(arms_any))
+        profile = mapping.measure_profile(
+            b, own if cv2.countNonZero(own) > 0.3 * cv2.countNonZero(torso) else torso
+        )
+        if profile is None:
+            return None
+        profile = profile.blend(self._profile, self._rate)
+        self._profile = profile
+
+        gain, _ = shading_gain(patch, clothing, s, c.shading)
+        colour = np.zeros((*shape, 3), np.float32)
+        alpha = np.zeros(shape, np.float32)
+        garment_alpha = np.zeros(shape, np.float32)
+        skin_drawn = np.zeros(shape, np.uint8)
+
+        def stack(mask: np.ndarray, texel: np.ndarray | tuple, is_garment: bool) -> None:
+            box = _bbox(mask, 4)
+            if box is None:
+                return
+            bx0, by0, bx1, by1 = box
+            sub = (slice(by0, by1), slice(bx0, bx1))
+            a = _soft(mask[sub], c.edge_sigma)
+            if callable(texel):
+                layer = texel(box)  # float32, ours to change
+                layer *= gain[sub][..., None]
+            else:
+                layer = gain[sub][..., None] * np.asarray(texel, np.float32)
+            # "over", in place: c += a (layer - c); alpha += a (1 - alpha)
+            layer -= colour[sub]
+            layer *= a[..., None]
+            colour[sub] += layer
+            alpha[sub] += a * (1.0 - alpha[sub])
+            if is_garment:
+                garment_alpha[sub] += a * (1.0 - garment_alpha[sub])
+            else:
+                garment_alpha[sub] *= 1.0 - a
+
+        arm_layers = self._arm_layers(b, person, clothing, blocked, zone, lm)
+        for layer in (item for item in arm_layers if item[0]):
+            stack(*layer[1:])
+        stack(
+            torso,
+            lambda box: mapping.remap(self.texture, mapping.torso_map(self.geometry, b, profile, box)),
+            True,
+        )
+        for layer in (item for item in arm_layers if not item[0]):
+            stack(*layer[1:])
+            if not layer[3]:
+                skin_drawn |= layer[1]
+
+        # one factor: head and hands stay in front (soft edge included); outside the person mask
+        # the coverage is capped below a half
+        factor = np.minimum(1.0, np.float32(c.outside_alpha) / np.maximum(alpha, 1e-6))
+        factor[person > 0] = 1.0
+        factor[blocked > 0] = 0.0
+        colour *= factor[..., None]
+        alpha *= factor
+        garment_alpha *= factor
+        drawn_roi = alpha >= 0.5 / 255
+        if not drawn_roi.any():
+            return None
+        blended = cv2.add(colour, patch.astype(np.float32) * (1.0 - alpha)[..., None])
+        out = img.copy()
+        # float -> uint8 with rounding and saturation in one cv2 call
+        np.copyto(out[y0:y1, x0:x1], cv2.convertScaleAbs(blended), where=drawn_roi[..., None])
+
+        def full(m: np.ndarray) -> np.ndarray:
+            f = np.zeros((h, w), np.uint8)
+            f[y0:y1, x0:x1] = m
+            return f
+
+        return RenderDetail(
+            RenderedFrame(frame.seq, out, self.garment_id, full(drawn_roi.astype(np.uint8) * 255)),
+            garment=full((garment_alpha >= 0.5).astype(np.uint8) * 255),
+            clothing=full(clothing),
+            skin=full(skin_drawn),
+        )
+
+    def _arm_layers(
+        self,
+        b: region.Body,
+        person: np.ndarray,
+        clothing: np.ndarray,
+        blocked: np.ndarray,
+        zone: np.ndarray,
+        lm: np.ndarray,
+    ) -> list[tuple]:
+        """Per arm, in draw order: (behind the torso?, mask, texel source, is garment) for its
+        sleeve and, where the old clothing runs past the new sleeve, its repainted skin."""
+        c, g = self.config, self.geometry
+        shape = person.shape
+        s = b.scale
+        items = []
+        for (sh, el, wr), (side, outward) in zip(ARMS, (("left", 1.0), ("right", -1.0)), strict=True):
+            chain = [b.px[sh], b.px[el], b.px[wr]]
+            upper = float(np.hypot(*(chain[1] - chain[0])))
+            fore = float(np.hypot(*(chain[2] - chain[1])))
+            if g.long_sleeves:
+                reach = upper + fore
+            else:
+                reach = min(g.sleeves[side].length / g.width * c.short_sleeve_scale * s, 0.9 * upper)
+            ends = [chain[0]]
+            if reach <= upper:
+                ends.append(chain[0] + (chain[1] - chain[0]) * (reach / max(upper, 1e-6)))
+                rest = [ends[-1], chain[1], chain[2]]
+            else:
+                ends += [
+                    chain[1],
+                    chain[1] + (chain[2] - chain[1]) * min(1.0, (reach - upper) / max(fore, 1e-6)),
+                ]
+                rest = [ends[-1], chain[2]]
+            if g.long_sleeves:  # a cuff reaches a little past the wrist landmark (the hand is cut out)
+                d = chain[2] - chain[1]
+                ends[-1] = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * c.cuff_past_wrist * s
+            sleeve = np.zeros(shape, np.uint8)
+            wide = np.zeros(shape, np.uint8)
+            for a, e in itertools.pairwise(ends):
+                region.capsule(sleeve, a, e, c.sleeve_width * s)
+                _band(wide, a, e, c.wide_arm * s)
+            cv2.circle(wide, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
+            sleeve = cv2.bitwise_or(cv2.bitwise_and(sleeve, person), cv2.bitwise_and(wide, clothing))
+            sleeve[blocked > 0] = 0
+            beyond = np.zeros(shape, np.uint8)
+            beyond_wide = np.zeros(shape, np.uint8)
+            for a, e in itertools.pairwise(rest):
+                region.capsule(beyond, a, e, c.bare_width * s)
+                region.capsule(beyond_wide, a, e, c.wide_arm * s)
+            beyond |= cv2.bitwise_and(beyond_wide, cv2.bitwise_not(zone))
+            bare = cv2.bitwise_and(cv2.bitwise_and(beyond, clothing), cv2.bitwise_not(sleeve))
+            other = LM.LEFT_SHOULDER if sh == LM.RIGHT_SHOULDER else LM.RIGHT_SHOULDER
+            behind = (float(lm[sh, 2]) - float(lm[other, 2])) * person.shape[1] > c.behind_z * s
+            depth = float(lm[wr, 2])
+            skin = self._skin.bgr if self._skin is not None else (120, 140, 180)
+            skin_gain = tuple(v / c.shading.exposure for v in skin)
+            half = c.sleeve_width * s / 2
+
+            def texel(box, side=side, outward=outward, chain=chain, reach=reach, half=half):
+                maps = mapping.sleeve_map(g, side, outward, chain, reach, half, box)
+                return mapping.remap(self.texture, maps)
+
+            items.append((depth, behind, [(behind, sleeve, texel, True), (behind, bare, skin_gain, False)]))
+        items.sort(key=lambda item: -item[0])  # the farther wrist first, the nearer on top
+        return [layer for _, _, layers in items for layer in layers]
 
 
 class PreparedGarments:

@@ -1,0 +1,188 @@
+"""Issue 15, "worn, not pasted on": the garment goes where the person's own clothing is, sleeves
+follow the arms, the old clothing's light and folds carry over, edges are soft, the category
+comes with the garment, and a short sleeve over a long one shows the arm.
+
+Inputs are real: the procedural figure (``tools.eval.figure``) and real photos through the real
+preprocessing (MediaPipe), catalogue garments through the real encoder."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from services.garments.catalogue import spec_by_id
+from services.generator.rendering import FrameInput
+from services.generator.warp import WarpRenderer
+from shared.body import LM
+from tools.eval.figure import make_eval_clip
+from tools.eval.render import shading_corr
+from tools.samples import catalogue_garment, preprocessed_frames
+
+pytestmark = pytest.mark.unit
+
+# (family, seed, garment worn, garment asked for): MediaPipe finds the figure in these
+FIGURES = {
+    "front": ("front", 1500, "shirt-green-solid", "tee-red-solid"),
+    "raised": ("raised_arms", 1541, "tee-yellow-dots", "shirt-green-solid"),
+}
+
+
+@pytest.fixture(scope="module")
+def figure_clips() -> dict:
+    out = {}
+    for name, (family, seed, a, b) in FIGURES.items():
+        clip = make_eval_clip(family, seed, 3, spec_by_id(a), spec_by_id(b))
+        frames = preprocessed_frames([f.image for f in clip.inputs])
+        if frames[-1].landmarks is None:
+            pytest.fail(f"MediaPipe found no body in the {name} figure")
+        out[name] = (clip, frames, catalogue_garment(b))
+    return out
+
+
+def _render_clip(clip_frames, garment) -> tuple:
+    session = WarpRenderer("s", garment)
+    detail = None
+    for frame in clip_frames:
+        detail = session.render_detail(frame)
+    return detail
+
+
+def test_the_garment_follows_the_clothing_not_a_polygon(figure_clips) -> None:
+    clip, frames, garment = figure_clips["front"]
+    detail = _render_clip(frames, garment)
+    truth = clip.truth[-1].garment
+    drawn = detail.garment > 0
+    assert not (drawn & (frames[-1].person_mask == 0)).any()  # never past the person mask
+    iou = (drawn & truth).sum() / (drawn | truth).sum()
+    assert iou >= 0.7  # the issue's goal is 0.85 over the eval; not met yet (docs/warp.md)
+
+
+def test_sleeves_follow_bent_arms(figure_clips) -> None:
+    """A long-sleeved shirt over a tee with raised, bent arms: the forearms get the sleeve."""
+    clip, frames, garment = figure_clips["raised"]
+    detail = _render_clip(frames, garment)
+    h, w = frames[-1].frame_bgr.shape[:2]
+    px = frames[-1].landmarks[:, :2] * (w, h)
+    for el, wr in ((LM.LEFT_ELBOW, LM.LEFT_WRIST), (LM.RIGHT_ELBOW, LM.RIGHT_WRIST)):
+        along = [px[el] + (px[wr] - px[el]) * t for t in (0.3, 0.5)]
+        for p in along:
+            x, y = round(float(p[0])), round(float(p[1]))
+            assert detail.garment[y, x] > 0, f"forearm point {(x, y)} not covered by the sleeve"
+    truth = clip.truth[-1].garment
+    drawn = detail.garment > 0
+    assert (drawn & truth).sum() / truth.sum() >= 0.8
+
+
+def test_the_old_clothings_folds_and_light_carry_over(figure_clips) -> None:
+    clip, frames, garment = figure_clips["front"]
+    out = _render_clip(frames, garment).frame.image_bgr
+    assert shading_corr(out, clip.truth[-1].image, clip.truth[-1].garment) >= 0.6
+
+
+def test_a_short_sleeve_over_a_long_one_shows_the_skin(figure_clips) -> None:
+    clip, frames, garment = figure_clips["front"]  # green long-sleeved shirt -> red tee
+    detail = _render_clip(frames, garment)
+    out = detail.frame.image_bgr
+    truth, worn = clip.truth[-1], clip.inputs[-1]
+    forearms = worn.garment & ~truth.garment & truth.person  # the old sleeves, skin in the truth
+    forearms = cv2.erode(forearms.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert forearms.sum() > 200
+    err_out = np.abs(out[forearms].astype(float) - truth.image[forearms]).mean()
+    err_in = np.abs(worn.image[forearms].astype(float) - truth.image[forearms]).mean()
+    assert (detail.skin[forearms] > 0).mean() > 0.7
+    assert err_out < 0.5 * err_in  # much nearer the bare arm than the old green sleeve
+
+
+def test_edges_are_soft(figure_clips) -> None:
+    _, frames, garment = figure_clips["front"]
+    detail = _render_clip(frames, garment)
+    garment_px = detail.garment > 0
+    # drawn, but at less than half strength (the repainted bare arms are drawn, not garment)
+    soft = (detail.frame.drawn_mask > 0) & ~garment_px & (detail.skin == 0)
+    contour, _ = cv2.findContours(garment_px.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    perimeter = sum(len(c) for c in contour)
+    assert soft.sum() >= 0.8 * perimeter  # a partial band about a pixel wide all round
+
+
+def test_the_category_comes_with_the_garment(figure_clips) -> None:
+    """A dress reaches down the thighs on the same frame where a tee stops at the hips."""
+    _, frames, _ = figure_clips["front"]
+    frame = frames[-1]
+    h = frame.frame_bgr.shape[0]
+    shoulder_y = frame.landmarks[[LM.LEFT_SHOULDER, LM.RIGHT_SHOULDER], 1].mean() * h
+    hip_y = frame.landmarks[[LM.LEFT_HIP, LM.RIGHT_HIP], 1].mean() * h
+    low = slice(int(hip_y + 0.35 * (hip_y - shoulder_y)), h)  # a third of a torso below the hips
+    tee = WarpRenderer("s", catalogue_garment("tee-red-solid")).render_detail(frame)
+    dress = WarpRenderer("s", catalogue_garment("dress-red-solid")).render_detail(frame)
+    assert (dress.garment[low] > 0).sum() > 3 * max(1, (tee.garment[low] > 0).sum())
+
+
+def test_a_still_person_gets_a_still_texture() -> None:
+    """A side view in stripes: the tracker's landmarks wander on a still figure, and any drift of
+    the mapping shows as a stripe moving; the ground truth changes by camera noise only."""
+    clip = make_eval_clip(
+        "side", 1510, 8, spec_by_id("tee-white-solid"), spec_by_id("tee-navy-stripes"), lead_in=4
+    )
+    fed = preprocessed_frames(clip.lead_in + [f.image for f in clip.inputs])
+    session = WarpRenderer("s", catalogue_garment("tee-navy-stripes"))
+    outs = [session.render(f)[0].image_bgr.astype(np.float32) for f in fed][len(clip.lead_in) :]
+    flicker, truth = [], []
+    for i in range(clip.still_from + 1, len(outs)):
+        sel = clip.truth[i].garment & clip.truth[i - 1].garment
+        flicker.append(np.abs(outs[i] - outs[i - 1])[sel].mean())
+        truth.append(np.abs(clip.truth[i].image.astype(np.float32) - clip.truth[i - 1].image)[sel].mean())
+    assert np.mean(flicker) <= np.mean(truth) + 1.0
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["mask_size", "mask_dtype", "landmarks_shape", "frame_grey"],
+)
+def test_bad_input_comes_back_unchanged(figure_clips, change) -> None:
+    _, frames, garment = figure_clips["front"]
+    frame = frames[-1]
+    if change == "mask_size":
+        frame = replace(frame, person_mask=frame.person_mask[:-3])
+    elif change == "mask_dtype":
+        frame = replace(frame, person_mask=frame.person_mask.astype(np.float32))
+    elif change == "landmarks_shape":
+        frame = replace(frame, landmarks=frame.landmarks[:, :2])
+    else:
+        frame = replace(frame, frame_bgr=frame.frame_bgr[..., 0])
+    out = WarpRenderer("s", garment).render(frame)[0]
+    assert out.drawn_mask is None and out.image_bgr is frame.frame_bgr
+
+
+# -- real photos --------------------------------------------------------------------------------------
+def _grace_hopper() -> np.ndarray:
+    try:
+        import matplotlib
+    except ImportError:
+        pytest.skip("matplotlib (which ships grace_hopper.jpg) is not installed")
+    path = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return cv2.imread(str(path))
+
+
+@pytest.mark.parametrize("photo", ["bus_photo", "zidane_photo", "grace_hopper"])
+@pytest.mark.parametrize("garment_id", ["tee-red-solid", "shirt-blue-checks"])
+def test_on_real_photos_the_garment_stays_on_the_persons_clothing(request, photo, garment_id) -> None:
+    img = _grace_hopper() if photo == "grace_hopper" else request.getfixturevalue(photo)
+    frame: FrameInput = preprocessed_frames([img])[0]
+    if frame.landmarks is None or frame.garment_mask is None:
+        pytest.skip(f"MediaPipe finds no body with shoulders in {photo}: nothing to dress")
+    detail = WarpRenderer("s", catalogue_garment(garment_id)).render_detail(frame)
+    assert detail.garment is not None
+    drawn = detail.garment > 0
+    person = frame.person_mask > 0
+    assert not (drawn & ~person).any()
+    # the clothing preprocess found (its region, less what is skin-coloured: arms, neck) is
+    # repainted: as the new garment, or as bare arm below a short sleeve
+    clothing = (frame.garment_mask > 0) & person & (detail.clothing > 0)
+    repainted = drawn | (detail.skin > 0)
+    assert (repainted & clothing).sum() >= 0.8 * clothing.sum()

@@ -1,0 +1,267 @@
+"""`chameleon eval render --json`: the warp renderer against procedural ground truth.
+
+For each clip of each pose family (``tools.eval.figure``): the figure wearing garment A is the
+camera input; it goes through the real preprocessing (MediaPipe pose and segmentation, One-Euro
+smoothing), then a renderer session opened on garment B draws every frame; the output is compared
+with the ground-truth render of the same figure, same pose, same light and camera noise, wearing
+B. The new renderer (``current``) and the one before it (``baseline``, ``--renderer legacy``) see
+the same frames in the same run. The last line printed is one JSON object:
+
+``{"renderers": {"current"|"baseline": {"overall": {KEYS}, "by_pose": {FAMILY: {KEYS}},
+"detected_only": {KEYS}}}, "clips": N, "frames": N, "ground_truth": {"temporal_flicker": ...},
+"detected_frames": N, "detected_by_pose": {FAMILY: N}}``
+
+``overall`` and ``by_pose`` count every frame, end to end: a frame where MediaPipe finds no one
+passes through unchanged and scores as such. ``detected_only`` counts the frames where it found
+the figure (the renderer's own share). Each clip is preceded by ``--lead-in`` frames walking
+from the front pose into the family's, seen by the preprocessing and the renderers but not
+measured: how a shopper gets into a pose, and what lets the tracker keep hold of the figure.
+
+KEYS, means over frames (by pose: over that family's frames):
+
+- ``garment_iou``: where the renderer put the new garment vs the ground truth garment mask;
+- ``psnr_garment_db``, ``ssim_garment``: output vs ground truth inside the ground-truth garment
+  (SSIM on luma, Gaussian window sigma 1.5, averaged over the region);
+- ``shading_corr``: Pearson correlation of output and ground-truth luma inside the ground-truth
+  garment (eroded 2 px), both blurred with sigma 2 px so that a pattern's phase matters less
+  than its light and folds;
+- ``psnr_outside_db``: output vs ground truth outside both garments (dilated 2 px): everything
+  that is not clothing; capped at 100 dB;
+- ``temporal_flicker``: mean absolute change (grey levels, BGR mean) of the output inside the
+  ground-truth garment between consecutive frames of the clip's still half (same pose, only the
+  camera noise changes). ``ground_truth.temporal_flicker`` is the same on the ground truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+PSNR_CAP_DB = 100.0
+KEYS = (
+    "garment_iou",
+    "psnr_garment_db",
+    "ssim_garment",
+    "shading_corr",
+    "psnr_outside_db",
+    "temporal_flicker",
+)
+LONG = ("shirt-blue-checks", "shirt-white-pinstripes", "shirt-green-solid", "shirt-red-checks")
+SHEET_SCALE = 0.5  # contact-sheet tiles: small enough that the sheet stays a few hundred KB
+SHORT = ("tee-red-solid", "tee-white-solid", "tee-navy-stripes", "tee-grey-print", "tee-yellow-dots")
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, sel: np.ndarray) -> float:
+    if not sel.any():
+        return PSNR_CAP_DB
+    d = a[sel].astype(np.float64) - b[sel].astype(np.float64)
+    mse = float(np.mean(d * d))
+    return PSNR_CAP_DB if mse <= 1e-10 else min(PSNR_CAP_DB, 10 * np.log10(255.0**2 / mse))
+
+
+def _luma(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+
+
+def ssim_in(a: np.ndarray, b: np.ndarray, sel: np.ndarray) -> float:
+    """Mean SSIM (luma, Gaussian window sigma 1.5) over ``sel``."""
+    if not sel.any():
+        return 1.0
+    x, y = _luma(a), _luma(b)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(z: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(z, (11, 11), 1.5)
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    ssim = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return float(ssim[sel].mean())
+
+
+def shading_corr(a: np.ndarray, b: np.ndarray, sel: np.ndarray) -> float:
+    inner = cv2.erode(sel.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    if inner.sum() < 20:
+        return 0.0
+    x = cv2.GaussianBlur(_luma(a), (0, 0), 2.0)[inner]
+    y = cv2.GaussianBlur(_luma(b), (0, 0), 2.0)[inner]
+    if x.std() < 1e-6 or y.std() < 1e-6:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def _iou(mask: np.ndarray | None, truth: np.ndarray) -> float:
+    if mask is None:
+        return 0.0
+    m = mask > 0
+    union = (m | truth).sum()
+    return float((m & truth).sum() / union) if union else 1.0
+
+
+def _pairs(family: str, clip: int, rng: np.random.Generator) -> tuple[str, str]:
+    """Garment A (worn) and B (asked for). ``sleeve_change`` alternates long->short and
+    short->long; the other families keep the sleeve length so they measure the pose."""
+    if family == "sleeve_change":
+        long_, short = str(rng.choice(LONG)), str(rng.choice(SHORT))
+        return (long_, short) if clip % 2 == 0 else (short, long_)
+    pool = SHORT if (clip + len(family)) % 2 == 0 else LONG
+    a = str(rng.choice(pool))
+    b = str(rng.choice([g for g in pool if g != a]))
+    return a, b
+
+
+def _tile(img: np.ndarray, label: str, box: tuple[int, int, int, int], scale: float) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    t = cv2.resize(img[y0:y1, x0:x1], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    bar = np.full((18, t.shape[1], 3), 32, np.uint8)
+    cv2.putText(bar, label, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+    return np.vstack([bar, t])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chameleon eval render", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
+    parser.add_argument("--renderer", choices=("both", "current", "legacy"), default="both")
+    parser.add_argument("--clips-per-pose", type=int, default=2)
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip (the second half still)")
+    parser.add_argument("--seed", type=int, default=15)
+    parser.add_argument("--lead-in", type=int, default=4, help="unmeasured frames walking into the pose")
+    parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG here")
+    args = parser.parse_args(argv)
+
+    from services.garments.catalogue import spec_by_id
+    from services.generator.warp import WarpRenderer
+    from services.generator.warp.legacy import LegacyWarpRenderer
+    from tools.eval.figure import POSES, make_eval_clip
+    from tools.samples import catalogue_garment, preprocessed_frames
+
+    cv2.setNumThreads(1)
+    t_start = time.perf_counter()
+    names = {"both": ("current", "baseline"), "current": ("current",), "legacy": ("baseline",)}[args.renderer]
+    makers = {"current": WarpRenderer, "baseline": LegacyWarpRenderer}
+    per: dict[str, dict[str, dict[str, list[float]]]] = {
+        n: {f: {k: [] for k in KEYS} for f in POSES} for n in names
+    }
+    truth_flicker: dict[str, list[float]] = {f: [] for f in POSES}
+    hits: dict[str, dict[str, list[float]]] = {n: {k: [] for k in KEYS} for n in names}
+    detected_by = dict.fromkeys(POSES, 0)
+    garments: dict = {}
+    rng = np.random.default_rng(args.seed)
+    clips = frames = detected = 0
+    sheet_rows = []
+    for fi, family in enumerate(POSES):
+        for ci in range(args.clips_per_pose):
+            a_id, b_id = _pairs(family, ci, rng)
+            seed = args.seed * 100 + fi * 10 + ci
+            clip = make_eval_clip(
+                family, seed, args.frames, spec_by_id(a_id), spec_by_id(b_id), lead_in=args.lead_in
+            )
+            fed = preprocessed_frames(clip.lead_in + [f.image for f in clip.inputs])
+            lead, inputs = fed[: len(clip.lead_in)], fed[len(clip.lead_in) :]
+            clips += 1
+            frames += len(inputs)
+            found = [f.landmarks is not None for f in inputs]
+            detected += sum(found)
+            detected_by[family] += sum(found)
+            if b_id not in garments:
+                garments[b_id] = catalogue_garment(b_id)
+            for i in range(clip.still_from + 1, args.frames):
+                m = clip.truth[i].garment & clip.truth[i - 1].garment
+                if m.any():
+                    d = np.abs(clip.truth[i].image.astype(np.float32) - clip.truth[i - 1].image)
+                    truth_flicker[family].append(float(d[m].mean()))
+            outs = {}
+            for name in names:
+                session = makers[name](f"eval-{seed}", garments[b_id])
+                for frame in lead:  # the walk into the pose: seen, not measured
+                    session.render(frame)
+                images = []
+                for frame, gt, src, hit in zip(inputs, clip.truth, clip.inputs, found, strict=True):
+                    if name == "current":
+                        detail = session.render_detail(frame)
+                        out, drawn = detail.frame.image_bgr, detail.garment
+                    else:
+                        r = session.render(frame)[0]
+                        out, drawn = r.image_bgr, r.drawn_mask
+                    images.append(out)
+                    m = per[name][family]
+                    m["garment_iou"].append(_iou(drawn, gt.garment))
+                    m["psnr_garment_db"].append(_psnr(out, gt.image, gt.garment))
+                    m["ssim_garment"].append(ssim_in(out, gt.image, gt.garment))
+                    m["shading_corr"].append(shading_corr(out, gt.image, gt.garment))
+                    clothes = cv2.dilate(
+                        (gt.garment | src.garment).astype(np.uint8), np.ones((5, 5), np.uint8)
+                    )
+                    m["psnr_outside_db"].append(_psnr(out, gt.image, clothes == 0))
+                    if hit:
+                        for k in KEYS[:-1]:
+                            hits[name][k].append(m[k][-1])
+                for i in range(clip.still_from + 1, args.frames):
+                    sel = clip.truth[i].garment & clip.truth[i - 1].garment
+                    if sel.any():
+                        d = np.abs(images[i].astype(np.float32) - images[i - 1])
+                        per[name][family]["temporal_flicker"].append(float(d[sel].mean()))
+                        if found[i] and found[i - 1]:
+                            hits[name]["temporal_flicker"].append(float(d[sel].mean()))
+                outs[name] = images
+            if ci == 0 and args.sheet:
+                k = args.frames - 1
+                ys, xs = np.nonzero(clip.truth[k].person | clip.inputs[k].person)
+                box = (
+                    max(0, int(xs.min()) - 20), max(0, int(ys.min()) - 10),
+                    min(640, int(xs.max()) + 20), min(480, int(ys.max()) + 10),
+                )  # fmt: skip
+                tiles = [_tile(clip.inputs[k].image, f"{family}: input ({a_id})", box, SHEET_SCALE)]
+                if "baseline" in outs:
+                    tiles.append(_tile(outs["baseline"][k], "legacy", box, SHEET_SCALE))
+                if "current" in outs:
+                    tiles.append(_tile(outs["current"][k], "new", box, SHEET_SCALE))
+                tiles.append(_tile(clip.truth[k].image, f"ground truth ({b_id})", box, SHEET_SCALE))
+                hgt = max(t.shape[0] for t in tiles)
+                tiles = [
+                    np.pad(t, ((0, hgt - t.shape[0]), (0, 4), (0, 0)), constant_values=255) for t in tiles
+                ]
+                sheet_rows.append(np.hstack(tiles))
+
+    def mean(values: list[float]) -> float:
+        return round(float(np.mean(values)), 4) if values else float("nan")
+
+    report: dict = {"renderers": {}}
+    for name in names:
+        by_pose = {f: {k: mean(per[name][f][k]) for k in KEYS} for f in POSES}
+        overall = {k: mean([v for f in POSES for v in per[name][f][k]]) for k in KEYS}
+        detected_only = {k: mean(hits[name][k]) for k in KEYS}
+        report["renderers"][name] = {"overall": overall, "by_pose": by_pose, "detected_only": detected_only}
+    report["clips"] = clips
+    report["frames"] = frames
+    report["detected_frames"] = detected
+    report["detected_by_pose"] = detected_by
+    report["ground_truth"] = {
+        "temporal_flicker": mean([v for f in POSES for v in truth_flicker[f]]),
+        "by_pose": {f: {"temporal_flicker": mean(truth_flicker[f])} for f in POSES},
+    }
+    report["seconds"] = round(time.perf_counter() - t_start, 1)
+    if args.sheet and sheet_rows:
+        width = max(r.shape[1] for r in sheet_rows)
+        rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in sheet_rows]
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(args.sheet), np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        report["sheet"] = str(args.sheet)
+    if not args.json:
+        for name in names:
+            for f in ("overall", *POSES):
+                row = report["renderers"][name]["overall" if f == "overall" else "by_pose"]
+                vals = row if f == "overall" else row[f]
+                print(f"{name:9s} {f:14s} " + "  ".join(f"{k}={vals[k]}" for k in KEYS))
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
