@@ -58,9 +58,9 @@ class ReceivedStream:
     def seqs(self) -> list[int]:
         return sorted(self.outputs)
 
-    def pair(self, seq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
-        """Output frame, its input frame and garment region for ``seq`` (decoded the way the
-        generator decodes conditioning), or None when either side is missing or malformed."""
+    def pair(self, seq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None] | None:
+        """Output frame, its input frame, garment region and person mask for ``seq`` (decoded the
+        way the generator decodes conditioning), or None when either side is missing or malformed."""
         c, out = self.conditioning(seq), decode_jpeg(self.outputs[seq].jpeg)
         if c is None or out is None:
             return None
@@ -68,18 +68,21 @@ class ReceivedStream:
             inp = frame_input(c)
         except SchemaError:
             return None
-        return (out, inp.frame_bgr, inp.garment_mask) if out.shape == inp.frame_bgr.shape else None
+        if out.shape != inp.frame_bgr.shape:
+            return None
+        return out, inp.frame_bgr, inp.garment_mask, inp.person_mask
 
 
-def psnr_outside_garment_db(stream: ReceivedStream) -> float | None:
-    """PSNR of every output against its own input outside the garment region (dilated by 2 px
-    for the feathered edge), pooled over all pixels of all frames; 100 when nothing differs, None
-    when no output could be paired with its input (nothing was compared)."""
+def _psnr_outside(stream: ReceivedStream, person: bool) -> float | None:
+    """PSNR of every output against its own input outside a region (the garment region, or with
+    ``person`` the person; dilated by 2 px for the feathered edge), pooled over all pixels of all
+    frames; 100 when nothing differs, None when no output could be paired with its input."""
     sq_err, n_px = 0.0, 0
     for s in stream.seqs:
         if (p := stream.pair(s)) is None:
             continue
-        out, inp, region = p
+        out, inp, garment, body = p
+        region = body if person else garment
         keep = (
             np.ones(inp.shape[:2], bool)
             if region is None
@@ -91,6 +94,19 @@ def psnr_outside_garment_db(stream: ReceivedStream) -> float | None:
     if n_px == 0:
         return None
     return 100.0 if sq_err == 0 else float(10 * np.log10(255.0**2 / (sq_err / n_px)))
+
+
+def psnr_outside_garment_db(stream: ReceivedStream) -> float | None:
+    """PSNR outside preprocess's garment region: the shoulders-to-hips polygon of the category
+    preprocess is configured for. A renderer that repaints the person's real clothing (sleeves to
+    the wrist, a coat's real hem) changes pixels outside it on purpose: then read
+    ``psnr_background_db`` for what must not change."""
+    return _psnr_outside(stream, person=False)
+
+
+def psnr_background_db(stream: ReceivedStream) -> float | None:
+    """PSNR outside the person (preprocess's segmentation): the scene no renderer may touch."""
+    return _psnr_outside(stream, person=True)
 
 
 def not_applicable(psnr_db: float | None) -> str | None:
@@ -116,7 +132,7 @@ def _shown_after(
     s = later[0]
     if (p := stream.pair(s)) is None or p[2] is None:
         return f"no garment region in output frame {s}"
-    out, inp, region = p
+    out, inp, region, _ = p
     shown = garment_pixels(out, inp, region, colours[old], colours[new])
     if np.count_nonzero(shown) < MIN_GARMENT_PIXELS:
         return f"fewer than {MIN_GARMENT_PIXELS} garment pixels shown in output frame {s}"
@@ -143,6 +159,7 @@ def demo_quality(
     sheet of the frame before, at and two after each swap is written there (PNG)."""
     stream = ReceivedStream.of(outputs, conditioning)
     psnr = psnr_outside_garment_db(stream)
+    background = psnr_background_db(stream)
     why_not = not_applicable(psnr)
     seqs = stream.seqs
     garment_of = {r.meta.seq: r.meta.garment_id for r in outputs}
@@ -190,6 +207,7 @@ def demo_quality(
         "swaps_unmeasured": unmeasured,
         "ghost_ratio_2f_mean": round(float(np.mean(ghosts)), 4) if ghosts else None,
         "psnr_outside_garment_db": None if psnr is None else round(psnr, 2),
+        "psnr_background_db": None if background is None else round(background, 2),
         "resembles_input": None if psnr is None else why_not is None,
         "metrics_not_applicable": why_not,  # null: the ghost figures above mean what they say
     }

@@ -60,3 +60,4 @@ def test_demo_json_with_swaps(tmp_path: Path, bus_photo) -> None:
     assert 0 < result["swap_latency_ms"]["p50"] <= result["swap_latency_ms"]["p95"] < 1000
     assert result["ghost_ratio_2f"] is not None and 0 <= result["ghost_ratio_2f"] <= 1
     assert result["psnr_outside_garment_db"] > 30
+    assert result["psnr_background_db"] > 40  # the scene around the person is kept

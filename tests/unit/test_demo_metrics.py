@@ -43,6 +43,9 @@ def stream(photo: np.ndarray, whole_frame_at: int = 0) -> tuple[list[Out], dict[
     h, w = photo.shape[:2]
     mask = region(photo.shape)
     png = cv2.imencode(".png", mask)[1].tobytes()
+    person = np.zeros((h, w), np.uint8)
+    person[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 255  # the person holds the garment region
+    person_png = cv2.imencode(".png", person)[1].tobytes()
     outputs, conds = [], {}
     for seq in range(6):
         garment = "tee-red" if seq < SWAP_AT else "shirt-blue"
@@ -52,7 +55,9 @@ def stream(photo: np.ndarray, whole_frame_at: int = 0) -> tuple[list[Out], dict[
             small = cv2.resize(out, (whole_frame_at, whole_frame_at), interpolation=cv2.INTER_AREA)
             out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
         outputs.append(Out(FrameMeta("s", seq, 1, w, h, garment_id=garment), encode_jpeg(out, 95)))
-        conds[seq] = Conditioning("s", seq, w, h, encode_jpeg(photo, 95), True, garment_mask_png=png)
+        conds[seq] = Conditioning(
+            "s", seq, w, h, encode_jpeg(photo, 95), True, person_mask_png=person_png, garment_mask_png=png
+        )
     return outputs, conds
 
 
@@ -94,3 +99,25 @@ def test_resembles_input_threshold_and_nothing_compared() -> None:
     assert not_applicable(None) is None  # nothing compared: no claim either way
     result = demo_quality([], lambda seq: None, [], COLOURS)
     assert result["psnr_outside_garment_db"] is None and result["resembles_input"] is None
+
+
+def test_background_psnr_sees_the_scene_only(bus_photo: np.ndarray) -> None:
+    """Repainting the person beyond the garment region (a sleeve to the wrist) costs PSNR outside
+    the garment region but not outside the person; touching the scene costs both."""
+    outputs, conds = stream(bus_photo)
+    h, w = bus_photo.shape[:2]
+    sleeve = [
+        Out(o.meta, encode_jpeg(_paint(o.jpeg, (slice(h // 2, 2 * h // 3), slice(w // 3, w // 2))), 95))
+        for o in outputs
+    ]
+    result = demo_quality(sleeve, conds.get, [], COLOURS)
+    assert result["psnr_background_db"] > 35 > result["psnr_outside_garment_db"]
+    scene = [Out(o.meta, encode_jpeg(_paint(o.jpeg, (slice(0, h // 8), slice(0, w))), 95)) for o in outputs]
+    result = demo_quality(scene, conds.get, [], COLOURS)
+    assert result["psnr_background_db"] < 30 and result["psnr_outside_garment_db"] < 30
+
+
+def _paint(jpeg: bytes, where: tuple[slice, slice]) -> np.ndarray:
+    frame = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    frame[where] = (0, 255, 0)
+    return frame
