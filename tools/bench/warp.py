@@ -2,7 +2,9 @@
 
 Frames: the bus photo cropped to the front person's upper body (webcam framing: the torso about a
 third of the frame wide) through a moving virtual camera at 640x480, preprocessed once by the real
-MediaPipe pipeline (not timed). Timed: ``WarpRenderer.render`` alone, cycling over those frames.
+MediaPipe pipeline (not timed). ``--closeup``: matplotlib's Grace Hopper portrait instead, a
+person filling the frame (the renderer's cost grows with the person's size). Timed:
+``WarpRenderer.render`` alone, cycling over those frames.
 Prints one JSON object: ``{"render_ms": {"p50", "p95"}, ...}``.
 """
 
@@ -12,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--renderer", choices=("current", "legacy"), default="current")
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--closeup", action="store_true", help="a portrait: the person fills the frame")
     args = parser.parse_args(argv)
 
     import cv2
@@ -36,7 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)  # the serving worker renders one session per thread
-    photo = read_image(sample_photo("bus.jpg"))[UPPER_BODY]
+    if args.closeup:  # shipped inside the matplotlib wheel (a MediaPipe dependency): nothing downloads
+        import matplotlib
+
+        photo = read_image(
+            str(Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg")
+        )
+    else:
+        photo = read_image(sample_photo("bus.jpg"))[UPPER_BODY]
     camera = MotionCamera(photo, args.width, args.height, Motion(period=args.frames))
     inputs = preprocessed_frames([camera.frame(i) for i in range(args.frames)])
     if args.renderer == "legacy":
@@ -61,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": [args.width, args.height],
         "garment": args.garment,
         "renderer": args.renderer,
+        "framing": "closeup" if args.closeup else "upper_body",
         "renders": args.renders,
         "frames_with_person": sum(f.landmarks is not None for f in inputs),
         "drawn_fraction_mean": round(float(np.mean(drawn)), 4),

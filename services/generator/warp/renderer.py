@@ -105,6 +105,22 @@ def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(a, (0, 0), sigma) if sigma > 0 else a
 
 
+def _open_blobs(mask: np.ndarray, k: int) -> np.ndarray:
+    """``mask`` opened with a ``k``-pixel disc: what is narrower than ``k`` goes. A large disc (a
+    person filling the frame) is applied at a reduced scale, where it is at most 9 pixels: the
+    cost stays flat with the person's size, and what survives is kept at full resolution."""
+    f = max(1, k // 9)
+    if f == 1:
+        return cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    h, w = mask.shape
+    small = cv2.resize(mask, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+    small = np.where(small >= 128, 255, 0).astype(np.uint8)
+    ks = max(3, (k // f) | 1)
+    small = cv2.morphologyEx(small, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (ks, ks)))
+    kept = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.bitwise_and(mask, kept)
+
+
 def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
     pts = cv2.findNonZero(mask)
     if pts is None:
@@ -358,10 +374,7 @@ class WarpRenderer:
         if raw_skin is not None:
             skin = raw_skin
             # skin comes in blobs (arms, neck); skin-like specks are a pattern's squares or dots
-            k = max(3, int(rc.skin_min_blob * s) | 1)
-            skin = cv2.morphologyEx(
-                skin, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
-            )
+            skin = _open_blobs(skin, max(3, int(rc.skin_min_blob * s) | 1))
             in_torso = cv2.bitwise_and(candidate, zone)
             torso_px = cv2.countNonZero(in_torso)
             if torso_px and cv2.countNonZero(cv2.bitwise_and(skin, in_torso)) > rc.skin_guard * torso_px:
@@ -434,20 +447,31 @@ class WarpRenderer:
                 skin_drawn |= layer[1]
 
         # one factor: head and hands stay in front (soft edge included); outside the person mask
-        # the coverage is capped below a half
-        factor = np.minimum(1.0, np.float32(c.outside_alpha) / np.maximum(alpha, 1e-6))
-        factor[person > 0] = 1.0
-        factor[blocked > 0] = 0.0
-        colour *= factor[..., None]
-        alpha *= factor
-        garment_alpha *= factor
-        drawn_roi = alpha >= 0.5 / 255
-        if not drawn_roi.any():
+        # the coverage is capped below a half. Only over the box the layers drew in: on a
+        # close-up the ROI is most of the frame, and most of it is untouched.
+        painted = _bbox((alpha > 0).view(np.uint8), 0)
+        if painted is None:
             return None
-        blended = cv2.add(colour, patch.astype(np.float32) * (1.0 - alpha)[..., None])
+        px0, py0, px1, py1 = painted
+        box = (slice(py0, py1), slice(px0, px1))
+        a_box = alpha[box]
+        factor = np.minimum(1.0, np.float32(c.outside_alpha) / np.maximum(a_box, 1e-6))
+        factor[person[box] > 0] = 1.0
+        factor[blocked[box] > 0] = 0.0
+        colour[box] *= factor[..., None]
+        a_box *= factor
+        garment_alpha[box] *= factor
+        drawn_roi = alpha >= 0.5 / 255
+        if not drawn_roi[box].any():
+            return None
+        blended = cv2.add(colour[box], patch[box].astype(np.float32) * (1.0 - a_box)[..., None])
         out = img.copy()
         # float -> uint8 with rounding and saturation in one cv2 call
-        np.copyto(out[y0:y1, x0:x1], cv2.convertScaleAbs(blended), where=drawn_roi[..., None])
+        np.copyto(
+            out[y0 + py0 : y0 + py1, x0 + px0 : x0 + px1],
+            cv2.convertScaleAbs(blended),
+            where=drawn_roi[box][..., None],
+        )
 
         def full(m: np.ndarray) -> np.ndarray:
             f = np.zeros((h, w), np.uint8)
