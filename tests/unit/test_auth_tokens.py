@@ -180,7 +180,10 @@ def test_the_server_config_has_the_callout_users_and_session_limits(keys: AuthKe
     for user in USERS:
         assert f'{{user: "{user}", password: "{keys.passwords[user]}"' in text
     assert "limits: {max_payload: 2097152, max_subscriptions: 16" in text
-    assert 'publish: {deny: [">"]}' in text  # the auth service publishes nothing but replies
+    # the auth service publishes replies, and into its own revocation bucket: nothing else
+    auth_publish = service_permissions("auth", S).publish
+    js_info = ("$JS.API.INFO", "$JS.API.STREAM.NAMES")
+    assert auth_publish and all(S.revocation_bucket in p or p in js_info for p in auth_publish), auth_publish
     assert "system_account: SYS" in text and "account: APP" in text
 
 
