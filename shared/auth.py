@@ -343,9 +343,9 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
             publish=(s.all_sessions(Channel.INGESTED), events, *js_base, *fleet),
             subscribe=(s.all_sessions(Channel.CAMERA), s.all_sessions(Channel.CONTROL), inbox),
         )
-    if role == "preprocess":
+    if role == "preprocess":  # lists the catalogue: each session's garment region by its category
         return Permissions(
-            publish=(s.all_sessions(Channel.CONDITIONING), events, *js_base, *fleet),
+            publish=(s.all_sessions(Channel.CONDITIONING), events, s.garments("list"), *js_base, *fleet),
             subscribe=(s.all_sessions(Channel.INGESTED), s.all_sessions(Channel.CONTROL), inbox),
         )
     if role == "generator":

@@ -15,6 +15,12 @@ import numpy as np
 GARMENT_CATEGORIES = ("top", "dress", "jacket")
 
 
+def region_category(catalogue_category: str) -> str:
+    """The body region a catalogue garment needs (``tee``, ``shirt``, ``top`` → ``top``): what
+    preprocess publishes as ``garment_mask`` for a session wearing it."""
+    return catalogue_category if catalogue_category in ("dress", "jacket") else "top"
+
+
 class LM(IntEnum):
     """MediaPipe Pose landmark indices used here."""
 

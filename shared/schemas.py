@@ -255,6 +255,9 @@ class Conditioning(Message):
     agnostic_jpeg: bytes | None = None
     people: int = 0
     note: str = ""
+    # the garment region's category (top, dress, jacket): the session's own garment's, from its
+    # catalogue record, so two sessions on one worker get the region their garments need
+    category: str = ""
 
 
 # -- durable session state (JetStream KV) ----------------------------------------------------------

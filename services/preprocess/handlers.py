@@ -13,6 +13,7 @@ number of live sessions, not the number ever seen.
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -22,11 +23,14 @@ from nats.aio.subscription import Subscription
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import FrameResult, PreprocessConfig, SessionPreprocessor
 from services.preprocess.settings import PreprocessSettings
+from shared.body import region_category
 from shared.errors import CodedError
 from shared.events import EventPublisher
 from shared.fleet import FleetMember, Ownership
+from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta
 from shared.logging import RateLimitedLog, get_logger
+from shared.lru import LRU
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.stage import FrameStage, StageOutput
@@ -60,6 +64,14 @@ class PreprocessHandlers:
         self._failures = RateLimitedLog(log)  # a traceback per service per second, not per frame
         self.sessions: dict[str, _OpenPreprocessor] = {}
         self.reclaimed = 0
+        # each session's garment (from every start/swap on the control subject, whoever owns the
+        # session, so a new owner knows it) and each garment's catalogue category: the garment
+        # region a session gets is the one its own garment needs
+        self._garment_of: LRU[str, str] = LRU(4096)
+        self._category_of: dict[str, str] = {}
+        self._catalogue_read_at = float("-inf")
+        self._catalogue_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._executor = ThreadPoolExecutor(max(1, settings.pose_workers), thread_name_prefix="preprocess")
         self.stage = FrameStage(
             ctx,
@@ -91,8 +103,11 @@ class PreprocessHandlers:
             await ctx.nc.subscribe(ctx.subjects.all_sessions(Channel.CONTROL), cb=self.on_control)
         )
         await self.fleet.start()
+        self._in_background(self._read_catalogue())
 
     async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.fleet.drain()  # hand the sessions over before this worker goes
         for sub in self._subs:
             await sub.unsubscribe()
@@ -130,9 +145,41 @@ class PreprocessHandlers:
             return  # the generator owns control errors
         if control.session_id != subject_session:
             return  # another session's name on this one's subject: never close that one
+        if control.action in ("start", "swap") and control.garment_id:
+            self._garment_of.put(control.session_id, control.garment_id)
+            if control.garment_id not in self._category_of:
+                self._in_background(self._read_catalogue())
         if control.action == "stop" and control.session_id in self.fleet.serving:
             await self._close_session(control.session_id, "stopped")
             await self.fleet.release(control.session_id)
+
+    def _in_background(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _read_catalogue(self, min_interval_s: float = 5.0) -> None:
+        """Garment id → category from the garment service's list; at most every few seconds (an
+        unknown garment id asks again), and a failure leaves the configured region in use."""
+        async with self._catalogue_lock:
+            if time.monotonic() - self._catalogue_read_at < min_interval_s:
+                return
+            self._catalogue_read_at = time.monotonic()
+            try:
+                records = await GarmentClient(self.ctx.nc, self.ctx.subjects, timeout_s=2.0).list()
+            except Exception as exc:
+                self._failures.warning(
+                    "catalogue_unavailable", key="catalogue", error=f"{type(exc).__name__}: {exc}"
+                )
+                return
+            self._category_of = {r.garment_id: r.category for r in records}
+
+    def category(self, session_id: str) -> str:
+        """The garment region ``session_id`` needs; empty (the configured one) when its garment or
+        that garment's category is not known yet."""
+        garment = self._garment_of.get(session_id)
+        catalogue = self._category_of.get(garment) if garment else None
+        return region_category(catalogue) if catalogue else ""
 
     async def process(self, session_id: str, msg: Msg, meta: FrameMeta) -> list[StageOutput]:
         """Pose + segmentation on this session's own graph → one ``Conditioning`` message."""
@@ -172,7 +219,12 @@ class PreprocessHandlers:
                 if session.closed:  # stopped while this frame waited: open a fresh one
                     continue
                 session.inflight = loop.run_in_executor(
-                    self._executor, session.pre.process_jpeg, jpeg, meta.seq, meta.capture_ns / 1e6
+                    self._executor,
+                    session.pre.process_jpeg,
+                    jpeg,
+                    meta.seq,
+                    meta.capture_ns / 1e6,
+                    self.category(session_id),
                 )
                 # shielded: a cancelled worker (shutdown) must not leave the thread running unseen
                 return await asyncio.shield(session.inflight)

@@ -100,20 +100,27 @@ class SessionPreprocessor:
         self.tracker.close()
         self.smoother.reset()
 
-    def process_jpeg(self, jpeg: bytes, seq: int, timestamp_ms: float) -> FrameResult:
+    def process_jpeg(self, jpeg: bytes, seq: int, timestamp_ms: float, category: str = "") -> FrameResult:
         t0 = time.perf_counter()
         try:  # quietly: libjpeg's warning about a corrupt frame becomes the error, not a stderr line
             frame = decode_image(jpeg)
         except UndecodableImage as exc:
             raise CodedError("bad_frame", str(exc)) from None
-        result = self.process(frame, seq, timestamp_ms, frame_jpeg=jpeg)
+        result = self.process(frame, seq, timestamp_ms, frame_jpeg=jpeg, category=category)
         result.timings_ms["decode"] = (time.perf_counter() - t0) * 1e3 - sum(result.timings_ms.values())
         return result
 
     def process(
-        self, frame_bgr: np.ndarray, seq: int, timestamp_ms: float, frame_jpeg: bytes | None = None
+        self,
+        frame_bgr: np.ndarray,
+        seq: int,
+        timestamp_ms: float,
+        frame_jpeg: bytes | None = None,
+        category: str = "",
     ) -> FrameResult:
+        """``category``: the region this session's garment needs; empty: the configured one."""
         c = self.config
+        category = category if category in body.GARMENT_CATEGORIES else c.garment_category
         h, w = frame_bgr.shape[:2]
         if frame_jpeg is None:
             frame_jpeg = encode_jpeg(frame_bgr)
@@ -149,9 +156,7 @@ class SessionPreprocessor:
 
         region = None
         if landmarks is not None:
-            region = body.garment_region(
-                landmarks, w, h, c.garment_category, person_mask, c.visibility_threshold
-            )
+            region = body.garment_region(landmarks, w, h, category, person_mask, c.visibility_threshold)
             if region is not None and not region.any():
                 region = None
         t2 = time.perf_counter()
@@ -172,6 +177,7 @@ class SessionPreprocessor:
             ),
             people=people,
             note=",".join(codes),
+            category=category,
         )
         t3 = time.perf_counter()
         self.frames += 1

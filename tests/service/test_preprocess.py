@@ -179,3 +179,41 @@ async def test_garbage_gets_an_error_event_and_the_service_keeps_serving(nats_ur
         await asyncio.sleep(0.3)
         assert set(pre.sessions) == {"junk", "second"} and not col_full.cond
         await nc.drain()
+
+
+async def test_each_session_gets_the_garment_region_its_own_garment_needs(nats_url: str, bus_photo) -> None:
+    """The category comes from the garment's catalogue record (the real garment service), per
+    session, through start and swap: a dress session gets the dress region, a tee session beside
+    it the top region, and a swap changes it."""
+    from services.garments.handlers import GarmentHandlers
+    from services.garments.settings import GarmentSettings
+    from services.garments.starter import load_catalogue
+    from shared.control import start, swap
+    from shared.garment_client import GarmentClient
+
+    gs = GarmentSettings(nats_url=nats_url, subject_prefix=SUBJ.prefix, summary_interval_s=60)
+    cam = MotionCamera(bus_photo, 640, 480)
+    async with (
+        serve_in_task("garments", gs, lambda ctx: GarmentHandlers(ctx, gs)),
+        _preprocess(nats_url) as pre,
+    ):
+        nc = await connect(nats_url, "test")
+        await load_catalogue(GarmentClient(nc, SUBJ, timeout_s=60), ["tee-red-solid", "dress-red-solid"])
+        pre._catalogue_read_at = float("-inf")  # the garments were added after it started
+        dress, tee = await _watch(nc, "cat-dress"), await _watch(nc, "cat-tee")
+        await nc.publish(SUBJ.control("cat-dress"), start("cat-dress", "dress-red-solid").encode())
+        await nc.publish(SUBJ.control("cat-tee"), start("cat-tee", "tee-red-solid").encode())
+        await nc.flush()
+        await _until(lambda: pre.category("cat-dress") == "dress" and pre.category("cat-tee") == "top")
+        for seq in range(3):
+            d = await _send_and_wait(nc, dress, "cat-dress", encode_jpeg(cam.frame(seq)), seq)
+            t = await _send_and_wait(nc, tee, "cat-tee", encode_jpeg(cam.frame(seq)), seq)
+        assert (d.category, t.category) == ("dress", "top")
+        dress_px = int(np.count_nonzero(cond.decode_png(d.garment_mask_png)))
+        top_px = int(np.count_nonzero(cond.decode_png(t.garment_mask_png)))
+        assert dress_px > 1.3 * top_px, (dress_px, top_px)  # a dress reaches down the legs
+        await nc.publish(SUBJ.control("cat-dress"), swap("cat-dress", "tee-red-solid").encode())
+        await nc.flush()
+        await _until(lambda: pre.category("cat-dress") == "top")
+        assert (await _send_and_wait(nc, dress, "cat-dress", encode_jpeg(cam.frame(5)), 5)).category == "top"
+        await nc.drain()

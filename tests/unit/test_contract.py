@@ -180,7 +180,7 @@ def test_arrays_travel_compactly_and_validate() -> None:
     )
     back = Conditioning.decode(msg.encode())
     np.testing.assert_array_equal(unpack_array(back.landmarks), lm)
-    assert len(msg.encode()) < 33 * 4 * 4 + 200
+    assert len(msg.encode()) < 33 * 4 * 4 + 240
     bad = pack_array(lm)
     bad["data"] = bad["data"][:-4]
     with pytest.raises(SchemaError, match="do not fill"):
