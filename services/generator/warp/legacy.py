@@ -12,17 +12,16 @@ A session maps a swap onto the paper's three operations (see ``WarpRenderer.swap
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from services.generator.rendering import FrameInput, Garment, RenderedFrame
-from services.generator.warp.geometry import GarmentGeometry, body_mesh
+from services.generator.warp.geometry import body_mesh
 from services.generator.warp.raster import mesh_bounds, warp_layers
+from services.generator.warp.renderer import PreparedGarments
 from shared.body import LM, garment_region, head_mask
-from shared.lru import LRU
 
 HAND_POINTS = ((15, 17, 19, 21), (16, 18, 20, 22))  # wrist, pinky, index, thumb per hand
 
@@ -83,11 +82,11 @@ class LegacyWarpRenderer:
         session_id: str,
         garment: Garment,
         config: LegacyConfig | None = None,
-        prepared: LegacyPreparedGarments | None = None,
+        prepared: PreparedGarments | None = None,
     ) -> None:
         self.session_id = session_id
         self.config = config or LegacyConfig()
-        self._prepared = prepared or LegacyPreparedGarments()
+        self._prepared = prepared or PreparedGarments(bleed=_bleed)  # the shared cache, this edge fill
         self.frames = 0
         self.closed = False
         self._points: np.ndarray | None = None
@@ -251,23 +250,3 @@ class LegacyWarpRenderer:
         ratio = np.clip(luma / base, *c.shading_clip)
         light = self._reference.light if self._reference else 1.0
         return (1.0 + c.shading_strength * (ratio - 1.0)) * light
-
-
-class LegacyPreparedGarments:
-    """Per-garment warp data (edge-bled texture, canvas mesh), computed once per worker and shared
-    by its sessions, so a swap does not redo it: the renderer's analogue of the paper's
-    precomputed garment K/V. Keyed by garment id and texture content; least recently used evicted."""
-
-    def __init__(self, capacity: int = 64) -> None:
-        self._items: LRU[tuple[str, bytes], tuple[np.ndarray, GarmentGeometry]] = LRU(capacity)
-
-    def get(self, garment: Garment) -> tuple[np.ndarray, GarmentGeometry]:
-        tex = garment.texture_bgra
-        if tex.ndim != 3 or tex.shape[2] != 4 or tex.dtype != np.uint8:
-            raise ValueError(f"garment texture must be HxWx4 uint8 BGRA, got {tex.shape} {tex.dtype}")
-        key = (garment.garment_id, hashlib.blake2b(np.ascontiguousarray(tex), digest_size=12).digest())
-        item = self._items.get(key)
-        if item is None:
-            item = (_bleed(tex), GarmentGeometry.from_keypoints(garment.keypoints, garment.category))
-            self._items.put(key, item)
-        return item
