@@ -45,12 +45,12 @@ from services.generator.engine.session import Engine
 from tools.bench.common import provenance
 from tools.training.data import make_clip
 from tools.training.evaluate import (
-    DEFAULT_WEIGHTS,
     EVAL_SEED,
     MIN_COLOUR_GAP,
     POLICIES,
     apply_policy,
     autoencoder_round_trip,
+    weights_to_evaluate,
 )
 
 Range = tuple[int, int]  # [start, end) in pixel frames
@@ -407,11 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    weights = args.weights
-    if weights is None and DEFAULT_WEIGHTS.is_file():
-        weights = str(DEFAULT_WEIGHTS)
-    if weights == "random":
-        weights = None
+    weights = weights_to_evaluate(args.weights)
     try:
         settings = replace(
             defaults,

@@ -41,6 +41,16 @@ from tools.training.data import Clip, make_clip
 
 POLICIES = ("none", "refresh_only", "refresh_withdraw", "full")
 DEFAULT_WEIGHTS = PACKAGED_CHECKPOINTS / "tiny.safetensors"
+
+
+def weights_to_evaluate(arg: str | None) -> str | None:
+    """``--weights``: a path; none given, the shipped checkpoint (when installed); ``random``: none
+    (an untrained engine, for smoke runs)."""
+    if arg is None and DEFAULT_WEIGHTS.is_file():
+        return str(DEFAULT_WEIGHTS)
+    return None if arg == "random" else arg
+
+
 EVAL_SEED = 100_000  # held out: training clips use seeds from 0 up to a few thousand
 MIN_COLOUR_GAP = 60.0
 
@@ -302,11 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also evaluate these weights on the same clips; adds 'baseline' and 'comparison' (deltas)",
     )
     args = p.parse_args(argv)
-    weights = args.weights
-    if weights is None and DEFAULT_WEIGHTS.is_file():
-        weights = str(DEFAULT_WEIGHTS)
-    if weights == "random":
-        weights = None
+    weights = weights_to_evaluate(args.weights)
     report = evaluate(
         weights,
         config_name=args.config,
