@@ -100,3 +100,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             skip = pytest.mark.skip(reason=f"no {'CUDA GPU' if marker == 'gpu' else 'Docker engine'} here")
             for item in marked:
                 item.add_marker(skip)
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for the test (two shared cores: stable timings and results), restored
+    after it. torch is imported here, not at collection: most tests never need it."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

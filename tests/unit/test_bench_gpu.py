@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from services.generator.engine import PAPER, TINY
 from tools.bench import gpu
@@ -20,11 +18,8 @@ pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here on one torch thread (tests/conftest.py)."""
 
 
 def test_sessions_meeting_counts_the_target_itself() -> None:

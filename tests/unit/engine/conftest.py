@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
-import torch
 from engine_testkit import make_engine
 
 from services.generator.engine import Engine
 
 
 @pytest.fixture(autouse=True)
-def _few_threads() -> Iterator[None]:
-    """The CI box has two shared cores; one thread keeps timings and results stable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,9 @@ Runs the shipped tiny checkpoint on CPU over the bus photo through the real prep
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
 
 from services.generator.rendering import FrameInput, Garment, RenderedFrame
 from services.generator.settings import GeneratorSettings
@@ -24,12 +22,8 @@ SETTINGS = GeneratorSettings(backend="student", student_device="cpu", max_sessio
 
 
 @pytest.fixture(autouse=True)
-def _few_threads() -> Iterator[None]:
-    """Two shared cores: one torch thread keeps the run stable."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread: None) -> None:
+    """Every test here on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="module")
