@@ -370,13 +370,16 @@ function stats() {
   };
 }
 
+/** Four times a second: only the overlay's own figures (`stats()` copies every sample). */
 function updateOverlay() {
-  const s = stats();
-  $("m-fps").textContent = s.fps_displayed ? s.fps_displayed.toFixed(1) : "–";
-  $("m-p50").textContent = s.latency_ms.count ? `${Math.round(s.latency_ms.p50)} ms` : "–";
-  $("m-p95").textContent = s.latency_ms.count ? `${Math.round(s.latency_ms.p95)} ms` : "–";
-  $("m-swap").textContent = s.last_swap_ms != null ? `${Math.round(s.last_swap_ms)} ms` : "–";
-  if (page.state === "live" && performance.now() - page.lastDrawMs > NO_OUTPUT_MS) {
+  const now = performance.now();
+  const fps = page.outFps.fps(now);
+  const measured = page.latency.count > 0;
+  $("m-fps").textContent = fps ? fps.toFixed(1) : "–";
+  $("m-p50").textContent = measured ? `${Math.round(page.latency.p(50))} ms` : "–";
+  $("m-p95").textContent = measured ? `${Math.round(page.latency.p(95))} ms` : "–";
+  $("m-swap").textContent = page.swaps.last != null ? `${Math.round(page.swaps.last)} ms` : "–";
+  if (page.state === "live" && now - page.lastDrawMs > NO_OUTPUT_MS) {
     setState("waiting", "Waiting for the stream…");
   }
 }
