@@ -29,6 +29,7 @@ class RegionConfig:
     hand_width: float = 0.16  # the capsules from the wrist to the finger landmarks
     hand_reach: float = 0.3  # body scales: the farthest a knuckle landmark is taken from the wrist
     hand_start: float = 0.35  # how far from the wrist towards the knuckles the hand begins
+    hand_min_skin: float = 0.02  # a hand zone with less skin than this is on clothing: not a hand
     torso_margin: float = 0.16  # the torso zone reaches this far outside the shoulder/hip joints
     torso_min_half: float = 0.46  # ... and at least this far from its centre line (turned bodies)
     neck_above: float = 0.16  # how far above the shoulder line clothing may reach
@@ -82,11 +83,17 @@ class SkinModel:
     bgr: tuple[int, int, int]
 
     @classmethod
-    def from_face(cls, frame: np.ndarray, px: np.ndarray, min_spread: float) -> SkinModel | None:
-        """Cheeks and nose: a patch between the eyes and the mouth, half the ear distance wide."""
+    def from_face(
+        cls, frame: np.ndarray, px: np.ndarray, min_spread: float, scale: float = 0.0
+    ) -> SkinModel | None:
+        """Cheeks and nose: a patch between the nose and the mouth, its size from the face's
+        width. The width is the ear distance, but never under ``0.35 scale`` (the body scale): a
+        first detection or a turned head can put the ears a few pixels apart, and a patch that
+        small lands on the lips."""
         h, w = frame.shape[:2]
+        face_w = max(float(np.hypot(*(px[LM.LEFT_EAR] - px[LM.RIGHT_EAR]))), 0.35 * scale)
         centre = (px[LM.NOSE] + (px[LM.MOUTH_LEFT] + px[LM.MOUTH_RIGHT]) / 2) / 2
-        r = max(2, int(0.22 * float(np.hypot(*(px[LM.LEFT_EAR] - px[LM.RIGHT_EAR])))))
+        r = max(2, int(0.22 * face_w))
         cx, cy = round(float(centre[0])), round(float(centre[1]))
         patch = frame[max(0, cy - r) : min(h, cy + r + 1), max(0, cx - r) : min(w, cx + r + 1)]
         if patch.size < 12:
@@ -133,12 +140,18 @@ def torso_zone(b: Body, shape: tuple[int, int], cfg: RegionConfig, hem: float) -
     return zone
 
 
-def hands_mask(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> np.ndarray:
+def hands_mask(
+    b: Body, shape: tuple[int, int], cfg: RegionConfig, skin: np.ndarray | None = None
+) -> np.ndarray:
     """Both hands: the hull from just past the wrist (a cuff at the wrist is sleeve, not hand)
-    to a little past the knuckle landmarks, and capsules along the fingers."""
+    to a little past the knuckle landmarks, and capsules along the fingers. With ``skin`` (the
+    skin-colour mask), a hand whose zone holds almost no skin is left out: the tracker's hand
+    points have wandered onto clothing (crossed arms, hands up at the shoulders), and the
+    clothing there must not be cut out with it."""
     keep = np.zeros(shape, np.uint8)
     t = cfg.hand_width * b.scale
     for hand in HAND_POINTS:
+        one = np.zeros(shape, np.uint8)
         pts = b.px[list(hand)].copy()
         # a hand is at most ``hand_reach`` long: far-flung finger landmarks (a tracker unsure of
         # the hand) would otherwise cut a forearm's sleeve out with it
@@ -149,9 +162,14 @@ def hands_mask(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> np.ndarray
         heel = pts[0] + (knuckles - pts[0]) * cfg.hand_start
         fingers = pts[1:] + (pts[1:] - pts[0]) * 0.6  # landmarks sit on the knuckles: reach past them
         hull = np.concatenate([[heel], pts[1:], fingers])
-        cv2.fillConvexPoly(keep, cv2.convexHull(np.round(hull).astype(np.int32)), 255)
+        cv2.fillConvexPoly(one, cv2.convexHull(np.round(hull).astype(np.int32)), 255)
         for p in fingers:
-            capsule(keep, heel, p, t)
+            capsule(one, heel, p, t)
+        if skin is not None:
+            area = cv2.countNonZero(one)
+            if area and cv2.countNonZero(cv2.bitwise_and(one, skin)) < cfg.hand_min_skin * area:
+                continue
+        keep |= one
     return keep
 
 
@@ -194,8 +212,11 @@ def hem_by_colour(
     v2, a2, cl2 = v[::2, ::2], a[::2, ::2], clothing[::2, ::2] > 0
     central = (np.abs(a2) < 0.45) & (core_zone[::2, ::2] > 0)
     top_sel = (v2 > 0.3) & (v2 < lo - 0.05) & cl2 & central
-    # below the band the zone has ended: the person's pixels there (trousers, a skirt)
-    below_sel = (v2 > hi) & (v2 < hi + 0.3) & (np.abs(a2) < 0.45)
+    # below the band the zone has ended: the person's pixels there (trousers, a skirt), under
+    # each hip, not between them (the gap between the legs is background the mask half covers)
+    hips = [float(np.dot(b.px[i] - b.centre, b.ex)) / b.scale for i in (LM.LEFT_HIP, LM.RIGHT_HIP)]
+    under_hips = (np.abs(a2 - hips[0]) < 0.15) | (np.abs(a2 - hips[1]) < 0.15)
+    below_sel = (v2 > hi) & (v2 < hi + 0.3) & under_hips
     if person is not None:
         below_sel &= person[::2, ::2] > 0
     cut_at = 1.0 + (hi - 1.0) * 0.3  # without evidence: just below the hips
@@ -203,45 +224,108 @@ def hem_by_colour(
     if top_sel.sum() >= 10 and below_sel.sum() >= 10:
         smooth = cv2.blur(patch, (5, 5)).astype(np.float32)
         sm2 = smooth[::2, ::2]
-        top_c = np.median(sm2[top_sel], axis=0)
+        top_px = sm2[top_sel]
+        top_c = np.median(top_px, axis=0)
+        # a pattern has two colours (stripes, checks): the medians of its darker and lighter half
+        luma = top_px @ np.array([0.114, 0.587, 0.299], np.float32)
+        dark = luma <= np.median(luma)
+        tops = (
+            np.array([np.median(top_px[dark], axis=0), np.median(top_px[~dark], axis=0)])
+            if (dark.any() and (~dark).any())
+            else top_c[None]
+        )
         below_c = np.median(sm2[below_sel], axis=0)
         if float(np.linalg.norm(top_c - below_c)) >= 18.0:
-            colours = (smooth, top_c, below_c)
+            colours = (smooth, tops, below_c)
             rows = np.linspace(lo, hi, 24)
             step = rows[1] - rows[0]
             idx = np.clip(((v2 - lo) / step).astype(np.int32), 0, len(rows) - 1)
             band = central & (v2 >= lo) & (v2 <= hi) & cl2  # hands and skin excluded
-            sums = np.zeros((len(rows), 3))
+            # each pixel votes: nearer the top's colour than the trousers' and than the background
+            # beside the hips (the mask's blur fills the gap between the legs with background)
+            px2 = sm2[band]
+            d_top = _d2(px2, tops)
+            votes = d_top <= _d2(px2, below_c)
+            if person is not None:
+                bg_sel = (person[::2, ::2] == 0) & (v2 >= lo) & (v2 < hi + 0.3) & (np.abs(a2) < 1.5)
+                if bg_sel.sum() >= 10:
+                    bg_c = np.median(sm2[bg_sel], axis=0)
+                    votes &= d_top <= _d2(px2, bg_c)
             counts = np.bincount(idx[band], minlength=len(rows)).astype(np.float64)
-            for ch in range(3):
-                sums[:, ch] = np.bincount(idx[band], weights=sm2[..., ch][band], minlength=len(rows))
+            top_votes = np.bincount(idx[band], weights=votes.astype(np.float64), minlength=len(rows))
             seen = counts > 1
-            means = sums / np.maximum(counts, 1)[:, None]
-            d_top = np.linalg.norm(means - top_c, axis=1)
-            d_below = np.linalg.norm(means - below_c, axis=1)
-            # from the bottom up: the hem is below the lowest row that is not trouser-coloured, so
-            # a dark stripe or check higher up never ends the top early
-            top_like = seen & (d_top <= d_below)
+            # from the bottom up: the hem is below the lowest row that is mostly top-coloured, so a
+            # dark stripe or check higher up never ends the top early
+            top_like = seen & (top_votes >= 0.5 * counts)
             cut_at = float(rows[np.nonzero(top_like)[0].max()] + step) if top_like.any() else lo
             # the last rows mix top and trousers (a hem is not straight): decide pixel by pixel
             edge = (clothing > 0) & (v > cut_at - 6 * step) & (v <= cut_at)
             if edge.any():
                 px = smooth[edge]
-                trousers = np.sum((px - below_c) ** 2, axis=1) < np.sum((px - top_c) ** 2, axis=1)
+                trousers = _d2(px, below_c) < _d2(px, tops)
                 drop = np.zeros(clothing.shape, bool)
                 drop[edge] = trousers
                 clothing[drop] = 0
+            cols = np.nonzero(clothing.any(axis=0))[0]
+            if cols.size:
+                c0, c1 = max(0, int(cols[0]) - 4), min(w, int(cols[-1]) + 5)
+                sub = (slice(None), slice(c0, c1))
+                joined = _joined_to_below(smooth[sub], v[sub], cut_at, tops, below_c)
+                clothing[:, c0:c1][joined] = 0
     if previous is not None:
         cut_at = rate * cut_at + (1 - rate) * previous
     below = v > cut_at
     if arms is not None and colours is not None:
-        smooth, top_c, below_c = colours
+        smooth, tops, below_c = colours
         sleeve = below & (arms > 0) & (clothing > 0)
         if sleeve.any():
             px = smooth[sleeve]
-            below[sleeve] = np.sum((px - below_c) ** 2, axis=1) < np.sum((px - top_c) ** 2, axis=1)
+            below[sleeve] = _d2(px, below_c) < _d2(px, tops)
     clothing[below] = 0
     return clothing, cut_at
+
+
+def _d2(px: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Squared distance of each colour in ``px`` (..., 3) to the nearest of ``colours`` (k, 3),
+    as |p|^2 - 2 p.c + |c|^2: one small matrix product, no (..., k, 3) temporaries."""
+    flat = px.reshape(-1, 3).astype(np.float32, copy=False)
+    cs = np.asarray(colours, np.float32).reshape(-1, 3)
+    d = np.einsum("ij,ij->i", flat, flat)[:, None] - 2.0 * (flat @ cs.T) + np.einsum("ij,ij->i", cs, cs)
+    return d.min(axis=1).reshape(px.shape[:-1])
+
+
+def _joined_to_below(
+    smooth: np.ndarray,
+    v: np.ndarray,
+    cut_at: float,
+    tops: np.ndarray,
+    below_c: np.ndarray,
+    reach: float = 0.35,
+) -> np.ndarray:
+    """Bool mask: the trousers (or skirt) where they reach up beside the top, above the hem
+    (hips wider than the top's hem, a waistband): pixels clearly nearer the trousers' colour than
+    the top's, up to ``reach`` torso lengths above the cut, in one 4-connected piece with such
+    pixels just below it. Connection, not colour alone, so a dark check or stripe higher up in
+    the top stays clothing."""
+    band = (v > cut_at - reach) & (v <= cut_at + 0.1)
+    rows = np.nonzero(band.any(axis=1))[0]
+    out = np.zeros(v.shape, bool)
+    if rows.size == 0:
+        return out
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    px = smooth[r0:r1]
+    d_top = _d2(px, tops)
+    d_below = _d2(px, below_c)
+    like = band[r0:r1] & (4.0 * d_below < d_top)  # at least twice as near the trousers
+    if not like.any():
+        return out
+    _, labels = cv2.connectedComponents(like.astype(np.uint8), connectivity=4)
+    seeds = like & (v[r0:r1] > cut_at)
+    joined = np.unique(labels[seeds])
+    joined = joined[joined > 0]
+    if joined.size:
+        out[r0:r1] = np.isin(labels, joined) & (v[r0:r1] <= cut_at)
+    return out
 
 
 def _masked_mean_colour(

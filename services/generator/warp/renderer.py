@@ -46,6 +46,7 @@ class WarpConfig:
     visibility: float = 0.5
     hold_frames: int = 3  # frames without landmarks drawn from the last ones (tracker dropouts)
     skin_every: int = 30  # frames between skin-colour re-estimates (a slow follow of the light)
+    skin_settle: int = 5  # ... but every frame for the first few (a first detection's face is rough)
     edge_sigma: float = 1.0  # px: the soft edge's Gaussian (the ramp is about 4 sigma wide)
     outside_alpha: float = 0.45  # the most garment a pixel outside the person mask may get
     short_sleeve_scale: float = 1.2  # canvas sleeve length / garment width -> body scales
@@ -110,6 +111,14 @@ def _open_blobs(mask: np.ndarray, k: int) -> np.ndarray:
     """``mask`` opened with a ``k``-pixel disc: what is narrower than ``k`` goes. A large disc (a
     person filling the frame) is applied at a reduced scale, where it is at most 9 pixels: the
     cost stays flat with the person's size, and what survives is kept at full resolution."""
+    box = _bbox(mask, k)
+    if box is None:
+        return mask
+    x0, y0, x1, y1 = box
+    if (x1 - x0) * (y1 - y0) < mask.size:  # only where there is something to open
+        out = np.zeros_like(mask)
+        out[y0:y1, x0:x1] = _open_blobs(np.ascontiguousarray(mask[y0:y1, x0:x1]), k)
+        return out
     f = max(1, k // 9)
     if f == 1:
         return cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
@@ -156,6 +165,8 @@ class WarpRenderer:
         self._rate = 1.0  # this frame's weight for the outline's and hem's averages
         self._facing = 1.0  # +1: the image-left shoulder is MediaPipe's right (facing the camera)
         self._skin: SkinModel | None = None
+        self._skin_seen = 0  # estimates since the reference was cleared
+        self._frame_held = False  # this frame's landmarks are the last ones, held over a dropout
         self._reschedule(garment)
 
     # -- the swap: the paper's three operations ----------------------------------------------------
@@ -181,6 +192,7 @@ class WarpRenderer:
         self._refresh_garment(garment)
         self.withdraw_history()
         self._skin = None
+        self._skin_seen = 0
 
     def _refresh_garment(self, garment: Garment) -> None:
         self.texture, self.geometry = self._prepared.get(garment)
@@ -196,6 +208,7 @@ class WarpRenderer:
         self._last_grey: tuple[np.ndarray, np.ndarray] | None = None  # the frame before, tiny
         self._last: tuple[np.ndarray, np.ndarray | None] | None = None  # a dropout's stand-in
         self._held = 0
+        self._fits = 0  # frames drawn from the tracker's own landmarks (not held ones)
 
     def flush(self) -> list[RenderedFrame]:
         """Nothing held back: every ``render`` returned its frame (``Renderer.flush``)."""
@@ -228,6 +241,7 @@ class WarpRenderer:
                 person_mask=frame.person_mask if frame.person_mask is not None else person,
             )
             held = True
+        self._frame_held = held
         try:
             detail = self._render(frame)
         except (ValueError, cv2.error, FloatingPointError, IndexError):
@@ -239,6 +253,7 @@ class WarpRenderer:
             self._held += 1
         else:
             self._held = 0
+            self._fits += 1
             self._last = (frame.landmarks, frame.person_mask)
         return detail
 
@@ -275,7 +290,10 @@ class WarpRenderer:
             scale = max(shoulder_w, 0.6 * torso, 4.0)
             steps = np.hypot(*(px[11:25] - self._points[11:25]).T)
             moved = float(np.median(steps))
-            if (still and moved <= c.snap_fraction * scale) or moved < (
+            # the held points come from one detection only: a first fit is rough, and the tracker's
+            # second frame replaces it even on a still person (once: held from then on)
+            first_fit = self._fits == 1 and not self._frame_held
+            if (still and moved <= c.snap_fraction * scale and not first_fit) or moved < (
                 c.release if self._holding else c.deadband
             ) * scale:
                 self._holding = True
@@ -355,17 +373,18 @@ class WarpRenderer:
         b = region.body_in_roi(px - (x0, y0), self._facing)
         landmarks_only = frame.person_mask is None and frame.garment_mask is None
 
-        if self._skin is None or self.frames % c.skin_every == 0:
-            skin_model = SkinModel.from_face(img, px, rc.skin_min_spread)
+        if self._skin is None or self._skin_seen < c.skin_settle or self.frames % c.skin_every == 0:
+            skin_model = SkinModel.from_face(img, px, rc.skin_min_spread, s)
             if skin_model is not None or self._skin is None:
                 self._skin = skin_model
+            self._skin_seen += 1
         zone = region.torso_zone(b, shape, rc, hem)
         arms = region.arm_masks(b, shape, rc)
-        hands = region.hands_mask(b, shape, rc)
         lm_roi = np.zeros((33, 4), np.float32)
         lm_roi[:, :2] = (px - (x0, y0)) / (shape[1], shape[0])
         head = head_mask(lm_roi, shape[1], shape[0])
         raw_skin = self._skin.mask(patch, rc.skin_tolerance) if self._skin is not None else None
+        hands = region.hands_mask(b, shape, rc, raw_skin)
         blocked = cv2.bitwise_or(head, hands)
         body_zone = cv2.bitwise_or(zone, cv2.bitwise_or(arms[0], arms[1]))
         if landmarks_only:
@@ -519,15 +538,20 @@ class WarpRenderer:
                     chain[1] + (chain[2] - chain[1]) * min(1.0, (reach - upper) / max(fore, 1e-6)),
                 ]
                 rest = [ends[-1], chain[2]]
-            if g.long_sleeves:  # a cuff reaches a little past the wrist landmark (the hand is cut out)
-                d = chain[2] - chain[1]
-                ends[-1] = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * c.cuff_past_wrist * s
             sleeve = np.zeros(shape, np.uint8)
             wide = np.zeros(shape, np.uint8)
-            for a, e in itertools.pairwise(ends):
-                region.capsule(sleeve, a, e, c.sleeve_width * s)
+            for i, (a, e) in enumerate(itertools.pairwise(ends)):
+                if g.long_sleeves and i == len(ends) - 2:  # flat at the wrist: no round cap on the hand
+                    _band(sleeve, a, e, c.sleeve_width * s)
+                    cv2.circle(sleeve, region._pt(a), round(c.sleeve_width * s / 2), 255, -1)
+                else:
+                    region.capsule(sleeve, a, e, c.sleeve_width * s)
                 _band(wide, a, e, c.wide_arm * s)
             cv2.circle(wide, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
+            if g.long_sleeves:  # a cuff reaches a little past the wrist landmark, over clothing only:
+                d = chain[2] - chain[1]  # past the wrist, what is not clothing is the hand
+                cuff = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * c.cuff_past_wrist * s
+                _band(wide, chain[2], cuff, c.sleeve_width * s)
             sleeve = cv2.bitwise_or(cv2.bitwise_and(sleeve, person), cv2.bitwise_and(wide, clothing))
             sleeve[blocked > 0] = 0
             beyond = np.zeros(shape, np.uint8)
@@ -537,6 +561,9 @@ class WarpRenderer:
                 region.capsule(beyond_wide, a, e, c.wide_arm * s)
             beyond |= cv2.bitwise_and(beyond_wide, cv2.bitwise_not(zone))
             bare = cv2.bitwise_and(cv2.bitwise_and(beyond, clothing), cv2.bitwise_not(sleeve))
+            # an old sleeve is as wide as the arm: a thin ring of clothing around a bare forearm
+            # (crossed in front of the torso) is the torso's, not a sleeve to repaint as skin
+            bare = _open_blobs(bare, max(3, int(0.5 * c.bare_width * s) | 1))
             other = LM.LEFT_SHOULDER if sh == LM.RIGHT_SHOULDER else LM.RIGHT_SHOULDER
             behind = (float(lm[sh, 2]) - float(lm[other, 2])) * person.shape[1] > c.behind_z * s
             depth = float(lm[wr, 2])

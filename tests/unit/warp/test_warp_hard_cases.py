@@ -1,0 +1,155 @@
+"""Issue 15, the cases the first worn renderer got wrong in `chameleon eval render`: trousers
+reaching up beside a top's hem, a hand lying on the chest under a long sleeve, bare forearms
+crossed in front of the torso, hand landmarks that wander onto the clothing, a first detection
+whose ears sit a few pixels apart, and a first fit held on a still person.
+
+The figure cases run the real preprocessing (MediaPipe) on the procedural figure, whose ground
+truth says what is clothing; the others are small synthetic frames that pin one rule each."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from services.garments.catalogue import spec_by_id
+from services.generator.rendering import FrameInput
+from services.generator.warp import WarpRenderer, region
+from shared.body import LM
+from tools.eval.figure import make_eval_clip
+from tools.eval.render import _psnr
+from tools.samples import catalogue_garment, preprocessed_frames
+
+pytestmark = pytest.mark.unit
+
+# (family, seed, garment worn, garment asked for): clips of `eval render`'s families where
+# MediaPipe finds the figure
+CASES = {
+    "trousers": ("front", 1501, "tee-grey-print", "tee-yellow-dots"),
+    "hand": ("hand_on_chest", 1540, "shirt-green-solid", "shirt-white-pinstripes"),
+    "crossed": ("crossed_arms", 1520, "tee-navy-stripes", "tee-grey-print"),
+}
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict:
+    """Each case's last frame: (ground truth, camera input, render detail)."""
+    out = {}
+    for name, (family, seed, a, b) in CASES.items():
+        clip = make_eval_clip(family, seed, 3, spec_by_id(a), spec_by_id(b), lead_in=4)
+        fed = preprocessed_frames(clip.lead_in + [f.image for f in clip.inputs])
+        if fed[-1].landmarks is None:
+            pytest.fail(f"MediaPipe found no body in the {name} figure")
+        session = WarpRenderer("s", catalogue_garment(b))
+        for frame in fed:
+            detail = session.render_detail(frame)
+        out[name] = (clip.truth[-1], clip.inputs[-1], detail)
+    return out
+
+
+def _not_clothing(truth, worn) -> np.ndarray:
+    """Everything that is neither garment (dilated 2 px): `eval render`'s psnr_outside region."""
+    clothes = cv2.dilate((truth.garment | worn.garment).astype(np.uint8), np.ones((5, 5), np.uint8))
+    return clothes == 0
+
+
+def test_trousers_beside_the_hem_stay_trousers(rendered) -> None:
+    """Hips wider than the tee's hem: the trousers there are not the top's, nor is the gap
+    between the legs that the segmentation blurs over."""
+    truth, worn, detail = rendered["trousers"]
+    outside = _not_clothing(truth, worn)
+    assert ((detail.garment > 0) & outside).sum() < 500  # about 1,800 when the hem ran past them
+    assert _psnr(detail.frame.image_bgr, truth.image, outside) >= 42.0
+
+
+def test_a_hand_on_the_chest_stays_in_front_of_a_long_sleeve(rendered) -> None:
+    truth, worn, detail = rendered["hand"]
+    assert _psnr(detail.frame.image_bgr, truth.image, _not_clothing(truth, worn)) >= 42.0  # 36 when covered
+
+
+def test_bare_forearms_across_the_torso_are_not_repainted_around(rendered) -> None:
+    """A tee over a tee with the arms crossed: the forearms are bare already, and the garment
+    reaches right up to them (no ring of repainted skin around each forearm)."""
+    truth, _, detail = rendered["crossed"]
+    assert ((detail.skin > 0) & truth.garment).sum() < 100  # about 1,000 with the ring
+    drawn = detail.garment > 0
+    assert (drawn & truth.garment).sum() / (drawn | truth.garment).sum() >= 0.78
+
+
+def _body(h: int = 240, w: int = 200) -> region.Body:
+    px = np.zeros((33, 2))
+    px[LM.LEFT_SHOULDER], px[LM.RIGHT_SHOULDER] = (140, 60), (60, 60)
+    px[LM.LEFT_HIP], px[LM.RIGHT_HIP] = (130, 180), (70, 180)
+    px[[15, 17, 19, 21]] = [(150, 150), (155, 165), (150, 168), (145, 165)]  # image-right hand
+    px[[16, 18, 20, 22]] = [(50, 150), (45, 165), (50, 168), (55, 165)]  # image-left hand
+    return region.body_in_roi(px)
+
+
+def test_a_hand_zone_without_skin_is_not_a_hand() -> None:
+    """Hand landmarks that wander onto clothing (crossed arms, hands up at the shoulders) must
+    not cut the clothing out: a hand zone with (almost) no skin in it is dropped."""
+    b, shape, cfg = _body(), (240, 200), region.RegionConfig()
+    both = region.hands_mask(b, shape, cfg)
+    skin = np.zeros(shape, np.uint8)
+    cv2.circle(skin, (150, 162), 9, 255, -1)  # skin on the image-right hand only
+    kept = region.hands_mask(b, shape, cfg, skin)
+    assert both[162, 150] and both[162, 50]
+    assert kept[162, 150] and not kept[162, 50]
+    assert np.array_equal(kept[:, 100:], both[:, 100:])  # the real hand is kept whole
+
+
+def test_skin_comes_from_the_face_even_when_the_ears_are_close() -> None:
+    """A first detection can put the ears 4 px apart; a patch sized from that lands on the lips
+    and learns red as skin. The patch is never smaller than a face is wide for the body."""
+    face, lips = (150, 190, 225), (60, 60, 170)
+    frame = np.full((200, 200, 3), 90, np.uint8)
+    cv2.circle(frame, (100, 85), 22, face, -1)
+    cv2.rectangle(frame, (94, 93), (106, 97), lips, -1)
+    px = np.zeros((33, 2))
+    px[LM.NOSE] = (100, 88)
+    px[LM.MOUTH_LEFT], px[LM.MOUTH_RIGHT] = (104, 100), (96, 100)
+    px[LM.LEFT_EAR], px[LM.RIGHT_EAR] = (102, 84), (98, 84)
+    model = region.SkinModel.from_face(frame, px, 4.0, scale=100.0)
+    assert model is not None
+    assert np.abs(np.array(model.bgr) - face).max() <= 3, model
+
+
+def _still_frame(lm_shift: float) -> FrameInput:
+    """A still figure-like frame: the same pixels, landmarks shifted by ``lm_shift`` px."""
+    h, w = 240, 200
+    img = np.full((h, w, 3), 200, np.uint8)
+    person = np.zeros((h, w), np.uint8)
+    cv2.ellipse(person, (100, 40), (18, 22), 0, 0, 360, 255, -1)
+    cv2.rectangle(person, (55, 60), (145, 200), 255, -1)
+    img[person > 0] = (40, 40, 160)
+    cv2.ellipse(img, (100, 40), (18, 22), 0, 0, 360, (150, 190, 225), -1)
+    lm = np.zeros((33, 4), np.float32)
+    lm[:, 3] = 1.0
+    pts = {
+        LM.NOSE: (100, 42), LM.MOUTH_LEFT: (104, 50), LM.MOUTH_RIGHT: (96, 50),
+        LM.LEFT_EAR: (115, 38), LM.RIGHT_EAR: (85, 38),
+        LM.LEFT_SHOULDER: (138, 66), LM.RIGHT_SHOULDER: (62, 66),
+        LM.LEFT_ELBOW: (146, 120), LM.RIGHT_ELBOW: (54, 120),
+        LM.LEFT_WRIST: (148, 170), LM.RIGHT_WRIST: (52, 170),
+        LM.LEFT_HIP: (128, 190), LM.RIGHT_HIP: (72, 190),
+    }  # fmt: skip
+    for i, (x, y) in pts.items():
+        lm[i, :2] = ((x + lm_shift) / w, y / h)
+    for i in (17, 19, 21):
+        lm[i] = lm[LM.LEFT_WRIST]
+    for i in (18, 20, 22):
+        lm[i] = lm[LM.RIGHT_WRIST]
+    return FrameInput(seq=0, frame_bgr=img, landmarks=lm, person_mask=person)
+
+
+def test_a_first_fit_is_replaced_by_the_second_then_held() -> None:
+    """The points of a first detection (off by 12 px here) give way to the tracker's next frame
+    even though the person is still; after that a still person's points hold."""
+    session = WarpRenderer("s", catalogue_garment("tee-red-solid"))
+    session.render_detail(_still_frame(12.0))
+    first = session._points.copy()
+    session.render_detail(_still_frame(0.0))
+    second = session._points.copy()
+    assert abs(float(second[LM.LEFT_SHOULDER, 0] - first[LM.LEFT_SHOULDER, 0])) >= 6.0
+    session.render_detail(_still_frame(12.0))  # the tracker wanders again: the points hold
+    assert np.array_equal(session._points, second)
