@@ -58,8 +58,10 @@ def test_trousers_beside_the_hem_stay_trousers(rendered) -> None:
     between the legs that the segmentation blurs over."""
     truth, worn, detail = rendered["trousers"]
     outside = _not_clothing(truth, worn)
-    assert ((detail.garment > 0) & outside).sum() < 500  # about 1,800 when the hem ran past them
-    assert _psnr(detail.frame.image_bgr, truth.image, outside) >= 42.0
+    # about 110 px and 45.7 dB; 1,760 px and 36.4 dB with the hem below the hips, 230 px and
+    # 42.7 dB without removing the trouser pixels joined to those below the hem
+    assert ((detail.garment > 0) & outside).sum() < 160
+    assert _psnr(detail.frame.image_bgr, truth.image, outside) >= 44.5
 
 
 def test_a_hand_on_the_chest_stays_in_front_of_a_long_sleeve(rendered) -> None:
