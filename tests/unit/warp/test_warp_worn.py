@@ -7,6 +7,7 @@ preprocessing (MediaPipe), catalogue garments through the real encoder."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -186,3 +187,22 @@ def test_on_real_photos_the_garment_stays_on_the_persons_clothing(request, photo
     clothing = (frame.garment_mask > 0) & person & (detail.clothing > 0)
     repainted = drawn | (detail.skin > 0)
     assert (repainted & clothing).sum() >= 0.8 * clothing.sum()
+
+
+def test_the_real_photo_sheet_tool_reports_what_the_sheet_shows(tmp_path, capsys) -> None:
+    """`python -m tools.eval.photos` (docs/warp.md's real-photo sheet): one JSON line, the sheet
+    written with a row per photo where a body was found, the new renderer's figures as above."""
+    from tools.eval import photos
+
+    _grace_hopper()  # skips where matplotlib's sample photo is missing
+    sheet = tmp_path / "photos.png"
+    assert photos.main(["--sheet", str(sheet)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    found = [name for name, entry in report["photos"].items() if entry["body_found"]]
+    assert "grace_hopper.jpg" in found
+    for name in found:
+        for garment_id in photos.GARMENTS:
+            current = report["photos"][name][f"current/{garment_id}"]
+            assert current["clothing_repainted"] >= 0.8 and current["outside_person_px"] == 0
+    image = cv2.imread(str(sheet))
+    assert image is not None and image.shape[0] >= len(found) * photos.TILE_HEIGHT
