@@ -4,6 +4,7 @@ contact sheet to look at. Pure numpy + cv2; colours are BGR uint8 like every fra
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -109,3 +110,13 @@ def contact_sheet(rows: list[tuple[str, np.ndarray, np.ndarray]], tile_w: int = 
         )
         out_rows += [bar, body, np.full((gap, body.shape[1], 3), 255, np.uint8)]
     return np.vstack(out_rows[:-1])
+
+
+def write_rows(path: Path, rows: list[np.ndarray], gap: int = 4) -> None:
+    """Rows of tiles (BGR, any widths) stacked into one PNG at ``path``, white-padded to the
+    widest and ``gap`` px apart, compressed hard: the evaluations' contact sheets stay a few
+    hundred KB in docs/img."""
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, gap), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.vstack(padded), [cv2.IMWRITE_PNG_COMPRESSION, 9])

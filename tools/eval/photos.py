@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.generator.warp import WarpRenderer
     from services.generator.warp.legacy import LegacyWarpRenderer
+    from tools.quality import write_rows
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)
@@ -98,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         rows.append(np.hstack([np.pad(t, ((0, 0), (0, 4), (0, 0)), constant_values=255) for t in row]))
     if args.sheet and rows:
-        width = max(r.shape[1] for r in rows)
-        rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-        args.sheet.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(args.sheet), np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        write_rows(args.sheet, rows)
         report["sheet"] = str(args.sheet)
     print(json.dumps(report))
     return 0

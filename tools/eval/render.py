@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.generator.warp import WarpRenderer
     from services.generator.warp.legacy import LegacyWarpRenderer
     from tools.eval.figure import POSES, make_eval_clip
+    from tools.quality import write_rows
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)
@@ -248,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     if args.sheet and sheet_rows:
-        width = max(r.shape[1] for r in sheet_rows)
-        rows = [np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in sheet_rows]
-        args.sheet.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(args.sheet), np.vstack(rows), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        write_rows(args.sheet, sheet_rows)
         report["sheet"] = str(args.sheet)
     if not args.json:
         for name in names:
