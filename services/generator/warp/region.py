@@ -196,12 +196,14 @@ def hem_by_colour(
     person: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
     """Where the top ends: in the band where a top may end, just below the lowest row (along the
-    torso axis) whose mean colour is nearer the top's than the colour below the band (trousers,
-    skirt).
-    Rows, not pixels, so a pattern's dark squares never read as trousers. ``clothing`` is
-    modified and returned with the cut (torso lengths), averaged with ``previous`` so the hem of
-    a still person holds still. Sleeves hanging below the hem (in ``arms``) stay clothing where
-    their colour is nearer the top's than the trousers'."""
+    torso axis) where most pixels are nearer one of the top's two colours (a pattern's darker and
+    lighter half) than the colour below the band (trousers, skirt, under the hips) and the
+    background beside the hips. Rows, counted from the bottom, so a pattern's dark squares higher
+    up never end the top. The last rows are decided pixel by pixel, and trouser pixels joined to
+    those below the cut are taken out (hips wider than the hem). ``clothing`` is modified and
+    returned with the cut (torso lengths), averaged with ``previous`` so the hem of a still
+    person holds still. Sleeves hanging below the hem (in ``arms``) stay clothing where their
+    colour is nearer the top's than the trousers'."""
     h, w = clothing.shape
     lo, hi = cfg.hem_band
     xs = np.arange(w, dtype=np.float32)[None, :] - np.float32(b.centre[0])
