@@ -332,9 +332,11 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
     js_base = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
     events = s.all_sessions(Channel.EVENTS)
     inbox = "_INBOX.>"
-    if role == "auth":  # answers the callout; keeps stopped sessions in its own bucket
+    if role == "auth":  # answers the callout; keeps stopped sessions in its own bucket; reads
+        # the control stream's stops through its own durable consumer (docs/security.md)
+        control = [*_stream_use(s.control_stream), *_stream_own(s.control_stream)]
         return Permissions(
-            publish=(*js_base, *_kv(s.revocation_bucket)),
+            publish=(*js_base, *_kv(s.revocation_bucket), *control),
             subscribe=(AUTH_REQUEST_SUBJECT, s.all_sessions(Channel.CONTROL), inbox),
             allow_responses=True,
         )

@@ -21,6 +21,7 @@ class Connection:
     server_id: str
     client_id: int
     expires_at: int
+    issued_at: float = 0.0  # of its token: a stop learned late kicks only what it covers
 
 
 @dataclass
@@ -49,17 +50,26 @@ class Authorizer:
         """Remember a connection so a ``stop`` can kick it; forgets the expired ones."""
         self.admitted_total += 1
         kept = [c for c in self.connections.get(claims.session_id, []) if c.expires_at > now]
-        kept.append(Connection(server_id, client_id, claims.expires_at))
+        kept.append(Connection(server_id, client_id, claims.expires_at, claims.issued_at))
         self.connections[claims.session_id] = kept
 
     def restore(self, session_id: str, stopped_at: float) -> None:
         """A stop recorded earlier (by this service before a restart, or by another replica)."""
         self.revoked[session_id] = max(stopped_at, self.revoked.get(session_id, 0.0))
 
-    def revoke(self, session_id: str, now: float) -> list[Connection]:
-        """Stop a session: its tokens issued until ``now`` are refused from here on. Returns the
-        connections to kick."""
-        self.revoked[session_id] = now
-        horizon = now - MAX_TTL_S  # no token issued before this is still valid: forget its stop
+    def revoke(self, session_id: str, at: float) -> list[Connection]:
+        """Stop a session: its tokens issued until ``at`` are refused from here on. Returns the
+        connections to kick: those admitted on such a token. ``at`` is the stop's time, which is
+        earlier than now for a stop learned late (from the control stream after a restart, or
+        from another replica); a later stop is never undone by an earlier one, and a connection
+        on a token minted after the stop (the session opened anew) stays."""
+        at = max(at, self.revoked.get(session_id, 0.0))
+        self.revoked[session_id] = at
+        horizon = at - MAX_TTL_S  # no token issued before this is still valid: forget its stop
         self.revoked = {s: t for s, t in self.revoked.items() if t > horizon}
-        return [c for c in self.connections.pop(session_id, []) if c.expires_at > now]
+        covered, kept = [], []
+        for c in self.connections.pop(session_id, []):
+            (covered if c.issued_at <= at else kept).append(c)
+        if kept:
+            self.connections[session_id] = kept
+        return [c for c in covered if c.expires_at > at]

@@ -6,8 +6,14 @@
   gets an error, and the server refuses the connection.
 - ``<p>.*.control``: a ``stop`` revokes the session's tokens issued so far and kicks its connected
   clients through the system account (``$SYS.REQ.SERVER.<id>.KICK``), so their reconnects are
-  refused too. The stop is also kept in the KV bucket ``<P>_REVOKED`` (entries expire with the
-  longest token lifetime), which the service reads at start: a restart forgets no stop.
+  refused too. Every running replica hears each stop on the subject at once.
+- the control stream, through the durable consumer ``auth_stops`` that the replicas share: every
+  stop stored there reaches one of them, also one published while no auth service ran, and is
+  applied with its stored time.
+- the KV bucket ``<P>_REVOKED`` (session -> when; entries expire with the longest token
+  lifetime): every applied stop is kept there, and every replica watches it, from its start
+  (a restart forgets no stop) and on (a stop another replica took from the stream is applied
+  here too, and kicks what this replica admitted).
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ import contextlib
 import json
 import time
 
+import nats.errors
 import nkeys
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import KeyValueConfig
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
 from nats.js.kv import KeyValue
 
 from services.auth.authorizer import Authorizer, Connection
@@ -31,6 +38,7 @@ from services.auth.permissions import session_permissions, session_user_name
 from services.auth.settings import AuthSettings
 from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
 from shared.bus import connect
+from shared.control import ensure_control_stream
 from shared.jetstream import key_value
 from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
@@ -39,6 +47,9 @@ from shared.subjects import Channel, InvalidSessionId
 from shared.tokens import MAX_TTL_S, TokenError, keypair, verify_key
 
 log = get_logger("auth")
+
+STOPS_CONSUMER = "auth_stops"  # the replicas' shared durable consumer of the control stream
+STOPS_BATCH = 64
 
 
 class AuthHandlers:
@@ -59,6 +70,9 @@ class AuthHandlers:
         self._subs: list[Subscription] = []
         self._sys: NATS | None = None
         self._revocations: KeyValue | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._stops: JetStreamContext.PullSubscription | None = None
+        self._tasks: list[asyncio.Task] = []
         self._refusals = RateLimitedLog(log, 1.0, burst=5)
 
     async def start(self) -> None:
@@ -73,10 +87,12 @@ class AuthHandlers:
             await nc.subscribe(AUTH_REQUEST_SUBJECT, queue=AUTH_QUEUE_GROUP, cb=self.on_request),
             await nc.subscribe(subjects.all_sessions(Channel.CONTROL), cb=self.on_control),
         ]
+        await self._follow_stored_stops()
 
     async def _restore_revocations(self) -> None:
-        """Read the stops kept in the bucket. Without JetStream (an external server configured
-        so) the service still runs, with stops kept in memory only, and says so."""
+        """Read the stops kept in the bucket, then keep watching it (``_follow_bucket``). Without
+        JetStream (an external server configured so) the service still runs, with stops kept in
+        memory only, and says so."""
         config = KeyValueConfig(
             bucket=self.ctx.subjects.revocation_bucket,
             history=1,
@@ -85,18 +101,69 @@ class AuthHandlers:
         )
         try:
             self._revocations = await key_value(self.ctx.nc.jetstream(timeout=5), config)
-            try:
-                keys = await self._revocations.keys()
-            except NoKeysError:
-                keys = []
-            for key in keys:
-                with contextlib.suppress(KeyNotFoundError, ValueError):
-                    entry = await self._revocations.get(key)
-                    self.authorizer.restore(key, float((entry.value or b"0").decode()))
-            log.info("revocations_restored", sessions=len(keys))
+            self._watcher = await self._revocations.watchall()
+            restored = 0
+            while (entry := await self._watcher.updates(timeout=10)) is not None:  # None: all read
+                restored += self._apply_kept(entry) is not None
+            log.info("revocations_restored", sessions=restored)
+            self._tasks.append(asyncio.create_task(self._follow_bucket(self._watcher)))
         except Exception as exc:
             self._revocations = None
             log.warning("revocations_not_persisted", error=f"{type(exc).__name__}: {exc}")
+
+    def _apply_kept(self, entry: KeyValue.Entry) -> list[Connection] | None:
+        """A stop from the bucket: the connections it covers, None if the entry is not a stop."""
+        if entry.operation is not None or not entry.value:  # a delete or purge marker
+            return None
+        try:
+            at = float(entry.value.decode())
+        except ValueError:
+            return None
+        return self.authorizer.revoke(entry.key, at)
+
+    async def _follow_bucket(self, watcher: KeyValue.KeyWatcher) -> None:
+        """Stops another replica kept (one it took from the stream): apply them here, and kick
+        the connections this replica admitted on tokens they cover."""
+        async for entry in watcher:
+            if entry is None:
+                continue
+            for connection in self._apply_kept(entry) or []:
+                await self._kick(entry.key, connection)
+
+    async def _follow_stored_stops(self) -> None:
+        """Bind the shared durable consumer of the control stream (created on first use, from the
+        stream's start) and apply the stops it delivers in the background."""
+        if self._revocations is None:
+            return  # no JetStream: the subject alone
+        js = self.ctx.nc.jetstream(timeout=5)
+        subjects = self.ctx.subjects
+        try:
+            await ensure_control_stream(js, subjects, max(1, self.settings.js_replicas))
+            self._stops = await js.pull_subscribe(
+                subjects.all_sessions(Channel.CONTROL),
+                durable=STOPS_CONSUMER,
+                stream=subjects.control_stream,
+                config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL),
+            )
+        except Exception as exc:
+            log.warning("stored_stops_not_followed", error=f"{type(exc).__name__}: {exc}")
+            return
+        self._tasks.append(asyncio.create_task(self._take_stored_stops(self._stops)))
+
+    async def _take_stored_stops(self, psub: JetStreamContext.PullSubscription) -> None:
+        while True:
+            try:
+                msgs = await psub.fetch(batch=STOPS_BATCH, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # a stream between leaders, a reconnect: try again shortly
+                self._refusals.warning("stored_stops_fetch_failed", error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                await self._apply_stop(msg.subject, msg.data, msg.metadata.timestamp.timestamp())
+                with contextlib.suppress(Exception):
+                    await msg.ack()
 
     async def _keep_revocation(self, session_id: str, at: float) -> None:
         if self._revocations is None:
@@ -112,6 +179,17 @@ class AuthHandlers:
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for closing in (self._watcher, self._stops):
+            if closing is not None:
+                with contextlib.suppress(Exception):
+                    await (closing.stop() if closing is self._watcher else closing.unsubscribe())
+        self._watcher = self._stops = None
         if self._sys is not None:  # bounded: a drain that hangs must not keep the process alive
             try:
                 await asyncio.wait_for(self._sys.drain(), self.settings.drain_timeout_s)
@@ -158,18 +236,27 @@ class AuthHandlers:
     async def on_control(self, msg: Msg) -> None:
         """A ``stop`` on a session's control subject (the subject names the session: only its own
         clients and the services may publish there) ends its clients' access."""
+        await self._apply_stop(msg.subject, msg.data, time.time())
+
+    async def _apply_stop(self, subject: str, data: bytes, at: float) -> None:
+        """Revoke the session's tokens issued until ``at`` (when the stop was heard, or stored),
+        keep the stop in the bucket and kick the connections it covers. A stop heard twice (on
+        the subject and from the stream) is applied once: the later time wins, nothing is kicked
+        twice, and it is logged and kept only when it changed something."""
         try:
-            session_id = self.ctx.subjects.session_of(msg.subject)
-            control = Control.decode(msg.data)
+            session_id = self.ctx.subjects.session_of(subject)
+            control = Control.decode(data)
         except (InvalidSessionId, SchemaError):
             return
         # a stop naming another session is refused by the generator (session_mismatch): not a stop
         if control.action != "stop" or control.session_id != session_id:
             return
-        now = time.time()
-        connections = self.authorizer.revoke(session_id, now)
-        log.info("session_revoked", session_id=session_id, connections=len(connections))
-        await self._keep_revocation(session_id, now)
+        before = self.authorizer.revoked.get(session_id)
+        connections = self.authorizer.revoke(session_id, at)
+        if before is not None and before >= at and not connections:
+            return
+        log.info("session_revoked", session_id=session_id, connections=len(connections), at=round(at, 3))
+        await self._keep_revocation(session_id, self.authorizer.revoked[session_id])
         for connection in connections:
             await self._kick(session_id, connection)
 

@@ -454,3 +454,68 @@ async def test_a_stop_outlives_an_auth_service_restart(
             await fresh.close()
     finally:
         await admin.nc.close()
+
+
+async def _auth_settings(
+    secure_nats: EmbeddedNats, keys: AuthKeys, monkeypatch: pytest.MonkeyPatch
+) -> AuthSettings:
+    for name, value in keys.credentials("auth").env().items():
+        monkeypatch.setenv(name, value)
+    return AuthSettings(
+        nats_url=secure_nats.url,
+        auth_issuer_seed=keys.issuer_seed,
+        auth_token_public_key=keys.token_public,
+        auth_sys_user=SYSTEM_USER,
+        auth_sys_password=keys.passwords[SYSTEM_USER],
+    )
+
+
+async def test_a_stop_published_while_no_auth_service_runs_is_applied_when_one_starts(
+    secure_nats: EmbeddedNats, keys: AuthKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop is stored in the control stream; the auth service's durable consumer of it
+    delivers the stop when a service starts, and it is applied with its stored time: the older
+    tokens are refused, one minted after the stop opens the session anew."""
+    settings = await _auth_settings(secure_nats, keys, monkeypatch)
+    admin = await open_client(secure_nats.url, keys.credentials(ADMIN_USER))
+    old = token(keys, "gina")
+    try:
+        await asyncio.sleep(0.01)  # the stop comes after the old token (claims carry milliseconds)
+        await control.publish_control(admin.nc, S, control.stop("gina"))  # no auth service runs
+        await asyncio.sleep(0.01)
+        fresh_token = token(keys, "gina")  # minted after the stop, before any service heard of it
+        async with serve_in_task("auth", settings, lambda ctx: AuthHandlers(ctx, settings)) as auth:
+            for _ in range(int(WAIT_S / 0.05)):  # the consumer delivers in the background
+                if "gina" in auth.authorizer.revoked:
+                    break
+                await asyncio.sleep(0.05)
+            assert "gina" in auth.authorizer.revoked
+            with pytest.raises(NatsRefused):
+                await connect(secure_nats.url, "old", give_up_after_s=WAIT_S, credentials=old)
+            fresh = await connect(secure_nats.url, "fresh", give_up_after_s=WAIT_S, credentials=fresh_token)
+            await fresh.close()
+    finally:
+        await admin.nc.close()
+
+
+async def test_a_stop_another_replica_kept_is_applied_here_and_kicks_what_it_covers(
+    secure_nats: EmbeddedNats, keys: AuthKeys, auth_service: AuthHandlers
+) -> None:
+    """A replica that took a stop from the stream keeps it in the bucket; every replica watches
+    the bucket, so one that admitted the session's client kicks it, and refuses its token."""
+    admin = await open_client(secure_nats.url, keys.credentials(ADMIN_USER))
+    ivan = await open_client(secure_nats.url, token(keys, "ivan"))
+    judy = await open_client(secure_nats.url, token(keys, "judy"))
+    old = ivan.nc.options["token"]
+    try:
+        kv = await admin.nc.jetstream().key_value(S.revocation_bucket)
+        await kv.put("ivan", repr(time.time()).encode())  # as another replica keeps a stop
+        await asyncio.wait_for(ivan.disconnected.wait(), WAIT_S)
+        assert judy.nc.is_connected
+        with pytest.raises(NatsRefused):
+            await connect(
+                secure_nats.url, "old", give_up_after_s=WAIT_S, credentials=NatsCredentials(token=old)
+            )
+    finally:
+        for c in (ivan, judy, admin):
+            await c.nc.close()

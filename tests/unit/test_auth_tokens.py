@@ -180,10 +180,13 @@ def test_the_server_config_has_the_callout_users_and_session_limits(keys: AuthKe
     for user in USERS:
         assert f'{{user: "{user}", password: "{keys.passwords[user]}"' in text
     assert "limits: {max_payload: 2097152, max_subscriptions: 16" in text
-    # the auth service publishes replies, and into its own revocation bucket: nothing else
+    # the auth service publishes replies, into its own revocation bucket and to the control
+    # stream's API (its durable consumer of the stops): nothing else, no session's subjects
     auth_publish = service_permissions("auth", S).publish
     js_info = ("$JS.API.INFO", "$JS.API.STREAM.NAMES")
-    assert auth_publish and all(S.revocation_bucket in p or p in js_info for p in auth_publish), auth_publish
+    ours = (S.revocation_bucket, S.control_stream)
+    assert auth_publish and all(any(o in p for o in ours) or p in js_info for p in auth_publish), auth_publish
+    assert not any(p.startswith(S.prefix) for p in auth_publish)
     assert "system_account: SYS" in text and "account: APP" in text
 
 
@@ -305,3 +308,19 @@ def test_a_secure_stack_gives_each_child_its_own_user_and_never_a_session_token(
     open_stack = Stack(["ingest"])
     assert open_stack._child_env("ingest", "ingest-1", 1)["CHAMELEON_TOKEN"] == ""
     assert open_stack.admin_credentials is None and open_stack.session_credentials("bob") is None
+
+
+def test_a_stop_learned_late_kicks_only_the_tokens_it_covers(keys: AuthKeys) -> None:
+    """A stop applied after the fact (from the control stream after a restart, or from another
+    replica) carries its own time: a connection on a token minted after it stays, and an earlier
+    stop never undoes a later one."""
+    auth = Authorizer(keys.token_public)
+    before = auth.authorize(mint(keys.token_seed, "alice", 60, NOW), NOW)
+    after = auth.authorize(mint(keys.token_seed, "alice", 60, NOW + 5), NOW + 5)
+    auth.admitted(before, "N", 1, NOW)
+    auth.admitted(after, "N", 2, NOW + 5)
+    assert [c.client_id for c in auth.revoke("alice", NOW + 2)] == [1]  # heard at NOW + 6
+    assert [c.client_id for c in auth.connections["alice"]] == [2]
+    auth.revoke("alice", NOW + 1)  # an earlier stop, heard later still
+    assert auth.revoked["alice"] == NOW + 2
+    assert auth.authorize(mint(keys.token_seed, "alice", 60, NOW + 3), NOW + 6).session_id == "alice"
