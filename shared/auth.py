@@ -361,6 +361,7 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
                 *js_base,
                 *control,
                 *_kv(s.session_bucket),
+                *_kv(s.revocation_bucket),  # keeps a stop before purging the session's history
                 *fleet,
             ),
             subscribe=(s.all_sessions(Channel.CONDITIONING), inbox),

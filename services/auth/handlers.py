@@ -29,22 +29,22 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
 from services.auth.authorizer import Authorizer, Connection
 from services.auth.callout import CalloutError, decode_request, response_jwt, user_jwt
 from services.auth.permissions import session_permissions, session_user_name
 from services.auth.settings import AuthSettings
+from shared import revocations
 from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
 from shared.bus import connect
 from shared.control import ensure_control_stream
-from shared.jetstream import key_value
 from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
 from shared.service import ServiceContext
 from shared.subjects import Channel, InvalidSessionId
-from shared.tokens import MAX_TTL_S, TokenError, keypair, verify_key
+from shared.tokens import TokenError, keypair, verify_key
 
 log = get_logger("auth")
 
@@ -93,14 +93,10 @@ class AuthHandlers:
         """Read the stops kept in the bucket, then keep watching it (``_follow_bucket``). Without
         JetStream (an external server configured so) the service still runs, with stops kept in
         memory only, and says so."""
-        config = KeyValueConfig(
-            bucket=self.ctx.subjects.revocation_bucket,
-            history=1,
-            ttl=MAX_TTL_S,
-            replicas=max(1, self.settings.js_replicas),
-        )
         try:
-            self._revocations = await key_value(self.ctx.nc.jetstream(timeout=5), config)
+            self._revocations = await revocations.open_bucket(
+                self.ctx.nc.jetstream(timeout=5), self.ctx.subjects, self.settings.js_replicas
+            )
             self._watcher = await self._revocations.watchall()
             restored = 0
             while (entry := await self._watcher.updates(timeout=10)) is not None:  # None: all read
@@ -113,13 +109,8 @@ class AuthHandlers:
 
     def _apply_kept(self, entry: KeyValue.Entry) -> list[Connection] | None:
         """A stop from the bucket: the connections it covers, None if the entry is not a stop."""
-        if entry.operation is not None or not entry.value:  # a delete or purge marker
-            return None
-        try:
-            at = float(entry.value.decode())
-        except ValueError:
-            return None
-        return self.authorizer.revoke(entry.key, at)
+        at = revocations.stopped_at(entry.value) if entry.operation is None else None  # not a delete
+        return None if at is None else self.authorizer.revoke(entry.key, at)
 
     async def _follow_bucket(self, watcher: KeyValue.KeyWatcher) -> None:
         """Stops another replica kept (one it took from the stream): apply them here, and kick
@@ -169,7 +160,7 @@ class AuthHandlers:
         if self._revocations is None:
             return
         try:
-            await self._revocations.put(session_id, repr(at).encode())
+            await revocations.keep(self._revocations, session_id, at)
         except Exception as exc:  # kept in memory: lost only if this service restarts before expiry
             log.warning(
                 "revocation_not_persisted", session_id=session_id, error=f"{type(exc).__name__}: {exc}"

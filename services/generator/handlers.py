@@ -38,6 +38,7 @@ from services.generator.inputs import frame_input
 from services.generator.lifecycle import ServedSession, SessionTable, superseded
 from services.generator.rendering import AtCapacity, Backend, FrameInput, Garment, RenderedFrame, Renderer
 from services.generator.settings import GeneratorSettings
+from shared import revocations
 from shared.control import ensure_control_stream
 from shared.errors import CodedError
 from shared.events import EventPublisher
@@ -104,6 +105,7 @@ class GeneratorHandlers:
         self.fleet: FleetMember | None = None
         self.js: JetStreamContext | None = None
         self.kv: KeyValue | None = None
+        self.revocations: KeyValue | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -119,6 +121,10 @@ class GeneratorHandlers:
                 replicas=self.settings.js_replicas,
             ),
         )
+        try:  # where a stop is kept for the auth service: its history here is purged on stop
+            self.revocations = await revocations.open_bucket(self.js, ctx.subjects, self.settings.js_replicas)
+        except Exception as exc:  # an auth-less deployment may not allow it: stops still end sessions
+            log.warning("revocations_not_kept", error=f"{type(exc).__name__}: {exc}")
         backend = resolve(self.settings.backend, self.settings)
         await self._backend(backend)  # warm before frames arrive
         self.garments.prefetch()
@@ -382,6 +388,7 @@ class GeneratorHandlers:
         if SessionTable.is_duplicate(control.event_id, served, state):
             return True
         await self._end(sid, "stopped")
+        await self._keep_stop(sid, received_ns / 1e9)
         with contextlib.suppress(Exception):
             assert self.kv is not None
             await self.kv.delete(sid)
@@ -391,6 +398,17 @@ class GeneratorHandlers:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return False
+
+    async def _keep_stop(self, sid: str, at: float) -> None:
+        """Keep the stop in the revocation bucket before the session's control history (the stop
+        included) is purged: the auth service reads stops from the bucket as well as from the
+        stream, so one published while no auth service ran still revokes the session's tokens."""
+        if self.revocations is None:
+            return
+        try:
+            await revocations.keep(self.revocations, sid, at)
+        except Exception as exc:
+            self._lines.warning("revocation_not_kept", session_id=sid, error=f"{type(exc).__name__}: {exc}")
 
     async def _forget_control(self, sid: str) -> None:
         assert self.js is not None and self.fleet is not None

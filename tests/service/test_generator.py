@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 import pytest
+from nats.js.errors import KeyNotFoundError
 from service_testkit import until as _until
 
 from services.camera.source import MotionCamera
@@ -311,3 +313,30 @@ async def test_student_backend_end_to_end_tiny(nats_url: str, conditioning) -> N
         applied = next(e for e in v.events if e.code == "swap_applied")
         assert applied.data["event_id"] == swap.event_id and applied.data["first_seq"] == seqs[switch]
         assert all(img.shape == (360, 480, 3) for _, img in v.frames)
+
+
+async def test_a_stop_is_kept_for_the_auth_service_before_its_history_is_purged(
+    nats_url: str, conditioning
+) -> None:
+    """The generator purges a stopped session's control history, the stop included; it keeps
+    the stop in the revocation bucket first, where the auth service reads it even if none ran
+    when the stop was published (docs/security.md)."""
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        v = await r.viewer("w9")
+        await r.control(control.start("w9", "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        before = time.time()
+        await r.control(control.stop("w9"))
+        kv = None
+        kept = None
+        for _ in range(400):  # kept as the session ends, before the purge
+            if kv is None:
+                with contextlib.suppress(Exception):  # the generator creates the bucket at start
+                    kv = await r.nc.jetstream().key_value(r.subjects.revocation_bucket)
+                await asyncio.sleep(0.05)
+                continue
+            with contextlib.suppress(KeyNotFoundError):
+                kept = float((await kv.get("w9")).value.decode())
+                break
+            await asyncio.sleep(0.05)
+        assert kept is not None and before - 1 <= kept <= time.time() + 1
