@@ -247,7 +247,7 @@ class AuthHandlers:
         if before is not None and before >= at and not connections:
             return
         log.info("session_revoked", session_id=session_id, connections=len(connections), at=round(at, 3))
-        await self._keep_revocation(session_id, self.authorizer.revoked[session_id])
+        await self._keep_revocation(session_id, max(at, before or 0.0))
         for connection in connections:
             await self._kick(session_id, connection)
 
