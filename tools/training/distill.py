@@ -25,7 +25,7 @@ import multiprocessing
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -41,6 +41,7 @@ from tools.training.teacher import denoiser_loss, sample
 from tools.training.train import (
     STUDENT_WARMUP,
     ProgressLog,
+    ResumableRun,
     StudentSampler,
     TrainConfig,
     TrainState,
@@ -120,8 +121,17 @@ def build_swap_pool(
 
 
 @dataclass
-class DistillRun:
+class DistillRun(ResumableRun):
     """Student, teacher, critic, frozen autoencoder, their optimisers and the run's state."""
+
+    SAVED: ClassVar[tuple[str, ...]] = (
+        "student",
+        "teacher",
+        "critic",
+        "teacher_opt",
+        "student_opt",
+        "critic_opt",
+    )
 
     config: TrainConfig
     engine_config: EngineConfig
@@ -137,45 +147,13 @@ class DistillRun:
     state: TrainState = field(default_factory=lambda: TrainState(phase="teacher", history={}))
     checks: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def out(self) -> Path:
-        return Path(self.config.out)
+    def _extra_state(self) -> dict[str, Any]:
+        """The sampling generator's position and the teacher-vs-student checks."""
+        return {"rng": self.rng.get_state(), "checks": self.checks}
 
-    @property
-    def state_path(self) -> Path:
-        return self.out / "train_state.pt"
-
-    def save_state(self) -> None:
-        """Everything a resume needs, including the sampling generator's position."""
-        torch.save(
-            {
-                "student": self.student.state_dict(),
-                "teacher": self.teacher.state_dict(),
-                "critic": self.critic.state_dict(),
-                "teacher_opt": self.teacher_opt.state_dict(),
-                "student_opt": self.student_opt.state_dict(),
-                "critic_opt": self.critic_opt.state_dict(),
-                "rng": self.rng.get_state(),
-                "checks": self.checks,
-                "state": self.state.__dict__,
-            },
-            self.state_path,
-        )
-
-    def resume(self) -> None:
-        saved = torch.load(self.state_path, weights_only=False, map_location=self.config.device)
-        for name in ("student", "teacher", "critic", "teacher_opt", "student_opt", "critic_opt"):
-            getattr(self, name).load_state_dict(saved[name])
+    def _restore_extra(self, saved: dict[str, Any]) -> None:
         self.rng.set_state(saved["rng"])
         self.checks = saved["checks"]
-        self.state = TrainState(**saved["state"])
-        self.progress(
-            "train_resumed",
-            f"resumed from {self.state_path}: phase={self.state.phase} step={self.state.step}",
-            path=str(self.state_path),
-            phase=self.state.phase,
-            step=self.state.step,
-        )
 
     def over_budget(self, phase: str, start: float, minutes: float | None) -> bool:
         return over_budget(self.state, self.progress, phase, start, minutes)

@@ -36,7 +36,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -344,18 +344,16 @@ class ProgressLog:
             f.write(f"{time.strftime('%H:%M:%S')} {text}\n")
 
 
-@dataclass
-class TrainRun:
-    """What one run builds and mutates, passed between the steps of ``train``."""
+class ResumableRun:
+    """``save_state``/``resume`` for a training run (a dataclass with ``config``, ``state`` and
+    ``progress``): every module and optimiser named in ``SAVED``, the run's ``TrainState``, and
+    what ``_extra_state`` adds, in ``<out>/train_state.pt``. The same command again picks up
+    where it stopped."""
 
+    SAVED: ClassVar[tuple[str, ...]] = ()
     config: TrainConfig
-    engine_config: EngineConfig
-    transformer: CausalVideoDiT
-    autoencoder: CausalVideoAutoencoder
-    ae_opt: torch.optim.Optimizer
-    opt: torch.optim.Optimizer
+    state: TrainState
     progress: ProgressLog
-    state: TrainState = field(default_factory=TrainState)
 
     @property
     def out(self) -> Path:
@@ -365,26 +363,21 @@ class TrainRun:
     def state_path(self) -> Path:
         return self.out / "train_state.pt"
 
+    def _extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def _restore_extra(self, saved: dict[str, Any]) -> None:
+        pass
+
     def save_state(self) -> None:
-        """Everything a resume needs: modules, optimisers, phase, step and loss history."""
-        torch.save(
-            {
-                "transformer": self.transformer.state_dict(),
-                "autoencoder": self.autoencoder.state_dict(),
-                "ae_opt": self.ae_opt.state_dict(),
-                "opt": self.opt.state_dict(),
-                "state": self.state.__dict__,
-            },
-            self.state_path,
-        )
+        modules = {name: getattr(self, name).state_dict() for name in self.SAVED}
+        torch.save({**modules, **self._extra_state(), "state": self.state.__dict__}, self.state_path)
 
     def resume(self) -> None:
-        """Continue a run from ``train_state.pt``: the same command again picks up where it stopped."""
         saved = torch.load(self.state_path, weights_only=False, map_location=self.config.device)
-        self.transformer.load_state_dict(saved["transformer"])
-        self.autoencoder.load_state_dict(saved["autoencoder"])
-        self.ae_opt.load_state_dict(saved["ae_opt"])
-        self.opt.load_state_dict(saved["opt"])
+        for name in self.SAVED:
+            getattr(self, name).load_state_dict(saved[name])
+        self._restore_extra(saved)
         self.state = TrainState(**saved["state"])
         self.progress(
             "train_resumed",
@@ -393,6 +386,21 @@ class TrainRun:
             phase=self.state.phase,
             step=self.state.step,
         )
+
+
+@dataclass
+class TrainRun(ResumableRun):
+    """What one run builds and mutates, passed between the steps of ``train``."""
+
+    SAVED: ClassVar[tuple[str, ...]] = ("transformer", "autoencoder", "ae_opt", "opt")
+    config: TrainConfig
+    engine_config: EngineConfig
+    transformer: CausalVideoDiT
+    autoencoder: CausalVideoAutoencoder
+    ae_opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer
+    progress: ProgressLog
+    state: TrainState = field(default_factory=TrainState)
 
     def over_budget(self, phase: str, start: float, minutes: float | None) -> bool:
         return over_budget(self.state, self.progress, phase, start, minutes)
