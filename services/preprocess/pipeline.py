@@ -52,6 +52,7 @@ class PreprocessConfig:
                 min_tracking_confidence=s.min_tracking_confidence,
                 recreate_after_frames=s.pose_recreate_frames,
                 people_check_every=s.people_check_every,
+                max_side=s.pose_max_side,
             ),
             smoothing=OneEuroParams(s.smooth_min_cutoff_hz, s.smooth_beta, s.smooth_d_cutoff_hz),
             garment_category=s.garment_category,

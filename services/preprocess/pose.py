@@ -30,6 +30,7 @@ class PoseConfig:
     min_tracking_confidence: float = 0.5
     recreate_after_frames: int = 20000
     people_check_every: int = 30  # 0: never run the full-frame segmentation
+    max_side: int = 640  # larger frames are shrunk to this long side for MediaPipe; 0: never
 
 
 @dataclass
@@ -122,7 +123,17 @@ class PoseTracker:
         if self._pose is None:
             self._build()
         self._last_ts_ms = timestamp_ms
-        rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
+        h, w = frame_bgr.shape[:2]
+        small = frame_bgr
+        limit = self.config.max_side
+        if limit and max(h, w) > limit:
+            # MediaPipe's models see 224-256 px anyway; a full HD frame only costs conversion and a
+            # full-size mask, and on some (zidane.jpg at 1280x720) its detector finds no one
+            f = limit / max(h, w)
+            small = cv2.resize(
+                frame_bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
+            )
+        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
         result = self._pose.process(rgb)
         landmarks = None
         person = None
@@ -131,13 +142,21 @@ class PoseTracker:
                 [(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark], dtype=np.float32
             )
             if result.segmentation_mask is not None:
-                person = np.asarray(result.segmentation_mask, dtype=np.float32)
+                person = _full_size(np.asarray(result.segmentation_mask, dtype=np.float32), w, h)
         scene = None
         every = self.config.people_check_every
         if every > 0 and self.frames % every == 0:
             if self._scene is None:
                 self._build_scene()
-            scene = np.asarray(self._scene.process(rgb).segmentation_mask, dtype=np.float32)
+            scene = _full_size(np.asarray(self._scene.process(rgb).segmentation_mask, dtype=np.float32), w, h)
         self.frames += 1
         self.frames_total += 1
         return PoseOutput(landmarks, person, scene)
+
+
+def _full_size(prob: np.ndarray, w: int, h: int) -> np.ndarray:
+    """A probability map computed on the shrunk frame, back at the frame's size (landmarks are
+    normalised and need nothing)."""
+    if prob.shape[:2] == (h, w):
+        return prob
+    return cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)

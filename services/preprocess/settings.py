@@ -24,6 +24,7 @@ class PreprocessSettings(BaseSettings):
     mask_threshold: float = 0.5  # segmentation probability above which a pixel is person
     min_person_area: float = 0.004  # mask components smaller than this fraction are not people
     people_check_every: int = 30  # full-frame segmentation for counting people every N frames; 0: off
+    pose_max_side: int = 640  # MediaPipe runs on frames shrunk to this long side; 0: full size
     # -- smoothing (One Euro, landmark coordinates in pixels) --------------------------------------
     smooth_min_cutoff_hz: float = 0.5
     smooth_beta: float = 0.14
