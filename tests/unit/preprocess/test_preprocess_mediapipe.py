@@ -200,3 +200,18 @@ def test_agnostic_image_is_off_unless_asked_for(bus_photo) -> None:
     finally:
         pre.close()
     assert msg.person_found and msg.garment_mask_png and msg.agnostic_jpeg is None
+
+
+def test_a_large_frame_is_shrunk_for_mediapipe_and_its_masks_come_back_full_size(zidane_photo) -> None:
+    """At 1280x720, MediaPipe's detector finds no one in zidane.jpg; on the frame shrunk to a
+    640 px long side it finds the man on the right. The masks come back at the frame's size."""
+    assert zidane_photo.shape[:2] == (720, 1280)
+    with PoseTracker(PoseConfig(people_check_every=1)) as shrunk:
+        out = shrunk.process(zidane_photo, 1000.0)
+    assert out.landmarks is not None
+    assert out.person_prob is not None and out.person_prob.shape == (720, 1280)
+    assert out.scene_prob is not None and out.scene_prob.shape == (720, 1280)
+    right = out.person_prob[:, 640:] > 0.5
+    assert right.mean() > 2 * (out.person_prob[:, :640] > 0.5).mean()  # the man it tracks
+    with PoseTracker(PoseConfig(people_check_every=0, max_side=0)) as full:
+        assert full.process(zidane_photo, 1000.0).landmarks is None  # why it is shrunk
