@@ -100,9 +100,15 @@ class SkinModel:
             return None
         ycc = cv2.cvtColor(patch, cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.float32)
         cr, cb = float(np.median(ycc[:, 1])), float(np.median(ycc[:, 2]))
-        spread = float(np.median(np.abs(ycc[:, 1:] - (cr, cb)))) * 1.5
-        med = np.median(patch.reshape(-1, 3), axis=0)
-        return cls(cr, cb, max(spread, min_spread), (int(med[0]), int(med[1]), int(med[2])))
+        spread = max(float(np.median(np.abs(ycc[:, 1:] - (cr, cb)))) * 1.5, min_spread)
+        # the colour a bare arm is repainted in: the brighter half of the skin-chroma pixels, so a
+        # moustache, nostrils and the shadow under the nose do not darken it
+        skin = np.all(np.abs(ycc[:, 1:] - (cr, cb)) <= 2.0 * spread, axis=1)
+        pixels = patch.reshape(-1, 3)[skin] if skin.any() else patch.reshape(-1, 3)
+        luma = pixels.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+        lit = pixels[np.argsort(luma, kind="stable")[len(luma) // 2 :]]
+        med = np.median(lit, axis=0)
+        return cls(cr, cb, spread, (int(med[0]), int(med[1]), int(med[2])))
 
     def mask(self, patch_bgr: np.ndarray, tolerance: float) -> np.ndarray:
         """uint8 0/255: pixels whose chroma is within ``tolerance`` spreads of the skin's."""

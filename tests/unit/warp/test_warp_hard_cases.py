@@ -155,3 +155,22 @@ def test_a_first_fit_is_replaced_by_the_second_then_held() -> None:
     assert abs(float(second[LM.LEFT_SHOULDER, 0] - first[LM.LEFT_SHOULDER, 0])) >= 6.0
     session.render_detail(_still_frame(12.0))  # the tracker wanders again: the points hold
     assert np.array_equal(session._points, second)
+
+
+def test_the_skin_colour_is_the_lit_skin_not_a_beard() -> None:
+    """A bare arm is repainted in the face's colour: the brighter half of the skin-chroma pixels
+    of the patch, so a beard over most of it (skin-like chroma, darker) does not darken it."""
+    face = np.array((120, 150, 200), np.uint8)
+    frame = np.full((200, 200, 3), 90, np.uint8)
+    cv2.circle(frame, (100, 85), 30, face.tolist(), -1)
+    ycc = cv2.cvtColor(face[None, None], cv2.COLOR_BGR2YCrCb)
+    ycc[..., 0] = ycc[..., 0] * 0.55  # the same chroma, darker: a beard, 60 % of the patch
+    beard = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)[0, 0]
+    cv2.rectangle(frame, (70, 93), (130, 115), beard.tolist(), -1)
+    px = np.zeros((33, 2))
+    px[LM.NOSE] = (100, 88)
+    px[LM.MOUTH_LEFT], px[LM.MOUTH_RIGHT] = (106, 102), (94, 102)
+    px[LM.LEFT_EAR], px[LM.RIGHT_EAR] = (128, 84), (72, 84)
+    model = region.SkinModel.from_face(frame, px, 4.0, scale=100.0)
+    assert model is not None
+    assert np.abs(np.array(model.bgr) - face).max() <= 3, model
