@@ -30,6 +30,8 @@ class RegionConfig:
     hand_reach: float = 0.3  # body scales: the farthest a knuckle landmark is taken from the wrist
     hand_start: float = 0.35  # how far from the wrist towards the knuckles the hand begins
     hand_min_skin: float = 0.02  # a hand zone with less skin than this is on clothing: not a hand
+    hand_skin_shape: float = 0.3  # ... with at least this much, the skin's own shape is the hand
+    hand_skin_grow: float = 0.06  # body scales the skin is grown by to make that shape
     torso_margin: float = 0.16  # the torso zone reaches this far outside the shoulder/hip joints
     torso_min_half: float = 0.46  # ... and at least this far from its centre line (turned bodies)
     neck_above: float = 0.16  # how far above the shoulder line clothing may reach
@@ -173,8 +175,15 @@ def hands_mask(
             capsule(one, heel, p, t)
         if skin is not None:
             area = cv2.countNonZero(one)
-            if area and cv2.countNonZero(cv2.bitwise_and(one, skin)) < cfg.hand_min_skin * area:
+            found = cv2.countNonZero(cv2.bitwise_and(one, skin))
+            if area and found < cfg.hand_min_skin * area:
                 continue
+            if area and found >= cfg.hand_skin_shape * area:
+                # the skin test sees this hand well: its shape, a little grown, is the hand, and
+                # the clothing around it inside the zone (under crossed forearms) stays
+                k = max(3, int(cfg.hand_skin_grow * b.scale) | 1)
+                grown = cv2.dilate(skin, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+                one = cv2.bitwise_and(one, grown)
         keep |= one
     return keep
 

@@ -87,17 +87,27 @@ def _body(h: int = 240, w: int = 200) -> region.Body:
     return region.body_in_roi(px)
 
 
-def test_a_hand_zone_without_skin_is_not_a_hand() -> None:
+def test_a_hand_zone_is_kept_dropped_or_shaped_by_its_skin() -> None:
     """Hand landmarks that wander onto clothing (crossed arms, hands up at the shoulders) must
-    not cut the clothing out: a hand zone with (almost) no skin in it is dropped."""
+    not cut the clothing out: a hand zone with (almost) no skin is dropped. One with a little
+    skin (a hand in shadow, poorly seen by the skin test) is kept whole; one the skin test sees
+    well (a hand on a bare forearm) is the skin's own shape, so the clothing beside it stays."""
     b, shape, cfg = _body(), (240, 200), region.RegionConfig()
     both = region.hands_mask(b, shape, cfg)
-    skin = np.zeros(shape, np.uint8)
-    cv2.circle(skin, (150, 162), 9, 255, -1)  # skin on the image-right hand only
-    kept = region.hands_mask(b, shape, cfg, skin)
+    zone = both[:, 100:] > 0  # the image-right hand's zone (about 750 px)
     assert both[162, 150] and both[162, 50]
-    assert kept[162, 150] and not kept[162, 50]
-    assert np.array_equal(kept[:, 100:], both[:, 100:])  # the real hand is kept whole
+    little = np.zeros(shape, np.uint8)
+    cv2.circle(little, (150, 162), 4, 255, -1)  # under a tenth of the right zone, none on the left
+    kept = region.hands_mask(b, shape, cfg, little)
+    assert not kept[162, 50] and not kept[:, :100].any()
+    assert np.array_equal(kept[:, 100:], both[:, 100:])  # kept whole
+    well = np.zeros(shape, np.uint8)
+    cv2.circle(well, (150, 170), 11, 255, -1)  # most of the right zone
+    shaped = region.hands_mask(b, shape, cfg, well)[:, 100:] > 0
+    assert shaped[170, 50] and shaped.sum() < zone.sum()  # the skin, grown a little
+    assert not (shaped & ~zone).any()
+    grown = cv2.dilate(well, np.ones((9, 9), np.uint8))[:, 100:] > 0
+    assert not (shaped & ~grown).any()
 
 
 def test_skin_comes_from_the_face_even_when_the_ears_are_close() -> None:
