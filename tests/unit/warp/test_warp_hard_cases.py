@@ -110,6 +110,20 @@ def test_a_hand_zone_is_kept_dropped_or_shaped_by_its_skin() -> None:
     assert not (shaped & ~grown).any()
 
 
+def _assert_skin_is(
+    face: tuple[int, int, int] | np.ndarray, frame: np.ndarray, mouth_y: int, mouth_half: int, ear_half: int
+) -> None:
+    """The skin model learned from a face drawn in ``frame`` (nose at (100, 88), a body scale of
+    100 px) has the colour ``face``."""
+    px = np.zeros((33, 2))
+    px[LM.NOSE] = (100, 88)
+    px[LM.MOUTH_LEFT], px[LM.MOUTH_RIGHT] = (100 + mouth_half, mouth_y), (100 - mouth_half, mouth_y)
+    px[LM.LEFT_EAR], px[LM.RIGHT_EAR] = (100 + ear_half, 84), (100 - ear_half, 84)
+    model = region.SkinModel.from_face(frame, px, 4.0, scale=100.0)
+    assert model is not None
+    assert np.abs(np.array(model.bgr) - np.asarray(face)).max() <= 3, model
+
+
 def test_skin_comes_from_the_face_even_when_the_ears_are_close() -> None:
     """A first detection can put the ears 4 px apart; a patch sized from that lands on the lips
     and learns red as skin. The patch is never smaller than a face is wide for the body."""
@@ -117,13 +131,7 @@ def test_skin_comes_from_the_face_even_when_the_ears_are_close() -> None:
     frame = np.full((200, 200, 3), 90, np.uint8)
     cv2.circle(frame, (100, 85), 22, face, -1)
     cv2.rectangle(frame, (94, 93), (106, 97), lips, -1)
-    px = np.zeros((33, 2))
-    px[LM.NOSE] = (100, 88)
-    px[LM.MOUTH_LEFT], px[LM.MOUTH_RIGHT] = (104, 100), (96, 100)
-    px[LM.LEFT_EAR], px[LM.RIGHT_EAR] = (102, 84), (98, 84)
-    model = region.SkinModel.from_face(frame, px, 4.0, scale=100.0)
-    assert model is not None
-    assert np.abs(np.array(model.bgr) - face).max() <= 3, model
+    _assert_skin_is(face, frame, mouth_y=100, mouth_half=4, ear_half=2)
 
 
 def _still_frame(lm_shift: float) -> FrameInput:
@@ -177,10 +185,4 @@ def test_the_skin_colour_is_the_lit_skin_not_a_beard() -> None:
     ycc[..., 0] = ycc[..., 0] * 0.55  # the same chroma, darker: a beard, 60 % of the patch
     beard = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)[0, 0]
     cv2.rectangle(frame, (70, 93), (130, 115), beard.tolist(), -1)
-    px = np.zeros((33, 2))
-    px[LM.NOSE] = (100, 88)
-    px[LM.MOUTH_LEFT], px[LM.MOUTH_RIGHT] = (106, 102), (94, 102)
-    px[LM.LEFT_EAR], px[LM.RIGHT_EAR] = (128, 84), (72, 84)
-    model = region.SkinModel.from_face(frame, px, 4.0, scale=100.0)
-    assert model is not None
-    assert np.abs(np.array(model.bgr) - face).max() <= 3, model
+    _assert_skin_is(face, frame, mouth_y=102, mouth_half=6, ear_half=28)
