@@ -151,7 +151,10 @@ def sleeve_map(
         h, w = y1 - y0, x1 - x0
         return np.full((h, w), -16, np.float32), np.full((h, w), -16, np.float32)
     frac = along / max(reach, 1.0)
-    off = np.clip(across / max(half_width, 1.0), -1.2, 1.2)
+    # past the sleeve's own width (old clothing wider than the sleeve, a loose coat) the texture
+    # is mirrored back, not clamped: a clamped edge texel smears into streaks
+    t = np.mod(across / max(half_width, 1.0) + 1.0, 4.0)
+    off = np.where(t <= 2.0, t - 1.0, 3.0 - t)
     n_src = _sleeve_normal(sl.axis, outward)
     mx = sl.root[0] + sl.axis[0] * frac * sl.length + n_src[0] * off * sl.half_width
     my = sl.root[1] + sl.axis[1] * frac * sl.length + n_src[1] * off * sl.half_width

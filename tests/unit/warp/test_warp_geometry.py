@@ -107,3 +107,21 @@ def test_a_transparent_margin_never_hides_the_layer_beneath() -> None:
     _, torso_alpha = warp_layers(g.texture_bgra, layers[:1], (0, 0, W, H))
     assert colour.shape == (H, W, 3) and alpha.shape == (H, W)
     assert np.all(alpha >= torso_alpha - 1e-5)  # stacking sleeves can only add coverage
+
+
+def test_past_its_width_a_sleeve_mirrors_its_texture_instead_of_smearing_an_edge() -> None:
+    """Old clothing wider than the new sleeve (a loose coat) is covered by the sleeve's texture
+    mirrored back at its edge: points at 1.5 and 0.5 half-widths across sample the same texel,
+    and every column across a wide band samples a different one (a clamp would repeat one)."""
+    from services.generator.warp import mapping
+    from tools.samples import catalogue_garment
+
+    g = GarmentGeometry.from_keypoints(catalogue_garment("shirt-blue-checks").keypoints, "shirt")
+    chain = [np.array([50.0, 10.0]), np.array([50.0, 60.0]), np.array([50.0, 110.0])]
+    mx, my = mapping.sleeve_map(g, "left", 1.0, chain, 100.0, 10.0, (0, 0, 100, 120))
+    row = 40
+    for inner, outer in ((45, 35), (55, 65)):  # 0.5 and 1.5 half-widths, on either side
+        assert abs(mx[row, inner] - mx[row, outer]) < 1e-3 and abs(my[row, inner] - my[row, outer]) < 1e-3
+    band = np.stack([mx[row, 30:71], my[row, 30:71]], axis=1)  # two half-widths either side
+    steps = np.hypot(*np.diff(band, axis=0).T)
+    assert (steps > 1e-3).all()  # no run of columns on one clamped texel
