@@ -46,17 +46,20 @@ def _envelope(luma: np.ndarray, weight: np.ndarray, scale: float, cfg: ShadingCo
     """The clothing's luminance with its pattern taken out: a closing (the upper envelope) fills
     dark stripes, checks and dots narrower than ``pattern_size`` with the light colour around
     them, so the light and the wider fold creases remain. Outside the clothing the local mean
-    stands in, so background never brightens (or the closing darkens) the edge. Half resolution."""
+    stands in, so background never brightens (or the closing darkens) the edge. At half
+    resolution, or a quarter when the person is large (a close-up): the closing's disc then stays
+    small, and the folds it keeps are wider than a pixel there anyway."""
     h, w = luma.shape
-    small = (max(1, w // 2), max(1, h // 2))
+    f = 2 if cfg.pattern_size * scale / 2 <= 12 else 4
+    small = (max(1, w // f), max(1, h // f))
     lum = cv2.resize(luma, small, interpolation=cv2.INTER_AREA)
     wt = cv2.resize(weight, small, interpolation=cv2.INTER_AREA)
     inside = wt > 0.5
-    mean = _masked_blur(lum, inside.astype(np.float32), cfg.local_sigma * scale / 2)
+    mean = _masked_blur(lum, inside.astype(np.float32), cfg.local_sigma * scale / f)
     filled = np.where(inside, lum, mean)
-    k = max(3, int(cfg.pattern_size * scale / 2) | 1)
+    k = max(3, int(cfg.pattern_size * scale / f) | 1)
     env = cv2.morphologyEx(filled, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-    env = cv2.GaussianBlur(env, (0, 0), max(0.6, cfg.fold_sigma * scale / 2))
+    env = cv2.GaussianBlur(env, (0, 0), max(0.6, cfg.fold_sigma * scale / f))
     return cv2.resize(env, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
