@@ -132,10 +132,11 @@ def _open_blobs(mask: np.ndarray, k: int) -> np.ndarray:
 
 
 def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int] | None:
-    pts = cv2.findNonZero(mask)
-    if pts is None:
+    """(x0, y0, x1, y1) of the non-zero pixels of a uint8 mask, padded; None when empty. Read off
+    the image itself, without listing its pixels (a close-up's masks hold a hundred thousand)."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask))
+    if w == 0 or h == 0:
         return None
-    x, y, w, h = cv2.boundingRect(pts)
     return max(0, x - pad), max(0, y - pad), min(mask.shape[1], x + w + pad), min(mask.shape[0], y + h + pad)
 
 
