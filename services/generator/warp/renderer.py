@@ -167,7 +167,6 @@ class WarpRenderer:
         self._facing = 1.0  # +1: the image-left shoulder is MediaPipe's right (facing the camera)
         self._skin: SkinModel | None = None
         self._skin_seen = 0  # estimates since the reference was cleared
-        self._frame_held = False  # this frame's landmarks are the last ones, held over a dropout
         self._reschedule(garment)
 
     # -- the swap: the paper's three operations ----------------------------------------------------
@@ -242,9 +241,9 @@ class WarpRenderer:
                 person_mask=frame.person_mask if frame.person_mask is not None else person,
             )
             held = True
-        self._frame_held = held
+        # points from one detection only are a rough fit: the tracker's next frame replaces them
         try:
-            detail = self._render(frame)
+            detail = self._render(frame, refit=self._fits == 1 and not held)
         except (ValueError, cv2.error, FloatingPointError, IndexError):
             detail = None
         if detail is None:
@@ -275,14 +274,16 @@ class WarpRenderer:
         change = float(np.abs(grey[both].astype(np.int16) - prev[0][both]).mean())
         return change < self.config.still_luma
 
-    def _smoothed(self, px: np.ndarray, still: bool = False) -> np.ndarray:
+    def _smoothed(self, px: np.ndarray, still: bool = False, refit: bool = False) -> np.ndarray:
         """The body points the mapping uses, stable when the person is: once the points move less
         than ``deadband`` in a frame they are held, and released only when the landmarks wander
         further than ``release`` from them (hysteresis: a tracker's jitter on a still person never
         moves the texture); moving points follow an exponential average whose weight grows with
         the motion; a jump past ``snap_fraction`` starts afresh. Sets ``self._rate``, the weight
         the torso outline and hem get this frame (0 while held). ``still``: the person's pixels
-        did not change (``_still``): held whatever the landmarks do, short of a snap."""
+        did not change (``_still``): held whatever the landmarks do, short of a snap, unless
+        ``refit``: the held points come from one detection only, and a first fit is rough, so the
+        tracker's second frame replaces them even on a still person (once: held from then on)."""
         c = self.config
         self._rate = 1.0
         if self._points is not None:
@@ -291,10 +292,7 @@ class WarpRenderer:
             scale = max(shoulder_w, 0.6 * torso, 4.0)
             steps = np.hypot(*(px[11:25] - self._points[11:25]).T)
             moved = float(np.median(steps))
-            # the held points come from one detection only: a first fit is rough, and the tracker's
-            # second frame replaces it even on a still person (once: held from then on)
-            first_fit = self._fits == 1 and not self._frame_held
-            if (still and moved <= c.snap_fraction * scale and not first_fit) or moved < (
+            if (still and moved <= c.snap_fraction * scale and not refit) or moved < (
                 c.release if self._holding else c.deadband
             ) * scale:
                 self._holding = True
@@ -338,7 +336,7 @@ class WarpRenderer:
                 return None
         return person
 
-    def _render(self, frame: FrameInput) -> RenderDetail | None:
+    def _render(self, frame: FrameInput, refit: bool = False) -> RenderDetail | None:
         c, rc = self.config, self.config.region
         person_full = self._usable(frame)
         if person_full is None:
@@ -346,7 +344,7 @@ class WarpRenderer:
         img = frame.frame_bgr
         h, w = img.shape[:2]
         lm = frame.landmarks[:33]
-        px = self._smoothed(lm[:, :2].astype(np.float64) * (w, h), self._still(img, person_full))
+        px = self._smoothed(lm[:, :2].astype(np.float64) * (w, h), self._still(img, person_full), refit)
         # facing the camera or away, with hysteresis: a side view's shoulders nearly overlap, and
         # their order flipping on jitter would mirror the garment from frame to frame
         across = float(px[LM.LEFT_SHOULDER, 0] - px[LM.RIGHT_SHOULDER, 0])
