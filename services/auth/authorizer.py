@@ -53,10 +53,6 @@ class Authorizer:
         kept.append(Connection(server_id, client_id, claims.expires_at, claims.issued_at))
         self.connections[claims.session_id] = kept
 
-    def restore(self, session_id: str, stopped_at: float) -> None:
-        """A stop recorded earlier (by this service before a restart, or by another replica)."""
-        self.revoked[session_id] = max(stopped_at, self.revoked.get(session_id, 0.0))
-
     def revoke(self, session_id: str, at: float) -> list[Connection]:
         """Stop a session: its tokens issued until ``at`` are refused from here on. Returns the
         connections to kick: those admitted on such a token. ``at`` is the stop's time, which is

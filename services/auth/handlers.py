@@ -176,10 +176,12 @@ class AuthHandlers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        for closing in (self._watcher, self._stops):
-            if closing is not None:
-                with contextlib.suppress(Exception):
-                    await (closing.stop() if closing is self._watcher else closing.unsubscribe())
+        with contextlib.suppress(Exception):
+            if self._watcher is not None:
+                await self._watcher.stop()
+        with contextlib.suppress(Exception):
+            if self._stops is not None:
+                await self._stops.unsubscribe()
         self._watcher = self._stops = None
         if self._sys is not None:  # bounded: a drain that hangs must not keep the process alive
             try:
