@@ -15,6 +15,7 @@ import numpy as np
 
 from shared.body import LM
 
+LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # Y of a BGR colour (as YCrCb's)
 HAND_POINTS = ((15, 17, 19, 21), (16, 18, 20, 22))  # wrist, pinky, index, thumb per hand
 # per IMAGE side of a person facing the camera: (shoulder, elbow, wrist)
 ARMS = ((LM.RIGHT_SHOULDER, LM.RIGHT_ELBOW, LM.RIGHT_WRIST), (LM.LEFT_SHOULDER, LM.LEFT_ELBOW, LM.LEFT_WRIST))
@@ -102,12 +103,14 @@ class SkinModel:
             return None
         ycc = cv2.cvtColor(patch, cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.float32)
         cr, cb = float(np.median(ycc[:, 1])), float(np.median(ycc[:, 2]))
-        spread = max(float(np.median(np.abs(ycc[:, 1:] - (cr, cb)))) * 1.5, min_spread)
-        # the colour a bare arm is repainted in: the brighter half of the skin-chroma pixels, so a
-        # moustache, nostrils and the shadow under the nose do not darken it
-        skin = np.all(np.abs(ycc[:, 1:] - (cr, cb)) <= 2.0 * spread, axis=1)
-        pixels = patch.reshape(-1, 3)[skin] if skin.any() else patch.reshape(-1, 3)
-        luma = pixels.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+        off = np.abs(ycc[:, 1:] - (cr, cb))
+        spread = max(float(np.median(off)) * 1.5, min_spread)
+        # the colour a bare arm is repainted in: the brighter half (by Y) of the skin-chroma
+        # pixels, so a moustache, nostrils and the shadow under the nose do not darken it
+        skin = np.all(off <= 2.0 * spread, axis=1)
+        if not skin.any():
+            skin[:] = True
+        pixels, luma = patch.reshape(-1, 3)[skin], ycc[skin, 0]
         lit = pixels[np.argsort(luma, kind="stable")[len(luma) // 2 :]]
         med = np.median(lit, axis=0)
         return cls(cr, cb, spread, (int(med[0]), int(med[1]), int(med[2])))
@@ -244,7 +247,7 @@ def hem_by_colour(
         top_px = sm2[top_sel]
         top_c = np.median(top_px, axis=0)
         # a pattern has two colours (stripes, checks): the medians of its darker and lighter half
-        luma = top_px @ np.array([0.114, 0.587, 0.299], np.float32)
+        luma = top_px @ LUMA_BGR
         dark = luma <= np.median(luma)
         tops = (
             np.array([np.median(top_px[dark], axis=0), np.median(top_px[~dark], axis=0)])
