@@ -226,8 +226,7 @@ def train_teacher(run: DistillRun) -> None:
     while state.step < c.teacher_steps:
         if run.over_budget("teacher", start, c.teacher_minutes):
             break
-        cosine = lr_scale(state.step, c.teacher_steps, state.elapsed_s, c.teacher_minutes)
-        scale = min(1.0, (state.step + 1) / STUDENT_WARMUP) * cosine
+        scale = lr_scale(state.step, c.teacher_steps, state.elapsed_s, c.teacher_minutes, STUDENT_WARMUP)
         for group in run.teacher_opt.param_groups:
             group["lr"] = c.teacher_lr * scale
         idx = torch.randint(len(encoded), (c.batch,), generator=run.rng)

@@ -310,13 +310,15 @@ def student_loss(
     return F.mse_loss(out[:, context + frames :], target)
 
 
-def lr_scale(step: int, steps: int, elapsed_s: float, minutes: float | None) -> float:
+def lr_scale(step: int, steps: int, elapsed_s: float, minutes: float | None, warmup: int = 0) -> float:
     """Cosine from 1 to 0.1 over ``steps`` or the time budget, whichever runs out first: a run
-    stopped by its budget still ends at the low learning rate."""
+    stopped by its budget still ends at the low learning rate. With ``warmup``, a linear ramp
+    over the first that many steps on top."""
     frac = step / max(1, steps)
     if minutes:
         frac = max(frac, elapsed_s / (60 * minutes))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return ramp * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
 @dataclass
@@ -633,8 +635,7 @@ def train_student(run: TrainRun, sampler: StudentSampler, rng: torch.Generator) 
     while state.step < c.steps:
         if run.over_budget("student", start, c.student_minutes):
             break
-        cosine = lr_scale(state.step, c.steps, state.elapsed_s, c.student_minutes)
-        scale = min(1.0, (state.step + 1) / STUDENT_WARMUP) * cosine
+        scale = lr_scale(state.step, c.steps, state.elapsed_s, c.student_minutes, STUDENT_WARMUP)
         for group in run.opt.param_groups:
             group["lr"] = c.lr * scale
         idx = torch.randint(len(sampler.encoded), (c.batch,), generator=rng)

@@ -217,3 +217,15 @@ def test_gaussian_blur_keeps_flat_images_and_softens_edges() -> None:
     edge[..., 8:] = 1.0
     out = gaussian_blur(edge, 1.0)
     assert 0.0 < out[0, 0, 0, 7] < 0.5 < out[0, 0, 0, 8] < 1.0
+
+
+def test_the_learning_rate_warms_up_then_follows_the_cosine_to_a_tenth() -> None:
+    from tools.training.train import lr_scale
+
+    assert lr_scale(0, 1000, 0.0, None) == pytest.approx(1.0)
+    assert lr_scale(1000, 1000, 0.0, None) == pytest.approx(0.1)
+    assert lr_scale(500, 1000, 0.0, None) == pytest.approx(0.55)
+    assert lr_scale(0, 1000, 30.0, 1.0) == pytest.approx(0.55)  # half the time budget spent
+    assert lr_scale(0, 1000, 0.0, None, warmup=100) == pytest.approx(0.01 * lr_scale(0, 1000, 0.0, None))
+    assert lr_scale(49, 1000, 0.0, None, warmup=100) == pytest.approx(0.5 * lr_scale(49, 1000, 0.0, None))
+    assert lr_scale(300, 1000, 0.0, None, warmup=100) == lr_scale(300, 1000, 0.0, None)
