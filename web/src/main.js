@@ -18,6 +18,7 @@ const page = {
   notice: "",
   garments: new Map(), // id -> {record, button}
   inEffect: null,
+  appliedSeq: -1, // the first frame seq of the last applied swap: older frames never move inEffect back
   lastDrawMs: 0,
   outFps: new FpsMeter(),
   camFps: new FpsMeter(),
@@ -86,7 +87,7 @@ function onEvent(ev) {
   if (page.events.length > 200) page.events.shift();
   const d = describeEvent(ev);
   if (d.kind === "swap") {
-    markApplied(d.garmentId, ev.data?.latency_ms);
+    markApplied(d.garmentId, ev.data?.latency_ms, ev.data?.first_seq);
   } else if (d.kind === "error") {
     page.errors.push(d.text);
     setNotice(d.text);
@@ -167,9 +168,10 @@ async function swapTo(garmentId) {
 
 /** `swap_applied` arrived: the card stops pending and shows the swap's latency as the page measured
  *  it (click to the first drawn frame), or the generator's until that frame is drawn. */
-function markApplied(garmentId, eventLatencyMs) {
+function markApplied(garmentId, eventLatencyMs, firstSeq) {
   const g = page.garments.get(garmentId);
   if (!g) return;
+  if (Number.isFinite(firstSeq)) page.appliedSeq = firstSeq;
   g.button.classList.remove("pending");
   g.applied = true;
   const ms = page.swaps.lastFor === garmentId ? page.swaps.last : eventLatencyMs;
@@ -214,7 +216,9 @@ async function drawLoop() {
         const swapMs = page.swaps.drawn(item.meta.garmentId, drawnMs);
         const g = page.garments.get(item.meta.garmentId);
         if (swapMs !== null && g?.applied) g.status.textContent = `${Math.round(swapMs)} ms`;
-        showInEffect(item.meta.garmentId);
+        // a frame drawn from before the swap (already in flight when swap_applied came, up to
+        // the re-rendered first_seq itself) must not make the old garment's card current again
+        if (item.meta.seq === null || item.meta.seq > page.appliedSeq) showInEffect(item.meta.garmentId);
       }
       if (page.state !== "live" && page.state !== "error" && page.state !== "reconnecting") {
         setState("live", "Live");
@@ -412,6 +416,7 @@ async function renewSession() {
     await client.start({ garmentId: page.inEffect, width, height, fps });
     page.session = session;
     page.client = client;
+    page.appliedSeq = -1; // the new session's frames count afresh
     page.renewals += 1;
     if (page.state === "error" || page.state === "reconnecting") setState("waiting", "Waiting for the stream…");
     scheduleRenewal();
