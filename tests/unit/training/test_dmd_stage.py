@@ -15,10 +15,11 @@ from torch import Tensor, nn
 
 from services.generator.engine import TINY, Engine
 from services.generator.engine.weights import build_modules, save_weights
+from tools.training.common import TrainConfig
 from tools.training.dmd import Segment, dmd_frame_loss, dmd_gradient, reward_weights
 from tools.training.evaluate import compare
 from tools.training.teacher import bidirectional_mask, denoiser_loss, sample, segment_velocity
-from tools.training.train import TrainConfig, parse_config, train
+from tools.training.train import parse_config, train
 
 pytestmark = pytest.mark.unit
 
