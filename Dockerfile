@@ -13,6 +13,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
+COPY runtime ./runtime
 COPY services ./services
 COPY tools ./tools
 COPY web/index.html web/style.css ./web/

@@ -20,9 +20,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from runtime.media import decode_jpeg
 from services.generator.inputs import frame_input
 from shared.headers import FrameMeta
-from shared.media import decode_jpeg
 from shared.schemas import Conditioning, Event, SchemaError
 from tools.quality import contact_sheet, garment_pixels, ghost_ratio
 

@@ -32,17 +32,17 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
+from runtime import revocations
+from runtime.bus import connect
+from runtime.jetstream import control_stream
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.service import ServiceContext
 from services.auth.authorizer import Authorizer, Connection
 from services.auth.callout import CalloutError, decode_request, response_jwt, user_jwt
 from services.auth.permissions import session_permissions, session_user_name
 from services.auth.settings import AuthSettings
-from shared import revocations
 from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
-from shared.bus import connect
-from shared.control import ensure_control_stream
-from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
-from shared.service import ServiceContext
 from shared.subjects import Channel, InvalidSessionId
 from shared.tokens import TokenError, keypair, verify_key
 
@@ -129,7 +129,7 @@ class AuthHandlers:
         js = self.ctx.nc.jetstream(timeout=5)
         subjects = self.ctx.subjects
         try:
-            await ensure_control_stream(js, subjects, max(1, self.settings.js_replicas))
+            await control_stream(js, subjects, max(1, self.settings.js_replicas))
             self._stops = await js.pull_subscribe(
                 subjects.all_sessions(Channel.CONTROL),
                 durable=STOPS_CONSUMER,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from nats.aio.client import Client as NATS
 
-from shared.bus import publish_frame
+from runtime.bus import publish_frame
+from runtime.media import encode_jpeg
 from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg
 from shared.subjects import Subjects
 
 STAGE = "camera"

@@ -24,18 +24,18 @@ from pathlib import Path
 import numpy as np
 from nats.aio.msg import Msg
 
+from runtime.bus import connect
+from runtime.media import read_image, sample_photo
+from runtime.metrics import percentiles
+from runtime.settings import BaseSettings
 from services.camera.client import run_camera
 from services.camera.source import MotionCamera, video_frames
 from services.cli.stack import Stack, available_services
 from services.watch.client import Watcher
 from shared import control
 from shared.auth import NatsCredentials
-from shared.bus import connect
 from shared.headers import FrameMeta, HeaderError
-from shared.media import read_image, sample_photo
-from shared.metrics import percentiles
 from shared.schemas import Conditioning, Event, SchemaError
-from shared.settings import BaseSettings
 from shared.subjects import Subjects
 from tools.demo_metrics import demo_quality
 

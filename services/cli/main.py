@@ -19,10 +19,10 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from shared.bus import NatsUnavailable
-from shared.logging import configure_logging
-from shared.service import cap_blas_threads
-from shared.settings import BaseSettings, SettingsError
+from runtime.bus import NatsUnavailable
+from runtime.logging import configure_logging
+from runtime.service import cap_blas_threads
+from runtime.settings import BaseSettings, SettingsError
 
 # Benchmarks and tools living in their own packages: name -> module with ``main(argv) -> int``.
 DELEGATES: dict[tuple[str, str], str] = {
@@ -120,10 +120,10 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
     args = p.parse_args(argv)
     credentials = _credentials(args, args.session)
 
+    from runtime.bus import connect
+    from runtime.media import read_image
     from services.camera.client import run_camera
     from services.camera.source import Motion, MotionCamera, video_frames, webcam_frames
-    from shared.bus import connect
-    from shared.media import read_image
     from shared.subjects import Subjects
 
     if args.video:
@@ -171,8 +171,8 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
     args = p.parse_args(argv)
     credentials = _credentials(args, args.session)
 
+    from runtime.bus import connect
     from services.watch.client import Watcher
-    from shared.bus import connect
     from shared.subjects import Subjects
 
     async def go() -> dict:
@@ -346,8 +346,8 @@ async def _load_catalogue(
     connect_timeout: float,
     credentials=None,  # type: ignore[no-untyped-def]
 ) -> None:
+    from runtime.bus import connect
     from services.garments.starter import load_catalogue
-    from shared.bus import connect
     from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
 
@@ -417,8 +417,8 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
     import nats.errors
     import nats.js.errors
 
+    from runtime.bus import connect
     from shared import control
-    from shared.bus import connect
     from shared.schemas import Event
     from shared.subjects import Subjects
 
@@ -533,9 +533,9 @@ def cmd_auth(argv: list[str], settings: BaseSettings) -> int:
     """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
     trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
     makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
+    from runtime.natsserver import server_config
     from services.auth.keys import AuthKeys
     from services.cli.stack import KEYS_FILE
-    from shared.natsserver import server_config
     from shared.subjects import Subjects
 
     p = argparse.ArgumentParser(prog="chameleon auth", description="a deployment's keys and server config")
@@ -582,7 +582,7 @@ def cmd_train(argv: list[str], settings: BaseSettings) -> int:
 
 def cmd_media(argv: list[str], settings: BaseSettings) -> int:
     """Extract the sample photos into the media cache (part of set-up)."""
-    from shared.media import ensure_sample_media
+    from runtime.media import ensure_sample_media
 
     path = ensure_sample_media(fetch=True)
     print(json.dumps({"media_dir": str(path), "files": sorted(p.name for p in Path(path).iterdir())}))

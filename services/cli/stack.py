@@ -37,10 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from runtime.logging import get_logger
+from runtime.natsserver import EmbeddedCluster, EmbeddedNats, reserve_port
 from services.auth.keys import AuthKeys
 from shared.auth import ADMIN_USER, ENV_TOKEN, SYSTEM_USER, NatsCredentials
-from shared.logging import get_logger
-from shared.natsserver import EmbeddedCluster, EmbeddedNats, reserve_port
 from shared.subjects import DEFAULT_PREFIX, Subjects
 from shared.tokens import DEFAULT_TTL_S, mint
 

@@ -1,10 +1,10 @@
 """Generator handlers: the only generator module that touches NATS.
 
-- the fleet (``shared.fleet``): this worker serves only the sessions it owns (placed at session
+- the fleet (``runtime.fleet``): this worker serves only the sessions it owns (placed at session
   start, moved here on another worker's failure or drain); outputs carry its ownership epoch and
   stop the moment it no longer owns the session or its lease is lapsing;
 - conditioning (owned sessions, latest-frame-wins) → the session's renderer → output frames, on
-  the shared frame-stage skeleton (``shared.stage``);
+  the shared frame-stage skeleton (``runtime.stage``);
 - control (JetStream): one durable pull consumer per session, bound by whichever worker owns it,
   so a new owner resumes at the old one's acknowledgements and one session's consumer can never
   stop another's swaps. start / swap / stop apply in order, idempotent by event id, acknowledged
@@ -32,26 +32,25 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from prometheus_client import Counter, Histogram
 
+from runtime import revocations
+from runtime.events import EventPublisher
+from runtime.fleet import FleetMember, Ownership
+from runtime.jetstream import control_stream, key_value
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.media import encode_jpeg
+from runtime.metrics import LATENCY_BUCKETS_S
+from runtime.service import ServiceContext
+from runtime.stage import FrameDropped, FrameStage, StageOutput
 from services.generator.backends import make_backend, resolve
 from services.generator.garment_cache import GarmentCache
 from services.generator.inputs import frame_input
 from services.generator.lifecycle import ServedSession, SessionTable, superseded
 from services.generator.rendering import AtCapacity, Backend, FrameInput, Garment, RenderedFrame, Renderer
 from services.generator.settings import GeneratorSettings
-from shared import revocations
-from shared.control import ensure_control_stream
 from shared.errors import CodedError
-from shared.events import EventPublisher
-from shared.fleet import FleetMember, Ownership
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.jetstream import key_value
-from shared.logging import RateLimitedLog, get_logger
-from shared.media import encode_jpeg
-from shared.metrics import LATENCY_BUCKETS_S
 from shared.schemas import Conditioning, Control, SchemaError, SessionState
-from shared.service import ServiceContext
-from shared.stage import FrameDropped, FrameStage, StageOutput
 from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("generator")
@@ -111,7 +110,7 @@ class GeneratorHandlers:
     async def start(self) -> None:
         ctx = self.ctx
         self.js = ctx.nc.jetstream()
-        await ensure_control_stream(self.js, ctx.subjects, self.settings.js_replicas)
+        await control_stream(self.js, ctx.subjects, self.settings.js_replicas)
         self.kv = await key_value(
             self.js,
             KeyValueConfig(

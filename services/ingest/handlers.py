@@ -1,7 +1,7 @@
 """Ingest handlers: the only ingest module that touches NATS.
 
 camera frames (all sessions) → validate → normalise → ingested frames, on the shared frame-stage
-skeleton (``shared.stage``). What is ingest's own: admission (a session's first frame or its
+skeleton (``runtime.stage``). What is ingest's own: admission (a session's first frame or its
 ``start`` places it in the fleet, once, for the whole pipeline; frames of a session no worker
 took are dropped here, before any decode), the session's requested resolution (from ``start``),
 the deadline for stale frames, and the validation itself.
@@ -15,16 +15,16 @@ import time
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runtime.events import EventPublisher
+from runtime.fleet import Admission, FleetView, open_view
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.service import ServiceContext
+from runtime.stage import FrameDropped, FrameStage, StageOutput
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Limits, process_frame, session_box
 from shared.errors import CodedError
-from shared.events import EventPublisher
-from shared.fleet import Admission, FleetView, open_view
 from shared.headers import FrameMeta, now_ns
-from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Control, SchemaError
-from shared.service import ServiceContext
-from shared.stage import FrameDropped, FrameStage, StageOutput
 from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("ingest")

@@ -3,7 +3,7 @@
 ingested frames (all sessions, latest-frame-wins per session) → the session's own
 ``SessionPreprocessor`` on a worker thread → ``Conditioning`` on the session's cond subject with
 the frame's headers (stamped ``preprocess.in``/``.out`` by the shared frame-stage skeleton,
-``shared.stage``). A worker takes only the sessions the fleet gives it (``shared.fleet``: placed at
+``runtime.stage``). A worker takes only the sessions the fleet gives it (``runtime.fleet``: placed at
 session start, moved on failure or drain) and publishes them with its ownership epoch. Per-session
 state is created on the first
 frame and closed when the session stops (control ``stop``) or goes idle, so memory follows the
@@ -20,20 +20,20 @@ from dataclasses import dataclass, field
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runtime.events import EventPublisher
+from runtime.fleet import FleetMember, Ownership
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.lru import LRU
+from runtime.service import ServiceContext
+from runtime.stage import FrameStage, StageOutput
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import FrameResult, PreprocessConfig, SessionPreprocessor
 from services.preprocess.settings import PreprocessSettings
 from shared.body import region_category
 from shared.errors import CodedError
-from shared.events import EventPublisher
-from shared.fleet import FleetMember, Ownership
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta
-from shared.logging import RateLimitedLog, get_logger
-from shared.lru import LRU
 from shared.schemas import Control, SchemaError
-from shared.service import ServiceContext
-from shared.stage import FrameStage, StageOutput
 from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("preprocess")

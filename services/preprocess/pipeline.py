@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.media import UndecodableImage, decode_image, encode_jpeg
 from services.preprocess import conditioning as cond
 from services.preprocess.pose import PoseConfig, PoseTracker
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.smoothing import LandmarkSmoother, OneEuroParams
 from shared import body
 from shared.errors import CodedError
-from shared.media import UndecodableImage, decode_image, encode_jpeg
 from shared.schemas import Conditioning, pack_array
 
 FRAME_TOO_SMALL = "frame_too_small"

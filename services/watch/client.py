@@ -17,9 +17,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runtime.media import decode_jpeg
+from runtime.metrics import percentiles
 from shared.headers import FrameMeta, HeaderError, now_ns
-from shared.media import decode_jpeg
-from shared.metrics import percentiles
 from shared.subjects import Channel, Subjects
 
 

@@ -13,11 +13,11 @@ import os
 import signal
 from pathlib import Path
 
+from runtime.logging import configure_logging, get_logger
 from services.web.server import WebServer
 from services.web.sessions import SessionBroker
 from services.web.settings import WebSettings
 from shared.auth import ENV_KEYS_FILE, read_keys_file
-from shared.logging import configure_logging, get_logger
 
 log = get_logger("web")
 CHECKOUT_WEB = Path(__file__).resolve().parents[2] / "web"
@@ -26,7 +26,7 @@ CHECKOUT_WEB = Path(__file__).resolve().parents[2] / "web"
 def demo_photo(settings: WebSettings) -> Path | None:
     if settings.web_demo_photo:
         return Path(settings.web_demo_photo)
-    from shared.media import sample_photo
+    from runtime.media import sample_photo
 
     try:
         return sample_photo("bus.jpg")

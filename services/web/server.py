@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from runtime.logging import RateLimitedLog, get_logger
 from services.web.sessions import RateLimited, SessionBroker
-from shared.logging import RateLimitedLog, get_logger
 
 log = get_logger("web")
 

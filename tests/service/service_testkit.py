@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from runtime.fleet import Admission, open_view
 from shared.errors import CodedError
-from shared.fleet import Admission, open_view
 from shared.subjects import Subjects
 
 

@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.bus import NatsUnavailable, connect
-from shared.natsserver import EmbeddedCluster, reserve_port
+from runtime.bus import NatsUnavailable, connect
+from runtime.natsserver import EmbeddedCluster, reserve_port
 
 pytestmark = pytest.mark.service
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from runtime.bus import NatsRefused, connect
+from runtime.natsserver import find_binary, reserve_port
 from shared.auth import ENV_KEYS_FILE, ENV_USER, NatsCredentials
-from shared.bus import NatsRefused, connect
-from shared.natsserver import find_binary, reserve_port
 from shared.tokens import mint
 
 pytestmark = pytest.mark.service

@@ -19,18 +19,18 @@ from dataclasses import dataclass, field
 import pytest
 from service_testkit import until as _until
 
+from runtime.bus import connect, publish_frame
+from runtime.fleet import Admission, FleetView, open_view
+from runtime.media import encode_jpeg
 from services.camera.source import MotionCamera
 from services.cli.stack import Child, Stack
 from services.garments.starter import load_catalogue
 from services.preprocess.pipeline import SessionPreprocessor
 from services.watch.client import Watcher
 from shared import control
-from shared.bus import connect, publish_frame
 from shared.errors import CodedError
-from shared.fleet import Admission, FleetView, open_view
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, Event
 from shared.subjects import Subjects
 

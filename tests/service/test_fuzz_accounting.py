@@ -26,6 +26,11 @@ import pytest
 from service_testkit import until as _until
 from structlog.testing import capture_logs
 
+from runtime.bus import ConnectionState, connect, publish_frame
+from runtime.events import EventPublisher
+from runtime.media import encode_jpeg
+from runtime.metrics import ServiceMetrics, SessionStats
+from runtime.service import ServiceContext, serve_in_task
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
@@ -36,13 +41,8 @@ from services.ingest.settings import IngestSettings
 from services.preprocess.handlers import PreprocessHandlers, _OpenPreprocessor
 from services.preprocess.settings import PreprocessSettings
 from shared import control
-from shared.bus import ConnectionState, connect, publish_frame
-from shared.events import EventPublisher
 from shared.headers import H_EPOCH, FrameMeta, now_ns
-from shared.media import encode_jpeg
-from shared.metrics import ServiceMetrics, SessionStats
 from shared.schemas import Event
-from shared.service import ServiceContext, serve_in_task
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service

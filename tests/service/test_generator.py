@@ -18,6 +18,10 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 from service_testkit import until as _until
 
+from runtime.bus import connect, publish_frame
+from runtime.fleet import Admission, open_view
+from runtime.media import decode_jpeg
+from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.garments.catalogue import spec_by_id
 from services.garments.handlers import GarmentHandlers
@@ -27,14 +31,10 @@ from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
 from services.preprocess.pipeline import SessionPreprocessor
 from shared import control
-from shared.bus import connect, publish_frame
 from shared.errors import CodedError
-from shared.fleet import Admission, open_view
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.media import decode_jpeg
 from shared.schemas import Conditioning, Event
-from shared.service import serve_in_task
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service

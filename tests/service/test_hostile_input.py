@@ -19,6 +19,10 @@ from service_testkit import admit_when_registered
 from service_testkit import until as _until
 from structlog.testing import capture_logs
 
+from runtime.bus import connect, publish_frame
+from runtime.fleet import Admission, open_view
+from runtime.media import decode_jpeg, encode_jpeg
+from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
@@ -28,13 +32,9 @@ from services.generator.settings import GeneratorSettings
 from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
 from services.preprocess.pipeline import SessionPreprocessor
-from shared.bus import connect, publish_frame
-from shared.fleet import Admission, open_view
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.media import decode_jpeg, encode_jpeg
 from shared.schemas import Control, Event, SessionState
-from shared.service import serve_in_task
 from shared.subjects import Subjects
 from tools.samples import garbage_scan, with_sof_size
 

@@ -10,17 +10,17 @@ import uuid
 import numpy as np
 import pytest
 
+from runtime.bus import connect, publish_frame
+from runtime.fleet import Admission, open_view
+from runtime.media import encode_jpeg
+from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.preprocess import conditioning as cond
 from services.preprocess.handlers import PreprocessHandlers
 from services.preprocess.settings import PreprocessSettings
-from shared.bus import connect, publish_frame
 from shared.errors import CodedError
-from shared.fleet import Admission, open_view
 from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, Control, Event, unpack_array
-from shared.service import serve_in_task
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service

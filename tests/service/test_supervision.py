@@ -20,9 +20,9 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from runtime.natsserver import EmbeddedNats, NatsServerError
 from services.cli import stack as stack_module
 from services.cli.stack import Stack
-from shared.natsserver import EmbeddedNats, NatsServerError
 
 pytestmark = pytest.mark.service
 

@@ -8,8 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from runtime.media import encode_jpeg
 from shared.headers import H_CAPTURE_NS, now_ns
-from shared.media import encode_jpeg
 from tools.bench.fuzz import (
     ROUTE_WEIGHTS,
     Material,

@@ -6,10 +6,10 @@ import msgpack
 import numpy as np
 import pytest
 
+from runtime.metrics import percentiles
+from runtime.settings import BaseSettings, SettingsError
 from shared.headers import FrameMeta, HeaderError
-from shared.metrics import percentiles
 from shared.schemas import Conditioning, Control, Event, SchemaError, pack_array, unpack_array
-from shared.settings import BaseSettings, SettingsError
 from shared.subjects import Channel, InvalidSessionId, Subjects
 
 pytestmark = pytest.mark.unit
@@ -208,7 +208,7 @@ def test_logging_never_raises_on_a_closed_stream(monkeypatch: pytest.MonkeyPatch
     import io
     import sys
 
-    from shared.logging import configure_logging, get_logger
+    from runtime.logging import configure_logging, get_logger
 
     configure_logging("info", json=True)
     closed = io.StringIO()

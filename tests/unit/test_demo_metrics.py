@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.media import encode_jpeg
 from shared.headers import FrameMeta
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, Event
 from tools.demo_metrics import RESEMBLES_INPUT_MIN_DB, demo_quality, not_applicable
 

@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
+from runtime.fleet import Ownership, WorkerLease, next_epoch, place, safe_worker_id
 from services.generator.lifecycle import SessionTable, superseded
 from shared import control as controls
-from shared.fleet import Ownership, WorkerLease, next_epoch, place, safe_worker_id
 from shared.schemas import SessionState
 
 pytestmark = pytest.mark.unit

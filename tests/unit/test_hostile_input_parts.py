@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.media import UndecodableImage, decode_image, decode_jpeg, encode_jpeg
 from shared.headers import FrameMeta
-from shared.logging import RateLimitedLog, get_logger
-from shared.media import UndecodableImage, decode_image, decode_jpeg, encode_jpeg
 from shared.schemas import Event
 from tools.demo_metrics import demo_quality
 from tools.samples import with_sof_size

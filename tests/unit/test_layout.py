@@ -1,5 +1,6 @@
-"""The layout as a contract: services depend on ``shared/`` and themselves only, ``shared/`` on
-nothing of ours, and offline tools stay off the serving path."""
+"""The layout as a contract: services depend on ``shared/``, ``runtime/`` and themselves only,
+``runtime/`` on ``shared/``, ``shared/`` on nothing of ours, and offline tools stay off the serving
+path."""
 
 from __future__ import annotations
 
@@ -40,10 +41,14 @@ def violations(root: Path) -> list[str]:
             names = mod.split(".")
             if names[0] == "tools" or (names[0] == "services" and len(names) > 1 and names[1] != own):
                 bad.append(f"{path.relative_to(root)}: {mod}")
-    for path in sorted((root / "shared").rglob("*.py")):
-        for mod in sorted(imported_modules(path)):
-            if mod.split(".")[0] in ("services", "tools"):
-                bad.append(f"{path.relative_to(root)}: {mod}")
+    for package, foreign in (
+        ("shared", ("services", "tools", "runtime")),
+        ("runtime", ("services", "tools")),
+    ):
+        for path in sorted((root / package).rglob("*.py")):
+            for mod in sorted(imported_modules(path)):
+                if mod.split(".")[0] in foreign:
+                    bad.append(f"{path.relative_to(root)}: {mod}")
     return bad
 
 
@@ -58,6 +63,8 @@ def test_the_check_sees_a_cross_service_import(tmp_path: Path) -> None:
         "services/cli/z.py": "from services.generator import handlers\n",  # allowed: the CLI
         "services/preprocess/ok.py": "from services.preprocess import pose\nfrom shared import body\n",
         "shared/w.py": "from services import generator\n",
+        "shared/v.py": "from runtime.bus import connect\n",
+        "runtime/u.py": "from shared.subjects import Subjects\nimport tools.samples\n",
     }.items():
         (tmp_path / folder).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / folder).write_text(text)
@@ -65,8 +72,11 @@ def test_the_check_sees_a_cross_service_import(tmp_path: Path) -> None:
         "services/generator/x.py: services.garments.client",
         "services/generator/x.py: services.garments.client.GarmentClient",
         "services/ingest/y.py: tools.bench",
+        "shared/v.py: runtime.bus",
+        "shared/v.py: runtime.bus.connect",
         "shared/w.py: services",
         "shared/w.py: services.generator",
+        "runtime/u.py: tools.samples",
     ]
 
 

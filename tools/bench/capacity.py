@@ -172,12 +172,12 @@ async def _settle(
 async def _measure(
     url: str, pids: dict[str, int], windows: list[Window], args: argparse.Namespace, idle: bool
 ) -> dict[str, Any]:
+    from runtime.bus import connect
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
     from services.cli.demo import Recorder, load_catalogue
     from services.watch.client import Watcher
-    from shared.bus import connect
-    from shared.settings import BaseSettings
     from shared.subjects import Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
@@ -237,7 +237,7 @@ async def _measure(
 def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo's stack and measure the windows in it; one stack per backend, because a
     session started by frames gets the stack's ``CHAMELEON_BACKEND``."""
-    from shared.media import read_image, sample_photo
+    from runtime.media import read_image, sample_photo
 
     photo = read_image(sample_photo("bus.jpg", fetch=True))
     close = read_image(args.image) if args.image else closeup_photo(photo)

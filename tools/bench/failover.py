@@ -272,7 +272,7 @@ async def stream_replicas(nc: NATS, stream: str) -> int | None:
 
 async def cluster_roles(nc: NATS, stack: Stack, subjects: Subjects) -> dict[str, str]:
     """Which node leads the JetStream meta group and each stream and bucket the fleet uses."""
-    from shared.natsserver import EmbeddedCluster
+    from runtime.natsserver import EmbeddedCluster
 
     assert isinstance(stack.nats, EmbeddedCluster)
     roles: dict[str, str] = {}
@@ -327,7 +327,7 @@ async def choose_victim(
             lambda: _kill_child(child),
             {"epoch_before": held[0].epoch, "pid": child.proc.pid},
         )
-    from shared.natsserver import EmbeddedCluster
+    from runtime.natsserver import EmbeddedCluster
 
     cluster = stack.nats
     assert isinstance(cluster, EmbeddedCluster)
@@ -442,17 +442,17 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    from runtime.bus import connect
+    from runtime.fleet import open_view
+    from runtime.media import read_image, sample_photo
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
     from services.garments.starter import load_catalogue
     from services.watch.client import Watcher
     from shared import control
-    from shared.bus import connect
-    from shared.fleet import open_view
     from shared.garment_client import GarmentClient
     from shared.headers import now_ns
-    from shared.media import read_image, sample_photo
-    from shared.settings import BaseSettings
     from shared.subjects import Channel, Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
@@ -519,7 +519,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
             owner_after=new_owner[0].worker_id if new_owner else None,
             owner_after_epoch=new_owner[0].epoch if new_owner else None,
             owner_after_reason=new_owner[0].reason if new_owner else None,
-            # an epoch is the wall-clock millisecond of the owner change (shared.fleet.next_epoch)
+            # an epoch is the wall-clock millisecond of the owner change (runtime.fleet.next_epoch)
             kill_to_owner_change_s=_round((new_owner[0].epoch * 1e6 - kill_ns) / 1e9)
             if new_owner and new_owner[0].epoch * 1_000_000 > kill_ns
             else None,

@@ -672,7 +672,7 @@ async def settle(read: Any, target: float, timeout_s: float, quiet_s: float = 3.
 # -- the run ----------------------------------------------------------------------------------------------
 async def keepalive(nc: Any, subjects: Any, m: Material, frames: Sequence[bytes], stop: asyncio.Event) -> int:
     """One valid frame a second for the fuzz session (its control consumer stays bound)."""
-    from shared.bus import publish_frame
+    from runtime.bus import publish_frame
     from shared.headers import FrameMeta, now_ns
 
     sent, seq = 0, KEEPALIVE_SEQ
@@ -761,15 +761,15 @@ async def send_all(
 
 
 async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    from runtime.bus import connect
+    from runtime.media import encode_jpeg, read_image, sample_photo
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
     from services.garments.starter import load_catalogue
     from services.watch.client import Watcher
     from shared import control
-    from shared.bus import connect
     from shared.garment_client import GarmentClient
-    from shared.media import encode_jpeg, read_image, sample_photo
-    from shared.settings import BaseSettings
     from shared.subjects import Channel, Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)

@@ -3,7 +3,7 @@
 N generator worker processes with the ``sim`` backend (each frame holds a worker thread for a
 fixed service time, like a GPU call, and comes out as a tiny JPEG), the garment service, and an
 embedded nats-server, all from ``services.cli.stack.Stack``. This process plays ingest and
-preprocess for every session: it admits each one with ``shared.fleet.Admission`` (what ingest
+preprocess for every session: it admits each one with ``runtime.fleet.Admission`` (what ingest
 does at a session's first frame) and publishes recorded MediaPipe conditioning straight to the
 session's ``cond`` subject at the camera rate, so MediaPipe is not what limits the run.
 
@@ -41,7 +41,7 @@ from tools.bench.common import child_pids, cpu_total, emit, process_cpu_s, prove
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from shared.fleet import Admission
+    from runtime.fleet import Admission
     from shared.schemas import Conditioning
 
 GARMENT = "tee-red-solid"
@@ -106,9 +106,9 @@ def goals(report: Mapping[str, Any], fps: float, extra_asked: int) -> dict[str, 
 # -- recorded conditioning ------------------------------------------------------------------------------
 def record_conditioning(frames: int, width: int, height: int) -> list[Conditioning]:
     """Real MediaPipe conditioning of a moving camera over the real sample photo, once."""
+    from runtime.media import read_image, sample_photo
     from services.camera.source import MotionCamera
     from services.preprocess.pipeline import SessionPreprocessor
-    from shared.media import read_image, sample_photo
 
     cam = MotionCamera(read_image(sample_photo("bus.jpg", fetch=True)), width, height)
     pre = SessionPreprocessor("bench-load")
@@ -180,7 +180,7 @@ class Publisher:
         offset_s: float,
         stop: asyncio.Event,
     ) -> None:
-        from shared.bus import publish_frame
+        from runtime.bus import publish_frame
         from shared.headers import FrameMeta, now_ns
 
         period = 1.0 / fps
@@ -236,12 +236,12 @@ async def _wait(predicate: Any, timeout_s: float) -> bool:
 async def measure(
     url: str, generator_pids: list[int], recorded: list[Conditioning], args: argparse.Namespace
 ) -> dict:
+    from runtime.bus import connect
+    from runtime.fleet import Admission, open_view
+    from runtime.settings import BaseSettings
     from services.garments.starter import load_catalogue
-    from shared.bus import connect
-    from shared.fleet import Admission, open_view
     from shared.garment_client import GarmentClient
     from shared.headers import now_ns
-    from shared.settings import BaseSettings
     from shared.subjects import Channel, Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)

@@ -59,9 +59,9 @@ def _pct(xs: list[float]) -> dict[str, float]:
 
 def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress: bool = False) -> dict:
     """Preprocess ``frames`` moving-camera frames; time each frame from JPEG to message bytes."""
+    from runtime.media import encode_jpeg
     from services.camera.source import MotionCamera
     from services.preprocess.pipeline import SessionPreprocessor
-    from shared.media import encode_jpeg
     from tools.eval.preprocess import detect_rate
 
     cam = MotionCamera(photo, width, height)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 10 or args.frames_720p < 10:
         parser.error("--frames and --frames-720p must be at least 10")
 
-    from shared.media import MediaError, read_image, sample_photo
+    from runtime.media import MediaError, read_image, sample_photo
 
     try:
         photo = read_image(sample_photo("bus.jpg"))

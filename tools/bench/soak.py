@@ -110,15 +110,15 @@ class RssSampler:
 
 
 async def measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from runtime.bus import connect
+    from runtime.media import read_image, sample_photo
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
     from services.garments.starter import load_catalogue
     from services.watch.client import Watcher
     from shared import control
-    from shared.bus import connect
     from shared.garment_client import GarmentClient
-    from shared.media import read_image, sample_photo
-    from shared.settings import BaseSettings
     from shared.subjects import Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)

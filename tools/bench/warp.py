@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
+    from runtime.media import read_image, sample_photo
     from services.camera.source import Motion, MotionCamera
     from services.generator.warp import WarpRenderer
-    from shared.media import read_image, sample_photo
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)  # the serving worker renders one session per thread

@@ -28,7 +28,7 @@ TILE_HEIGHT = 300
 def photos() -> dict[str, np.ndarray]:
     import matplotlib
 
-    from shared.media import read_image, sample_photo
+    from runtime.media import read_image, sample_photo
 
     out = {}
     for name in ("bus.jpg", "zidane.jpg"):

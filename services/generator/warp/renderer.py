@@ -21,13 +21,13 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from runtime.lru import LRU
 from services.generator.rendering import AtCapacity, FrameInput, Garment, RenderedFrame
 from services.generator.warp import mapping, region
 from services.generator.warp.geometry import GarmentGeometry
 from services.generator.warp.region import ARMS, RegionConfig, SkinModel
 from services.generator.warp.shading import ShadingConfig, shading_gain
 from shared.body import LM, head_mask
-from shared.lru import LRU
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.media import encode_jpeg
 from services.camera.source import Motion, MotionCamera
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
 from services.preprocess.pose import PoseConfig, PoseTracker
 from shared.body import LM
 from shared.errors import CodedError
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, unpack_array
 from tools.eval.preprocess import detect_rate, follow_error_px, jitter_px, noisy_still_frames
 

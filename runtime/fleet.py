@@ -38,9 +38,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from runtime.jetstream import key_value
+from runtime.logging import get_logger
 from shared.errors import CodedError
-from shared.jetstream import key_value
-from shared.logging import get_logger
 from shared.schemas import Message, SchemaError
 from shared.subjects import Subjects
 

@@ -20,12 +20,12 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from runtime.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from runtime.events import EventPublisher
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.service import ServiceContext
 from shared.errors import CodedError
-from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError
-from shared.logging import RateLimitedLog, get_logger
-from shared.service import ServiceContext
 from shared.subjects import Channel
 
 log = get_logger("stage")
@@ -52,7 +52,7 @@ class FrameDropped(Exception):
 
 
 class Owner(Protocol):
-    """What a stateful stage asks its fleet membership (``shared.fleet.FleetMember``) per frame."""
+    """What a stateful stage asks its fleet membership (``runtime.fleet.FleetMember``) per frame."""
 
     def may_publish(self, session_id: str) -> bool: ...
     def epoch(self, session_id: str) -> int: ...

@@ -24,9 +24,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runtime.logging import get_logger
 from shared.auth import NatsCredentials
 from shared.headers import FrameMeta
-from shared.logging import get_logger
 from shared.schemas import Event
 from shared.subjects import Subjects
 
