@@ -52,7 +52,7 @@ class FrameDropped(Exception):
 
 
 class Owner(Protocol):
-    """What a stateful stage asks its fleet membership (``runtime.fleet.FleetMember``) per frame."""
+    """What a stateful stage asks its fleet membership (``runtime.fleet.member.FleetMember``) per frame."""
 
     def may_publish(self, session_id: str) -> bool: ...
     def epoch(self, session_id: str) -> int: ...

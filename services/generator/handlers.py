@@ -34,7 +34,8 @@ from prometheus_client import Counter, Histogram
 
 from runtime import revocations
 from runtime.events import EventPublisher
-from runtime.fleet import FleetMember, Ownership
+from runtime.fleet.member import FleetMember
+from runtime.fleet.records import Ownership
 from runtime.jetstream import control_stream, key_value
 from runtime.logging import RateLimitedLog, get_logger
 from runtime.media import encode_jpeg

@@ -16,10 +16,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from runtime.events import EventPublisher
-from runtime.fleet import Admission, FleetView, open_view
+from runtime.fleet.view import FleetView, open_view
 from runtime.logging import RateLimitedLog, get_logger
 from runtime.service import ServiceContext
 from runtime.stage import FrameDropped, FrameStage, StageOutput
+from services.ingest.admission import Admission
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Limits, process_frame, session_box
 from shared.errors import CodedError

@@ -21,7 +21,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from runtime.events import EventPublisher
-from runtime.fleet import FleetMember, Ownership
+from runtime.fleet.member import FleetMember
+from runtime.fleet.records import Ownership
 from runtime.logging import RateLimitedLog, get_logger
 from runtime.lru import LRU
 from runtime.service import ServiceContext

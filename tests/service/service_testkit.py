@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from runtime.fleet import Admission, open_view
+from runtime.fleet.view import open_view
+from services.ingest.admission import Admission
 from shared.errors import CodedError
 from shared.subjects import Subjects
 

@@ -20,11 +20,12 @@ import pytest
 from service_testkit import until as _until
 
 from runtime.bus import connect, publish_frame
-from runtime.fleet import Admission, FleetView, open_view
+from runtime.fleet.view import FleetView, open_view
 from runtime.media import encode_jpeg
 from services.camera.source import MotionCamera
 from services.cli.stack import Child, Stack
 from services.garments.starter import load_catalogue
+from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor
 from services.watch.client import Watcher
 from shared import control

@@ -19,7 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from service_testkit import until as _until
 
 from runtime.bus import connect, publish_frame
-from runtime.fleet import Admission, open_view
+from runtime.fleet.view import open_view
 from runtime.media import decode_jpeg
 from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
@@ -29,6 +29,7 @@ from services.garments.settings import GarmentSettings
 from services.garments.starter import load_catalogue
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
+from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor
 from shared import control
 from shared.errors import CodedError

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from runtime.bus import connect, publish_frame
-from runtime.fleet import Admission, open_view
+from runtime.fleet.view import open_view
 from runtime.media import encode_jpeg
 from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
+from services.ingest.admission import Admission
 from services.preprocess import conditioning as cond
 from services.preprocess.handlers import PreprocessHandlers
 from services.preprocess.settings import PreprocessSettings

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from runtime.fleet import Ownership, WorkerLease, next_epoch, place, safe_worker_id
+from runtime.fleet.records import Ownership, WorkerLease, next_epoch, place, safe_worker_id
 from services.generator.lifecycle import SessionTable, superseded
 from shared import control as controls
 from shared.schemas import SessionState

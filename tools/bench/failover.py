@@ -443,7 +443,7 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     from runtime.bus import connect
-    from runtime.fleet import open_view
+    from runtime.fleet.view import open_view
     from runtime.media import read_image, sample_photo
     from runtime.settings import BaseSettings
     from services.camera.client import run_camera
@@ -519,7 +519,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
             owner_after=new_owner[0].worker_id if new_owner else None,
             owner_after_epoch=new_owner[0].epoch if new_owner else None,
             owner_after_reason=new_owner[0].reason if new_owner else None,
-            # an epoch is the wall-clock millisecond of the owner change (runtime.fleet.next_epoch)
+            # an epoch is the wall-clock millisecond of the owner change (runtime.fleet.records.next_epoch)
             kill_to_owner_change_s=_round((new_owner[0].epoch * 1e6 - kill_ns) / 1e9)
             if new_owner and new_owner[0].epoch * 1_000_000 > kill_ns
             else None,

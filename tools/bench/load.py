@@ -3,7 +3,7 @@
 N generator worker processes with the ``sim`` backend (each frame holds a worker thread for a
 fixed service time, like a GPU call, and comes out as a tiny JPEG), the garment service, and an
 embedded nats-server, all from ``services.cli.stack.Stack``. This process plays ingest and
-preprocess for every session: it admits each one with ``runtime.fleet.Admission`` (what ingest
+preprocess for every session: it admits each one with ``services.ingest.admission.Admission`` (what ingest
 does at a session's first frame) and publishes recorded MediaPipe conditioning straight to the
 session's ``cond`` subject at the camera rate, so MediaPipe is not what limits the run.
 
@@ -41,7 +41,7 @@ from tools.bench.common import child_pids, cpu_total, emit, process_cpu_s, prove
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from runtime.fleet import Admission
+    from services.ingest.admission import Admission
     from shared.schemas import Conditioning
 
 GARMENT = "tee-red-solid"
@@ -237,9 +237,10 @@ async def measure(
     url: str, generator_pids: list[int], recorded: list[Conditioning], args: argparse.Namespace
 ) -> dict:
     from runtime.bus import connect
-    from runtime.fleet import Admission, open_view
+    from runtime.fleet.view import open_view
     from runtime.settings import BaseSettings
     from services.garments.starter import load_catalogue
+    from services.ingest.admission import Admission
     from shared.garment_client import GarmentClient
     from shared.headers import now_ns
     from shared.subjects import Channel, Subjects
