@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
 
     from services.generator.warp import WarpRenderer
-    from services.generator.warp.legacy import LegacyWarpRenderer
+    from tools.eval.legacy_warp import LegacyWarpRenderer
     from tools.quality import write_rows
     from tools.samples import catalogue_garment, preprocessed_frames
 

@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from services.garments.catalogue import spec_by_id
     from services.generator.warp import WarpRenderer
-    from services.generator.warp.legacy import LegacyWarpRenderer
     from tools.eval.figure import POSES, make_eval_clip
+    from tools.eval.legacy_warp import LegacyWarpRenderer
     from tools.quality import write_rows
     from tools.samples import catalogue_garment, preprocessed_frames
 
