@@ -14,6 +14,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY runtime ./runtime
+COPY harness ./harness
 COPY services ./services
 COPY tools ./tools
 COPY web/index.html web/style.css ./web/

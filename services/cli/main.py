@@ -206,7 +206,7 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
 
 # -- up / demo ----------------------------------------------------------------------------------------
 def cmd_up(argv: list[str], settings: BaseSettings) -> int:
-    from services.cli.stack import Stack, available_services, default_data_dir
+    from harness.stack import Stack, available_services, default_data_dir
 
     p = argparse.ArgumentParser(
         prog="chameleon up", description="run NATS and every service, restarting any that exits or hangs"
@@ -478,8 +478,8 @@ def cmd_session(argv: list[str], settings: BaseSettings) -> int:
     key of a secure ``chameleon up`` (its data dir), expiring after ``--ttl`` seconds."""
     from datetime import datetime, timezone
 
+    from harness.stack import KEYS_FILE, default_data_dir
     from services.auth.keys import AuthKeys
-    from services.cli.stack import KEYS_FILE, default_data_dir
     from shared.auth import read_token
     from shared.subjects import InvalidSessionId
     from shared.tokens import DEFAULT_TTL_S, MAX_TTL_S, KeysError, mint
@@ -533,9 +533,9 @@ def cmd_auth(argv: list[str], settings: BaseSettings) -> int:
     """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
     trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
     makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
+    from harness.stack import KEYS_FILE
     from runtime.natsserver import server_config
     from services.auth.keys import AuthKeys
-    from services.cli.stack import KEYS_FILE
     from shared.subjects import Subjects
 
     p = argparse.ArgumentParser(prog="chameleon auth", description="a deployment's keys and server config")

@@ -25,13 +25,13 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError
 
+from harness.stack import KEYS_FILE
 from runtime.bus import NatsRefused, connect
 from runtime.natsserver import EmbeddedNats
 from runtime.service import serve_in_task
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
-from services.cli.stack import KEYS_FILE
 from shared import control
 from shared.auth import ADMIN_USER, SYSTEM_USER, NatsCredentials
 from shared.subjects import Channel, Subjects

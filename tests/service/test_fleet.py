@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 import pytest
 from service_testkit import until as _until
 
+from harness.stack import Child, Stack
 from runtime.bus import connect, publish_frame
 from runtime.fleet.view import FleetView, open_view
 from runtime.media import encode_jpeg
 from services.camera.source import MotionCamera
-from services.cli.stack import Child, Stack
 from services.garments.starter import load_catalogue
 from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.cli.stack import Stack
+from harness.stack import Stack
 from shared.control import ensure_control_stream
 from shared.subjects import Subjects
 

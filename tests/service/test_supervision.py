@@ -20,9 +20,9 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from harness import stack as stack_module
+from harness.stack import Stack
 from runtime.natsserver import EmbeddedNats, NatsServerError
-from services.cli import stack as stack_module
-from services.cli.stack import Stack
 
 pytestmark = pytest.mark.service
 

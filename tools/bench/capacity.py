@@ -172,11 +172,11 @@ async def _settle(
 async def _measure(
     url: str, pids: dict[str, int], windows: list[Window], args: argparse.Namespace, idle: bool
 ) -> dict[str, Any]:
+    from harness.recorder import Recorder, load_catalogue
     from runtime.bus import connect
     from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
-    from services.cli.demo import Recorder, load_catalogue
     from services.watch.client import Watcher
     from shared.subjects import Subjects
 
@@ -248,7 +248,7 @@ def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_stack(backend: str, windows: list[Window], args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     env = {
         "CHAMELEON_OUT_WIDTH": str(args.width),

@@ -1,6 +1,6 @@
 """``chameleon bench failover``: what a shopper sees when a worker or a NATS node dies (issue #12).
 
-Three phases, each on its own ``services.cli.stack.Stack`` (garments, ingest, 2 preprocess and 2
+Three phases, each on its own ``harness.stack.Stack`` (garments, ingest, 2 preprocess and 2
 generator workers, warp backend), each with one session: a moving camera over the real sample
 photo at ``--fps``, a ``Watcher`` on the output, and a swap every ``--swap-interval`` seconds
 cycling catalogue garments. After ``--before`` seconds the phase's victim is SIGKILLed while swaps
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
-    from services.cli.stack import Stack
+    from harness.stack import Stack
     from services.watch.client import Watcher
     from shared.subjects import Subjects
 
@@ -542,7 +542,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
 
 
 def run_stack_phase(phase: str, args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     env = {
         "CHAMELEON_OUT_WIDTH": str(args.width),

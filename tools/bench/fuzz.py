@@ -970,7 +970,7 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     log_dir = Path(args.logs)
     shutil.rmtree(log_dir, ignore_errors=True)  # this bench's own folder: lines are counted in it

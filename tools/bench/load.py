@@ -2,7 +2,7 @@
 
 N generator worker processes with the ``sim`` backend (each frame holds a worker thread for a
 fixed service time, like a GPU call, and comes out as a tiny JPEG), the garment service, and an
-embedded nats-server, all from ``services.cli.stack.Stack``. This process plays ingest and
+embedded nats-server, all from ``harness.stack.Stack``. This process plays ingest and
 preprocess for every session: it admits each one with ``services.ingest.admission.Admission`` (what ingest
 does at a session's first frame) and publishes recorded MediaPipe conditioning straight to the
 session's ``cond`` subject at the camera rate, so MediaPipe is not what limits the run.
@@ -358,7 +358,7 @@ async def measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     recorded = record_conditioning(RECORDED_FRAMES, args.width, args.height)
     env = {

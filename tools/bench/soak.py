@@ -2,7 +2,7 @@
 output rate do meanwhile (issue #13).
 
 The demo pipeline (garments, ingest, preprocess, generator with the warp backend; secure unless
-``--insecure``) from ``services.cli.stack.Stack``, one session streaming ``--frames`` frames of a
+``--insecure``) from ``harness.stack.Stack``, one session streaming ``--frames`` frames of a
 moving camera over the sample photo at ``--fps`` (default 30: faster than the warp pipeline
 sustains on a small machine, so the services run full; 15 for a camera's rate). Every
 ``--sample-s`` seconds the resident set (``VmRSS`` in ``/proc/<pid>/status``) of each service
@@ -229,7 +229,7 @@ async def measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     env = {
         "CHAMELEON_BACKEND": "warp",

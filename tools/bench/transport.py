@@ -22,12 +22,12 @@ import platform
 import time
 from datetime import datetime, timezone
 
+from harness.stack import Stack
 from runtime.bus import connect, publish_frame
 from runtime.media import encode_jpeg, read_image, sample_photo
 from runtime.metrics import percentiles
 from runtime.settings import BaseSettings
 from services.camera.source import MotionCamera
-from services.cli.stack import Stack
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Limits, process_frame
 from services.watch.client import Watcher

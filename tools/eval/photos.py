@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
+    from harness.quality import write_rows
     from services.generator.warp import WarpRenderer
     from tools.eval.legacy_warp import LegacyWarpRenderer
-    from tools.quality import write_rows
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)
