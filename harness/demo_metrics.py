@@ -34,7 +34,7 @@ RESEMBLES_INPUT_MIN_DB = 20.0
 
 
 class OutputFrame(Protocol):
-    """An output frame as a viewer received it (``services.watch.client.Received``)."""
+    """An output frame as a viewer received it (``shared.client.Frame``)."""
 
     meta: FrameMeta
     jpeg: bytes

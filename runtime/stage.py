@@ -20,10 +20,11 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from runtime.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from runtime.bus import LatestFrameSlots, subscribe_frames
 from runtime.events import EventPublisher
 from runtime.logging import RateLimitedLog, get_logger
 from runtime.service import ServiceContext
+from shared.client import publish_frame
 from shared.errors import CodedError
 from shared.headers import FrameMeta, HeaderError
 from shared.subjects import Channel

@@ -27,10 +27,10 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from runtime.bus import NatsUnavailable
 from runtime.logging import configure_logging
 from runtime.service import cap_blas_threads
 from runtime.settings import BaseSettings, SettingsError
+from shared.client import NatsUnavailable
 
 GARMENTS_HELP = "add, list and show garments; load the starter catalogue"
 TOOLS_GROUP = "chameleon.tools"  # entry points: ``<command>.<name>`` or ``<command>`` -> ``module:main``
@@ -117,14 +117,32 @@ def add_camera(p: argparse.ArgumentParser) -> None:
     _add_token(p)
 
 
-def cmd_camera(args: argparse.Namespace, settings: BaseSettings) -> int:
-    credentials = _credentials(args, args.session)
-
+async def _session(args: argparse.Namespace, settings: BaseSettings, role: str):  # type: ignore[no-untyped-def]
+    """The client side of ``--session`` (``shared.client.Session``), connected within ``--timeout``
+    with ``--token`` or the environment's credentials; connection changes are logged."""
     from runtime.bus import connect
+    from shared.client import Session
+    from shared.subjects import Subjects
+
+    credentials = _credentials(args, args.session)
+    url = _nats_url_or_exit(settings)
+    nc = await connect(url, f"{role}-{args.session}", give_up_after_s=args.timeout, credentials=credentials)
+    return Session(
+        nc,
+        args.session,
+        Subjects(settings.subject_prefix),
+        ensure_stream=credentials is None,  # a session token may publish control, not make the stream
+        timeout_s=args.timeout,
+        replicas=settings.js_replicas,
+    )
+
+
+def cmd_camera(args: argparse.Namespace, settings: BaseSettings) -> int:
+    _credentials(args, args.session)  # a wrong token fails before a camera opens
+
     from runtime.media import read_image
     from services.camera.client import run_camera
     from services.camera.source import Motion, MotionCamera, video_frames, webcam_frames
-    from shared.subjects import Subjects
 
     if args.video:
         frames = video_frames(args.video, loop=args.loop)
@@ -135,24 +153,13 @@ def cmd_camera(args: argparse.Namespace, settings: BaseSettings) -> int:
         frames = MotionCamera(read_image(args.image), args.width, args.height, motion).frames()
 
     async def go() -> None:
-        nc = await connect(
-            _nats_url_or_exit(settings),
-            f"camera-{args.session}",
-            give_up_after_s=args.timeout,
-            credentials=credentials,
-        )
+        session = await _session(args, settings, "camera")
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         report = await run_camera(
-            nc,
-            Subjects(settings.subject_prefix),
-            args.session,
-            frames,
-            args.fps,
-            args.frames,
-            stop=stop,
+            session.nc, session.subjects, session.session_id, frames, args.fps, args.frames, stop=stop
         )
-        await nc.drain()
+        await session.close()
         print(json.dumps({"published": report.published, "skipped": report.skipped}))
 
     asyncio.run(go())
@@ -170,20 +177,11 @@ def add_watch(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_watch(args: argparse.Namespace, settings: BaseSettings) -> int:
-    credentials = _credentials(args, args.session)
-
-    from runtime.bus import connect
     from services.watch.client import Watcher
-    from shared.subjects import Subjects
 
     async def go() -> dict:
-        nc = await connect(
-            _nats_url_or_exit(settings),
-            f"watch-{args.session}",
-            give_up_after_s=args.timeout,
-            credentials=credentials,
-        )
-        w = Watcher(nc, Subjects(settings.subject_prefix), args.session, keep_frames=bool(args.out))
+        session = await _session(args, settings, "watch")
+        w = Watcher(session.nc, session.subjects, session.session_id, keep_frames=bool(args.out))
         await w.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
@@ -195,7 +193,7 @@ def cmd_watch(args: argparse.Namespace, settings: BaseSettings) -> int:
                 break
             await asyncio.sleep(0.05)
         await w.stop()
-        await nc.drain()
+        await session.close()
         summary = w.summary()
         if args.out:
             summary["video_frames"] = w.write_video(args.out, args.fps)
@@ -392,50 +390,34 @@ def add_swap(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_swap(args: argparse.Namespace, settings: BaseSettings) -> int:
-    credentials = _credentials(args, args.session)
-
     import nats.errors
     import nats.js.errors
 
-    from runtime.bus import connect
     from shared import control
     from shared.schemas import Event
-    from shared.subjects import Subjects
 
     async def go() -> int:
-        subjects = Subjects(settings.subject_prefix)
-        url = _nats_url_or_exit(settings)
-        nc = await connect(url, f"swap-{args.session}", give_up_after_s=args.timeout, credentials=credentials)
+        session = await _session(args, settings, "swap")
         outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         msg = control.swap(args.session, args.garment, args.event_id)
 
-        async def on_event(m) -> None:  # type: ignore[no-untyped-def]
-            ev = Event.decode(m.data)
-            mine = ev.data.get("event_id") == msg.event_id
-            if mine and not outcome.done():
+        def on_event(ev: Event) -> None:
+            if ev.data.get("event_id") == msg.event_id and not outcome.done():
                 outcome.set_result(ev)
 
-        await nc.subscribe(subjects.events(args.session), cb=on_event)
-        stored = control.publish_control(  # a session client may publish, not create the stream
-            nc,
-            subjects,
-            msg,
-            replicas=settings.js_replicas,
-            timeout_s=args.timeout,
-            ensure_stream=credentials is None,
-        )
+        await session.events(on_event)
         unavailable = (
             asyncio.TimeoutError,
             nats.errors.NoRespondersError,
             nats.js.errors.ServiceUnavailableError,
         )
         try:  # the whole exchange is bounded, not each of its JetStream requests
-            seq = await asyncio.wait_for(stored, args.timeout)
+            seq = await asyncio.wait_for(session.send(msg), args.timeout)
         except unavailable as exc:
-            await nc.close()
+            await session.nc.close()
             print(
-                f"chameleon swap: JetStream at {url} did not store the swap within {args.timeout:g} s "
-                f"({type(exc).__name__})",
+                f"chameleon swap: JetStream at {settings.nats_url} did not store the swap within "
+                f"{args.timeout:g} s ({type(exc).__name__})",
                 file=sys.stderr,
             )
             return EXIT_NO_NATS
@@ -446,7 +428,7 @@ def cmd_swap(args: argparse.Namespace, settings: BaseSettings) -> int:
                 result.update(kind=ev.kind, code=ev.code, message=ev.message, **ev.data)
             except TimeoutError:
                 result["kind"] = "pending"  # stored durably: applied when a generator serves the session
-        await nc.drain()
+        await session.close()
         print(json.dumps(result))
         return 1 if result.get("kind") == "error" else 0
 

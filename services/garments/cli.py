@@ -14,10 +14,11 @@ import json
 import sys
 from pathlib import Path
 
-from runtime.bus import NatsUnavailable, connect
+from runtime.bus import connect
 from runtime.logging import configure_logging
 from services.garments.catalogue import catalogue_photos
 from services.garments.settings import GarmentSettings
+from shared.client import NatsUnavailable
 from shared.garment_client import GarmentClient, GarmentError
 from shared.garment_schemas import GARMENT_CATEGORIES
 from shared.subjects import Subjects

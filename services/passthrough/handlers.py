@@ -9,10 +9,11 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from runtime.bus import LatestFrameSlots, publish_frame
+from runtime.bus import LatestFrameSlots
 from runtime.events import EventPublisher
 from runtime.service import ServiceContext
 from runtime.settings import BaseSettings
+from shared.client import publish_frame
 from shared.headers import FrameMeta, HeaderError
 from shared.subjects import Channel
 

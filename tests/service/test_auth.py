@@ -26,7 +26,7 @@ from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError
 
 from harness.stack import KEYS_FILE
-from runtime.bus import NatsRefused, connect
+from runtime.bus import connect
 from runtime.natsserver import EmbeddedNats
 from runtime.service import serve_in_task
 from services.auth.handlers import AuthHandlers
@@ -34,6 +34,7 @@ from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
 from shared import control
 from shared.auth import ADMIN_USER, SYSTEM_USER, NatsCredentials
+from shared.client import NatsRefused
 from shared.subjects import Channel, Subjects
 from shared.tokens import mint
 

@@ -20,7 +20,7 @@ import pytest
 from service_testkit import until as _until
 
 from harness.stack import Child, Stack
-from runtime.bus import connect, publish_frame
+from runtime.bus import connect
 from runtime.fleet.view import FleetView, open_view
 from runtime.media import encode_jpeg
 from services.camera.source import MotionCamera
@@ -29,6 +29,7 @@ from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor
 from services.watch.client import Watcher
 from shared import control
+from shared.client import publish_frame
 from shared.errors import CodedError
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns

@@ -1,5 +1,5 @@
-"""The Python client of docs/frontends.md (examples/python_client.py, which imports nothing of
-this project) runs against real services: its frames come back, its events arrive."""
+"""The Python client of docs/frontends.md (examples/python_client.py, on the thin client module
+``shared.client``) runs against real services: its frames come back, its events arrive."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ import pytest
 from service_testkit import until as _until
 from structlog.testing import capture_logs
 
-from runtime.bus import ConnectionState, connect, publish_frame
+from runtime.bus import ConnectionState, connect
 from runtime.events import EventPublisher
 from runtime.media import encode_jpeg
 from runtime.metrics import ServiceMetrics, SessionStats
@@ -41,6 +41,7 @@ from services.ingest.settings import IngestSettings
 from services.preprocess.handlers import PreprocessHandlers, _OpenPreprocessor
 from services.preprocess.settings import PreprocessSettings
 from shared import control
+from shared.client import publish_frame
 from shared.headers import H_EPOCH, FrameMeta, now_ns
 from shared.schemas import Event
 from shared.subjects import Subjects

@@ -18,7 +18,7 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 from service_testkit import until as _until
 
-from runtime.bus import connect, publish_frame
+from runtime.bus import connect
 from runtime.fleet.view import open_view
 from runtime.media import decode_jpeg
 from runtime.service import serve_in_task
@@ -32,6 +32,7 @@ from services.generator.settings import GeneratorSettings
 from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor
 from shared import control
+from shared.client import publish_frame
 from shared.errors import CodedError
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns

@@ -19,7 +19,7 @@ from service_testkit import admit_when_registered
 from service_testkit import until as _until
 from structlog.testing import capture_logs
 
-from runtime.bus import connect, publish_frame
+from runtime.bus import connect
 from runtime.fleet.view import open_view
 from runtime.media import decode_jpeg, encode_jpeg
 from runtime.service import serve_in_task
@@ -33,6 +33,7 @@ from services.ingest.admission import Admission
 from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
 from services.preprocess.pipeline import SessionPreprocessor
+from shared.client import publish_frame
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
 from shared.schemas import Control, Event, SessionState

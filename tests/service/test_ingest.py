@@ -9,13 +9,14 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.bus import connect, publish_frame
+from runtime.bus import connect
 from runtime.media import decode_jpeg, encode_jpeg
 from runtime.natsserver import EmbeddedNats
 from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
+from shared.client import publish_frame
 from shared.headers import FrameMeta, now_ns
 from shared.schemas import Event
 from shared.subjects import Subjects

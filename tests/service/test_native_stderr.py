@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from service_testkit import admit_when_registered
 
-from runtime.bus import connect, publish_frame
+from runtime.bus import connect
 from runtime.media import encode_jpeg
 from services.camera.source import MotionCamera
+from shared.client import publish_frame
 from shared.headers import FrameMeta, now_ns
 from shared.subjects import Subjects
 

@@ -10,7 +10,7 @@ import uuid
 import numpy as np
 import pytest
 
-from runtime.bus import connect, publish_frame
+from runtime.bus import connect
 from runtime.fleet.view import open_view
 from runtime.media import encode_jpeg
 from runtime.service import serve_in_task
@@ -19,6 +19,7 @@ from services.ingest.admission import Admission
 from services.preprocess import conditioning as cond
 from services.preprocess.handlers import PreprocessHandlers
 from services.preprocess.settings import PreprocessSettings
+from shared.client import publish_frame
 from shared.errors import CodedError
 from shared.headers import FrameMeta, now_ns
 from shared.schemas import Conditioning, Control, Event, unpack_array

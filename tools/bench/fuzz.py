@@ -672,7 +672,7 @@ async def settle(read: Any, target: float, timeout_s: float, quiet_s: float = 3.
 # -- the run ----------------------------------------------------------------------------------------------
 async def keepalive(nc: Any, subjects: Any, m: Material, frames: Sequence[bytes], stop: asyncio.Event) -> int:
     """One valid frame a second for the fuzz session (its control consumer stays bound)."""
-    from runtime.bus import publish_frame
+    from shared.client import publish_frame
     from shared.headers import FrameMeta, now_ns
 
     sent, seq = 0, KEEPALIVE_SEQ

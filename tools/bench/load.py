@@ -180,7 +180,7 @@ class Publisher:
         offset_s: float,
         stop: asyncio.Event,
     ) -> None:
-        from runtime.bus import publish_frame
+        from shared.client import publish_frame
         from shared.headers import FrameMeta, now_ns
 
         period = 1.0 / fps
