@@ -34,13 +34,10 @@ log = get_logger("stage")
 
 @dataclass
 class StageOutput:
-    """One frame to publish: its payload and headers (``<stage>.out`` is stamped on publish).
-
-    ``note`` travels back to ``on_published`` untouched (the generator's rendered frame)."""
+    """One frame to publish: its payload and headers (``<stage>.out`` is stamped on publish)."""
 
     payload: bytes
     meta: FrameMeta
-    note: object = None
 
 
 class FrameDropped(Exception):
@@ -61,7 +58,6 @@ class Owner(Protocol):
 
 # (session_id, msg, meta stamped "<stage>.in") -> frames to publish; raises CodedError to reject
 Process = Callable[[str, Msg, FrameMeta], Awaitable[Sequence[StageOutput]]]
-Published = Callable[[str, StageOutput], Awaitable[None]]
 
 
 class FrameStage:
@@ -77,7 +73,6 @@ class FrameStage:
         *,
         idle_s: float,
         on_idle: Callable[[str], Awaitable[None]] | None = None,
-        on_published: Published | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = ctx.name
@@ -85,7 +80,6 @@ class FrameStage:
         self.inbound = inbound
         self.outbound = outbound
         self.process = process
-        self.on_published = on_published
         self._on_idle = on_idle
         self.owner: Owner | None = None  # set by a stateful stage: only the owner publishes
         self._served: dict[str, Subscription] = {}
@@ -180,10 +174,12 @@ class FrameStage:
                 return
             await self.publish(session_id, outputs, t_in)
 
-    async def publish(self, session_id: str, outputs: Sequence[StageOutput], t_in: int) -> None:
+    async def publish(self, session_id: str, outputs: Sequence[StageOutput], t_in: int) -> list[StageOutput]:
         """Stamp ``<stage>.out`` and publish each output; a frame is dropped, not queued, while the
-        connection is down. ``t_in`` is when the input that produced them arrived."""
+        connection is down. ``t_in`` is when the input that produced them arrived. Returns the
+        outputs that went out."""
         stats = self.ctx.stats[session_id]
+        published = []
         for out in outputs:
             if self.owner is not None:
                 if not self.owner.may_publish(session_id):  # moved away, or our lease is lapsing
@@ -200,8 +196,8 @@ class FrameStage:
             stats.latency_ms.append(spent_s * 1e3)
             self.ctx.metrics.frames_out.inc()
             self.ctx.metrics.stage_latency.observe(spent_s)
-            if self.on_published is not None:
-                await self.on_published(session_id, out)
+            published.append(out)
+        return published
 
     async def reject(self, session_id: str, code: str, message: str, **data: object) -> None:
         """A frame that cannot be used: counted, a metric by code, and a rate-limited error event

@@ -19,9 +19,10 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
+from shared.errors import CodedError
 from shared.headers import now_ns
-from shared.schemas import Control
-from shared.subjects import Channel, Subjects
+from shared.schemas import Control, SchemaError
+from shared.subjects import Channel, InvalidSessionId, Subjects
 
 CONTROL_MAX_AGE_S = 24 * 3600
 CONTROL_DUPLICATE_WINDOW_S = 120
@@ -63,6 +64,33 @@ async def ensure_control_stream(js: JetStreamContext, subjects: Subjects, replic
             f"(asked {config.num_replicas}): {exc}"
         )
     return ""
+
+
+def read_control(subjects: Subjects, subject: str, data: bytes) -> Control:
+    """The control message ``data`` received on ``subject``: decoded, checked, and naming the
+    session its subject names. Only the subject says whose a message is (a session's token may
+    publish on its own subject, whatever session the message names), so every service reads
+    control through here. Raises ``InvalidSessionId`` (no session in the subject), ``SchemaError``
+    (not a control message) or ``CodedError("session_mismatch")`` carrying its event id."""
+    session_id = subjects.session_of(subject)
+    control = Control.decode(data)
+    if control.session_id != session_id:
+        raise CodedError(
+            "session_mismatch",
+            "control session_id differs from its subject",
+            event_id=control.event_id,
+            action=control.action,
+        )
+    return control
+
+
+def control_for(subjects: Subjects, subject: str, data: bytes) -> Control | None:
+    """``read_control`` for a service that only follows control (ingest, preprocess, auth): a
+    message that is not valid for its subject is not for it (the generator answers it): None."""
+    try:
+        return read_control(subjects, subject, data)
+    except (InvalidSessionId, SchemaError, CodedError):
+        return None
 
 
 def new_event_id() -> str:

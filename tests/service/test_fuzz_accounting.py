@@ -221,14 +221,14 @@ async def test_junk_control_is_answered_one_event_each_and_logged_a_few_lines(na
     with capture_logs() as logs:
         for i in range(n):
             data = rng.bytes(int(rng.integers(1, 500))) if i % 2 else control.stop("someone-else").encode()
-            await handlers.on_control(FakeMsg(SUBJ.control("junk"), data))
+            await handlers.control.on_message(FakeMsg(SUBJ.control("junk"), data))
     elapsed = time.monotonic() - t0
     await until(lambda: len(events.received) == n)
     assert all(e.kind == "error" and "event_id" in e.data for e in events.received)  # each answered
     assert {e.code for e in events.received} == {"bad_control", "session_mismatch"}
     lines = [e for e in logs if e["event"] == "control_rejected"]
     assert 2 <= len(lines) <= 2 * 3 * (math.ceil(elapsed) + 1), len(lines)  # 3 a second per code
-    outcomes = handlers.control_total.collect()[0].samples
+    outcomes = handlers.control.total.collect()[0].samples
     assert sum(s.value for s in outcomes if s.name.endswith("_total")) == n  # and each counted
     await nc.drain()
 

@@ -276,6 +276,33 @@ async def test_swap_published_while_the_generator_restarts_is_applied(nats_url: 
         assert after and set(after) == {"tee-yellow-dots"}
 
 
+async def test_swaps_queued_while_no_generator_runs_show_only_the_newest(nats_url: str, conditioning) -> None:
+    """Swaps that queued up arrive as one batch: the newest is rendered, each older one is answered
+    ``swap_superseded`` by it, and no frame ever shows an overtaken garment."""
+    async with rig(nats_url, conditioning) as r:
+        v = await r.viewer("w6")
+        async with generator(nats_url, r.subjects.prefix, backend="warp"):
+            await r.control(control.start("w6", "tee-red-solid"))
+            await until(lambda: "started" in v.codes())
+            await r.stream("w6", range(4))
+            await until(lambda: len(v.frames) == 4)
+        swaps = [control.swap("w6", g) for g in ("shirt-blue-checks", "tee-yellow-dots", "shirt-blue-checks")]
+        for swap in swaps:  # no generator is running: the stream keeps them
+            await r.control(swap)
+        async with generator(nats_url, r.subjects.prefix, backend="warp"):
+            await r.stream("w6", range(4, 10))
+            await until(lambda: "swap_applied" in v.codes() and v.codes().count("swap_superseded") == 2)
+            await until(lambda: len(v.frames) >= 9)
+        answers = {e.data["event_id"]: e for e in v.events if e.code in ("swap_applied", "swap_superseded")}
+        assert [answers[s.event_id].code for s in swaps] == [
+            "swap_superseded",
+            "swap_superseded",
+            "swap_applied",
+        ]
+        assert {answers[s.event_id].data["superseded_by"] for s in swaps[:2]} == {swaps[2].event_id}
+        assert {m.garment_id for m, _ in v.frames if m.seq >= 4} == {"shirt-blue-checks"}
+
+
 async def test_at_capacity_is_a_clear_error(nats_url: str, conditioning) -> None:
     async with (
         rig(nats_url, conditioning) as r,
