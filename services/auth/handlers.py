@@ -42,8 +42,8 @@ from services.auth.callout import CalloutError, decode_request, response_jwt, us
 from services.auth.permissions import session_permissions, session_user_name
 from services.auth.settings import AuthSettings
 from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
-from shared.schemas import Control, SchemaError
-from shared.subjects import Channel, InvalidSessionId
+from shared.control import control_for
+from shared.subjects import Channel
 from shared.tokens import TokenError, keypair, verify_key
 
 log = get_logger("auth")
@@ -236,14 +236,11 @@ class AuthHandlers:
         keep the stop in the bucket and kick the connections it covers. A stop heard twice (on
         the subject and from the stream) is applied once: the later time wins, nothing is kicked
         twice, and it is logged and kept only when it changed something."""
-        try:
-            session_id = self.ctx.subjects.session_of(subject)
-            control = Control.decode(data)
-        except (InvalidSessionId, SchemaError):
-            return
         # a stop naming another session is refused by the generator (session_mismatch): not a stop
-        if control.action != "stop" or control.session_id != session_id:
+        control = control_for(self.ctx.subjects, subject, data)
+        if control is None or control.action != "stop":
             return
+        session_id = control.session_id
         before = self.authorizer.revoked.get(session_id)
         connections = self.authorizer.revoke(session_id, at)
         if before is not None and before >= at and not connections:

@@ -23,10 +23,10 @@ from runtime.stage import FrameDropped, FrameStage, StageOutput
 from services.ingest.admission import Admission
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Limits, process_frame, session_box
+from shared.control import control_for
 from shared.errors import CodedError
 from shared.headers import FrameMeta, now_ns
-from shared.schemas import Control, SchemaError
-from shared.subjects import Channel, InvalidSessionId
+from shared.subjects import Channel
 
 log = get_logger("ingest")
 
@@ -114,13 +114,9 @@ class IngestHandlers:
     # -- handlers ---------------------------------------------------------------------------------
     async def on_control(self, msg: Msg) -> None:
         """Track each session's requested output resolution (other actions are not ours)."""
-        try:
-            control = Control.decode(msg.data)
-            subject_session = self.ctx.subjects.session_of(msg.subject)
-        except (SchemaError, InvalidSessionId):
-            return  # the generator owns control errors; ingest only reads resolutions
-        if control.session_id != subject_session:
-            return  # another session's name on this one's subject: the generator answers it
+        control = control_for(self.ctx.subjects, msg.subject, msg.data)
+        if control is None:
+            return  # the generator answers invalid control; ingest only reads resolutions
         if control.action == "start":
             if control.width and control.height:
                 await self._set_resolution(control.session_id, control.width, control.height)

@@ -31,11 +31,11 @@ from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import FrameResult, PreprocessConfig, SessionPreprocessor
 from services.preprocess.settings import PreprocessSettings
 from shared.body import region_category
+from shared.control import control_for
 from shared.errors import CodedError
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta
-from shared.schemas import Control, SchemaError
-from shared.subjects import Channel, InvalidSessionId
+from shared.subjects import Channel
 
 log = get_logger("preprocess")
 POSE_CODES = (cond.NO_PERSON, cond.PARTIAL_PERSON, cond.NO_TORSO, cond.SEVERAL_PEOPLE)
@@ -139,13 +139,9 @@ class PreprocessHandlers:
     # -- handlers ---------------------------------------------------------------------------------
     async def on_control(self, msg: Msg) -> None:
         """A stopped session gives its MediaPipe graph back at once (not after the idle timeout)."""
-        try:
-            control = Control.decode(msg.data)
-            subject_session = self.ctx.subjects.session_of(msg.subject)
-        except (SchemaError, InvalidSessionId):
-            return  # the generator owns control errors
-        if control.session_id != subject_session:
-            return  # another session's name on this one's subject: never close that one
+        control = control_for(self.ctx.subjects, msg.subject, msg.data)
+        if control is None:
+            return  # the generator answers invalid control (a stop naming another session closes nothing)
         if control.action in ("start", "swap") and control.garment_id:
             self._garment_of.put(control.session_id, control.garment_id)
             if control.garment_id not in self._category_of:

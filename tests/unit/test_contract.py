@@ -8,6 +8,8 @@ import pytest
 
 from runtime.metrics import percentiles
 from runtime.settings import BaseSettings, SettingsError
+from shared import control as controls
+from shared.errors import CodedError
 from shared.headers import FrameMeta, HeaderError
 from shared.schemas import Conditioning, Control, Event, SchemaError, pack_array, unpack_array
 from shared.subjects import Channel, InvalidSessionId, Subjects
@@ -165,6 +167,21 @@ def test_control_validation_errors_are_clear(mutate, needle: str) -> None:
 def test_garbage_payloads_raise_schema_error(raw: bytes) -> None:
     with pytest.raises(SchemaError):
         Event.decode(raw)
+
+
+def test_control_is_read_for_the_session_its_subject_names() -> None:
+    s = Subjects("p")
+    stop = controls.stop("alice")
+    assert controls.read_control(s, s.control("alice"), stop.encode()) == stop
+    with pytest.raises(CodedError) as exc:  # alice's token may publish there, naming bob
+        controls.read_control(s, s.control("alice"), controls.stop("bob").encode())
+    assert exc.value.code == "session_mismatch" and exc.value.data["event_id"]
+    with pytest.raises(SchemaError):
+        controls.read_control(s, s.control("alice"), b"\x93junk")
+    with pytest.raises(InvalidSessionId):
+        controls.read_control(s, "p._svc.control", stop.encode())
+    assert controls.control_for(s, s.control("alice"), controls.stop("bob").encode()) is None
+    assert controls.control_for(s, s.control("alice"), stop.encode()) == stop
 
 
 def test_arrays_travel_compactly_and_validate() -> None:
