@@ -261,7 +261,7 @@ class SessionControl:
         state = None if known is None or served is not None else known.state
         served = sessions.open(sid, garment, backend, state, previous=served)
         served.remember_event(control.event_id)
-        await self._store.save(served, control)
+        await self._store.save(served)
         await self.events.emit(
             "session_started", sid, "started", garment_id=garment.garment_id, backend=backend
         )
@@ -300,7 +300,7 @@ class SessionControl:
         if replaced is not None:  # applied but never shown: this swap overtook it
             await self.answer_superseded(sid, replaced.event_id, replaced.garment_id, control.event_id)
         await self._rerender(served)  # first: the shopper sees the swap before we persist it
-        await self._store.save(served, control)
+        await self._store.save(served)
         return False
 
     async def _stop(self, control: Control, received_ns: int) -> bool:

@@ -89,7 +89,6 @@ class ServedSession(ControlMemory):
     session_id: str
     garment: Garment
     backend: str
-    epoch: int = 0
     swap_published_ns: int = 0  # when the swap in effect was published (0: none yet)
     renderer: Renderer | None = None
     in_flight: list[Renderer] = field(default_factory=list)  # renderers drawing on a worker thread
@@ -169,17 +168,13 @@ class ServedSession(ControlMemory):
         self.remember_event(control.event_id)
         return stale, replaced
 
-    def next_state(self, control: Control | None) -> SessionState:
-        """The durable record after a change: a new epoch, the garment in effect, the applied ids."""
-        self.epoch += 1
+    def next_state(self) -> SessionState:
+        """The durable record after a change: the garment in effect, the applied ids, the swap
+        not yet shown."""
         return SessionState(
             session_id=self.session_id,
             garment_id=self.garment.garment_id,
             backend=self.backend,
-            width=control.width if control else 0,
-            height=control.height if control else 0,
-            fps=control.fps if control else 0.0,
-            epoch=self.epoch,
             applied_events=self.applied_events,
             updated_ns=time.time_ns(),
             swap_published_ns=self.swap_published_ns,
@@ -240,10 +235,10 @@ class SessionTable:
         previous: ServedSession | None = None,
     ) -> ServedSession:
         """Serve a session: fresh, from its stored state (a restart of this worker), or replacing
-        ``previous`` (a ``start`` on a running session keeps its idempotency memory and epoch)."""
+        ``previous`` (a ``start`` on a running session keeps its idempotency memory)."""
         if session_id not in self._sessions and len(self._sessions) >= self.max_sessions:
             raise CodedError("at_capacity", f"this worker runs {len(self._sessions)} sessions, its maximum")
-        served = ServedSession(session_id, garment, backend, epoch=state.epoch if state else 0)
+        served = ServedSession(session_id, garment, backend)
         if state is not None:
             served.applied_events = list(state.applied_events)
             served.swap_published_ns = state.swap_published_ns
@@ -253,7 +248,7 @@ class SessionTable:
                     state.pending_event_id, state.garment_id, state.swap_published_ns, now, now, now
                 )
         if previous is not None:
-            served.applied_events, served.epoch = list(previous.applied_events), previous.epoch
+            served.applied_events = list(previous.applied_events)
             served.swap_published_ns = previous.swap_published_ns
         self._sessions[session_id] = served
         return served

@@ -22,7 +22,7 @@ from runtime import revocations
 from runtime.jetstream import key_value
 from runtime.logging import RateLimitedLog, get_logger
 from services.generator.lifecycle import ServedSession, StoredSession
-from shared.schemas import Control, SchemaError, SessionState
+from shared.schemas import SchemaError, SessionState
 from shared.subjects import Subjects
 
 log = get_logger("generator")
@@ -73,11 +73,11 @@ class SessionStore:
             log.warning("session_state_corrupt", error=str(exc))
             return None
 
-    async def save(self, served: ServedSession, control: Control | None = None) -> None:
+    async def save(self, served: ServedSession) -> None:
         """Store the session's state; a put that times out (the bucket's leader lost, a new one
         being elected: seconds) is tried again for up to ``SAVE_DEADLINE_S``. A control event is
         acknowledged only after this, so a crash before it means redelivery."""
-        state = served.next_state(control).encode()
+        state = served.next_state().encode()
         deadline = time.monotonic() + SAVE_DEADLINE_S
         while True:
             try:

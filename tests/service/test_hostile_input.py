@@ -282,7 +282,7 @@ async def test_a_stored_garment_that_no_longer_exists_falls_back_to_the_default(
         await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), [settings.default_garment])
         async with serve_in_task("generator", settings, lambda ctx: GeneratorHandlers(ctx, settings)):
             kv = await nc.jetstream().key_value(subjects.session_bucket)
-            stored = SessionState("gone", "no-such-garment", backend="warp", epoch=3)
+            stored = SessionState("gone", "no-such-garment", backend="warp")
             await kv.put("gone", stored.encode())
             watch = await Watch.on(nc, subjects, "gone", out="out")
             admission = Admission(await open_view(nc.jetstream(), subjects), ["generator"])

@@ -93,7 +93,7 @@ async def _send_and_wait(nc, col: Collector, session: str, jpeg: bytes, seq: int
 
 async def test_frames_in_conditioning_out_with_stamped_headers(nats_url: str, bus_photo) -> None:
     cam = MotionCamera(bus_photo, 640, 480)
-    async with _preprocess(nats_url, agnostic_image=True):
+    async with _preprocess(nats_url):
         nc = await connect(nats_url, "test")
         col = await _watch(nc, "pp-out")
         for seq in range(4):
@@ -102,7 +102,7 @@ async def test_frames_in_conditioning_out_with_stamped_headers(nats_url: str, bu
         assert msg.session_id == "pp-out" and (msg.width, msg.height) == (640, 480) and msg.person_found
         assert unpack_array(msg.landmarks).shape == (33, 4)
         assert cond.decode_png(msg.garment_mask_png).shape == (480, 640)
-        assert msg.agnostic_jpeg and msg.person_mask_png
+        assert msg.person_mask_png
         assert [f"{s.stage}.{s.edge}" for s in meta.trace] == [
             "ingest.in",
             "ingest.out",
@@ -210,12 +210,15 @@ async def test_each_session_gets_the_garment_region_its_own_garment_needs(nats_u
         for seq in range(3):
             d = await _send_and_wait(nc, dress, "cat-dress", encode_jpeg(cam.frame(seq)), seq)
             t = await _send_and_wait(nc, tee, "cat-tee", encode_jpeg(cam.frame(seq)), seq)
-        assert (d.category, t.category) == ("dress", "top")
-        dress_px = int(np.count_nonzero(cond.decode_png(d.garment_mask_png)))
-        top_px = int(np.count_nonzero(cond.decode_png(t.garment_mask_png)))
-        assert dress_px > 1.3 * top_px, (dress_px, top_px)  # a dress reaches down the legs
+
+        def area(msg) -> int:  # type: ignore[no-untyped-def]
+            return int(np.count_nonzero(cond.decode_png(msg.garment_mask_png)))
+
+        assert area(d) > 1.3 * area(t), (area(d), area(t))  # a dress reaches down the legs
         await nc.publish(SUBJ.control("cat-dress"), swap("cat-dress", "tee-red-solid").encode())
         await nc.flush()
         await _until(lambda: pre.category("cat-dress") == "top")
-        assert (await _send_and_wait(nc, dress, "cat-dress", encode_jpeg(cam.frame(5)), 5)).category == "top"
+        d = await _send_and_wait(nc, dress, "cat-dress", encode_jpeg(cam.frame(5)), 5)
+        t = await _send_and_wait(nc, tee, "cat-tee", encode_jpeg(cam.frame(5)), 5)
+        assert abs(area(d) - area(t)) < 0.1 * area(t), (area(d), area(t))  # a top region now
         await nc.drain()
