@@ -71,14 +71,14 @@ class Recorder:
         return [e for e in self.events if e.code == code]
 
 
-async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
+async def starter_colours(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
     """Add the starter catalogue (idempotent) and return each garment's dominant colours."""
-    from services.garments.starter import load_catalogue as add_catalogue
+    from services.garments.starter import add_starter_garments
     from shared.garment_client import GarmentClient
 
     client = GarmentClient(nc, subjects, timeout_s=30)
     colours = {}
-    for reply in await add_catalogue(client):
+    for reply in await add_starter_garments(client):
         asset = await client.get(reply.garment_id)
         colours[reply.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
     return colours

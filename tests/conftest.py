@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from harness.natsserver import EmbeddedCluster, EmbeddedNats
 from runtime.media import MediaError, read_image, sample_photo
-from runtime.natsserver import EmbeddedCluster, EmbeddedNats
 
 
 @pytest.fixture(scope="session")

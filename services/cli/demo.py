@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.demo_metrics import demo_quality
-from harness.recorder import Recorder, load_catalogue
+from harness.recorder import Recorder, starter_colours
 from harness.stack import Stack, available_services
 from runtime.bus import connect
 from runtime.media import read_image, sample_photo
@@ -115,7 +115,7 @@ async def _run(
     garments = [g for g in args.garments.split(",") if g]
     generating = "generator" in pipeline
     try:
-        colours = await load_catalogue(nc, subjects) if "garments" in pipeline else {}
+        colours = await starter_colours(nc, subjects) if "garments" in pipeline else {}
         rec = Recorder()
         await nc.subscribe(subjects.conditioning(sid), cb=rec.on_cond)
         await nc.flush()

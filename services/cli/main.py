@@ -287,9 +287,10 @@ def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
     stack.start()
     try:
         if "garments" in names and not args.no_catalogue:
-            asyncio.run(
-                _load_catalogue(stack.url, settings.subject_prefix, args.timeout, stack.admin_credentials)
+            starter = _add_starter_garments(
+                stack.url, settings.subject_prefix, args.timeout, stack.admin_credentials
             )
+            asyncio.run(starter)
         data_dir = str(stack.data_dir) if stack.nats is not None else None
         workers = {c.worker_id: c.health_port for c in stack.children}
         auth = "on" if secure else "off"
@@ -340,20 +341,20 @@ def _record_url(data_dir: Path, url: str, ws_url: str = "") -> None:
     (data_dir / UP_RECORD).write_text(json.dumps(record) + "\n")
 
 
-async def _load_catalogue(
+async def _add_starter_garments(
     url: str,
     subject_prefix: str,
     connect_timeout: float,
     credentials=None,  # type: ignore[no-untyped-def]
 ) -> None:
     from runtime.bus import connect
-    from services.garments.starter import load_catalogue
+    from services.garments.starter import add_starter_garments
     from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
 
     nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout, credentials=credentials)
     try:
-        await load_catalogue(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
+        await add_starter_garments(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
     finally:
         await nc.drain()
 
@@ -513,8 +514,8 @@ def cmd_auth(args: argparse.Namespace, settings: BaseSettings) -> int:
     """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
     trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
     makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
+    from harness.natsserver import server_config
     from harness.stack import KEYS_FILE
-    from runtime.natsserver import server_config
     from services.auth.keys import AuthKeys
     from shared.subjects import Subjects
 

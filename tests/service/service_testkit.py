@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+from harness import probe
 from runtime.fleet.view import open_view
 from services.ingest.admission import Admission
 from shared.errors import CodedError
@@ -31,11 +32,5 @@ async def admit_when_registered(
 
 
 async def until(predicate, timeout: float = 15.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
-    """Poll ``predicate()`` until it holds; on timeout fail with ``what`` (called first when it is
-    callable), the state worth reading when a condition is never met."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            state = what() if callable(what) else what
-            raise AssertionError(f"condition not met in {timeout:g} s; state: {state!r:.2000}")
-        await asyncio.sleep(0.01)
+    """``harness.probe.until`` with the tests' name for its bound."""
+    await probe.until(predicate, timeout, what)

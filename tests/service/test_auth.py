@@ -25,9 +25,9 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError
 
+from harness.natsserver import EmbeddedNats
 from harness.stack import KEYS_FILE
 from runtime.bus import connect
-from runtime.natsserver import EmbeddedNats
 from runtime.service import serve_in_task
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys

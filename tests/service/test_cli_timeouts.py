@@ -15,8 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
+from harness.natsserver import EmbeddedCluster, reserve_port
 from runtime.bus import connect
-from runtime.natsserver import EmbeddedCluster, reserve_port
 from shared.client import NatsUnavailable
 
 pytestmark = pytest.mark.service

@@ -18,9 +18,9 @@ from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.errors import APIError
 from structlog.testing import capture_logs
 
+from harness.natsserver import EmbeddedCluster, reserve_port
 from runtime.bus import ConnectionState, connect
 from runtime.jetstream import control_stream, key_value, object_store
-from runtime.natsserver import EmbeddedCluster, reserve_port
 from services.garments.store import blobs_config, index_config
 from shared import control
 from shared.subjects import Subjects

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.natsserver import find_binary, reserve_port
 from runtime.bus import connect
-from runtime.natsserver import find_binary, reserve_port
 from shared.auth import ENV_KEYS_FILE, ENV_USER, NatsCredentials
 from shared.client import NatsRefused
 from shared.tokens import mint

@@ -26,7 +26,7 @@ from services.camera.source import MotionCamera
 from services.garments.catalogue import spec_by_id
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
-from services.garments.starter import load_catalogue
+from services.garments.starter import add_starter_garments
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
 from services.ingest.admission import Admission
@@ -135,7 +135,7 @@ async def rig(url: str, conditioning: list[Conditioning]) -> AsyncIterator[Rig]:
     gsettings = GarmentSettings(nats_url=url, subject_prefix=prefix, summary_interval_s=60)
     async with serve_in_task("garments", gsettings, lambda ctx: GarmentHandlers(ctx, gsettings)):
         nc = await connect(url, "generator-test")
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
         r = Rig(url, subjects, nc, conditioning)
         try:
             yield r

@@ -26,7 +26,7 @@ from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
-from services.garments.starter import load_catalogue
+from services.garments.starter import add_starter_garments
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
 from services.ingest.admission import Admission
@@ -279,7 +279,7 @@ async def test_a_stored_garment_that_no_longer_exists_falls_back_to_the_default(
     )
     async with serve_in_task("garments", gsettings, lambda ctx: GarmentHandlers(ctx, gsettings)):
         nc = await connect(nats_url, "test")
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), [settings.default_garment])
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=30), [settings.default_garment])
         async with serve_in_task("generator", settings, lambda ctx: GeneratorHandlers(ctx, settings)):
             kv = await nc.jetstream().key_value(subjects.session_bucket)
             stored = SessionState("gone", "no-such-garment", backend="warp")

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 
 import cv2
 import numpy as np
 import pytest
+from service_testkit import until
 
+from harness.natsserver import EmbeddedNats
 from runtime.bus import connect
 from runtime.media import decode_jpeg, encode_jpeg
-from runtime.natsserver import EmbeddedNats
 from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.ingest.handlers import IngestHandlers
@@ -49,12 +50,7 @@ class Collector:
         self.events.append(Event.decode(msg.data))
 
 
-async def _until(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+_until = functools.partial(until, timeout=5.0)
 
 
 async def test_forwards_valid_frames_normalised_and_stamped(nats_url: str) -> None:

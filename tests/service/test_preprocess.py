@@ -4,11 +4,12 @@ errors as events."""
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 import uuid
 
 import numpy as np
 import pytest
+from service_testkit import until
 
 from runtime.bus import connect
 from runtime.fleet.view import open_view
@@ -76,12 +77,7 @@ async def _watch(nc, session: str) -> Collector:
     return col
 
 
-async def _until(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+_until = functools.partial(until, timeout=20.0)
 
 
 async def _send_and_wait(nc, col: Collector, session: str, jpeg: bytes, seq: int) -> Conditioning:
@@ -189,7 +185,7 @@ async def test_each_session_gets_the_garment_region_its_own_garment_needs(nats_u
     it the top region, and a swap changes it."""
     from services.garments.handlers import GarmentHandlers
     from services.garments.settings import GarmentSettings
-    from services.garments.starter import load_catalogue
+    from services.garments.starter import add_starter_garments
     from shared.control import start, swap
     from shared.garment_client import GarmentClient
 
@@ -200,7 +196,8 @@ async def test_each_session_gets_the_garment_region_its_own_garment_needs(nats_u
         _preprocess(nats_url) as pre,
     ):
         nc = await connect(nats_url, "test")
-        await load_catalogue(GarmentClient(nc, SUBJ, timeout_s=60), ["tee-red-solid", "dress-red-solid"])
+        client = GarmentClient(nc, SUBJ, timeout_s=60)
+        await add_starter_garments(client, ["tee-red-solid", "dress-red-solid"])
         pre._catalogue_read_at = float("-inf")  # the garments were added after it started
         dress, tee = await _watch(nc, "cat-dress"), await _watch(nc, "cat-tee")
         await nc.publish(SUBJ.control("cat-dress"), start("cat-dress", "dress-red-solid").encode())

@@ -21,8 +21,8 @@ import pytest
 from nats.js.api import StreamConfig
 
 from harness import stack as stack_module
+from harness.natsserver import EmbeddedNats, NatsServerError
 from harness.stack import Stack
-from runtime.natsserver import EmbeddedNats, NatsServerError
 
 pytestmark = pytest.mark.service
 

@@ -172,7 +172,7 @@ async def _settle(
 async def _measure(
     url: str, pids: dict[str, int], windows: list[Window], args: argparse.Namespace, idle: bool
 ) -> dict[str, Any]:
-    from harness.recorder import Recorder, load_catalogue
+    from harness.recorder import Recorder, starter_colours
     from runtime.bus import connect
     from runtime.settings import BaseSettings
     from services.camera.client import run_camera
@@ -184,7 +184,7 @@ async def _measure(
     nc = await connect(url, "bench-capacity")
     results: dict[str, Any] = {}
     try:
-        await load_catalogue(nc, subjects)
+        await starter_colours(nc, subjects)
         if idle:
             before = cpu_snapshot(pids)
             await asyncio.sleep(args.idle_seconds)

@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from harness import probe
 from tools.bench.common import emit, provenance
 
 if TYPE_CHECKING:
@@ -234,8 +233,7 @@ class Swapper:
 
 # -- the cluster's roles --------------------------------------------------------------------------------
 def _monitor(port: int, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-        return json.loads(resp.read())
+    return probe.get_json(port, path, timeout_s=2)
 
 
 def clients_by_node(monitor_ports: Sequence[int]) -> list[list[str]]:
@@ -272,7 +270,7 @@ async def stream_replicas(nc: NATS, stream: str) -> int | None:
 
 async def cluster_roles(nc: NATS, stack: Stack, subjects: Subjects) -> dict[str, str]:
     """Which node leads the JetStream meta group and each stream and bucket the fleet uses."""
-    from runtime.natsserver import EmbeddedCluster
+    from harness.natsserver import EmbeddedCluster
 
     assert isinstance(stack.nats, EmbeddedCluster)
     roles: dict[str, str] = {}
@@ -327,7 +325,7 @@ async def choose_victim(
             lambda: _kill_child(child),
             {"epoch_before": held[0].epoch, "pid": child.proc.pid},
         )
-    from runtime.natsserver import EmbeddedCluster
+    from harness.natsserver import EmbeddedCluster
 
     cluster = stack.nats
     assert isinstance(cluster, EmbeddedCluster)
@@ -448,7 +446,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
     from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
-    from services.garments.starter import load_catalogue
+    from services.garments.starter import add_starter_garments
     from services.watch.client import Watcher
     from shared import control
     from shared.garment_client import GarmentClient
@@ -464,7 +462,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
     view = None
     camera_stop = asyncio.Event()
     try:
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=60), garments)
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=60), garments)
         view = await open_view(nc.jetstream(), subjects, replicas)
         answers = Answers()
         await nc.subscribe(subjects.events(sid), cb=answers.on_event)

@@ -23,9 +23,9 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from harness.natsserver import EmbeddedNats
 from runtime.bus import connect
 from runtime.metrics import percentiles
-from runtime.natsserver import EmbeddedNats
 from runtime.service import serve_in_task
 from services.garments.catalogue import catalogue_photos, starter_catalogue
 from services.garments.encoder import encoder_version

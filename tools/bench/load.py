@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import probe
 from tools.bench.common import child_pids, cpu_total, emit, process_cpu_s, provenance
 
 if TYPE_CHECKING:
@@ -224,22 +225,13 @@ async def admit_all(
     return sorted(admitted, key=order.__getitem__), refused
 
 
-async def _wait(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
-
-
 async def measure(
     url: str, generator_pids: list[int], recorded: list[Conditioning], args: argparse.Namespace
 ) -> dict:
     from runtime.bus import connect
     from runtime.fleet.view import open_view
     from runtime.settings import BaseSettings
-    from services.garments.starter import load_catalogue
+    from services.garments.starter import add_starter_garments
     from services.ingest.admission import Admission
     from shared.garment_client import GarmentClient
     from shared.headers import now_ns
@@ -251,14 +243,14 @@ async def measure(
     tasks: list[asyncio.Task[None]] = []
     view = None
     try:
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=60), [args.garment])
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=60), [args.garment])
         view = await open_view(nc.jetstream(), subjects)
         now = time.time_ns
 
         def live_workers() -> list[str]:
             return [w.worker_id for w in view.workers("generator") if w.alive(now())]
 
-        if not await _wait(lambda: len(live_workers()) >= args.workers, WORKERS_TIMEOUT_S):
+        if not await probe.wait_for(lambda: len(live_workers()) >= args.workers, WORKERS_TIMEOUT_S, 0.1):
             raise RuntimeError(f"{len(live_workers())} of {args.workers} workers hold a lease: see the logs")
         outputs, errors = Outputs(), Errors()
         await nc.subscribe(
@@ -280,7 +272,7 @@ async def measure(
             tasks.append(asyncio.create_task(run, name=f"publish:{sid}"))
         t_warm = time.monotonic()
         # a session with no output by then is reported starved, not waited for
-        await _wait(lambda: all(outputs.arrivals.get(s) for s in admitted), WARMUP_TIMEOUT_S)
+        await probe.wait_for(lambda: all(outputs.arrivals.get(s) for s in admitted), WARMUP_TIMEOUT_S, 0.1)
         warmup_s = time.monotonic() - t_warm
         await asyncio.sleep(1.0)  # past the first frames' garment fetch and renderer opening
 

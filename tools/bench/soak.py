@@ -110,39 +110,19 @@ class RssSampler:
 
 
 async def measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
-    from runtime.bus import connect
+    from harness.session import open_session
     from runtime.media import read_image, sample_photo
     from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
-    from services.garments.starter import load_catalogue
-    from services.watch.client import Watcher
-    from shared import control
-    from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
     sid = args.session
-    admin = await connect(stack.url, "bench-soak-admin", credentials=stack.admin_credentials)
-    await load_catalogue(GarmentClient(admin, subjects, timeout_s=60), [GARMENT])
-    nc = await connect(stack.url, f"soak-{sid}", credentials=stack.session_credentials(sid))
-    watcher = Watcher(nc, subjects, sid, keep_frames=False)
-    await watcher.start()
-    started = asyncio.Event()
-
-    async def on_event(msg: Any) -> None:
-        if b"session_started" in msg.data:
-            started.set()
-
-    await nc.subscribe(subjects.events(sid), cb=on_event)
-    await nc.flush()
-    await control.publish_control(
-        nc,
-        subjects,
-        control.start(sid, GARMENT, "warp", args.width, args.height, args.fps),
-        ensure_stream=stack.secure is False,
+    live = await open_session(
+        stack, subjects, sid, GARMENT, width=args.width, height=args.height, fps=args.fps, name="bench-soak"
     )
-    await asyncio.wait_for(started.wait(), 60)
+    admin, nc, watcher = live.admin, live.client.nc, live.watcher
 
     sampler = RssSampler({c.worker_id: c.proc.pid for c in stack.children})
     sent = 0
