@@ -3,7 +3,7 @@ measured figures only.
 
 - Warp path (CPU): the real pipeline (the ``chameleon demo`` stack: garments, ingest, preprocess,
   generator, nats-server) serves one session of a 15 fps camera; every process's CPU time
-  (user + sys from ``/proc/<pid>/stat``) is read before and after the measured window and divided
+  (user + sys, psutil) is read before and after the measured window and divided
   by the frames that came out: CPU ms per frame per stage, cores per session. Measured twice: the
   demo framing (a moving camera over the full sample photo, the person small) and a close-up (the
   person fills the frame), because the renderer's cost grows with the garment's area on screen.

@@ -59,6 +59,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from harness import probe
 from harness.session import open_session
 from tools.bench.common import emit, provenance
@@ -74,27 +76,13 @@ GOALS = {"crashes": 0, "unaccounted": 0, "neighbour_fps_ratio": 0.9, "log_lines_
 
 
 # -- the arithmetic (pure) ----------------------------------------------------------------------------
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
 Sample = tuple[str, dict[str, str], float]
 
 
 def parse_metrics(text: str) -> list[Sample]:
-    """Prometheus text exposition → ``(name, labels, value)`` samples (comments skipped)."""
-    out: list[Sample] = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), value))
-    return out
+    """Prometheus text exposition → ``(name, labels, value)`` samples, read by prometheus_client's
+    own parser (the services write it with the same library)."""
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
 
 
 def metric_sum(samples: Iterable[Sample], name: str, **labels: str) -> float:

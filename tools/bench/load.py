@@ -15,7 +15,7 @@ admitted session has produced output:
 - ``latency_ms``: publish of the conditioning -> this process receiving the output (bus + generator);
 - ``placement``: owner records per live generator worker (``FleetView.owned``);
 - ``control_plane_cpu_ms_per_session_s``: the generator processes' CPU time (user + system, from
-  ``/proc/<pid>/stat``) per second of one session. The sim service time is ``time.sleep``, which
+  psutil) per second of one session. The sim service time is ``time.sleep``, which
   costs no CPU time, so nothing has to be subtracted for it: what remains is decode, routing,
   leases, KV watches, encode and publish.
 

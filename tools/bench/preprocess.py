@@ -14,25 +14,19 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import sys
 import time
 
 import numpy as np
+
+from tools.bench.common import rss_kib
 
 WARMUP_FRAMES = 30
 FRAME_MS = 1000.0 / 30.0
 
 
 def rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return rss_kib(os.getpid()) / 1024.0
 
 
 def machine() -> dict[str, object]:

@@ -5,7 +5,7 @@ The demo pipeline (garments, ingest, preprocess, generator with the warp backend
 ``--insecure``) from ``harness.stack.Stack``, one session streaming ``--frames`` frames of a
 moving camera over the sample photo at ``--fps`` (default 30: faster than the warp pipeline
 sustains on a small machine, so the services run full; 15 for a camera's rate). Every
-``--sample-s`` seconds the resident set (``VmRSS`` in ``/proc/<pid>/status``) of each service
+``--sample-s`` seconds the resident set (psutil) of each service
 process is read. Reported:
 
 - ``rss_growth_ratio``: per service, its RSS when the last frame was sent over its RSS once the
@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bench.common import emit, provenance
+import psutil
+
+from tools.bench.common import emit, provenance, rss_kib
 
 SERVICES = ["garments", "ingest", "preprocess", "generator"]
 GARMENT = "tee-red-solid"
@@ -41,14 +43,6 @@ GOAL_RSS_GROWTH = 1.05
 
 
 # -- the arithmetic (pure) ----------------------------------------------------------------------------
-def rss_kib(status_text: str) -> int | None:
-    """``VmRSS`` of a ``/proc/<pid>/status`` text, in KiB (None for a process without one)."""
-    for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None
-
-
 def growth_ratio(warm: float, end: float) -> float:
     return end / warm if warm > 0 else 0.0
 
@@ -96,12 +90,10 @@ class RssSampler:
     def sample(self, frames_sent: int) -> None:
         for name, pid in self.pids.items():
             try:
-                with open(f"/proc/{pid}/status", encoding="ascii") as f:
-                    kib = rss_kib(f.read())
-            except OSError:  # exited: the report's crash count says so
+                kib = rss_kib(pid)
+            except psutil.Error:  # exited: the report's crash count says so
                 continue
-            if kib is not None:
-                self.samples.setdefault(name, []).append((frames_sent, kib))
+            self.samples.setdefault(name, []).append((frames_sent, kib))
 
     def at(self, name: str, frames: int) -> int:
         """The first sample taken with at least ``frames`` sent (the last one if none)."""
