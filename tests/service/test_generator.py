@@ -256,14 +256,19 @@ async def test_two_sessions_never_mix(nats_url: str, conditioning) -> None:
                 assert nearest_garment(drawn_colour(img, conditioning[meta.seq]), GARMENTS) == want
 
 
+async def _four_frames_then_no_generator(r: Rig, v: Viewer, session: str) -> None:
+    """A session started and streaming on a generator that then stops (its control is kept)."""
+    async with generator(r.url, r.subjects.prefix, backend="warp"):
+        await r.control(control.start(session, "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream(session, range(4))
+        await until(lambda: len(v.frames) == 4)
+
+
 async def test_swap_published_while_the_generator_restarts_is_applied(nats_url: str, conditioning) -> None:
     async with rig(nats_url, conditioning) as r:
         v = await r.viewer("w5")
-        async with generator(nats_url, r.subjects.prefix, backend="warp"):
-            await r.control(control.start("w5", "tee-red-solid"))
-            await until(lambda: "started" in v.codes())
-            await r.stream("w5", range(4))
-            await until(lambda: len(v.frames) == 4)
+        await _four_frames_then_no_generator(r, v, "w5")
         swap = control.swap("w5", "tee-yellow-dots")
         await r.control(swap)  # no generator is running: the stream keeps it
         async with generator(nats_url, r.subjects.prefix, backend="warp"):
@@ -281,11 +286,7 @@ async def test_swaps_queued_while_no_generator_runs_show_only_the_newest(nats_ur
     ``swap_superseded`` by it, and no frame ever shows an overtaken garment."""
     async with rig(nats_url, conditioning) as r:
         v = await r.viewer("w6")
-        async with generator(nats_url, r.subjects.prefix, backend="warp"):
-            await r.control(control.start("w6", "tee-red-solid"))
-            await until(lambda: "started" in v.codes())
-            await r.stream("w6", range(4))
-            await until(lambda: len(v.frames) == 4)
+        await _four_frames_then_no_generator(r, v, "w6")
         swaps = [control.swap("w6", g) for g in ("shirt-blue-checks", "tee-yellow-dots", "shirt-blue-checks")]
         for swap in swaps:  # no generator is running: the stream keeps them
             await r.control(swap)

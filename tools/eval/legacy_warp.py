@@ -14,13 +14,11 @@ A session maps a swap onto the paper's three operations (see ``WarpRenderer.swap
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from runtime.lru import LRU
 from services.generator.rendering import FrameInput, Garment, RenderedFrame
 from services.generator.warp.geometry import GarmentGeometry, body_mesh
 from services.generator.warp.raster import mesh_bounds, warp_layers
@@ -68,20 +66,16 @@ def _bleed(texture: np.ndarray) -> np.ndarray:
 
 class PreparedGarments:
     """This renderer's per-garment data (its edge-bled texture, the canvas mesh), once per garment
-    and texture content, shared by the renderers a swap makes."""
+    id (the baseline only ever sees catalogue garments), shared by the renderers a swap makes."""
 
-    def __init__(self, capacity: int = 64) -> None:
-        self._items: LRU[tuple[str, bytes], tuple[np.ndarray, GarmentGeometry]] = LRU(capacity)
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[np.ndarray, GarmentGeometry]] = {}
 
     def get(self, garment: Garment) -> tuple[np.ndarray, GarmentGeometry]:
-        tex = garment.texture_bgra
-        if tex.ndim != 3 or tex.shape[2] != 4 or tex.dtype != np.uint8:
-            raise ValueError(f"garment texture must be HxWx4 uint8 BGRA, got {tex.shape} {tex.dtype}")
-        key = (garment.garment_id, hashlib.blake2b(np.ascontiguousarray(tex), digest_size=12).digest())
-        item = self._items.get(key)
+        item = self._items.get(garment.garment_id)
         if item is None:
-            item = (_bleed(tex), GarmentGeometry.from_keypoints(garment.keypoints, garment.category))
-            self._items.put(key, item)
+            geometry = GarmentGeometry.from_keypoints(garment.keypoints, garment.category)
+            item = self._items[garment.garment_id] = (_bleed(garment.texture_bgra), geometry)
         return item
 
 
