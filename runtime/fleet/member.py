@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
@@ -19,6 +20,14 @@ from runtime.logging import get_logger
 from shared.subjects import Subjects
 
 log = get_logger("fleet")
+
+
+class WorkerSettings(Protocol):
+    worker_name: str
+    max_sessions: int
+    lease_s: float
+    js_replicas: int
+
 
 ServeHook = Callable[[str, Ownership], Awaitable[None]]
 StopHook = Callable[[str, str], Awaitable[None]]
@@ -66,6 +75,32 @@ class FleetMember:
         self._renew_failed = False
         self._sweep_after = 0.0  # monotonic time before which this worker re-places nothing
         self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def of_worker(
+        cls,
+        js: JetStreamContext,
+        subjects: Subjects,
+        stage: str,
+        settings: WorkerSettings,
+        on_serve: ServeHook,
+        on_unserve: StopHook,
+        **options: Any,
+    ) -> FleetMember:
+        """A stateful worker's membership as its settings describe it (its name, capacity, lease
+        and the replicas of the buckets it creates)."""
+        return cls(
+            js,
+            subjects,
+            stage,
+            settings.worker_name,
+            settings.max_sessions,
+            settings.lease_s,
+            on_serve,
+            on_unserve,
+            replicas=settings.js_replicas,
+            **options,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:

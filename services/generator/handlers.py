@@ -82,18 +82,15 @@ class GeneratorHandlers:
         backend = resolve(settings.backend, settings)
         await self.sessions.backend(backend)  # warm before frames arrive
         self.sessions.garments.prefetch()
-        self.fleet = FleetMember(
+        self.fleet = FleetMember.of_worker(
             js,
             ctx.subjects,
             ctx.name,
-            settings.worker_name,
-            settings.max_sessions,
-            settings.lease_s,
-            on_serve=self._serve,
-            on_unserve=self._unserve,
+            settings,
+            self._serve,
+            self._unserve,
             backend=backend,
             free_slots=self.sessions.backends[backend].free_slots,
-            replicas=settings.js_replicas,
         )
         self.stage.owner = self.fleet
         await self.stage.start(all_sessions=False)

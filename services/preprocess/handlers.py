@@ -84,16 +84,8 @@ class PreprocessHandlers:
             on_idle=self.on_idle,
         )
         self._subs: list[Subscription] = []
-        self.fleet = FleetMember(
-            ctx.nc.jetstream(),
-            ctx.subjects,
-            ctx.name,
-            settings.worker_name,
-            settings.max_sessions,
-            settings.lease_s,
-            on_serve=self._serve,
-            on_unserve=self._unserve,
-            replicas=settings.js_replicas,
+        self.fleet = FleetMember.of_worker(
+            ctx.nc.jetstream(), ctx.subjects, ctx.name, settings, self._serve, self._unserve
         )
         self.stage.owner = self.fleet
 

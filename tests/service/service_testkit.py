@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from harness import probe
 from runtime.fleet.view import open_view
 from services.ingest.admission import Admission
 from shared.errors import CodedError
 from shared.subjects import Subjects
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def admit_when_registered(
@@ -34,3 +40,23 @@ async def admit_when_registered(
 async def until(predicate, timeout: float = 15.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
     """``harness.probe.until`` with the tests' name for its bound."""
     await probe.until(predicate, timeout, what)
+
+
+async def spawn_service(module: str, nats_url: str, prefix: str, worker_id: str, **env: str):  # type: ignore[no-untyped-def]
+    """A service as deployed: a process of its own (JSON logs on a stderr pipe to read)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "CHAMELEON_NATS_URL": nats_url,
+            "CHAMELEON_SUBJECT_PREFIX": prefix,
+            "CHAMELEON_WORKER_ID": worker_id,
+            "CHAMELEON_LOG_JSON": "true",
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )

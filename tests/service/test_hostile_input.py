@@ -6,16 +6,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from service_testkit import admit_when_registered
+from service_testkit import admit_when_registered, spawn_service
 from service_testkit import until as _until
 from structlog.testing import capture_logs
 
@@ -140,22 +137,8 @@ async def test_preprocess_reports_a_lying_jpeg_as_bad_frame_and_prints_only_json
     """A lying JPEG that reaches preprocess (published on ``ingested`` directly) used to make it
     print libjpeg's raw warning for every frame and report ``no_person``; the service runs as a
     process of its own, as deployed, so its whole stderr is seen."""
-    env = {
-        **os.environ,
-        "CHAMELEON_NATS_URL": nats_url,
-        "CHAMELEON_SUBJECT_PREFIX": SUBJ.prefix,
-        "CHAMELEON_WORKER_ID": "hostile-pre",
-        "CHAMELEON_SUMMARY_INTERVAL_S": "1",
-        "CHAMELEON_LOG_JSON": "true",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.preprocess.main",
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    proc = await spawn_service(
+        "services.preprocess.main", nats_url, SUBJ.prefix, "hostile-pre", CHAMELEON_SUMMARY_INTERVAL_S="1"
     )
     lying = with_sof_size(_jpeg(176, 144), 640, 480)
     nc = await connect(nats_url, "test")
