@@ -135,7 +135,7 @@ def b64url_decode(text: str) -> bytes:
 class TokenClaims:
     """What a session token says: the one session it opens, when it was issued (Unix seconds, to the
     millisecond: a session stopped and restarted within a second must tell its tokens apart) and
-    when it expires, and its id. Signed by the token key (``services/auth/tokens.py``)."""
+    when it expires, and its id. Signed by the token key (``shared/tokens.py``)."""
 
     session_id: str
     issued_at: float

@@ -14,12 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 from nats.aio.client import Client as NATS
 
-from shared.bus import publish_frame
-from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg
+from runtime.media import encode_jpeg
+from shared.client import camera_frame, publish_frame
+from shared.headers import now_ns
 from shared.subjects import Subjects
-
-STAGE = "camera"
 
 
 @dataclass
@@ -73,9 +71,7 @@ async def run_camera(
                 report.skipped += missed
                 seq += missed
         capture = now_ns()
-        meta = FrameMeta(session_id=session_id, seq=seq, capture_ns=capture, width=w, height=h)
-        meta.stamp(STAGE, "out", capture)
-        if await publish_frame(nc, subject, jpeg, meta):
+        if await publish_frame(nc, subject, jpeg, camera_frame(session_id, seq, w, h, capture)):
             report.published += 1
             report.first_capture_ns = report.first_capture_ns or capture
             report.last_capture_ns = capture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.settings import BaseSettings
+from runtime.settings import BaseSettings
 
 
 @dataclass(frozen=True)

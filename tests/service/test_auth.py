@@ -25,15 +25,16 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError
 
+from harness.natsserver import EmbeddedNats
+from harness.stack import KEYS_FILE
+from runtime.bus import connect
+from runtime.service import serve_in_task
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
-from services.cli.stack import KEYS_FILE
 from shared import control
 from shared.auth import ADMIN_USER, SYSTEM_USER, NatsCredentials
-from shared.bus import NatsRefused, connect
-from shared.natsserver import EmbeddedNats
-from shared.service import serve_in_task
+from shared.client import NatsRefused
 from shared.subjects import Channel, Subjects
 from shared.tokens import mint
 

@@ -290,7 +290,7 @@ def test_keys_are_made_once_kept_private_and_completed(tmp_path: Path) -> None:
 def test_a_secure_stack_gives_each_child_its_own_user_and_never_a_session_token(
     keys: AuthKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     monkeypatch.setenv("CHAMELEON_TOKEN", mint(keys.token_seed, "alice", 60))
     secure = Stack(["ingest", "generator"], secure=True, keys=keys)

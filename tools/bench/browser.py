@@ -88,8 +88,8 @@ def write_y4m(path: Path, frames: Iterator[np.ndarray], fps: int = 15) -> int:
 
 def fake_webcam(path: Path, frames: int = 60, fps: int = 15) -> Path:
     """The sample photo through a slowly moving camera, 640x480: a real person for the pipeline."""
+    from runtime.media import read_image, sample_photo
     from services.camera.source import Motion, MotionCamera
-    from shared.media import read_image, sample_photo
 
     camera = MotionCamera(read_image(str(sample_photo("bus.jpg"))), 640, 480, Motion(period=frames))
     write_y4m(path, camera.frames(frames), fps)
@@ -232,7 +232,7 @@ def click_garment(page: Any, garment_id: str) -> None:
 
 # -- the benchmark ----------------------------------------------------------------------------------------
 def percentiles(values: list[float]) -> dict[str, float]:
-    from shared.metrics import percentiles as nearest_rank
+    from runtime.metrics import percentiles as nearest_rank
 
     p = nearest_rank(values, (50, 95))
     return {"p50": round(p["p50"], 1), "p95": round(p["p95"], 1)}

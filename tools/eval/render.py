@@ -135,11 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG here")
     args = parser.parse_args(argv)
 
+    from harness.quality import write_rows
     from services.garments.catalogue import spec_by_id
     from services.generator.warp import WarpRenderer
-    from services.generator.warp.legacy import LegacyWarpRenderer
     from tools.eval.figure import POSES, make_eval_clip
-    from tools.quality import write_rows
+    from tools.eval.legacy_warp import LegacyWarpRenderer
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from runtime.logging import get_logger
 from services.generator.engine.autoencoder import CausalVideoAutoencoder
 from services.generator.engine.config import EngineConfig
-from shared.logging import get_logger
 from tools.training.data import Clip, make_clip
 
 log = get_logger("training")

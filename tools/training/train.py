@@ -42,13 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from runtime.logging import configure_logging
+from runtime.settings import BaseSettings
 from services.generator.engine.autoencoder import CausalVideoAutoencoder
 from services.generator.engine.config import EngineConfig, get_config
 from services.generator.engine.sampler import FlowMatchSchedule
 from services.generator.engine.transformer import CausalVideoDiT, teacher_forcing_mask
 from services.generator.engine.weights import build_modules, load_weights, save_weights
-from shared.logging import configure_logging
-from shared.settings import BaseSettings
 from tools.training.common import (
     STUDENT_WARMUP,
     ClipPool,

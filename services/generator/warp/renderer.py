@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
+from runtime.lru import LRU
 from services.generator.rendering import AtCapacity, FrameInput, Garment, RenderedFrame
 from services.generator.warp import mapping, region
 from services.generator.warp.geometry import GarmentGeometry
 from services.generator.warp.region import ARMS, RegionConfig, SkinModel
 from services.generator.warp.shading import ShadingConfig, shading_gain
 from shared.body import LM, head_mask
-from shared.lru import LRU
 
 
 @dataclass(frozen=True)
@@ -584,9 +583,8 @@ class PreparedGarments:
     by its sessions, so a swap does not redo it: the renderer's analogue of the paper's
     precomputed garment K/V. Keyed by garment id and texture content; least recently used evicted."""
 
-    def __init__(self, capacity: int = 64, bleed: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(self, capacity: int = 64) -> None:
         self._items: LRU[tuple[str, bytes], tuple[np.ndarray, GarmentGeometry]] = LRU(capacity)
-        self._bleed = bleed or _bleed  # the legacy renderer brings its own edge fill
 
     def get(self, garment: Garment) -> tuple[np.ndarray, GarmentGeometry]:
         tex = garment.texture_bgra
@@ -595,7 +593,7 @@ class PreparedGarments:
         key = (garment.garment_id, hashlib.blake2b(np.ascontiguousarray(tex), digest_size=12).digest())
         item = self._items.get(key)
         if item is None:
-            item = (self._bleed(tex), GarmentGeometry.from_keypoints(garment.keypoints, garment.category))
+            item = (_bleed(tex), GarmentGeometry.from_keypoints(garment.keypoints, garment.category))
             self._items.put(key, item)
         return item
 
