@@ -3,6 +3,7 @@ ratio, the goals, and the message plan."""
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections import Counter
 
@@ -127,9 +128,12 @@ def test_soak_reads_rss_and_its_growth() -> None:
     from tools.bench.soak import growth_ratio
 
     before = rss_kib(os.getpid())
-    ballast = np.ones(32 * 1024 * 1024, np.uint8)  # 32 MiB, touched
+    # 32 MiB of fresh pages, touched: an anonymous map of its own (numpy's allocator may hand back
+    # heap memory earlier tests freed, still resident, and the RSS would not move)
+    ballast = mmap.mmap(-1, 32 * 1024 * 1024)
+    np.frombuffer(ballast, np.uint8)[::4096] = 1
     assert rss_kib(os.getpid()) - before > 30 * 1024
-    del ballast
+    ballast.close()
     assert growth_ratio(320.0, 336.0) == pytest.approx(1.05)
     assert growth_ratio(0.0, 10.0) == 0.0
 
