@@ -23,6 +23,7 @@ const page = {
   outFps: new FpsMeter(),
   camFps: new FpsMeter(),
   latency: new Samples(600),
+  drawLog: [], // [wall-clock ms when drawn, glass-to-glass ms] per drawn frame: what the bench reads
   parts: { upload: new Samples(600), services: new Samples(600), deliver: new Samples(600) },
   swaps: new SwapTimer(),
   gate: new SendGate(),
@@ -209,7 +210,10 @@ async function drawLoop() {
       page.outFps.tick(drawnMs);
       if (item.meta.captureNs !== null) {
         const drawnNs = nowNs();
-        page.latency.add(nsToMs(drawnNs - item.meta.captureNs));
+        const latencyMs = nsToMs(drawnNs - item.meta.captureNs);
+        page.latency.add(latencyMs);
+        page.drawLog.push([nsToMs(drawnNs), latencyMs]);
+        if (page.drawLog.length > 6000) page.drawLog.splice(0, 1000);
         addLatencyParts(item.meta, drawnNs);
       }
       if (item.meta.garmentId) {
@@ -358,6 +362,7 @@ function stats() {
     frames_sent: page.gate.sent,
     latency_ms: { p50: page.latency.p(50), p95: page.latency.p(95), count: page.latency.count },
     latency_all_ms: page.latency.all.slice(-5000),
+    draw_log: page.drawLog.slice(),
     latency_parts_ms: Object.fromEntries(
       Object.entries(page.parts).map(([k, s]) => [k, { p50: s.p(50), p95: s.p(95) }]),
     ),
