@@ -33,6 +33,7 @@ from nats.js.kv import KeyValue
 from prometheus_client import Counter, Histogram
 
 from services.generator.backends import make_backend, resolve
+from services.generator.downlink import OutputQuality
 from services.generator.garment_cache import GarmentCache
 from services.generator.inputs import frame_input
 from services.generator.lifecycle import ServedSession, SessionTable, superseded
@@ -49,7 +50,7 @@ from shared.jetstream import key_value
 from shared.logging import RateLimitedLog, get_logger
 from shared.media import encode_jpeg
 from shared.metrics import LATENCY_BUCKETS_S
-from shared.schemas import Conditioning, Control, SchemaError, SessionState
+from shared.schemas import Conditioning, Control, ReceiverReport, SchemaError, SessionState
 from shared.service import ServiceContext
 from shared.stage import FrameDropped, FrameStage, StageOutput
 from shared.subjects import Channel, InvalidSessionId
@@ -97,6 +98,13 @@ class GeneratorHandlers:
             ["service", "action", "outcome"],
             registry=ctx.metrics.registry,
         )
+        self.receiver_reports = Counter(
+            "chameleon_receiver_reports_total",
+            "Viewers' receiver reports by outcome (a changed output quality, kept, not ours, bad)",
+            ["service", "outcome"],
+            registry=ctx.metrics.registry,
+        )
+        self.output_quality: dict[str, OutputQuality] = {}  # per served session, from its viewer
         self._lines = RateLimitedLog(log, burst=3)  # per service: junk control costs no line each
         self._subs: list[Subscription] = []
         self._control_tasks: dict[str, asyncio.Task[None]] = {}
@@ -142,6 +150,8 @@ class GeneratorHandlers:
             replicas=self.settings.js_replicas,
         )
         self.stage.owner = self.fleet
+        feedback = ctx.subjects.all_sessions(Channel.FEEDBACK)
+        self._subs.append(await ctx.nc.subscribe(feedback, cb=self.on_receiver_report))
         await self.stage.start(all_sessions=False)
         await self.fleet.start()
 
@@ -436,6 +446,35 @@ class GeneratorHandlers:
         if rendered is not None:
             await self.stage.publish(served.session_id, self._outputs(served, rendered), t_in)
 
+    async def on_receiver_report(self, msg: Msg) -> None:
+        """A viewer's receiver report fits its session's output quality (``downlink``); only the
+        owner of the session keeps one, every other worker ignores it."""
+        try:
+            report = ReceiverReport.decode(msg.data)
+            if report.session_id != self.ctx.subjects.session_of(msg.subject):
+                raise SchemaError("receiver_report session_id differs from its subject")
+        except (SchemaError, InvalidSessionId) as exc:
+            self.receiver_reports.labels(self.ctx.name, "bad").inc()
+            self._lines.warning("receiver_report_rejected", key="bad_report", error=str(exc))
+            return
+        sid = report.session_id
+        if self.table.get(sid) is None:
+            self.receiver_reports.labels(self.ctx.name, "not_served").inc()
+            return
+        fit = self.output_quality.get(sid)
+        if fit is None:
+            fit = self.output_quality[sid] = OutputQuality(
+                self.settings.out_jpeg_quality, self.settings.out_min_jpeg_quality
+            )
+        changed = fit.on_report(report)
+        self.receiver_reports.labels(self.ctx.name, "changed" if changed else "kept").inc()
+        if changed:
+            log.info("output_quality", session_id=sid, quality=fit.quality, queue_ms=report.queue_ms)
+
+    def _out_quality(self, session_id: str) -> int:
+        fit = self.output_quality.get(session_id)
+        return fit.quality if fit is not None else self.settings.out_jpeg_quality
+
     # -- frames -----------------------------------------------------------------------------------
     async def process(self, session_id: str, msg: Msg, meta: FrameMeta) -> list[StageOutput]:
         try:
@@ -470,7 +509,8 @@ class GeneratorHandlers:
         """Draw off the loop; None when the renderer was replaced meanwhile (then it is closed)."""
         served.in_flight.append(renderer)
         try:
-            rendered = await asyncio.to_thread(self._draw, renderer, inp)
+            quality = self._out_quality(served.session_id)
+            rendered = await asyncio.to_thread(self._draw, renderer, inp, quality)
         finally:
             served.in_flight.remove(renderer)
         if served.renderer is not renderer:
@@ -479,10 +519,9 @@ class GeneratorHandlers:
             return None
         return rendered
 
-    def _draw(self, renderer: Renderer, inp: FrameInput) -> list[tuple[RenderedFrame, bytes]]:
+    def _draw(self, renderer: Renderer, inp: FrameInput, quality: int) -> list[tuple[RenderedFrame, bytes]]:
         """Render and encode in ONE worker-thread trip: each trip is a wake-up of the event loop
         and of a pool thread, which on a busy machine costs more than the JPEG itself."""
-        quality = self.settings.out_jpeg_quality
         return [(frame, encode_jpeg(frame.image_bgr, quality)) for frame in renderer.render(inp)]
 
     def _outputs(
@@ -596,6 +635,7 @@ class GeneratorHandlers:
         if (ending := self.table.get(sid)) is not None:
             await self._flush(ending)
         served = self.table.close(sid)
+        self.output_quality.pop(sid, None)
         if served is None:
             return
         self.ctx.stats.forget(sid)
@@ -611,7 +651,7 @@ class GeneratorHandlers:
         renderer = served.renderer
         if renderer is None or served.in_flight:
             return
-        t_in, quality = now_ns(), self.settings.out_jpeg_quality
+        t_in, quality = now_ns(), self._out_quality(served.session_id)
         try:
             rendered = await asyncio.to_thread(
                 lambda: [(f, encode_jpeg(f.image_bgr, quality)) for f in renderer.flush()]

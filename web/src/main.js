@@ -5,7 +5,7 @@
 import { ChameleonSession } from "./client.js";
 import { FreshnessFilter, LatestSlot, Ticker } from "./frames.js";
 import { FpsMeter, Samples, SwapTimer } from "./meters.js";
-import { LinkFitter, RateMeter, SendPacer } from "./pacing.js";
+import { LinkFitter, RateMeter, ReceiveMeter, SendPacer } from "./pacing.js";
 import { describeEvent, nowNs, nsToMs } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
@@ -33,6 +33,7 @@ const page = {
   fitDropped: 0, // the pacer's drops already told to the fitter
   slot: new LatestSlot(),
   fresh: new FreshnessFilter(), // output frames queued across a stall are not drawn
+  received: new ReceiveMeter(), // the output stream's downlink, told to the generator each second
   decoding: false,
   framesDrawn: 0,
   staleDropped: 0,
@@ -188,6 +189,9 @@ function markApplied(garmentId, eventLatencyMs, firstSeq) {
 
 // -- output ------------------------------------------------------------------------------------------
 function onFrame(jpeg, meta) {
+  const out = meta.trace.length ? meta.trace[meta.trace.length - 1] : null;
+  const delivery = out?.edge === "out" ? nsToMs(nowNs() - out.ns) : null;
+  page.received.onFrame(performance.now(), jpeg.length, delivery);
   page.slot.put({ jpeg, meta });
   if (!page.decoding) drawLoop();
 }
@@ -448,11 +452,24 @@ function stats() {
     stale_epoch_dropped: page.staleDropped,
     stale_frames_skipped: page.fresh.stale,
     send: sendStats(now),
+    receiver_report: page.lastReport ?? null,
     garment_in_effect: page.inEffect,
     garments: [...page.garments.keys()],
     events: page.events.slice(-50),
     errors: page.errors.slice(-20),
   };
+}
+
+/** Once a second: what the downlink carried, so the generator can fit this session's output. */
+function sendReceiverReport() {
+  const report = page.received.report(performance.now());
+  if (!report || !page.client || page.state === "reconnecting") return;
+  try {
+    page.client.publishReceiverReport(report);
+    page.lastReport = report;
+  } catch (err) {
+    page.errors.push(String(err.message || err));
+  }
 }
 
 /** Four times a second: only the overlay's own figures (`stats()` copies every sample). */
@@ -529,6 +546,7 @@ function scheduleRenewal() {
 async function main() {
   window.chameleon = { stats, swapTo };
   setInterval(updateOverlay, 250);
+  setInterval(sendReceiverReport, 1000);
   try {
     setState("connecting", "Connecting…");
     const { session, client } = await openSession();

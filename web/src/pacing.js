@@ -353,3 +353,43 @@ export class RateMeter {
     return (this.items.length * 1000) / this.windowMs;
   }
 }
+
+/** What the output stream's downlink carries, for the receiver reports: frames and bytes since the
+ *  last report, and how much later than the best of the last 10 s they arrived (arrival on this
+ *  clock minus the producer's `out` stamp: the clocks' offset is in both, and cancels). */
+export class ReceiveMeter {
+  constructor(windowMs = 10_000) {
+    this.best = new WindowedExtreme(windowMs, (a, b) => a <= b);
+    this.since = null;
+    this.frames = 0;
+    this.bytes = 0;
+    this.delays = [];
+  }
+  onFrame(now, bytes, deliveryMs) {
+    this.since ??= now;
+    this.frames += 1;
+    this.bytes += bytes;
+    if (deliveryMs !== null && Number.isFinite(deliveryMs)) {
+      this.best.add(now, deliveryMs);
+      this.delays.push(deliveryMs);
+    }
+  }
+  /** The report since the last one (null when nothing arrived), and a new window begun. */
+  report(now) {
+    if (this.since === null) return null;
+    const sorted = this.delays.sort((a, b) => a - b);
+    const median = sorted.length ? sorted[Math.floor(sorted.length / 2)] : null;
+    const best = this.best.value(now);
+    const out = {
+      windowMs: Math.max(1, now - this.since),
+      frames: this.frames,
+      bytes: this.bytes,
+      queueMs: median === null || best === null ? 0 : Math.max(0, median - best),
+    };
+    this.since = now;
+    this.frames = 0;
+    this.bytes = 0;
+    this.delays = [];
+    return out;
+  }
+}

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { FreshnessFilter, Ticker } from "../src/frames.js";
-import { LinkFitter, RateMeter, SendPacer } from "../src/pacing.js";
+import { LinkFitter, RateMeter, ReceiveMeter, SendPacer } from "../src/pacing.js";
 
 /** A millisecond-step simulation of the page's send path over one link: frames ticked at `fps`,
  *  admitted by the pacer, sized by the fitter, queued at a bottleneck of `capKbps` (0: none),
@@ -176,4 +176,18 @@ test("stale output frames after a stall are skipped; a lasting slower path is ac
   assert.ok(f.accept(900, 7100)); // skipping for a second: the path is slower now
   assert.ok(f.accept(950, 7200));
   assert.equal(f.stale, 2 + 14);
+});
+
+test("receiver reports: frames, bytes and the queue over the best recent arrival", () => {
+  const m = new ReceiveMeter(10_000);
+  assert.equal(m.report(0), null); // nothing arrived: nothing to say
+  for (let i = 0; i < 15; i += 1) m.onFrame(i * 66, 30_000, 500 + (i % 3)); // clock offset 500 ms
+  let r = m.report(1000);
+  assert.equal(r.frames, 15);
+  assert.equal(r.bytes, 450_000);
+  assert.ok(r.queueMs <= 2, String(r.queueMs)); // the offset cancels
+  for (let i = 0; i < 15; i += 1) m.onFrame(1000 + i * 66, 30_000, 500 + 200 + i * 20); // a queue grows
+  r = m.report(2000);
+  assert.ok(r.queueMs >= 300 && r.queueMs <= 400, String(r.queueMs));
+  assert.equal(Math.round(r.windowMs), 1000);
 });
