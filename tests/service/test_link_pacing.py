@@ -29,7 +29,8 @@ async def _camera_through(
     host, port = nats_url.removeprefix("nats://").rsplit(":", 1)
     proxy = await LinkProxy(link, (host, int(port))).start()
     watcher = await connect(nats_url, "watcher", give_up_after_s=5)
-    camera_nc = await connect("nats://%s:%d" % proxy.address, "camera", give_up_after_s=5)
+    proxy_host, proxy_port = proxy.address
+    camera_nc = await connect(f"nats://{proxy_host}:{proxy_port}", "camera", give_up_after_s=5)
     arrived: list[tuple[float, float]] = []
 
     async def on_frame(msg) -> None:  # type: ignore[no-untyped-def]
