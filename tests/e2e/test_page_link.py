@@ -26,7 +26,7 @@ def chromium() -> str:
         pytest.skip(str(exc))
 
 
-def test_the_page_over_round_trips_a_slow_uplink_and_a_stall(tmp_path: Path, chromium: str) -> None:
+def test_the_page_over_round_trips_a_slow_uplink_a_stall(tmp_path: Path, chromium: str, bus_photo) -> None:
     y4m = harness.fake_webcam(tmp_path / "webcam.y4m", frames=30)
     cases = {
         "loopback": (harness.Case("loopback", LinkSpec(), 3.0), 1.0),
