@@ -65,6 +65,8 @@ class Pacer:
             task.add_done_callback(self.tasks.discard)
 
     async def _probe(self, covered: int, at: float) -> None:
+        # nats-py writes the PING straight to the socket, ahead of publishes still in its buffer
+        covered = min(covered, self.sent - self.nc.pending_data_size)
         try:  # no timeout: nats-py cancels a timed-out flush, and a late PONG then breaks it
             await self.nc.flush(timeout=3600)
         except Exception:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -54,6 +55,10 @@ class _Acks:
             task.add_done_callback(self.tasks.discard)
 
     async def _probe(self, token: ProbeToken) -> None:
+        # nats-py writes a PING straight to the socket, ahead of publishes still in its own buffer:
+        # the PONG acknowledges only what had been written when the PING was
+        written = self.pacer.sent - self.nc.pending_data_size
+        token = dataclasses.replace(token, bytes=max(0, min(token.bytes, written)))
         with contextlib.suppress(Exception):  # disconnected: the reconnect resets the pacer
             await self.nc.flush(timeout=PROBE_TIMEOUT_S)
             self.pacer.on_ack(token, time.monotonic() * 1000)

@@ -60,9 +60,9 @@ export class SendPacer {
     maxProbes = 32,
     outageMs = 1000, // a probe this much over the path's round trip waited out a stall
   } = {}) {
+    Object.assign(this, { fps, minWindow, maxRttMs, drainEveryMs, probeMs, allowanceMs, queuedMs, maxProbes });
     this.initialWindow = startWindow;
     this.outageMs = outageMs;
-    Object.assign(this, { fps, minWindow, maxRttMs, drainEveryMs, probeMs, allowanceMs, queuedMs, maxProbes });
     this.rates = new WindowedExtreme(rateWindowMs, (a, b) => a >= b); // delivered bytes/s, max
     this.capacity = new WindowedExtreme(capacityWindowMs, (a, b) => a >= b); // … while queued
     this.rtts = new WindowedExtreme(rttWindowMs, (a, b) => a <= b); // probe round trips, min
@@ -85,7 +85,7 @@ export class SendPacer {
     this.cleanAt = null; // when a probe last met (nearly) no queue
     this.draining = false;
     this.lastAck = null; // {at, slow}: when the last probe came back, and whether it was far late
-    this.startWindow = this.initialWindow; // slow start: doubles with each clean probe until a queue is seen
+    this.startWindow = this.initialWindow; // slow start: doubles with each clean probe until a queue
     this.rates.reset();
     this.capacity.reset();
     this.rtts.reset();
