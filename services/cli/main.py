@@ -153,7 +153,8 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
             stop=stop,
         )
         await nc.drain()
-        print(json.dumps({"published": report.published, "skipped": report.skipped}))
+        counts = {"published": report.published, "skipped": report.skipped}
+        print(json.dumps({**counts, "link_dropped": report.link_dropped}))
 
     asyncio.run(go())
     return 0
