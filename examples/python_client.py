@@ -1,7 +1,9 @@
 """A complete FashionChameleon client in Python on the thin client module (``shared/client.py``:
 nats-py, msgpack and numpy, nothing of the server): what docs/frontends.md describes. Publishes a
 photo as camera frames, starts the session with a garment, receives the dressed frames and the
-events, and prints one JSON line.
+events, and prints one JSON line. Frames go at a fixed pace while the link has room for them and
+are dropped, never queued, when it has not (``PacedSender``: acknowledged bytes, not one round trip
+per frame).
 
     pip install fashion-chameleon opencv-python-headless   # the client, and OpenCV to read the photo
     python examples/python_client.py --nats nats://127.0.0.1:4222 --session alice \\
@@ -17,7 +19,7 @@ import time
 
 import cv2
 
-from shared.client import Frame, Session
+from shared.client import Frame, PacedSender, Session
 from shared.schemas import Event
 
 
@@ -40,16 +42,20 @@ async def run(args: argparse.Namespace) -> dict:
 
     frame = cv2.resize(cv2.imread(args.image), (640, 480))
     jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+    paced = PacedSender(session.nc, args.fps)
     start = time.monotonic()
+    sent = 0
     for seq in range(args.frames):
         await asyncio.sleep(max(0.0, start + seq / args.fps - time.monotonic()))  # a fixed pace
-        await session.publish(jpeg, seq, 640, 480)
+        sent += await session.publish(jpeg, seq, 640, 480, paced=paced)
+    await paced.close()
     await asyncio.sleep(args.linger)
     await session.stop()
     await session.close()
     latencies.sort()
     return {
-        "frames_sent": args.frames,
+        "frames_sent": sent,
+        "frames_dropped_by_link": paced.dropped,
         "frames_received": len(latencies),
         "latency_ms_p50": round(latencies[len(latencies) // 2], 1) if latencies else None,
         "events": sorted(set(events)),

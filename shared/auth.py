@@ -220,7 +220,7 @@ class ServerAuth:
         s = Subjects(self.prefix)
         to_clients = [s.all_sessions(Channel.OUTPUT), s.all_sessions(Channel.EVENTS)]
         services = [s.all_sessions(Channel.CONTROL), s.garments("get"), s.garments("list")]
-        from_clients = [s.all_sessions(Channel.CAMERA)]
+        from_clients = [s.all_sessions(Channel.CAMERA), s.all_sessions(Channel.FEEDBACK)]
         lim = self.limits
         lines = ["accounts {", f"  {APP_ACCOUNT} {{", "    jetstream: enabled"]
         lines += self._users(APP_ACCOUNT)
@@ -364,7 +364,8 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
                 *_kv(s.revocation_bucket),  # keeps a stop before purging the session's history
                 *fleet,
             ),
-            subscribe=(s.all_sessions(Channel.CONDITIONING), inbox),
+            # the viewers' receiver reports: a session's output quality (services/generator/downlink.py)
+            subscribe=(s.all_sessions(Channel.CONDITIONING), s.all_sessions(Channel.FEEDBACK), inbox),
         )
     if role == "garments":
         objects = f"OBJ_{s.garment_objects}"

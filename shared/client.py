@@ -10,7 +10,8 @@ services connect and publish frames through the same functions (``runtime.bus``)
     session = await Session.connect("nats://127.0.0.1:4222", "alice", token=token)
     await session.watch(show)  # show(frame): frame.meta, frame.jpeg
     await session.start("tee-red-solid", width=640, height=480, fps=15)
-    await session.publish(jpeg, seq=0, width=640, height=480)
+    paced = PacedSender(session.nc, fps=15)  # drop, never queue, when the link is full
+    await session.publish(jpeg, seq=0, width=640, height=480, paced=paced)
     await session.swap("shirt-blue-checks")
 """
 
@@ -18,7 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +36,7 @@ from shared.auth import NatsCredentials
 from shared.garment_client import GarmentClient
 from shared.garment_schemas import GarmentRecord
 from shared.headers import FrameMeta, HeaderError, now_ns
+from shared.pacing import PacerConfig, ProbeToken, SendPacer
 from shared.schemas import Control, Event, SchemaError
 from shared.subjects import DEFAULT_PREFIX, Channel, Subjects
 
@@ -143,6 +147,71 @@ async def publish_frame(nc: NATS, subject: str, payload: bytes, meta: FrameMeta)
         return False
     await nc.publish(subject, payload, headers=meta.to_headers())
     return True
+
+
+# nats-py cancels a timed-out flush's future, and a PONG that comes later then breaks its read loop:
+# a probe never times out while connected (a reconnect forgets it, and resets the pacer)
+PROBE_TIMEOUT_S = 3600.0
+
+
+class PacedSender:
+    """Frames go while the link has room for them, and are dropped, never queued, when it has
+    not (``shared.pacing``: the bytes published but not yet acknowledged must fit a window; the
+    acknowledgements are a PING at most every ``probe_ms``, never one per frame, which would cap
+    the rate at a frame per round trip). docs/frontends.md says why and shows the figures.
+
+        sender = PacedSender(nc, fps=15)
+        if sender.admit(len(jpeg)):
+            if await publish_frame(nc, subject, jpeg, meta):
+                sender.sent(len(jpeg))
+        ...
+        await sender.close()
+    """
+
+    def __init__(self, nc: NATS, fps: float, config: PacerConfig | None = None) -> None:
+        self.nc = nc
+        self.pacer = SendPacer(config or PacerConfig(fps=fps or 15.0))
+        self.dropped = 0  # frames the link had no room for
+        self._connected = nc.is_connected
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def admit(self, nbytes: int) -> bool:
+        """May a frame of ``nbytes`` go now? Counts it in ``dropped`` when not."""
+        if self.nc.is_connected and not self._connected:
+            self.pacer.reconnected()  # what was on its way went with the old connection
+        self._connected = self.nc.is_connected
+        self._maybe_probe()  # also when this frame does not go: what went gets acknowledged
+        ok = self.pacer.admit(time.monotonic() * 1000, nbytes)
+        self.dropped += not ok
+        return ok
+
+    def sent(self, nbytes: int) -> None:
+        self.pacer.on_sent(nbytes)
+        self._maybe_probe()
+
+    def _maybe_probe(self) -> None:
+        now = time.monotonic() * 1000
+        if self.pacer.want_probe(now):
+            task = asyncio.create_task(self._probe(self.pacer.probe_sent(now)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _probe(self, token: ProbeToken) -> None:
+        # nats-py writes a PING straight to the socket, ahead of publishes still in its own buffer:
+        # the PONG acknowledges only what had been written when the PING was
+        written = self.pacer.sent - self.nc.pending_data_size
+        token = dataclasses.replace(token, bytes=max(0, min(token.bytes, written)))
+        with contextlib.suppress(Exception):  # disconnected: the reconnect resets the pacer
+            await self.nc.flush(timeout=PROBE_TIMEOUT_S)
+            self.pacer.on_ack(token, time.monotonic() * 1000)
+
+    async def close(self) -> None:
+        """After the last flush every probe has its answer (PONGs come in order); one that has
+        none lost its connection, and cancelling it can no longer meet a late PONG."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=1.0)
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def camera_frame(
@@ -261,11 +330,23 @@ class Session:
         return cls(nc, session_id, Subjects(prefix), ensure_stream=operator, timeout_s=timeout_s)
 
     async def publish(
-        self, jpeg: bytes, seq: int, width: int, height: int, capture_ns: int | None = None
+        self,
+        jpeg: bytes,
+        seq: int,
+        width: int,
+        height: int,
+        capture_ns: int | None = None,
+        paced: PacedSender | None = None,
     ) -> bool:
-        """Publish one camera frame (JPEG); False when disconnected (the frame is dropped)."""
+        """Publish one camera frame (JPEG); False when disconnected, or when ``paced`` says the
+        link has no room for it (the frame is dropped, never queued)."""
+        if paced is not None and not paced.admit(len(jpeg)):
+            return False
         meta = camera_frame(self.session_id, seq, width, height, capture_ns)
-        return await publish_frame(self.nc, self.subjects.camera(self.session_id), jpeg, meta)
+        ok = await publish_frame(self.nc, self.subjects.camera(self.session_id), jpeg, meta)
+        if ok and paced is not None:
+            paced.sent(len(jpeg))
+        return ok
 
     async def watch(
         self, on_frame: FrameCallback, channel: Channel = Channel.OUTPUT, keep_bytes: bool = True

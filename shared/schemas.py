@@ -236,6 +236,37 @@ class Event(Message):
             raise SchemaError(f"event.kind must be one of {EVENT_KINDS}, not {self.kind!r}")
 
 
+@dataclass(frozen=True)
+class ReceiverReport(Message):
+    """What a viewer received over the last ``window_ms`` on ``<prefix>.<session>.feedback``
+    (core NATS, about once a second; a lost one costs nothing): output frames and their bytes, and
+    ``queue_ms``, how much later than the best of the last seconds they arrived (arrival on the
+    viewer's clock minus the producer's ``out`` stamp, so the clocks' offset cancels). A queue that
+    grows means the viewer's downlink carries less than the stream: the generator lowers that
+    session's output quality (docs/frontends.md)."""
+
+    TYPE: ClassVar[str] = "receiver_report"
+    session_id: str
+    window_ms: float
+    frames: int
+    bytes: int
+    queue_ms: float
+
+    def validate(self) -> None:
+        from shared.subjects import InvalidSessionId, validate_session_id
+
+        try:
+            validate_session_id(self.session_id)
+        except InvalidSessionId as exc:
+            raise SchemaError(str(exc)) from exc
+        if not 0 < self.window_ms <= 60_000:
+            raise SchemaError("receiver_report.window_ms must be within (0, 60000]")
+        if self.frames < 0 or self.bytes < 0:
+            raise SchemaError("receiver_report frames and bytes must not be negative")
+        if not 0 <= self.queue_ms <= 600_000:
+            raise SchemaError("receiver_report.queue_ms must be within [0, 600000]")
+
+
 # -- data plane: conditioning -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Conditioning(Message):

@@ -160,7 +160,8 @@ def cmd_camera(args: argparse.Namespace, settings: BaseSettings) -> int:
             session.nc, session.subjects, session.session_id, frames, args.fps, args.frames, stop=stop
         )
         await session.close()
-        print(json.dumps({"published": report.published, "skipped": report.skipped}))
+        counts = {"published": report.published, "skipped": report.skipped}
+        print(json.dumps({**counts, "link_dropped": report.link_dropped}))
 
     asyncio.run(go())
     return 0

@@ -17,6 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from services.generator.downlink import OutputQuality
 from services.generator.rendering import FrameInput, Garment, Renderer
 from shared.errors import CodedError
 from shared.headers import FrameMeta
@@ -100,6 +101,7 @@ class ServedSession(ControlMemory):
     # garment shows without waiting for the next camera frame
     last_input: FrameInput | None = None
     last_meta: FrameMeta | None = None
+    output_quality: OutputQuality | None = None  # fitted to the viewer's downlink, once it reports
 
     def remember_event(self, event_id: str) -> None:
         self.applied_events.append(event_id)

@@ -60,6 +60,10 @@ async def serve(settings: WebSettings, stop: asyncio.Event | None = None) -> Non
         fps=settings.web_fps,
         width=settings.web_width,
         height=settings.web_height,
+        min_width=settings.web_min_width,
+        min_height=settings.web_min_height,
+        jpeg_quality=settings.web_jpeg_quality,
+        min_jpeg_quality=settings.web_min_jpeg_quality,
     )
     server = WebServer(page_root(settings), broker, demo_photo(settings))
     port = await server.listen(settings.web_host, settings.web_port)

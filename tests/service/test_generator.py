@@ -36,7 +36,7 @@ from shared.client import publish_frame
 from shared.errors import CodedError
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.schemas import Conditioning, Event
+from shared.schemas import Conditioning, Event, ReceiverReport
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service
@@ -174,6 +174,33 @@ async def test_every_input_frame_comes_out_with_its_garment(nats_url: str, condi
         assert img.shape == (360, 480, 3)
         assert [s.stage for s in meta.trace][-2:] == ["generator", "generator"]
         assert nearest_garment(drawn_colour(img, conditioning[11]), GARMENTS) == "tee-red-solid"
+
+
+async def test_a_viewers_receiver_reports_fit_its_output_quality(nats_url: str, conditioning) -> None:
+    """A queue in front of the viewer's downlink (its reports say so) lowers that session's output
+    JPEG quality; a malformed report changes nothing and breaks nothing."""
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        sizes: list[int] = []
+
+        async def on_output(msg) -> None:  # type: ignore[no-untyped-def]
+            sizes.append(len(msg.data))
+
+        await r.nc.subscribe(r.subjects.output("q1"), cb=on_output)
+        v = await r.viewer("q1")
+        await r.control(control.start("q1", "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream("q1", range(4), fps=10)
+        await until(lambda: len(sizes) == 4)
+        await r.nc.publish(r.subjects.feedback("q1"), b"\x93not a report")
+        late = ReceiverReport("q1", window_ms=1000.0, frames=15, bytes=600_000, queue_ms=400.0)
+        for _ in range(4):  # a step down, two held while the queue drains, a second step
+            await r.nc.publish(r.subjects.feedback("q1"), late.encode())
+        await r.nc.flush()
+        await asyncio.sleep(0.3)
+        await r.stream("q1", range(4, 8), fps=10)
+        await until(lambda: len(sizes) == 8)
+        assert max(sizes[4:]) < 0.75 * min(sizes[:4]), sizes  # quality 75 instead of 95
+        assert "receiver_report" not in " ".join(v.codes("error"))  # a bad report is no event
 
 
 async def test_swap_changes_the_garment_within_a_frame(nats_url: str, conditioning) -> None:
