@@ -1,13 +1,15 @@
 """Message schemas (msgpack), versioned and validated on decode.
 
 Every message is a frozen dataclass with a ``TYPE`` and a ``VERSION``. ``encode`` writes a map with
-``type`` and ``v`` next to the fields; ``decode`` checks both, rejects unknown or missing fields and
+``type`` and ``v`` next to the fields; ``decode`` checks both (a message may also read the earlier
+versions it lists in ``READS``), rejects unknown or missing fields and
 wrong types with a ``SchemaError`` whose text says exactly what was wrong, so a service can turn it
 into an error event instead of crashing. A field a message no longer has is listed in its
 ``RETIRED``: decode ignores it, so what the previous version wrote (a stored record, a peer in a
 rolling update) still reads.
 
-Arrays (landmarks) travel as ``bytes`` plus shape and dtype, masks as PNG bytes: never raw floats.
+Arrays (landmarks) travel as ``bytes`` plus shape and dtype, masks as run lengths (``shared.masks``)
+or, in version 1 of ``Conditioning``, PNG bytes: never raw floats.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class SchemaError(ValueError):
 class Message:
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    READS: ClassVar[frozenset[int]] = frozenset()  # earlier versions decode still accepts
     RETIRED: ClassVar[frozenset[str]] = frozenset()  # former fields: ignored on decode
 
     def to_dict(self) -> dict[str, Any]:
@@ -50,7 +53,7 @@ class Message:
             raise SchemaError(f"{cls.TYPE}: expected a map, got {type(data).__name__}")
         if data.get("type") != cls.TYPE:
             raise SchemaError(f"expected message type {cls.TYPE!r}, got {data.get('type')!r}")
-        if data.get("v") != cls.VERSION:
+        if data.get("v") != cls.VERSION and data.get("v") not in cls.READS:
             raise SchemaError(f"{cls.TYPE}: unsupported version {data.get('v')!r}")
         hints, fields = _schema_of(cls)
         unknown = set(data) - set(fields) - {"type", "v"} - cls.RETIRED
@@ -275,11 +278,20 @@ class Conditioning(Message):
     Carries the frame itself (JPEG) so a generator needs one subscription per session and never
     has to pair two streams. ``landmarks`` is a packed float32 (33, 4) array of
     (x, y, z, visibility) in normalised image coordinates, absent when no person was found.
-    Masks are single-channel PNG bytes at frame resolution (0 = out, 255 = in).
+
+    Masks at the frame's size (0 = out, 255 = in): version 2 carries them as run lengths
+    (``person_mask_rle``, ``garment_mask_rle``; ``shared.masks``: a tenth of PNG's cost each way),
+    version 1 as single-channel PNG bytes (``*_png``). A message is written at the lowest version
+    that holds it: one with PNG masks only is version 1, byte for byte what the previous release
+    wrote and read, so a preprocess set to PNG (``CHAMELEON_MASK_CODEC=png``) feeds generators of
+    either release during a rolling update; a generator reads both.
     """
 
     TYPE: ClassVar[str] = "conditioning"
+    VERSION: ClassVar[int] = 2
+    READS: ClassVar[frozenset[int]] = frozenset({1})
     RETIRED: ClassVar[frozenset[str]] = frozenset({"agnostic_jpeg", "category"})  # read by no backend
+    V2_FIELDS: ClassVar[tuple[str, ...]] = ("person_mask_rle", "garment_mask_rle")
     session_id: str
     seq: int
     width: int
@@ -291,6 +303,29 @@ class Conditioning(Message):
     garment_mask_png: bytes | None = None
     people: int = 0
     note: str = ""
+    person_mask_rle: bytes | None = None
+    garment_mask_rle: bytes | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if all(d[name] is None for name in self.V2_FIELDS):
+            for name in self.V2_FIELDS:
+                del d[name]
+            d["v"] = 1
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Conditioning:
+        if isinstance(data, dict) and data.get("v") == 1:
+            late = sorted(name for name in cls.V2_FIELDS if name in data)
+            if late:
+                raise SchemaError(f"conditioning: version 1 has no fields {late}")
+        return super().from_dict(data)
+
+    def validate(self) -> None:
+        for name in ("person_mask", "garment_mask"):
+            if getattr(self, f"{name}_png") is not None and getattr(self, f"{name}_rle") is not None:
+                raise SchemaError(f"conditioning: {name} both as PNG and as run lengths")
 
 
 # -- durable session state (JetStream KV) ----------------------------------------------------------

@@ -23,7 +23,7 @@ def preprocessed_frames(frames: list[np.ndarray], warmup: int = 2, fps: float = 
 
     The first frame is also fed ``warmup`` times first, so tracking has settled like on a stream.
     """
-    from services.preprocess import conditioning as cond
+    from services.generator.inputs import masks
     from services.preprocess.pipeline import SessionPreprocessor
 
     pre = SessionPreprocessor("warp-samples")
@@ -34,14 +34,14 @@ def preprocessed_frames(frames: list[np.ndarray], warmup: int = 2, fps: float = 
             result = pre.process(frame, i, 1000.0 + i * 1000.0 / fps)
             if i < warmup:
                 continue
-            msg = result.conditioning
+            person, garment = masks(result.conditioning, frame.shape[:2])  # as the generator reads them
             out.append(
                 FrameInput(
                     seq=i - warmup,
                     frame_bgr=frame,
                     landmarks=result.landmarks,
-                    person_mask=cond.decode_png(msg.person_mask_png) if msg.person_mask_png else None,
-                    garment_mask=cond.decode_png(msg.garment_mask_png) if msg.garment_mask_png else None,
+                    person_mask=person,
+                    garment_mask=garment,
                 )
             )
     finally:

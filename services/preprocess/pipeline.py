@@ -1,8 +1,13 @@
 """One session's preprocessing: JPEG in, ``Conditioning`` out. Pure: no bus, no asyncio.
 
 A ``SessionPreprocessor`` owns everything that carries state between one stream's frames: the
-MediaPipe tracker, the landmark smoother and the last people count. It is driven by one thread at
-a time (the service's per-session worker guarantees that) and must be ``close()``d.
+MediaPipe tracker, the optical-flow tracker and the cadence between pose runs, the landmark
+smoother and the last people count. It is driven by one thread at a time (the service's
+per-session worker guarantees that) and must be ``close()``d.
+
+Pose runs every k-th frame (``tracking.Cadence``: k from the measured motion, 1 when fast); on
+the frames between, the landmarks are carried by optical flow (``tracking.FlowTracker``) and the
+person mask is the last pose run's segmentation moved by the similarity the landmarks moved by.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from runtime.media import UndecodableImage, decode_image, encode_jpeg
@@ -18,18 +24,23 @@ from services.preprocess import conditioning as cond
 from services.preprocess.pose import PoseConfig, PoseTracker
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.smoothing import LandmarkSmoother, OneEuroParams
+from services.preprocess.tracking import Cadence, CadenceConfig, FlowTracker, bend_px, similarity, speed_px
 from shared import body
 from shared.errors import CodedError
+from shared.masks import encode_rle
 from shared.schemas import Conditioning, pack_array
 
 FRAME_TOO_SMALL = "frame_too_small"
 BAD_ASPECT = "bad_aspect"
+MASK_CODECS = ("rle", "png")
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     pose: PoseConfig = field(default_factory=PoseConfig)
+    cadence: CadenceConfig = field(default_factory=CadenceConfig)
     smoothing: OneEuroParams = field(default_factory=OneEuroParams)
+    mask_codec: str = "rle"  # rle: Conditioning v2; png: v1, for generators of the previous release
     garment_category: str = "top"
     visibility_threshold: float = 0.5
     mask_threshold: float = 0.5
@@ -42,6 +53,8 @@ class PreprocessConfig:
             raise ValueError(
                 f"garment_category {self.garment_category!r} is not one of {body.GARMENT_CATEGORIES}"
             )
+        if self.mask_codec not in MASK_CODECS:
+            raise ValueError(f"mask_codec {self.mask_codec!r} is not one of {MASK_CODECS}")
 
     @classmethod
     def from_settings(cls, s: PreprocessSettings) -> PreprocessConfig:
@@ -53,6 +66,10 @@ class PreprocessConfig:
                 people_check_every=s.people_check_every,
                 max_side=s.pose_max_side,
             ),
+            cadence=CadenceConfig(
+                max_interval=s.pose_every_max, travel_px=s.pose_travel_px, fast_px=s.pose_fast_px
+            ),
+            mask_codec=s.mask_codec,
             smoothing=OneEuroParams(s.smooth_min_cutoff_hz, s.smooth_beta, s.smooth_d_cutoff_hz),
             garment_category=s.garment_category,
             visibility_threshold=s.visibility_threshold,
@@ -69,9 +86,10 @@ class FrameResult:
 
     conditioning: Conditioning
     codes: list[str]
-    raw_landmarks: np.ndarray | None = None  # before smoothing (benchmarks, tests)
+    raw_landmarks: np.ndarray | None = None  # before smoothing: MediaPipe's, or carried by flow
     landmarks: np.ndarray | None = None  # smoothed, as published
     timings_ms: dict[str, float] = field(default_factory=dict)
+    posed: bool = False  # MediaPipe ran on this frame (else the landmarks were carried by flow)
 
 
 def check_size(width: int, height: int, min_side: int, max_aspect: float) -> str | None:
@@ -90,13 +108,30 @@ class SessionPreprocessor:
         self.session_id = session_id
         self.config = config or PreprocessConfig()
         self.tracker = PoseTracker(self.config.pose)
+        self.flow = FlowTracker(self.config.cadence)
+        self.cadence = Cadence(self.config.cadence)
         self.smoother = LandmarkSmoother(self.config.smoothing)
         self._others = 0  # people besides the tracked one, from the last full-frame check
         self.frames = 0
+        self.pose_runs = 0
+        self.flow_misses = 0  # frames flow could not carry, so pose ran on them after all
+        self._measured: np.ndarray | None = None  # last frame's landmarks before smoothing
+        self._smoothed: np.ndarray | None = None  # ... and after: what flow follows
+        self._last_ts_ms: float | None = None
+        # the last pose run: its landmarks, its segmentation (shrunk) and its frame number
+        self._ref: tuple[np.ndarray, np.ndarray | None, int] | None = None
 
     def close(self) -> None:
         self.tracker.close()
+        self._forget()
+
+    def _forget(self) -> None:
+        """Continuity is broken (a bad frame, no person): nothing is carried into the next frame."""
         self.smoother.reset()
+        self.flow.reset()
+        self.cadence.reset()
+        self._measured = self._smoothed = None
+        self._ref = None
 
     def process_jpeg(self, jpeg: bytes, seq: int, timestamp_ms: float, category: str = "") -> FrameResult:
         t0 = time.perf_counter()
@@ -124,20 +159,37 @@ class SessionPreprocessor:
             frame_jpeg = encode_jpeg(frame_bgr)
         size_code = check_size(w, h, c.min_frame_side, c.max_aspect)
         if size_code is not None:
-            self.smoother.reset()  # continuity is broken either way
+            self._forget()  # continuity is broken either way
             return FrameResult(self._conditioning(seq, w, h, frame_jpeg, codes=[size_code]), [size_code])
 
         t0 = time.perf_counter()
-        out = self.tracker.process(frame_bgr, timestamp_ms)
+        every = c.pose.people_check_every
+        people_check = every > 0 and self.frames % every == 0
+        forward = self._last_ts_ms is None or timestamp_ms > self._last_ts_ms
+        self._last_ts_ms = timestamp_ms
+        carried = self._carry(frame_bgr, w, h) if forward and not people_check else None
+        if carried is not None:
+            raw, sim = carried
+            ref_prob = self._ref[1] if self._ref is not None else None
+            person_prob = cond.moved_prob(ref_prob, sim, w, h) if ref_prob is not None else None
+            scene_prob = None
+            posed = False
+        else:
+            out = self.tracker.process(frame_bgr, timestamp_ms, people_check=people_check)
+            if c.cadence.max_interval > 1:
+                self.flow.remember(frame_bgr)
+            raw, person_prob, scene_prob, posed = out.landmarks, out.person_prob, out.scene_prob, True
+            self._pose_ran(out.landmarks, out.person_prob_small, w, h)
         t1 = time.perf_counter()
-        landmarks = self.smoother(out.landmarks, timestamp_ms / 1e3, w, h)
+        landmarks = self.smoother(raw, timestamp_ms / 1e3, w, h)
+        self._measured, self._smoothed = raw, landmarks
         codes = cond.assess(landmarks, c.visibility_threshold)
 
         person_mask = None
-        if out.person_prob is not None:
-            person_mask = cond.binary_mask(out.person_prob, c.mask_threshold)
-        if out.scene_prob is not None:
-            scene = cond.binary_mask(out.scene_prob, c.mask_threshold)
+        if person_prob is not None:
+            person_mask = cond.binary_mask(person_prob, c.mask_threshold)
+        if scene_prob is not None:
+            scene = cond.binary_mask(scene_prob, c.mask_threshold)
             self._others = cond.count_other_people(scene, person_mask, c.min_person_area)
         people = (1 if landmarks is not None else 0) + self._others
         if people > 1:
@@ -152,8 +204,53 @@ class SessionPreprocessor:
         msg = self._conditioning(seq, w, h, frame_jpeg, landmarks, person_mask, region, people, codes)
         t3 = time.perf_counter()
         self.frames += 1
-        timings = {"pose": (t1 - t0) * 1e3, "masks": (t2 - t1) * 1e3, "encode": (t3 - t2) * 1e3}
-        return FrameResult(msg, codes, out.landmarks, landmarks, timings)
+        timings = {
+            "pose" if posed else "flow": (t1 - t0) * 1e3,
+            "masks": (t2 - t1) * 1e3,
+            "encode": (t3 - t2) * 1e3,
+        }
+        return FrameResult(msg, codes, raw, landmarks, timings, posed)
+
+    def _carry(self, frame_bgr: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """This frame's landmarks (before smoothing) carried by flow, and the similarity the body
+        moved by since the last pose run; None when pose is due or flow cannot vouch for them."""
+        if self._smoothed is None or self._measured is None or self._ref is None or self.cadence.pose_due():
+            return None
+        threshold = self.config.visibility_threshold
+        carried = self.flow.carry(frame_bgr, self._smoothed, threshold)
+        sim = None
+        if carried is not None:
+            # the measurement moves as flow moved the smoothed points: the smoother sees one stream
+            raw = self._measured.copy()
+            raw[:, :2] += carried.landmarks[:, :2] - self._smoothed[:, :2]
+            sim = similarity(self._ref[0], raw, w, h, threshold)
+        if (
+            carried is None
+            or sim is None
+            or bend_px(self._ref[0], raw, sim, w, h, threshold) > self.config.cadence.max_bend_px
+        ):
+            self.flow_misses += 1
+            return None
+        self.cadence.observe(carried.speed_px)
+        self.cadence.carried()
+        return raw, sim
+
+    def _pose_ran(self, landmarks: np.ndarray | None, prob: np.ndarray | None, w: int, h: int) -> None:
+        """Book-keeping after MediaPipe ran: the speed since the last run, and what the frames
+        until the next one are carried from."""
+        self.pose_runs += 1
+        self.cadence.ran_pose()
+        if landmarks is None:
+            self._forget()
+            return
+        if self._ref is not None:
+            self.cadence.observe(speed_px(self._ref[0], landmarks, w, h, self.frames - self._ref[2]))
+        side = self.config.cadence.flow_side
+        if prob is not None and side and max(prob.shape[:2]) > side:
+            f = side / max(prob.shape[:2])
+            size = (max(1, round(prob.shape[1] * f)), max(1, round(prob.shape[0] * f)))
+            prob = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
+        self._ref = (landmarks, prob, self.frames)
 
     def _conditioning(
         self,
@@ -176,8 +273,18 @@ class SessionPreprocessor:
             frame_jpeg=frame_jpeg,
             person_found=landmarks is not None,
             landmarks=pack_array(landmarks) if landmarks is not None else None,
-            person_mask_png=cond.encode_png(person_mask) if person_mask is not None else None,
-            garment_mask_png=cond.encode_png(region) if region is not None else None,
             people=people,
             note=",".join(codes),
+            **self._masks(person_mask, region),
         )
+
+    def _masks(self, person: np.ndarray | None, region: np.ndarray | None) -> dict[str, bytes | None]:
+        """The masks in the configured codec: run lengths (version 2) or PNG (version 1)."""
+        if self.config.mask_codec == "png":
+            encode, suffix = cond.encode_png, "png"
+        else:
+            encode, suffix = encode_rle, "rle"
+        return {
+            f"person_mask_{suffix}": encode(person) if person is not None else None,
+            f"garment_mask_{suffix}": encode(region) if region is not None else None,
+        }

@@ -38,14 +38,22 @@ class PoseOutput:
     """One frame's raw MediaPipe result.
 
     ``landmarks``: (33, 4) float32 ``(x, y, z, visibility)`` in normalised image coordinates, None
-    when no person was found. ``person_prob``: HxW float32 person probability of the tracked
-    person, None without a person. ``scene_prob``: HxW float32 full-frame person probability, only
-    on frames where the people check ran.
+    when no person was found. ``person_prob_small``: float32 person probability of the tracked
+    person at the size MediaPipe saw (the frame shrunk to ``max_side``), None without a person;
+    ``person_prob`` is the same at the frame's size. ``scene_prob``: HxW float32 full-frame person
+    probability, only on frames where the people check ran.
     """
 
     landmarks: np.ndarray | None
-    person_prob: np.ndarray | None
+    person_prob_small: np.ndarray | None
     scene_prob: np.ndarray | None = None
+    size: tuple[int, int] = (0, 0)  # the frame's (width, height)
+
+    @property
+    def person_prob(self) -> np.ndarray | None:
+        if self.person_prob_small is None:
+            return None
+        return _full_size(self.person_prob_small, *self.size)
 
 
 class PoseTracker:
@@ -108,11 +116,14 @@ class PoseTracker:
         self.close()
 
     # -- work --------------------------------------------------------------------------------------
-    def process(self, frame_bgr: np.ndarray, timestamp_ms: float) -> PoseOutput:
+    def process(
+        self, frame_bgr: np.ndarray, timestamp_ms: float, people_check: bool | None = None
+    ) -> PoseOutput:
         """Run pose (and, every N frames, scene segmentation) on one BGR uint8 frame.
 
         Timestamps must increase; a frame older than the previous one means a new stream, so the
-        tracker restarts instead of tracking across the discontinuity.
+        tracker restarts instead of tracking across the discontinuity. ``people_check``: run the
+        scene segmentation on this frame or not; None: every ``people_check_every`` runs.
         """
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 BGR frame, got {frame_bgr.shape} {frame_bgr.dtype}")
@@ -142,16 +153,18 @@ class PoseTracker:
                 [(p.x, p.y, p.z, p.visibility) for p in result.pose_landmarks.landmark], dtype=np.float32
             )
             if result.segmentation_mask is not None:
-                person = _full_size(np.asarray(result.segmentation_mask, dtype=np.float32), w, h)
+                person = np.asarray(result.segmentation_mask, dtype=np.float32)
         scene = None
         every = self.config.people_check_every
-        if every > 0 and self.frames % every == 0:
+        if people_check is None:
+            people_check = every > 0 and self.frames % every == 0
+        if people_check:
             if self._scene is None:
                 self._build_scene()
             scene = _full_size(np.asarray(self._scene.process(rgb).segmentation_mask, dtype=np.float32), w, h)
         self.frames += 1
         self.frames_total += 1
-        return PoseOutput(landmarks, person, scene)
+        return PoseOutput(landmarks, person, scene, (w, h))
 
 
 def _full_size(prob: np.ndarray, w: int, h: int) -> np.ndarray:

@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import pytest
 from nats.js.errors import KeyNotFoundError
@@ -28,6 +27,7 @@ from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
 from services.garments.starter import add_starter_garments
 from services.generator.handlers import GeneratorHandlers
+from services.generator.inputs import masks
 from services.generator.settings import GeneratorSettings
 from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor
@@ -149,7 +149,7 @@ def drawn_colour(img: np.ndarray, cond: Conditioning) -> np.ndarray:
     """Median BGR of what the generator drew: garment-region pixels that differ from the input
     (arms crossed in front of the torso stay the camera's, as they should)."""
     inp = decode_jpeg(cond.frame_jpeg)
-    region = cv2.imdecode(np.frombuffer(cond.garment_mask_png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    _, region = masks(cond, inp.shape[:2])
     changed = (np.abs(img.astype(np.int16) - inp.astype(np.int16)).max(axis=2) > 25) & (region > 0)
     assert changed.sum() > 100, "the garment was not drawn"
     return np.median(img[changed], axis=0)

@@ -23,6 +23,7 @@ from services.preprocess.settings import PreprocessSettings
 from shared.client import publish_frame
 from shared.errors import CodedError
 from shared.headers import FrameMeta, now_ns
+from shared.masks import decode_rle
 from shared.schemas import Conditioning, Control, Event, unpack_array
 from shared.subjects import Subjects
 
@@ -97,8 +98,8 @@ async def test_frames_in_conditioning_out_with_stamped_headers(nats_url: str, bu
         meta, msg = col.cond[-1]
         assert msg.session_id == "pp-out" and (msg.width, msg.height) == (640, 480) and msg.person_found
         assert unpack_array(msg.landmarks).shape == (33, 4)
-        assert cond.decode_png(msg.garment_mask_png).shape == (480, 640)
-        assert msg.person_mask_png
+        assert decode_rle(msg.garment_mask_rle, 640, 480).shape == (480, 640)
+        assert msg.person_mask_rle
         assert [f"{s.stage}.{s.edge}" for s in meta.trace] == [
             "ingest.in",
             "ingest.out",
@@ -209,7 +210,7 @@ async def test_each_session_gets_the_garment_region_its_own_garment_needs(nats_u
             t = await _send_and_wait(nc, tee, "cat-tee", encode_jpeg(cam.frame(seq)), seq)
 
         def area(msg) -> int:  # type: ignore[no-untyped-def]
-            return int(np.count_nonzero(cond.decode_png(msg.garment_mask_png)))
+            return int(np.count_nonzero(decode_rle(msg.garment_mask_rle, 640, 480)))
 
         assert area(d) > 1.3 * area(t), (area(d), area(t))  # a dress reaches down the legs
         await nc.publish(SUBJ.control("cat-dress"), swap("cat-dress", "tee-red-solid").encode())

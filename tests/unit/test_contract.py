@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import msgpack
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from runtime.settings import BaseSettings, SettingsError
 from shared import control as controls
 from shared.errors import CodedError
 from shared.headers import FrameMeta, HeaderError
+from shared.masks import MaskError, decode_rle, encode_rle
 from shared.schemas import Conditioning, Control, Event, SchemaError, SessionState, pack_array, unpack_array
 from shared.subjects import Channel, InvalidSessionId, Subjects
 
@@ -251,3 +253,44 @@ def test_logging_never_raises_on_a_closed_stream(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sys, "stderr", live)
     get_logger("t").warning("to_the_current_stream", session_id="s1")
     assert '"session_id": "s1"' in live.getvalue() and "to_the_current_stream" in live.getvalue()
+
+
+# -- masks and the conditioning versions --------------------------------------------------------------
+def test_masks_round_trip_as_run_lengths_and_refuse_the_wrong_size() -> None:
+    rng = np.random.default_rng(1)
+    blobs = (cv2.GaussianBlur(rng.random((48, 64)).astype(np.float32), (0, 0), 3) > 0.5).astype(
+        np.uint8
+    ) * 255
+    cases = [blobs, np.zeros((48, 64), np.uint8), np.full((48, 64), 255, np.uint8), blobs[::-1]]
+    cases.append(np.pad(np.full((2, 3), 255, np.uint8), ((400, 0), (0, 597))))  # a run over 65535 px
+    for mask in cases:
+        data = encode_rle(mask)
+        back = decode_rle(data, mask.shape[1], mask.shape[0])
+        assert back.dtype == np.uint8 and back.shape == mask.shape
+        np.testing.assert_array_equal(back, mask)
+    assert len(encode_rle(blobs)) < blobs.size // 4  # smaller than the mask at 2 bits a pixel
+    with pytest.raises(MaskError, match="not 64x47"):
+        decode_rle(encode_rle(blobs), 64, 47)
+    with pytest.raises(MaskError, match="whole"):
+        decode_rle(encode_rle(blobs)[:-1], 64, 48)
+
+
+def _cond(**fields: object) -> Conditioning:
+    return Conditioning("s", 1, 4, 2, b"jpeg", True, **fields)  # type: ignore[arg-type]
+
+
+def test_conditioning_is_written_at_the_lowest_version_that_holds_it() -> None:
+    """PNG masks only: version 1, exactly the fields the previous release wrote (its decoder
+    refuses unknown fields); run-length masks: version 2. Both read."""
+    png = _cond(person_mask_png=b"png")
+    assert png.to_dict()["v"] == 1 and "person_mask_rle" not in png.to_dict()
+    assert Conditioning.decode(png.encode()) == png
+    rle = _cond(person_mask_rle=encode_rle(np.zeros((2, 4), np.uint8)))
+    assert rle.to_dict()["v"] == 2
+    assert Conditioning.decode(rle.encode()) == rle
+    with pytest.raises(SchemaError, match="version 1 has no fields"):
+        Conditioning.decode(msgpack.packb({**rle.to_dict(), "v": 1}))
+    with pytest.raises(SchemaError, match="unsupported version"):
+        Conditioning.decode(msgpack.packb({**rle.to_dict(), "v": 3}))
+    with pytest.raises(SchemaError, match="both"):
+        _cond(person_mask_png=b"png", person_mask_rle=b"\x08\x00").validate()

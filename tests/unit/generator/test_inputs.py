@@ -8,6 +8,7 @@ import pytest
 
 from runtime.media import encode_jpeg
 from services.generator.inputs import frame_input
+from shared.masks import encode_rle
 from shared.schemas import Conditioning, SchemaError, pack_array
 
 pytestmark = pytest.mark.unit
@@ -58,3 +59,27 @@ def test_no_person_means_no_landmarks_and_absent_masks_stay_absent() -> None:
 def test_malformed_parts_are_schema_errors(overrides: dict, match: str) -> None:
     with pytest.raises(SchemaError, match=match):
         frame_input(cond(**overrides))
+
+
+def test_run_length_masks_of_version_2_decode_at_the_frame_size() -> None:
+    person = np.zeros((48, 64), np.uint8)
+    person[10:40, 20:50] = 255
+    msg = cond(person_mask_png=None, garment_mask_png=None, person_mask_rle=encode_rle(person))
+    back = Conditioning.decode(msg.encode())
+    inp = frame_input(back)
+    assert inp.person_mask is not None and inp.person_mask.dtype == np.uint8
+    np.testing.assert_array_equal(inp.person_mask, person)
+    assert inp.garment_mask is None
+
+
+@pytest.mark.parametrize(
+    "rle",
+    [
+        encode_rle(np.zeros((24, 32), np.uint8)),  # not the frame's size: runs fill 768 of 3072 px
+        b"\xff\xff" * 4000,  # claims far more pixels than the frame has
+        b"\x01",  # not whole uint16 run lengths
+    ],
+)
+def test_run_lengths_that_do_not_fill_the_frame_are_schema_errors(rle: bytes) -> None:
+    with pytest.raises(SchemaError, match="garment_mask_rle"):
+        frame_input(cond(garment_mask_png=None, garment_mask_rle=rle))

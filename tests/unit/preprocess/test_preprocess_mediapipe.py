@@ -11,8 +11,10 @@ from services.camera.source import Motion, MotionCamera
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
 from services.preprocess.pose import PoseConfig, PoseTracker
+from services.preprocess.tracking import CadenceConfig
 from shared.body import LM
 from shared.errors import CodedError
+from shared.masks import decode_rle
 from shared.schemas import Conditioning, unpack_array
 from tools.eval.preprocess import detect_rate, follow_error_px, jitter_px, noisy_still_frames
 
@@ -45,7 +47,7 @@ def test_full_body_photo_landmarks_lie_inside_the_person_mask(bus_result, bus_ph
     assert msg.person_found and (msg.width, msg.height) == (w, h)
     lm = unpack_array(msg.landmarks)
     assert lm.shape == (33, 4) and lm.dtype == np.float32
-    person = cond.decode_png(msg.person_mask_png)
+    person = decode_rle(msg.person_mask_rle, w, h)
     assert person.shape == (h, w)
     for i in (LM.LEFT_SHOULDER, LM.RIGHT_SHOULDER, LM.LEFT_HIP, LM.RIGHT_HIP, LM.LEFT_ANKLE, LM.RIGHT_ANKLE):
         assert lm[i, 3] > 0.5, f"landmark {i.name} not visible"
@@ -58,8 +60,8 @@ def test_full_body_garment_region_covers_torso_and_excludes_face(bus_result, bus
     msg = bus_result.conditioning
     h, w = bus_photo.shape[:2]
     lm = unpack_array(msg.landmarks)
-    region = cond.decode_png(msg.garment_mask_png) > 0
-    person = cond.decode_png(msg.person_mask_png) > 0
+    region = decode_rle(msg.garment_mask_rle, w, h) > 0
+    person = decode_rle(msg.person_mask_rle, w, h) > 0
     px = lm[:, :2] * (w, h)
     # the inner torso: the shoulder-hip quadrilateral shrunk towards its centre
     quad = px[[LM.LEFT_SHOULDER, LM.RIGHT_SHOULDER, LM.RIGHT_HIP, LM.LEFT_HIP]]
@@ -88,12 +90,13 @@ def moving_streams(bus_photo: np.ndarray):
                 smooth.append(r.landmarks)
         finally:
             pre.close()
-        out[name] = (raw, smooth, [cam.transform(i) for i in range(n)])
+        out[name] = (raw, smooth, [cam.transform(i) for i in range(n)], pre.pose_runs)
     return out
 
 
 def test_landmarks_follow_the_camera_motion(moving_streams) -> None:
-    raw, smooth, transforms = moving_streams["slow"]
+    raw, smooth, transforms, pose_runs = moving_streams["slow"]
+    assert pose_runs < 0.6 * len(raw)  # slow motion: flow carried the landmarks on most frames
     assert detect_rate(raw) >= 0.95
     err, motion = follow_error_px(smooth, transforms, 640, 480)
     assert motion > 10  # the camera really moves the person around
@@ -101,26 +104,41 @@ def test_landmarks_follow_the_camera_motion(moving_streams) -> None:
 
 
 def test_smoothing_adds_no_lag_on_fast_motion(moving_streams) -> None:
-    raw, smooth, transforms = moving_streams["fast"]
+    raw, smooth, transforms, pose_runs = moving_streams["fast"]
+    assert pose_runs >= 0.9 * len(raw)  # fast motion: pose on (nearly) every frame
     raw_err, motion = follow_error_px(raw, transforms, 640, 480)
     smooth_err, _ = follow_error_px(smooth, transforms, 640, 480)
     assert motion > 10
     assert smooth_err <= raw_err + 2.0, (raw_err, smooth_err)
 
 
-def test_static_stream_smoothed_jitter_is_at_most_half_the_raw(bus_photo) -> None:
-    pre = SessionPreprocessor("still")
+def _still_stream(photo: np.ndarray, config: PreprocessConfig) -> tuple[list, list, int]:
+    pre = SessionPreprocessor("still", config)
     raw, smooth = [], []
     try:
-        for i, frame in enumerate(noisy_still_frames(bus_photo, 45)):
+        for i, frame in enumerate(noisy_still_frames(photo, 45)):
             r = pre.process(frame, i, 1000 + i * FRAME_MS, frame_jpeg=b"-")
             raw.append(r.raw_landmarks)
             smooth.append(r.landmarks)
     finally:
         pre.close()
-    raw_j, smooth_j = jitter_px(raw[5:], 640, 480), jitter_px(smooth[5:], 640, 480)
+    return raw, smooth, pre.pose_runs
+
+
+def test_static_stream_jitter_is_at_most_half_of_mediapipe_on_every_frame(bus_photo) -> None:
+    """The reference is MediaPipe's raw landmarks with pose on every frame; what is published
+    (smoothed, pose every k-th frame, flow between) must shake at most half as much. Pose on
+    every frame and smoothing alone must too."""
+    raw, every_smoothed, runs = _still_stream(
+        bus_photo, PreprocessConfig(cadence=CadenceConfig(max_interval=1))
+    )
+    assert runs == 45
+    _, smoothed, runs_carried = _still_stream(bus_photo, PreprocessConfig())
+    assert runs_carried < 0.5 * 45  # a still person: pose ran on fewer than half the frames
+    raw_j = jitter_px(raw[5:], 640, 480)
     assert raw_j > 0.2  # the noise really shakes the raw landmarks
-    assert smooth_j <= 0.5 * raw_j, (raw_j, smooth_j)
+    for published in (every_smoothed, smoothed):
+        assert jitter_px(published[5:], 640, 480) <= 0.5 * raw_j, (raw_j, jitter_px(published[5:], 640, 480))
 
 
 def test_message_at_640x480_is_compact(bus_photo) -> None:
@@ -134,7 +152,7 @@ def test_message_at_640x480_is_compact(bus_photo) -> None:
         pre.close()
     msg = result.conditioning
     raw = msg.encode()
-    assert msg.person_found and msg.garment_mask_png
+    assert msg.person_found and msg.garment_mask_rle
     assert len(raw) < 256 * 1024, len(raw)
     assert len(raw) - len(msg.frame_jpeg) < 8 * 1024  # masks + landmarks
     back = Conditioning.decode(raw)
@@ -158,7 +176,7 @@ def test_defined_outcomes_for_empty_tiny_extreme_and_garbage_frames() -> None:
     try:
         blank = pre.process(np.full((480, 640, 3), 90, np.uint8), 0, 1000)
         assert not blank.conditioning.person_found and blank.codes == [cond.NO_PERSON]
-        assert blank.conditioning.people == 0 and blank.conditioning.garment_mask_png is None
+        assert blank.conditioning.people == 0 and blank.conditioning.garment_mask_rle is None
         tiny = pre.process(np.zeros((12, 16, 3), np.uint8), 1, 1033)
         assert tiny.codes == ["frame_too_small"] and not tiny.conditioning.person_found
         assert tiny.conditioning.frame_jpeg  # the frame is still forwarded
