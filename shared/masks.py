@@ -39,13 +39,19 @@ def encode_rle(mask: np.ndarray) -> bytes:
 
 
 def _split_long(runs: np.ndarray) -> np.ndarray:
-    out: list[int] = []
-    for r in runs.tolist():
-        while r > MAX_RUN:
-            out += [MAX_RUN, 0]
-            r -= MAX_RUN
-        out.append(r)
-    return np.asarray(out, dtype=np.int64)
+    """Each run over ``MAX_RUN`` as ``MAX_RUN, 0, MAX_RUN, 0, ..., rest``: the zero-length runs of
+    the other value keep the alternation."""
+    pieces = (runs + MAX_RUN - 1) // MAX_RUN  # uint16 pieces per run (a run of 0 stays one piece)
+    pieces[runs == 0] = 1
+    out = np.zeros(int(2 * pieces.sum() - runs.size), np.int64)
+    starts = np.concatenate(([0], np.cumsum(2 * pieces - 1)[:-1]))
+    for i in np.flatnonzero(pieces > 1):  # the few long runs: top and bottom of the frame
+        k, start = int(pieces[i]), int(starts[i])
+        out[start : start + 2 * k - 2 : 2] = MAX_RUN
+        out[start + 2 * k - 2] = runs[i] - MAX_RUN * (k - 1)
+    short = pieces == 1
+    out[starts[short]] = runs[short]
+    return out
 
 
 def decode_rle(data: bytes, width: int, height: int) -> np.ndarray:

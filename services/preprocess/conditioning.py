@@ -28,19 +28,22 @@ def binary_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     )
 
 
-def moved_prob(prob: np.ndarray, sim: np.ndarray, width: int, height: int) -> np.ndarray:
-    """A probability map (at any size with the frame's aspect) moved by ``sim``, a 2x3 similarity
-    in frame pixels, and brought to the frame's size: the last pose run's segmentation on a frame
-    pose skipped. Moved at its own (small) size, then resized: warping a full-size float map costs
-    four times as much."""
+def moved_mask(
+    prob: np.ndarray, sim: np.ndarray, width: int, height: int, threshold: float = 0.5
+) -> np.ndarray:
+    """The last pose run's segmentation on a frame pose skipped: ``prob`` (uint8 probability x 255,
+    at any size with the frame's aspect) moved by ``sim``, a 2x3 similarity in frame pixels, to a
+    uint8 (0 / 255) mask at the frame's size. One warp straight from the small map to the frame's
+    size, in uint8: a quarter of the time of warping a float map and resizing it."""
     ph, pw = prob.shape[:2]
+    sx, sy = width / pw, height / ph  # a map pixel is this many frame pixels wide and high
     m = sim.astype(np.float64, copy=True)
-    m[0, 2] *= pw / width  # same rotation and scale; the shift in the map's pixels
-    m[1, 2] *= ph / height
-    moved = cv2.warpAffine(prob, m, (pw, ph), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    if (pw, ph) == (width, height):
-        return moved
-    return cv2.resize(moved, (width, height), interpolation=cv2.INTER_LINEAR)
+    # map pixel centre q is frame point (q + 0.5) * s - 0.5 (as cv2.resize aligns them)
+    m[:, 2] += m[:, :2] @ (0.5 * sx - 0.5, 0.5 * sy - 0.5)
+    m[:, 0] *= sx
+    m[:, 1] *= sy
+    moved = cv2.warpAffine(prob, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    return cv2.threshold(moved, threshold * 255, 255, cv2.THRESH_BINARY)[1]
 
 
 def _components(mask: np.ndarray, min_area_px: float) -> int:

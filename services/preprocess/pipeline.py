@@ -168,26 +168,26 @@ class SessionPreprocessor:
         forward = self._last_ts_ms is None or timestamp_ms > self._last_ts_ms
         self._last_ts_ms = timestamp_ms
         carried = self._carry(frame_bgr, w, h) if forward and not people_check else None
+        scene_prob = person_mask = None
         if carried is not None:
             raw, sim = carried
             ref_prob = self._ref[1] if self._ref is not None else None
-            person_prob = cond.moved_prob(ref_prob, sim, w, h) if ref_prob is not None else None
-            scene_prob = None
+            if ref_prob is not None:
+                person_mask = cond.moved_mask(ref_prob, sim, w, h, c.mask_threshold)
             posed = False
         else:
             out = self.tracker.process(frame_bgr, timestamp_ms, people_check=people_check)
             if c.cadence.max_interval > 1:
                 self.flow.remember(frame_bgr)
-            raw, person_prob, scene_prob, posed = out.landmarks, out.person_prob, out.scene_prob, True
+            raw, scene_prob, posed = out.landmarks, out.scene_prob, True
+            if out.person_prob is not None:
+                person_mask = cond.binary_mask(out.person_prob, c.mask_threshold)
             self._pose_ran(out.landmarks, out.person_prob_small, w, h)
         t1 = time.perf_counter()
         landmarks = self.smoother(raw, timestamp_ms / 1e3, w, h)
         self._measured, self._smoothed = raw, landmarks
         codes = cond.assess(landmarks, c.visibility_threshold)
 
-        person_mask = None
-        if person_prob is not None:
-            person_mask = cond.binary_mask(person_prob, c.mask_threshold)
         if scene_prob is not None:
             scene = cond.binary_mask(scene_prob, c.mask_threshold)
             self._others = cond.count_other_people(scene, person_mask, c.min_person_area)
@@ -246,11 +246,14 @@ class SessionPreprocessor:
         if self._ref is not None:
             self.cadence.observe(speed_px(self._ref[0], landmarks, w, h, self.frames - self._ref[2]))
         side = self.config.cadence.flow_side
-        if prob is not None and side and max(prob.shape[:2]) > side:
-            f = side / max(prob.shape[:2])
-            size = (max(1, round(prob.shape[1] * f)), max(1, round(prob.shape[0] * f)))
-            prob = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
-        self._ref = (landmarks, prob, self.frames)
+        small = None
+        if prob is not None:  # kept small and in uint8 for moving it onto the frames pose skips
+            if side and max(prob.shape[:2]) > side:
+                f = side / max(prob.shape[:2])
+                size = (max(1, round(prob.shape[1] * f)), max(1, round(prob.shape[0] * f)))
+                prob = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
+            small = cv2.convertScaleAbs(prob, alpha=255.0)
+        self._ref = (landmarks, small, self.frames)
 
     def _conditioning(
         self,

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tools.bench import capacity as cap
+from tools.bench import capacity_sessions as sessions
 
 pytestmark = pytest.mark.unit
 
@@ -67,10 +68,19 @@ def _window(total: float, generator: float) -> dict:
     return {"cpu_core_per_session": {"total": total, "by_stage": by_stage}, "cpu_ms_per_frame": {}}
 
 
-def test_summary_costs_every_path_from_the_measured_figures() -> None:
-    args = argparse.Namespace(
-        fps=15.0, cpu_core_price_per_hour=0.04, gpu_price_per_hour=2.5, image=None, seconds=20.0
+def _args() -> argparse.Namespace:
+    return argparse.Namespace(
+        fps=15.0,
+        cpu_core_price_per_hour=0.04,
+        gpu_price_per_hour=2.5,
+        box_price_per_hour=0.08,
+        image=None,
+        seconds=20.0,
     )
+
+
+def test_summary_costs_every_path_from_the_measured_figures() -> None:
+    args = _args()
     measured = {
         "demo": _window(0.8, 0.2),  # 0.6 cores around the renderer
         "closeup": _window(1.0, 0.4),
@@ -90,3 +100,39 @@ def test_summary_costs_every_path_from_the_measured_figures() -> None:
     assert report["sessions_per_core"] == pytest.approx(1.25)
     assert report["student"]["paper"]["source"] == "docs/benchmarks.md, H100, 2026-11-27"
     assert any("0.04 $/core-hour" in a and "2.5 $/GPU-hour" in a for a in report["assumptions"])
+
+
+def test_the_measured_sessions_per_box_price_the_warp_path_in_whole_boxes() -> None:
+    measured = {"demo": _window(0.3, 0.1), "closeup": _window(0.4, 0.2), "idle": {}}
+    measured["demo"].update(pose_floor_ms=10.0, cpu_per_frame_over_pose_floor=1.25)
+    measured["sessions_max"] = {"sessions_per_box": 7, "steps": []}
+    report = cap.summarise(measured, None, _args())
+    rows = report["cost_table"]["rows"]
+    assert rows["warp_measured_sessions"]["boxes"] == 143  # 142 boxes hold 994: a 143rd is needed
+    assert report["cost_per_1000_users_per_hour"]["warp_cpu"] == pytest.approx(143 * 0.08)
+    assert report["cost_per_1000_users_per_hour"]["warp_cpu_from_one_session"] == pytest.approx(300 * 0.04)
+    # a managed GPU at one stream each: 1,000 GPUs, and the data path (0.2 cores) on CPU besides
+    assert rows["one_stream_per_gpu"]["per_hour"] == pytest.approx(1000 * 2.5 + 200 * 0.04)
+    assert rows["one_stream_per_gpu"]["per_user_hour"] == pytest.approx(2.508)
+    assert all(p["source"] for k, p in report["cost_table"]["prices"].items() if k != "note")
+    assert report["cpu_per_frame_over_pose_floor"]["demo"] == 1.25
+    none_held = {**measured, "sessions_max": {"sessions_per_box": 0, "steps": []}}
+    assert "warp_measured_sessions" not in cap.summarise(none_held, None, _args())["cost_table"]["rows"]
+
+
+def test_frames_per_second_are_counted_by_capture_time_windows() -> None:
+    t0 = 5_000_000_000
+    captured = [t0 + int(i * 1e9 / 15) for i in range(45)]  # 3 s of a 15 fps camera
+    assert sessions.window_fps(captured, t0, 3) == [15, 15, 15]
+    lost = captured[:20] + captured[25:]  # five frames of the second second never shown
+    assert sessions.window_fps(lost, t0, 3) == [15, 10, 15]
+    assert sessions.window_fps([t0 - 1, t0 + 3_000_000_000], t0, 3) == [0, 0, 0]  # outside
+
+
+def test_the_largest_n_is_the_last_of_an_unbroken_run_that_held() -> None:
+    assert sessions.step_holds(14.5, 150.0, 14.5, 150.0)
+    assert not sessions.step_holds(14.4, 80.0, 14.5, 150.0)
+    assert not sessions.step_holds(15.0, 150.1, 14.5, 150.0)
+    steps = [{"sessions": n, "held": held} for n, held in ((1, True), (2, True), (3, False), (4, True))]
+    assert sessions.largest_held(steps) == 2
+    assert sessions.largest_held([{"sessions": 1, "held": False}]) == 0

@@ -11,6 +11,14 @@ measured figures only.
   only sleeps), so the student paths are charged the generator process's decode/encode/bus cost.
 - Student path: the engine benchmark's ``tiny`` measured here on CPU, and the ``paper`` config's
   H100 figures quoted from docs/benchmarks.md (named as such; no GPU is used by this command).
+- The pose floor, in the same run: MediaPipe pose + segmentation alone, on every one of the frames
+  a window streams, in this process (``pose_floor_ms``), and the whole pipeline's CPU per output
+  frame over it (``cpu_per_frame_over_pose_floor``): a ratio the VM's day-to-day speed cancels out
+  of. Beside it the preprocessing's quality on the same frames (detection rate, jitter against
+  MediaPipe's raw landmarks on every frame, the share of frames pose ran on).
+- ``--sessions-max``: 1, 2, 3 ... real warp sessions at once on one stack until one of them falls
+  under ``--min-fps`` (p05 over 1 s windows) or glass-to-glass p95 goes over ``--max-g2g-ms``; the
+  largest N that held is the sessions per box the cost table then uses (``tools.bench.sessions``).
 
 Prices are flags and every assumption is listed in the JSON, which is the LAST line printed.
 """
@@ -48,6 +56,23 @@ USERS = 1000
 CLOSEUP_BOX = (10, 370, 290, 780)
 START_TIMEOUT_S = 60.0
 IN_FLIGHT_TIMEOUT_S = 10.0
+# Prices, each with where it comes from (list prices read in 2026; a flag overrides each). A vCPU
+# is priced as half of a 2-vCPU on-demand box.
+BOX_PRICE = {
+    "per_hour": 0.0816,
+    "what": "a 2-vCPU on-demand box (AWS m7g.large, 8 GiB, Linux, us-east-1)",
+    "source": "factualminds.com/blog/amazon-ec2-on-demand-pricing-instance-families-2026 (June 2026)",
+}
+CORE_PRICE = {"per_hour": 0.04, "what": "one vCPU: half of that box, rounded", "source": BOX_PRICE["source"]}
+GPU_PRICE = {
+    "per_hour": 2.5,
+    "what": "one H100 80GB SXM, on demand, at the low end of the usual range",
+    "source": "pricegpu.pages.dev/blog/h100-vs-a100-cloud-price ($2.49-3.99/h, early 2026); "
+    "mercatus-ai.com/blog/cloud-gpu-pricing ($2.50-3.50/h at specialty clouds, $3.50-5.00 at "
+    "hyperscalers, May 2026)",
+}
+# issue 24: the whole pipeline's CPU per frame over MediaPipe's alone, at most
+OVER_FLOOR_GOAL = {"demo": 1.3, "closeup": 1.5}
 
 # The paper config of the student on one NVIDIA H100 80GB HBM3, bf16, random weights, quoted from
 # docs/benchmarks.md, section "Engine: chameleon bench engine --config tiny --json" (the paper-config
@@ -169,6 +194,70 @@ async def _settle(
     return last + 1
 
 
+# -- the pose floor and the preprocessing's quality, in this process --------------------------------
+FLOOR_FRAMES = 90  # one period of the camera's motion: the frames a window streams, over and over
+
+
+def window_frames(photo: np.ndarray, args: argparse.Namespace, n: int = FLOOR_FRAMES) -> list[np.ndarray]:
+    from services.camera.source import MotionCamera
+
+    cam = MotionCamera(photo, args.width, args.height)
+    return [cam.frame(i) for i in range(n)]
+
+
+def pose_floor_ms(frames: list[np.ndarray], fps: float, warmup: int = 10) -> float:
+    """CPU ms per frame of MediaPipe pose + segmentation alone (this process's CPU time, all its
+    threads), run on every frame: what a session would cost if nothing but MediaPipe ran."""
+    from services.preprocess.pose import PoseConfig, PoseTracker
+
+    with PoseTracker(PoseConfig(people_check_every=0)) as tracker:
+        for i in range(warmup):
+            tracker.process(frames[i % len(frames)], i * 1e3 / fps)
+        t0 = time.process_time()
+        for i, frame in enumerate(frames):
+            tracker.process(frame, (warmup + i) * 1e3 / fps)
+        return (time.process_time() - t0) * 1e3 / len(frames)
+
+
+def preprocess_quality(frames: list[np.ndarray], fps: float, still: list[np.ndarray] | None = None) -> dict:
+    """The shipped preprocessing in this process on the window's frames: its CPU ms per frame
+    (the service's figure less the bus), detection rate, the share of frames pose ran on, and,
+    given a still noisy stream, its landmark jitter over MediaPipe's raw landmarks on every frame."""
+    from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
+    from services.preprocess.tracking import CadenceConfig
+    from tools.eval.preprocess import detect_rate, jitter_px
+
+    def run(
+        stream: list[np.ndarray], config: PreprocessConfig | None = None
+    ) -> tuple[list, list, float, int]:
+        pre = SessionPreprocessor("capacity", config)
+        raw, published = [], []
+        try:
+            t0 = time.process_time()
+            for i, frame in enumerate(stream):
+                r = pre.process(frame, i, 1000.0 + i * 1e3 / fps, frame_jpeg=b"-")
+                raw.append(r.raw_landmarks)
+                published.append(r.landmarks)
+            cpu_ms = (time.process_time() - t0) * 1e3 / len(stream)
+        finally:
+            pre.close()
+        return raw, published, cpu_ms, pre.pose_runs
+
+    _, published, cpu_ms, runs = run(frames)
+    out = {
+        "cpu_ms_per_frame": round(cpu_ms, 3),
+        "detect_rate": round(detect_rate(published), 4),
+        "pose_share": round(runs / len(frames), 3),
+    }
+    if still is not None:
+        raw_every, _, _, _ = run(still, PreprocessConfig(cadence=CadenceConfig(max_interval=1)))
+        _, shipped, _, _ = run(still)
+        raw_j, ours = jitter_px(raw_every[10:], 640, 480), jitter_px(shipped[10:], 640, 480)
+        out["jitter_px"] = {"mediapipe_raw_every_frame": round(raw_j, 3), "published": round(ours, 3)}
+        out["jitter_ratio"] = round(ours / raw_j, 3) if raw_j > 0 else None
+    return out
+
+
 async def _measure(
     url: str, pids: dict[str, int], windows: list[Window], args: argparse.Namespace, idle: bool
 ) -> dict[str, Any]:
@@ -191,6 +280,19 @@ async def _measure(
             after = cpu_snapshot(pids)
             results["idle"] = {k: round((after[k] - before[k]) / args.idle_seconds, 4) for k in pids}
         for w in windows:
+            # the floor and the in-process figures first, the stack idle (same frames, same load)
+            floor_frames = window_frames(w.photo, args) if w.backend == "warp" else []
+            floor = await asyncio.to_thread(pose_floor_ms, floor_frames, args.fps) if floor_frames else None
+            still = None
+            if w.label == "demo":
+                from tools.eval.preprocess import noisy_still_frames
+
+                still = list(noisy_still_frames(w.photo, 90, args.width, args.height))
+            quality = (
+                await asyncio.to_thread(preprocess_quality, floor_frames, args.fps, still)
+                if floor_frames
+                else None
+            )
             sid = f"capacity-{w.label}"
             rec = Recorder()
             await nc.subscribe(subjects.events(sid), cb=rec.on_event)
@@ -229,6 +331,13 @@ async def _measure(
                 "stage_ms_p50": {k: v["p50"] for k, v in watcher.summary()["stage_ms"].items()},
                 "client_cores_not_counted": round(client_cores, 4),
             }
+            if floor is not None:
+                total = results[w.label]["cpu_ms_per_frame"]["total"]
+                results[w.label].update(
+                    pose_floor_ms=round(floor, 3),
+                    cpu_per_frame_over_pose_floor=round(total / floor, 3),
+                    preprocess_inprocess=quality,
+                )
     finally:
         await nc.drain()
     return results
@@ -244,7 +353,78 @@ def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     results = _run_stack("warp", [Window("demo", "warp", photo), Window("closeup", "warp", close)], args)
     if not args.skip_sim:
         results.update(_run_stack("sim", [Window("sim", "sim", photo)], args))
+    if args.sessions_max:
+        results["sessions_max"] = measure_sessions_max(photo, args)
     return results
+
+
+def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """1, 2, 3 ... warp sessions at once on one stack until a step misses the bar
+    (``tools.bench.capacity_sessions``); the largest N that held."""
+    from harness.stack import Stack
+    from runtime.media import encode_jpeg
+    from runtime.settings import BaseSettings
+    from services.camera.source import MotionCamera
+    from shared.subjects import Subjects
+    from tools.bench.capacity_sessions import largest_held, run_step
+
+    cam = MotionCamera(photo, args.width, args.height)
+    jpegs = [encode_jpeg(cam.frame(i), 85) for i in range(int(cam.motion.period))]  # as the camera does
+    env = {
+        "CHAMELEON_OUT_WIDTH": str(args.width),
+        "CHAMELEON_OUT_HEIGHT": str(args.height),
+        "CHAMELEON_BACKEND": "warp",
+        "CHAMELEON_DEFAULT_GARMENT": args.garment,
+        "CHAMELEON_MAX_SESSIONS": str(max(8, args.sessions_limit)),
+    }
+    logs = Path(args.logs) / "sessions" if args.logs else None
+    steps: list[dict[str, Any]] = []
+    with Stack(PIPELINE, env=env, log_dir=logs) as stack:
+        pids = {c.name: c.proc.pid for c in stack.children}
+        servers = child_pids("nats-server") if stack.nats is not None else []
+        if len(servers) == 1:
+            pids[NATS_SERVER] = servers[0]
+        subjects = Subjects(BaseSettings.from_env().subject_prefix)
+
+        async def steps_until_one_misses() -> None:
+            from harness.recorder import starter_colours
+            from runtime.bus import connect
+
+            nc = await connect(stack.url, "bench-capacity-catalogue")
+            await starter_colours(nc, subjects)
+            await nc.drain()
+            for n in range(1, args.sessions_limit + 1):
+                client_before = process_cpu_s(os.getpid())
+                t0 = time.monotonic()
+                step = await run_step(
+                    stack.url,
+                    subjects,
+                    n,
+                    jpegs,
+                    label=f"max{os.getpid() % 1000}",
+                    fps=args.fps,
+                    size=(args.width, args.height),
+                    seconds=args.sessions_seconds,
+                    min_fps=args.min_fps,
+                    max_g2g_ms=args.max_g2g_ms,
+                    cpu_snapshot=lambda: cpu_snapshot(pids),
+                )
+                step["client_cores_not_counted"] = round(
+                    (process_cpu_s(os.getpid()) - client_before) / (time.monotonic() - t0), 3
+                )
+                step["load_average_1m"] = round(os.getloadavg()[0], 2)
+                steps.append(step)
+                if not step["held"]:
+                    break
+
+        asyncio.run(steps_until_one_misses())
+    return {
+        "sessions_per_box": largest_held(steps),
+        "bar": {"fps_p05_min": args.min_fps, "g2g_p95_max_ms": args.max_g2g_ms},
+        "seconds_per_step": args.sessions_seconds,
+        "steps": steps,
+        "box": f"this machine: {os.cpu_count()} cores, shared (the load average of each step is given)",
+    }
 
 
 def _run_stack(backend: str, windows: list[Window], args: argparse.Namespace) -> dict[str, Any]:
@@ -297,6 +477,50 @@ def _machine() -> str:
     return f"{machine()}, {mem_gib:.0f} GiB, Python {platform.python_version()}"
 
 
+def cost_table(
+    most: dict[str, Any] | None, demo: dict[str, Any], around_engine: float, args: argparse.Namespace
+) -> dict[str, Any]:
+    """1,000 concurrent users an hour: on warp boxes holding the measured sessions per box (whole
+    boxes), as the CPU of one session times 1,000 (fractional cores, no headroom), and what a user
+    would pay instead on a managed GPU at one stream per GPU (its data path on CPU besides)."""
+    rows: dict[str, dict[str, Any]] = {}
+    if most is not None and most["sessions_per_box"] > 0:
+        n = most["sessions_per_box"]
+        boxes = math.ceil(USERS / n)
+        rows["warp_measured_sessions"] = {
+            "sessions_per_box": n,
+            "boxes": boxes,
+            "price_per_box_hour": args.box_price_per_hour,
+            "per_hour": round(boxes * args.box_price_per_hour, 2),
+        }
+    cores = cores_per_users(demo["cpu_core_per_session"]["total"])
+    rows["warp_one_session_cpu"] = {
+        "cores": round(cores, 1),
+        "price_per_core_hour": args.cpu_core_price_per_hour,
+        "per_hour": round(cpu_cost_per_hour(cores, args.cpu_core_price_per_hour), 2),
+    }
+    gpus = devices_for(USERS, 1)
+    around = cpu_cost_per_hour(cores_per_users(around_engine), args.cpu_core_price_per_hour)
+    rows["one_stream_per_gpu"] = {
+        "gpus": gpus,
+        "price_per_gpu_hour": args.gpu_price_per_hour,
+        "per_hour": round((gpus or 0) * args.gpu_price_per_hour + around, 2),
+    }
+    for row in rows.values():
+        row["per_user_hour"] = round(row["per_hour"] / USERS, 5)
+    return {
+        "users": USERS,
+        "rows": rows,
+        "prices": {
+            "box": {**BOX_PRICE, "per_hour": args.box_price_per_hour},
+            "vcpu": {**CORE_PRICE, "per_hour": args.cpu_core_price_per_hour},
+            "gpu": {**GPU_PRICE, "per_hour": args.gpu_price_per_hour},
+            "note": "the box priced is an ARM (Graviton) instance of the measured VM's size; an x86 one "
+            "is assumed to cost the same. Prices exclude network, storage and idle capacity.",
+        },
+    }
+
+
 def summarise(
     measured: dict[str, Any], tiny: dict[str, Any] | None, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -320,6 +544,12 @@ def summarise(
     around_cost = cpu_cost_per_hour(cores_per_users(around_engine), core_price)
 
     costs: dict[str, float | None] = {"warp_cpu": warp_cost(demo), "warp_cpu_closeup": warp_cost(close)}
+    most = measured.get("sessions_max")
+    table = cost_table(most, demo, around_engine, args)
+    if "warp_measured_sessions" in table["rows"]:
+        # the measured sessions per box, in whole boxes, is the figure; the derived one stays beside it
+        costs["warp_cpu_from_one_session"] = costs["warp_cpu"]
+        costs["warp_cpu"] = table["rows"]["warp_measured_sessions"]["per_hour"]
     student: dict[str, Any] = {}
     if tiny is not None:
         engine_cores = tiny["threads"] * fps / tiny["frames_per_s"]
@@ -365,16 +595,27 @@ def summarise(
         "1280x704, bf16); batching 2 sessions gave 0.941x there, so one session per H100 at 15 fps",
         "prices exclude memory, network, storage and idle capacity",
     ]
+    floors = {k: w.get("pose_floor_ms") for k, w in (("demo", demo), ("closeup", close))}
+    ratios = {k: w.get("cpu_per_frame_over_pose_floor") for k, w in (("demo", demo), ("closeup", close))}
     return {
         "bench": "capacity",
         "fps": fps,
         "framing": "demo",
+        "pose_floor_ms": floors,
+        "cpu_per_frame_over_pose_floor": ratios,
+        "over_pose_floor_goal": dict(OVER_FLOOR_GOAL),
+        "preprocess_quality": {
+            k: {q: v for q, v in (w.get("preprocess_inprocess") or {}).items() if q != "cpu_ms_per_frame"}
+            for k, w in (("demo", demo), ("closeup", close))
+        },
         "cpu_core_per_session": demo["cpu_core_per_session"],
         "cpu_ms_per_frame": demo["cpu_ms_per_frame"],
         "sessions_per_core": round(1 / per_session, 3),
         "users_per_machine": math.floor(cpus / per_session),
         "cores_per_1000_users": round(cores_per_users(per_session), 1),
         "cost_per_1000_users_per_hour": costs,
+        "cost_table": table,
+        "sessions_max": most,
         "prices": {"cpu_core_per_hour": core_price, "gpu_per_hour": gpu_price, "currency": "USD"},
         "student_cpu_cores_per_session_besides_engine": round(around_engine, 4),
         "framings": {
@@ -404,12 +645,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--image", help="close-up photo (default: the person cropped from bus.jpg)")
     p.add_argument("--garment", default="tee-red-solid")
-    p.add_argument("--gpu-price-per-hour", type=float, default=2.5, help="assumed $ per GPU-hour")
-    p.add_argument("--cpu-core-price-per-hour", type=float, default=0.04, help="assumed $ per core-hour")
+    p.add_argument("--gpu-price-per-hour", type=float, default=GPU_PRICE["per_hour"], help="$ per H100-hour")
+    p.add_argument(
+        "--cpu-core-price-per-hour", type=float, default=CORE_PRICE["per_hour"], help="$ per vCPU-hour"
+    )
     p.add_argument("--engine-iters", type=int, default=10, help="timed tiny engine steps")
     p.add_argument("--skip-student", action="store_true", help="no tiny engine run")
     p.add_argument("--skip-sim", action="store_true", help="no sim-backend window")
     p.add_argument("--logs", default="out/logs/capacity", help="folder for service logs")
+    p.add_argument(
+        "--sessions-max", action="store_true", help="also run 1, 2, 3 ... sessions at once: sessions per box"
+    )
+    p.add_argument("--sessions-limit", type=int, default=12, help="the most sessions --sessions-max tries")
+    p.add_argument(
+        "--sessions-seconds", type=int, default=15, help="measured seconds per --sessions-max step"
+    )
+    p.add_argument(
+        "--min-fps", type=float, default=14.5, help="a step holds with output fps p05 at least this"
+    )
+    p.add_argument("--max-g2g-ms", type=float, default=150.0, help="...and glass-to-glass p95 at most this")
+    p.add_argument(
+        "--box-price-per-hour", type=float, default=BOX_PRICE["per_hour"], help="$ per hour of a 2-vCPU box"
+    )
     return p
 
 
