@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from runtime.media import UndecodableImage, decode_image, encode_jpeg
+from runtime.media import (
+    GREY_SCALES,
+    UndecodableImage,
+    decode_grey,
+    decode_image,
+    encode_jpeg,
+    jpeg_dimensions,
+)
 from services.preprocess import conditioning as cond
 from services.preprocess.pose import PoseConfig, PoseTracker
 from services.preprocess.settings import PreprocessSettings
@@ -134,14 +141,12 @@ class SessionPreprocessor:
         self._ref = None
 
     def process_jpeg(self, jpeg: bytes, seq: int, timestamp_ms: float, category: str = "") -> FrameResult:
-        t0 = time.perf_counter()
-        try:  # quietly: libjpeg's warning about a corrupt frame becomes the error, not a stderr line
-            frame = decode_image(jpeg)
-        except UndecodableImage as exc:
-            raise CodedError("bad_frame", str(exc)) from None
-        result = self.process(frame, seq, timestamp_ms, frame_jpeg=jpeg, category=category)
-        result.timings_ms["decode"] = (time.perf_counter() - t0) * 1e3 - sum(result.timings_ms.values())
-        return result
+        """One frame as it arrives. A frame pose skips is decoded only to a small grey copy for
+        flow (its JPEG scaled in the DCT: about 60% of a full colour decode); every decode is
+        strict, so a corrupt frame is ``bad_frame`` either way."""
+        size = jpeg_dimensions(jpeg)
+        frame = _Frame(self.flow, jpeg=jpeg, size=size) if size else _Frame(self.flow, jpeg=jpeg)
+        return self._process(frame, seq, timestamp_ms, jpeg, category)
 
     def process(
         self,
@@ -152,11 +157,16 @@ class SessionPreprocessor:
         category: str = "",
     ) -> FrameResult:
         """``category``: the region this session's garment needs; empty: the configured one."""
-        c = self.config
-        category = category if category in body.GARMENT_CATEGORIES else c.garment_category
-        h, w = frame_bgr.shape[:2]
         if frame_jpeg is None:
             frame_jpeg = encode_jpeg(frame_bgr)
+        return self._process(_Frame(self.flow, bgr=frame_bgr), seq, timestamp_ms, frame_jpeg, category)
+
+    def _process(
+        self, frame: _Frame, seq: int, timestamp_ms: float, frame_jpeg: bytes, category: str
+    ) -> FrameResult:
+        c = self.config
+        category = category if category in body.GARMENT_CATEGORIES else c.garment_category
+        w, h = frame.size
         size_code = check_size(w, h, c.min_frame_side, c.max_aspect)
         if size_code is not None:
             self._forget()  # continuity is broken either way
@@ -167,7 +177,7 @@ class SessionPreprocessor:
         people_check = every > 0 and self.frames % every == 0
         forward = self._last_ts_ms is None or timestamp_ms > self._last_ts_ms
         self._last_ts_ms = timestamp_ms
-        carried = self._carry(frame_bgr, w, h) if forward and not people_check else None
+        carried = self._carry(frame, w, h) if forward and not people_check else None
         scene_prob = person_mask = None
         if carried is not None:
             raw, sim = carried
@@ -176,9 +186,9 @@ class SessionPreprocessor:
                 person_mask = cond.moved_mask(ref_prob, sim, w, h, c.mask_threshold)
             posed = False
         else:
-            out = self.tracker.process(frame_bgr, timestamp_ms, people_check=people_check)
+            out = self.tracker.process(frame.bgr(), timestamp_ms, people_check=people_check)
             if c.cadence.max_interval > 1:
-                self.flow.remember(frame_bgr)
+                self.flow.remember(frame.grey(), frame.size)
             raw, scene_prob, posed = out.landmarks, out.scene_prob, True
             if out.person_prob is not None:
                 person_mask = cond.binary_mask(out.person_prob, c.mask_threshold)
@@ -205,19 +215,20 @@ class SessionPreprocessor:
         t3 = time.perf_counter()
         self.frames += 1
         timings = {
-            "pose" if posed else "flow": (t1 - t0) * 1e3,
+            "decode": frame.decode_ms,
+            "pose" if posed else "flow": (t1 - t0) * 1e3 - frame.decode_ms,
             "masks": (t2 - t1) * 1e3,
             "encode": (t3 - t2) * 1e3,
         }
         return FrameResult(msg, codes, raw, landmarks, timings, posed)
 
-    def _carry(self, frame_bgr: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray] | None:
+    def _carry(self, frame: _Frame, w: int, h: int) -> tuple[np.ndarray, np.ndarray] | None:
         """This frame's landmarks (before smoothing) carried by flow, and the similarity the body
         moved by since the last pose run; None when pose is due or flow cannot vouch for them."""
         if self._smoothed is None or self._measured is None or self._ref is None or self.cadence.pose_due():
             return None
         threshold = self.config.visibility_threshold
-        carried = self.flow.carry(frame_bgr, self._smoothed, threshold)
+        carried = self.flow.carry(frame.grey(), frame.size, self._smoothed, threshold)
         sim = None
         if carried is not None:
             # the measurement moves as flow moved the smoothed points: the smoother sees one stream
@@ -291,3 +302,56 @@ class SessionPreprocessor:
             f"person_mask_{suffix}": encode(person) if person is not None else None,
             f"garment_mask_{suffix}": encode(region) if region is not None else None,
         }
+
+
+class _Frame:
+    """One frame, decoded only as far as needed: colour for MediaPipe, a small grey copy for flow
+    (from the JPEG's own DCT scaling when the colour frame is not needed). Decoding is strict:
+    a corrupt frame is ``bad_frame`` whichever decode meets it."""
+
+    def __init__(
+        self,
+        flow: FlowTracker,
+        *,
+        jpeg: bytes | None = None,
+        bgr: np.ndarray | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        self._flow, self._jpeg, self._bgr, self._grey = flow, jpeg, bgr, None
+        self.decode_ms = 0.0
+        if bgr is None and size is None:  # no size in the JPEG's headers: decode it to know it
+            bgr = self._bgr = self._decode(decode_image)
+        self.size: tuple[int, int] = (bgr.shape[1], bgr.shape[0]) if bgr is not None else size  # type: ignore[assignment]
+
+    def _decode(self, fn, *args):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return fn(self._jpeg, *args)
+        except UndecodableImage as exc:
+            raise CodedError("bad_frame", str(exc)) from None
+        finally:
+            self.decode_ms += (time.perf_counter() - t0) * 1e3
+
+    def bgr(self) -> np.ndarray:
+        if self._bgr is None:
+            bgr = self._decode(decode_image)
+            if (bgr.shape[1], bgr.shape[0]) != self.size:
+                raise CodedError(
+                    "bad_frame", f"JPEG header says {self.size}, it decodes to {bgr.shape[1::-1]}"
+                )
+            self._bgr = bgr
+        return self._bgr
+
+    def grey(self) -> np.ndarray:
+        """Grey at the flow tracker's size."""
+        if self._grey is None:
+            target = self._flow.flow_size(*self.size)
+            if self._bgr is not None:
+                self._grey = self._flow.grey(self._bgr)
+            else:
+                scale = max(s for s in GREY_SCALES if self.size[0] / s >= target[0] or s == 1)
+                grey = self._decode(decode_grey, scale)
+                if (grey.shape[1], grey.shape[0]) != target:
+                    grey = cv2.resize(grey, target, interpolation=cv2.INTER_AREA)
+                self._grey = grey
+        return self._grey

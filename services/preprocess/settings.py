@@ -26,7 +26,7 @@ class PreprocessSettings(BaseSettings):
     people_check_every: int = 30  # full-frame segmentation for counting people every N frames; 0: off
     pose_max_side: int = 640  # MediaPipe runs on frames shrunk to this long side; 0: full size
     # -- pose cadence (landmarks carried by optical flow between pose runs) ------------------------
-    pose_every_max: int = 4  # pose at least every N frames; 1: on every frame
+    pose_every_max: int = 6  # pose at least every N frames; 1: on every frame
     pose_travel_px: float = 8.0  # landmarks may travel about this far between two pose runs
     pose_fast_px: float = 4.0  # at this speed (pixels per frame) or faster, pose runs on every frame
     # -- smoothing (One Euro, landmark coordinates in pixels) --------------------------------------

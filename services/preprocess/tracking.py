@@ -31,7 +31,7 @@ SPEED_POINTS = (11, 12, 13, 14, 15, 16, 23, 24)
 
 @dataclass(frozen=True)
 class CadenceConfig:
-    max_interval: int = 4  # pose at least every N frames; 1: on every frame (no flow at all)
+    max_interval: int = 6  # pose at least every N frames; 1: on every frame (no flow at all)
     travel_px: float = 8.0  # landmarks may travel about this far (frame pixels) between pose runs
     fast_px: float = 4.0  # at or above this speed (pixels per frame) pose runs on every frame
     min_points: int = 8  # fewer landmarks followed than this: pose runs on this frame
@@ -115,33 +115,37 @@ class FlowTracker:
         self._prev = None
         self._size = None
 
-    def grey(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """The frame as flow sees it: grey, shrunk to ``flow_side``."""
-        h, w = frame_bgr.shape[:2]
+    def flow_size(self, width: int, height: int) -> tuple[int, int]:
+        """The size flow works at for frames of ``width`` x ``height``: shrunk to ``flow_side``."""
         side = self.config.flow_side
-        if side and max(h, w) > side:
-            f = side / max(h, w)
-            small = cv2.resize(
-                frame_bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
-            )
-            return cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        if side and max(width, height) > side:
+            f = side / max(width, height)
+            return max(1, round(width * f)), max(1, round(height * f))
+        return width, height
+
+    def grey(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """A colour frame as flow sees it: grey, at ``flow_size``."""
+        h, w = frame_bgr.shape[:2]
+        size = self.flow_size(w, h)
+        if size != (w, h):
+            frame_bgr = cv2.resize(frame_bgr, size, interpolation=cv2.INTER_AREA)
         return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
 
-    def remember(self, frame_bgr: np.ndarray) -> None:
-        """Keep this frame as the one the next ``carry`` starts from."""
-        self._prev = self.grey(frame_bgr)
-        self._size = (frame_bgr.shape[1], frame_bgr.shape[0])
+    def remember(self, grey: np.ndarray, size: tuple[int, int]) -> None:
+        """Keep this frame (grey at ``flow_size``; ``size`` the frame's) for the next ``carry``."""
+        self._prev, self._size = grey, size
 
-    def carry(self, frame_bgr: np.ndarray, landmarks: np.ndarray, threshold: float) -> Carried | None:
-        """``landmarks`` (the previous frame's, normalised) moved into ``frame_bgr``; None when
-        they cannot be followed well enough (then pose must run on this frame). The frame is
-        remembered either way."""
+    def carry(
+        self, grey: np.ndarray, size: tuple[int, int], landmarks: np.ndarray, threshold: float
+    ) -> Carried | None:
+        """``landmarks`` (the previous frame's, normalised) moved into this frame, ``grey`` (at
+        ``flow_size``; ``size`` the frame's (width, height)); None when they cannot be followed
+        well enough (then pose must run on this frame). The frame is remembered either way."""
         c = self.config
-        h, w = frame_bgr.shape[:2]
-        prev, size = self._prev, self._size
-        grey = self.grey(frame_bgr)
-        self._prev, self._size = grey, (w, h)
-        if prev is None or size != (w, h):
+        w = size[0]
+        prev, prev_size = self._prev, self._size
+        self._prev, self._size = grey, size
+        if prev is None or prev_size != size or prev.shape != grey.shape:
             return None
         gh, gw = grey.shape[:2]
         pts = landmarks[:, :2].astype(np.float64) * (gw, gh)

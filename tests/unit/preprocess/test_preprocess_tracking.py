@@ -35,6 +35,14 @@ def shifted(frame: np.ndarray, dx: float, dy: float) -> np.ndarray:
     return cv2.warpAffine(frame, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
 
+def remember(flow: FlowTracker, frame: np.ndarray) -> None:
+    flow.remember(flow.grey(frame), (frame.shape[1], frame.shape[0]))
+
+
+def carry(flow: FlowTracker, frame: np.ndarray, lm: np.ndarray):  # type: ignore[no-untyped-def]
+    return flow.carry(flow.grey(frame), (frame.shape[1], frame.shape[0]), lm, threshold=0.5)
+
+
 def landmarks(seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     lm = np.zeros((33, 4), np.float32)
@@ -81,8 +89,8 @@ def test_flow_carries_landmarks_by_the_frame_motion(flow_side: int) -> None:
     lm[30, :2] = (1.2, 0.5)  # off the frame: moved by the similarity
     lm[31, 3] = 0.1  # not visible: moved by the similarity
     flow = FlowTracker(CadenceConfig(flow_side=flow_side))
-    flow.remember(frame)
-    carried = flow.carry(shifted(frame, 3.0, -2.0), lm, threshold=0.5)
+    remember(flow, frame)
+    carried = carry(flow, shifted(frame, 3.0, -2.0), lm)
     assert carried is not None and carried.followed >= 30
     moved = (carried.landmarks[:, :2] - lm[:, :2]) * (W, H)
     np.testing.assert_allclose(moved, np.tile([3.0, -2.0], (33, 1)), atol=0.35)
@@ -93,16 +101,16 @@ def test_flow_carries_landmarks_by_the_frame_motion(flow_side: int) -> None:
 def test_flow_gives_up_where_it_cannot_vouch_for_a_garment_point() -> None:
     frame, lm = texture(), landmarks()
     flow = FlowTracker(CadenceConfig())
-    assert flow.carry(frame, lm, 0.5) is None  # nothing to start from
+    assert carry(flow, frame, lm) is None  # nothing to start from
     nxt = shifted(frame, 2.0, 1.0)
     x, y = (lm[SPEED_POINTS[2], :2] * (W, H)).astype(int)
     nxt[y - 20 : y + 20, x - 20 : x + 20] = texture(seed=9)[y - 20 : y + 20, x - 20 : x + 20]  # covered
-    flow.remember(frame)
-    assert flow.carry(nxt, lm, 0.5) is None
-    flow.remember(frame)
-    assert flow.carry(texture(seed=5), lm, 0.5) is None  # another scene altogether
-    flow.remember(frame)
-    assert flow.carry(cv2.resize(frame, (320, 240)), lm, 0.5) is None  # the size changed
+    remember(flow, frame)
+    assert carry(flow, nxt, lm) is None
+    remember(flow, frame)
+    assert carry(flow, texture(seed=5), lm) is None  # another scene altogether
+    remember(flow, frame)
+    assert carry(flow, cv2.resize(frame, (320, 240)), lm) is None  # the size changed
 
 
 def test_bending_is_what_the_body_similarity_does_not_explain() -> None:
