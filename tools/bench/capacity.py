@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psutil
 
 from tools.bench.common import child_pids, emit, machine, process_cpu_s
 
@@ -379,6 +380,7 @@ def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[st
     }
     logs = Path(args.logs) / "sessions" if args.logs else None
     steps: list[dict[str, Any]] = []
+    extra_steps: list[dict[str, Any]] = []  # --sessions-at beyond the search: how CPU per frame grows
     with Stack(PIPELINE, env=env, log_dir=logs) as stack:
         pids = {c.name: c.proc.pid for c in stack.children}
         servers = child_pids("nats-server") if stack.nats is not None else []
@@ -393,10 +395,10 @@ def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[st
             nc = await connect(stack.url, "bench-capacity-catalogue")
             await starter_colours(nc, subjects)
             await nc.drain()
-            for n in range(1, args.sessions_limit + 1):
-                client_before = process_cpu_s(os.getpid())
-                t0 = time.monotonic()
-                step = await run_step(
+
+            async def step(n: int) -> dict[str, Any]:
+                client_before, t0 = process_cpu_s(os.getpid()), time.monotonic()
+                out = await run_step(
                     stack.url,
                     subjects,
                     n,
@@ -408,14 +410,21 @@ def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[st
                     min_fps=args.min_fps,
                     max_g2g_ms=args.max_g2g_ms,
                     cpu_snapshot=lambda: cpu_snapshot(pids),
+                    threads=lambda: {k: psutil.Process(p).num_threads() for k, p in pids.items()},
                 )
-                step["client_cores_not_counted"] = round(
+                out["client_cores_not_counted"] = round(
                     (process_cpu_s(os.getpid()) - client_before) / (time.monotonic() - t0), 3
                 )
-                step["load_average_1m"] = round(os.getloadavg()[0], 2)
-                steps.append(step)
-                if not step["held"]:
+                out["load_average_1m"] = round(os.getloadavg()[0], 2)
+                return out
+
+            for n in range(1, args.sessions_limit + 1):
+                steps.append(await step(n))
+                if not steps[-1]["held"]:
                     break
+            for n in args.sessions_at:  # past the search: how the CPU per frame grows with N
+                if all(s["sessions"] != n for s in steps):
+                    extra_steps.append(await step(n))
 
         asyncio.run(steps_until_one_misses())
     return {
@@ -423,6 +432,7 @@ def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[st
         "bar": {"fps_p05_min": args.min_fps, "g2g_p95_max_ms": args.max_g2g_ms},
         "seconds_per_step": args.sessions_seconds,
         "steps": steps,
+        "extra_steps": extra_steps,
         "box": f"this machine: {os.cpu_count()} cores, shared (the load average of each step is given)",
     }
 
@@ -659,6 +669,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions-limit", type=int, default=12, help="the most sessions --sessions-max tries")
     p.add_argument(
         "--sessions-seconds", type=int, default=15, help="measured seconds per --sessions-max step"
+    )
+    p.add_argument(
+        "--sessions-at",
+        type=lambda v: sorted({int(x) for x in v.split(",") if x}),
+        default=[],
+        help="also measure these N (comma-separated), past the first miss too: CPU per frame as N grows",
     )
     p.add_argument(
         "--min-fps", type=float, default=14.5, help="a step holds with output fps p05 at least this"

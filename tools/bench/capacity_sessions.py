@@ -129,6 +129,7 @@ async def run_step(
     min_fps: float,
     max_g2g_ms: float,
     cpu_snapshot: Callable[[], dict[str, float]],
+    threads: Callable[[], dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """N sessions at once; the step's figures and whether it held."""
     from runtime.bus import connect
@@ -155,6 +156,7 @@ async def run_step(
         before, t0_ns, t0 = cpu_snapshot(), now_ns(), time.monotonic()
         await asyncio.sleep(seconds)
         after, t1_ns, wall = cpu_snapshot(), now_ns(), time.monotonic() - t0
+        thread_counts = threads() if threads is not None else {}
         await asyncio.sleep(DRAIN_S)
     finally:
         stop.set()
@@ -186,4 +188,5 @@ async def run_step(
         "cpu_ms_per_frame": round(sum(after[k] - before[k] for k in before) * 1e3 / shown, 3)
         if shown
         else None,
+        "threads": thread_counts,
     }

@@ -118,11 +118,64 @@ def jitter_ratio(photo: np.ndarray, frames: int = 120) -> dict[str, float]:
     return {"raw_px": round(raw_j, 3), "smoothed_px": round(smooth_j, 3), "ratio": round(smooth_j / raw_j, 3)}
 
 
+def jpeg_codecs(photo: np.ndarray, frames: int = 60, qualities: tuple[int, ...] = (85, 90, 95)) -> dict:
+    """OpenCV's JPEG (libjpeg-turbo 3, SIMD, as its wheel builds it) against simplejpeg's
+    (libjpeg-turbo through its TurboJPEG API) when that package is installed: decode and encode
+    CPU ms at 640x480, and per output quality the size and PSNR (what choosing a quality rests on).
+    Not a dependency: the comparison is what decided against it (docs/benchmarks.md)."""
+    import cv2
+
+    from runtime.media import decode_image, encode_jpeg
+    from services.camera.source import MotionCamera
+
+    cam = MotionCamera(photo, 640, 480)
+    imgs = [cam.frame(i) for i in range(frames)]
+    jpegs = [encode_jpeg(f, 85) for f in imgs]
+
+    def cpu_ms(fn, items) -> float:  # type: ignore[no-untyped-def]
+        fn(items[0])
+        t0 = time.process_time()
+        for x in items:
+            fn(x)
+        return round((time.process_time() - t0) * 1e3 / len(items), 3)
+
+    out: dict = {"opencv": {"decode_ms": cpu_ms(decode_image, jpegs), "quality": {}}}
+    for q in qualities:
+        enc = [encode_jpeg(f, q) for f in imgs[:10]]
+        out["opencv"]["quality"][q] = {
+            "encode_ms": cpu_ms(lambda f, q=q: encode_jpeg(f, q), imgs),
+            "kb": round(float(np.mean([len(e) for e in enc])) / 1024, 1),
+            "psnr_db": round(
+                float(np.mean([cv2.PSNR(f, decode_image(e)) for f, e in zip(imgs[:10], enc, strict=True)])), 2
+            ),
+        }
+    try:
+        import simplejpeg  # type: ignore[import-not-found]
+    except ImportError:
+        out["simplejpeg"] = "not installed"
+        return out
+    out["simplejpeg"] = {
+        "version": simplejpeg.__version__,
+        "decode_ms": cpu_ms(lambda j: simplejpeg.decode_jpeg(j, colorspace="BGR", strict=True), jpegs),
+        "quality": {
+            q: {
+                "encode_ms": cpu_ms(
+                    lambda f, q=q: simplejpeg.encode_jpeg(f, q, colorspace="BGR", colorsubsampling="420"),
+                    imgs,
+                )
+            }
+            for q in qualities
+        },
+    }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chameleon bench preprocess", description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=2000, help="frames of the long 640x480 run")
     parser.add_argument("--frames-720p", type=int, default=300, help="frames of the 1280x720 run")
     parser.add_argument("--json", action="store_true", help="print only the JSON result line")
+    parser.add_argument("--jpeg", action="store_true", help="also compare JPEG codecs (jpeg_codecs)")
     args = parser.parse_args(argv)
     if args.frames < 10 or args.frames_720p < 10:
         parser.error("--frames and --frames-720p must be at least 10")
@@ -152,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mb_warm": vga["rss_mb_warm"],
         "rss_mb_after": vga["rss_mb_after"],
         "rss_mb_closed": vga["rss_mb_closed"],
+        "jpeg": jpeg_codecs(photo) if args.jpeg else None,
         "machine": machine(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -150,3 +150,22 @@ def test_people_counting() -> None:
     sliver = tracked.copy()
     cv2.rectangle(sliver, (160, 100), (175, 160), 255, -1)
     assert cond.count_other_people(sliver, tracked) == 0
+
+
+def test_a_carried_mask_is_the_small_segmentation_moved_by_the_body_similarity() -> None:
+    """On a frame pose skips, the last segmentation (kept at half size) is moved by the body's
+    similarity straight to the frame's size: it must land where the full-size mask would."""
+    full = np.zeros((H, W), np.float32)
+    cv2.ellipse(full, (300, 240), (60, 150), 10, 0, 360, 1.0, -1)
+    small = cv2.convertScaleAbs(cv2.resize(full, (W // 2, H // 2), interpolation=cv2.INTER_AREA), alpha=255)
+    angle, scale, shift = 4.0, 1.05, (13.0, -7.0)
+    sim = cv2.getRotationMatrix2D((320.0, 240.0), angle, scale)
+    sim[:, 2] += shift
+    moved = cond.moved_mask(small, sim, W, H)
+    truth = cv2.warpAffine(full, sim, (W, H)) > 0.5
+    assert moved.shape == (H, W) and set(np.unique(moved)) <= {0, 255}
+    got = moved > 0
+    assert (got & truth).sum() / (got | truth).sum() > 0.97
+    ys, xs = np.nonzero(got)
+    ty, tx = np.nonzero(truth)
+    assert abs(xs.mean() - tx.mean()) < 0.3 and abs(ys.mean() - ty.mean()) < 0.3  # no half-pixel drift
