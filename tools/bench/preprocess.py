@@ -3,8 +3,10 @@ preprocess --json``). No bus: it drives ``SessionPreprocessor`` exactly as a wor
 with JPEG frames from a camera moving over the real sample photo.
 
 The last printed line is JSON: ``ms_per_frame`` {p50, p95} at 640x480 and 1280x720 (JPEG in →
-Conditioning message bytes out), ``detect_rate`` on the moving stream, ``jitter_ratio``
-(smoothed / raw on a static noisy stream), RSS after warm-up and after the long run, machine, date.
+Conditioning message bytes out), per-stage p50s (``pose`` over the frames MediaPipe ran on, ``flow``
+over those it skipped), ``pose_share``, ``detect_rate`` on the moving stream, ``jitter_ratio``
+(published / MediaPipe's raw with pose on every frame, on a static noisy stream), RSS after
+warm-up and after the long run, machine, date; with ``--jpeg`` the JPEG codec comparison.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress
     cam = MotionCamera(photo, width, height)
     cycle = [encode_jpeg(cam.frame(i)) for i in range(int(cam.motion.period))]
     pre = SessionPreprocessor("bench")
-    times, stream, sizes = [], [], []
+    times, stream, sizes, posed = [], [], [], []
     stages: dict[str, list[float]] = {}
     rss_warm = rss_last = None
     try:
@@ -77,7 +79,8 @@ def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress
                 rss_warm = rss_mb()
             times.append(elapsed)
             sizes.append(len(payload))
-            stream.append(result.raw_landmarks)
+            stream.append(result.landmarks)
+            posed.append(result.posed)
             for k, v in result.timings_ms.items():
                 stages.setdefault(k, []).append(v)
             if i == frames + WARMUP_FRAMES - 1:
@@ -93,6 +96,7 @@ def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress
         "ms": _pct(times),
         "stages_ms_p50": {k: round(float(np.median(v)), 2) for k, v in stages.items()},
         "detect_rate": round(detect_rate(stream), 4),
+        "pose_share": round(float(np.mean(posed)), 3),
         "message_kb_p95": round(float(np.percentile(sizes, 95)) / 1024, 1),
         "rss_mb_warm": round(rss_warm or rss_mb(), 1),
         "rss_mb_after": round(rss_last or rss_mb(), 1),  # still running, before close()
@@ -102,18 +106,27 @@ def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress
 
 
 def jitter_ratio(photo: np.ndarray, frames: int = 120) -> dict[str, float]:
-    from services.preprocess.pipeline import SessionPreprocessor
+    """Published landmarks' jitter on a static noisy stream over MediaPipe's raw landmarks with
+    pose on every frame (the reference the goal is set against: smoothing and flow together must
+    at least halve it)."""
+    from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
+    from services.preprocess.tracking import CadenceConfig
     from tools.eval.preprocess import jitter_px, noisy_still_frames
 
-    pre = SessionPreprocessor("bench-still")
-    raw, smooth = [], []
-    try:
-        for i, frame in enumerate(noisy_still_frames(photo, frames)):
-            r = pre.process(frame, i, 1000.0 + i * FRAME_MS, frame_jpeg=b"-")
-            raw.append(r.raw_landmarks)
-            smooth.append(r.landmarks)
-    finally:
-        pre.close()
+    def stream(config: PreprocessConfig) -> tuple[list, list]:
+        pre = SessionPreprocessor("bench-still", config)
+        raw, smooth = [], []
+        try:
+            for i, frame in enumerate(noisy_still_frames(photo, frames)):
+                r = pre.process(frame, i, 1000.0 + i * FRAME_MS, frame_jpeg=b"-")
+                raw.append(r.raw_landmarks)
+                smooth.append(r.landmarks)
+        finally:
+            pre.close()
+        return raw, smooth
+
+    raw, _ = stream(PreprocessConfig(cadence=CadenceConfig(max_interval=1)))
+    _, smooth = stream(PreprocessConfig())
     raw_j, smooth_j = jitter_px(raw[10:], 640, 480), jitter_px(smooth[10:], 640, 480)
     return {"raw_px": round(raw_j, 3), "smoothed_px": round(smooth_j, 3), "ratio": round(smooth_j / raw_j, 3)}
 
@@ -197,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         "ms_per_frame": {"640x480": vga["ms"], "1280x720": hd["ms"]},
         "stages_ms_p50": {"640x480": vga["stages_ms_p50"], "1280x720": hd["stages_ms_p50"]},
         "detect_rate": vga["detect_rate"],
+        "pose_share": {"640x480": vga["pose_share"], "1280x720": hd["pose_share"]},
         "jitter_ratio": jitter["ratio"],
         "jitter_px": {"raw": jitter["raw_px"], "smoothed": jitter["smoothed_px"]},
         "message_kb_p95": {"640x480": vga["message_kb_p95"], "1280x720": hd["message_kb_p95"]},
