@@ -120,13 +120,13 @@ def test_the_measured_sessions_per_box_price_the_warp_path_in_whole_boxes() -> N
     assert "warp_measured_sessions" not in cap.summarise(none_held, None, _args())["cost_table"]["rows"]
 
 
-def test_frames_per_second_are_counted_by_capture_time_windows() -> None:
-    t0 = 5_000_000_000
-    captured = [t0 + int(i * 1e9 / 15) for i in range(45)]  # 3 s of a 15 fps camera
-    assert sessions.window_fps(captured, t0, 3) == [15, 15, 15]
-    lost = captured[:20] + captured[25:]  # five frames of the second second never shown
-    assert sessions.window_fps(lost, t0, 3) == [15, 10, 15]
-    assert sessions.window_fps([t0 - 1, t0 + 3_000_000_000], t0, 3) == [0, 0, 0]  # outside
+def test_frames_per_second_are_counted_by_the_cameras_schedule() -> None:
+    seqs = list(range(100, 145))  # 3 s of a 15 fps camera from seq 100
+    assert sessions.window_fps(seqs, 100, 15.0, 3) == [15, 15, 15]
+    lost = seqs[:20] + seqs[25:]  # five frames of the second second never shown
+    assert sessions.window_fps(lost, 100, 15.0, 3) == [15, 10, 15]
+    assert sessions.window_fps([99, 145, 120, 120], 100, 15.0, 3) == [0, 1, 0]  # outside; once
+    assert sessions.window_fps(list(range(0, 30)), 0, 7.5, 4) == [8, 7, 8, 7]  # 7.5 a second
 
 
 def test_the_largest_n_is_the_last_of_an_unbroken_run_that_held() -> None:

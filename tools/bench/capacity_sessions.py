@@ -5,9 +5,11 @@ held is the answer. Nothing is derived from a single session's CPU time.
 
 A step streams N sessions together (their clocks staggered across one frame interval, as
 independent shoppers' would be), waits until every one has output and then ``WARMUP_S`` more, and
-measures ``seconds``: per session, the frames that came out per 1 s window of capture time (a frame
-captured in the window and shown at all counts; one that was superseded or lost does not), and
-every shown frame's glass-to-glass latency (capture to arrival here). The step holds when the p05
+measures ``seconds``: per session, the frames that came out per second of the camera's schedule
+(``fps`` consecutive sequence numbers from the first frame captured in the window; a frame shown
+at all counts, one superseded, lost, or skipped by a late camera does not; counting by capture
+time instead would call a camera tick a few ms late a lost frame), and every shown frame's
+glass-to-glass latency (capture to arrival here). The step holds when the p05
 over all sessions' windows is at least ``min_fps`` and the latency p95 at most ``max_g2g_ms``.
 
 The camera frames are JPEG-encoded once, before any step (the encoder runs on a shopper's device,
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,14 +41,14 @@ DRAIN_S = 2.0  # after the window: frames captured in it that are still on their
 
 
 # -- the arithmetic (pure) ----------------------------------------------------------------------------
-def window_fps(capture_ns: list[int], t0_ns: int, seconds: int) -> list[int]:
-    """Frames per 1 s window of capture time: how many of the shown frames were captured in
-    each of the ``seconds`` windows from ``t0_ns``."""
+def window_fps(shown_seqs: list[int], first_seq: int, fps: float, seconds: int) -> list[int]:
+    """Frames shown per second of the camera's schedule: of the sequence numbers from
+    ``first_seq`` on, how many of each second's ``fps`` were shown, for ``seconds`` seconds."""
     counts = [0] * seconds
-    for ns in capture_ns:
-        k = (ns - t0_ns) // 1_000_000_000
+    for seq in set(shown_seqs):
+        k = math.floor((seq - first_seq) / fps)
         if 0 <= k < seconds:
-            counts[int(k)] += 1
+            counts[k] += 1
     return counts
 
 
@@ -70,6 +73,7 @@ class _Session:
     jpegs: list[bytes]
     offset: int  # where in the cycle of frames this session starts
     shown: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (capture_ns, recv_ns)
+    sent: list[tuple[int, int]] = field(default_factory=list)  # (seq, capture_ns) of each published
     published: int = 0
     skipped: int = 0
 
@@ -100,8 +104,10 @@ async def _camera(
             seq += missed
             continue
         jpeg = s.jpegs[(s.offset + seq) % len(s.jpegs)]
-        if await publish_frame(nc, subject, jpeg, camera_frame(s.sid, seq, *size)):
+        meta = camera_frame(s.sid, seq, *size)
+        if await publish_frame(nc, subject, jpeg, meta):
             s.published += 1
+            s.sent.append((seq, meta.capture_ns))
         seq += 1
 
 
@@ -169,9 +175,12 @@ async def run_step(
     windows: list[int] = []
     latency: list[float] = []
     for s in sessions:
-        inside = [(c, r) for c, r in s.shown.values() if t0_ns <= c < t1_ns]
-        windows += window_fps([c for c, _ in inside], t0_ns, seconds)
-        latency += [(r - c) / 1e6 for c, r in inside]
+        first = next((q for q, c in s.sent if c >= t0_ns), None)
+        if first is None:
+            windows += [0] * seconds
+            continue
+        windows += window_fps(list(s.shown), first, fps, seconds)
+        latency += [(r - c) / 1e6 for c, r in s.shown.values() if t0_ns <= c < t1_ns]
     fps_p05 = float(np.percentile(windows, 5)) if windows else 0.0
     g2g = percentiles(latency, (50, 95)) if latency else {"p50": float("inf"), "p95": float("inf")}
     shown = sum(1 for s in sessions for c, _ in s.shown.values() if t0_ns <= c < t1_ns)
