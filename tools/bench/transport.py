@@ -8,21 +8,25 @@ direct calls, (b) as separate service processes over a real nats-server. Two pip
 - ``ingest_only``: ingest + the pass-through, a ~2 ms stage, where the bus's fixed per-hop cost
   is as large as the work itself (reported in full, so that cost stays visible).
 
-Over the bus the client keeps ``--window`` frames in flight, as a camera does (it never waits for
-the previous frame's output); ``bus_serial_fps`` (window 1) is reported next to it. ``hop_ms`` is
-every stage-to-stage transport time taken from the frames' trace headers.
+Over the bus the client keeps ``--window`` frames in flight (default 1: the next frame goes when the
+last is out, so the ratio is the in-process time per frame over the bus round trip's). With 2 in
+flight, once a stage is fast the sends come in pairs (an output frees both slots when the frame
+before it was superseded), and a pair read in one go from the socket supersedes its first frame
+in ingest's slot before ingest's worker wakes: half the frames were lost to the client's pattern,
+not to the bus (a 15 fps camera's frames are 67 ms apart). ``hop_ms`` is every stage-to-stage
+transport time taken from the frames' trace headers.
 
-One call makes ``--runs`` short runs of each (in-process, then over the bus, on the same stack) and
-reports the median ratio with every run's beside it: on a shared machine one stall in one short
-run moves a ratio by 0.2. What the bus path pays for beyond the hop: each process's CPU time per
-frame over the bus (psutil) against the same stages' CPU per frame in-process, by process.
+One call makes ``--runs`` short runs of each and reports the median ratio with every run's beside
+it: on a shared machine one stall in one short run moves a ratio by 0.2. Within a run the two
+sides alternate in ``--chunks`` chunks, so each sees the same moments of the machine's load.
+What the bus path pays for beyond the hop: each process's CPU time per frame over the bus
+(psutil) against the same stages' CPU per frame in-process, by process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import platform
@@ -51,86 +55,80 @@ def _payloads(n: int, width: int, height: int) -> list[bytes]:
     return [distinct[i % len(distinct)] for i in range(n)]
 
 
-def inprocess_fps(payloads: list[bytes], s: IngestSettings) -> tuple[float, float]:
-    """(frames per second, CPU ms per frame) of ingest + the pass-through with direct calls."""
-    limits = Limits(s.max_frame_bytes, s.max_input_pixels, s.min_input_side, s.max_aspect)
-    c0, t0 = time.process_time(), time.perf_counter()
-    for seq, data in enumerate(payloads):
-        meta = FrameMeta("bench", seq, now_ns(), 0, 0).stamp("camera", "out")
-        meta.stamp("ingest", "in")
-        out = process_frame(data, limits, s.out_width, s.out_height, s.jpeg_quality)
-        meta.stamp("ingest", "out").stamp("passthrough", "in").stamp("passthrough", "out")
-        FrameMeta.from_headers(meta.to_headers())  # the consumer's parse, as on the bus
-        assert out.jpeg
-    n = len(payloads)
-    return n / (time.perf_counter() - t0), (time.process_time() - c0) * 1e3 / n
+class InProcess:
+    """The same stages with direct calls, one frame after the other: ingest, then preprocess (the
+    data path; one session, its graph built by ``warmup`` frames first) or the pass-through."""
 
+    def __init__(self, s: IngestSettings, fps: float, preprocess: bool, warmup: int = 20) -> None:
+        self.limits = Limits(s.max_frame_bytes, s.max_input_pixels, s.min_input_side, s.max_aspect)
+        self.box, self.quality, self.fps = (s.out_width, s.out_height), s.jpeg_quality, fps
+        self.pre = None
+        self.warmup = warmup
+        if preprocess:
+            from services.preprocess.pipeline import SessionPreprocessor
 
-def inprocess_data_path_fps(
-    payloads: list[bytes], s: IngestSettings, fps: float, warmup: int = 20
-) -> tuple[float, float]:
-    """(frames per second, CPU ms per frame) of ingest + preprocess with direct calls, one frame
-    after the other, on a session warmed up by ``warmup`` frames first (its graph built)."""
-    from services.preprocess.pipeline import SessionPreprocessor
+            self.pre = SessionPreprocessor("bench-inprocess")
 
-    limits = Limits(s.max_frame_bytes, s.max_input_pixels, s.min_input_side, s.max_aspect)
-    pre = SessionPreprocessor("bench-inprocess")
-    try:
-        for seq, data in enumerate(payloads[:warmup]):
-            pre.process_jpeg(data, seq, seq * 1000.0 / fps)
+    def close(self) -> None:
+        if self.pre is not None:
+            self.pre.close()
+
+    def run(self, payloads: list[bytes], first_seq: int) -> tuple[float, float]:
+        """(wall seconds, CPU seconds) for these frames."""
+        stage = "preprocess" if self.pre is not None else "passthrough"
         c0, t0 = time.process_time(), time.perf_counter()
-        for seq, data in enumerate(payloads, start=warmup):
+        for seq, data in enumerate(payloads, start=first_seq):
             meta = FrameMeta("bench", seq, now_ns(), 0, 0).stamp("camera", "out").stamp("ingest", "in")
-            out = process_frame(data, limits, s.out_width, s.out_height, s.jpeg_quality)
-            meta.stamp("ingest", "out").stamp("preprocess", "in")
-            cond = pre.process_jpeg(out.jpeg, seq, seq * 1000.0 / fps).conditioning
-            meta.stamp("preprocess", "out")
-            FrameMeta.from_headers(meta.to_headers())
-            assert cond.encode()  # the message the service would publish
-        n = len(payloads)
-        return n / (time.perf_counter() - t0), (time.process_time() - c0) * 1e3 / n
-    finally:
-        pre.close()
+            out = process_frame(data, self.limits, *self.box, self.quality)
+            meta.stamp("ingest", "out").stamp(stage, "in")
+            if self.pre is not None:
+                cond = self.pre.process_jpeg(out.jpeg, seq, seq * 1000.0 / self.fps).conditioning
+                assert cond.encode()  # the message the service would publish
+            meta.stamp(stage, "out")
+            FrameMeta.from_headers(meta.to_headers())  # the consumer's parse, as on the bus
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
-async def bus_run(
-    url: str,
-    payloads: list[bytes],
-    window: int,
-    session: str,
-    channel: Channel = Channel.OUTPUT,
-    warmup: int = 0,
-    on_start=None,  # type: ignore[no-untyped-def]
-) -> tuple[float, Watcher]:
-    """Frames through the stages over the bus, ``window`` in flight; the first ``warmup`` frames
-    (a session's graph is built on its first) are sent, waited for and not timed. ``on_start``
-    runs as the timed frames begin."""
-    subjects = Subjects(BaseSettings.from_env().subject_prefix)
-    nc = await connect(url, "bench-transport")
-    watcher = Watcher(nc, subjects, session, keep_frames=False, channel=channel)
-    await watcher.start()
-    for seq, data in enumerate(payloads[:warmup]):
-        await publish_frame(
-            nc, subjects.camera(session), data, FrameMeta(session, seq, now_ns(), 0, 0).stamp("camera", "out")
-        )
-        if not await watcher.wait_for_seq(seq, timeout_s=30.0):
-            raise RuntimeError(f"warm-up frame {seq} never came out")
-    watcher.frames.clear()
-    if on_start is not None:
-        on_start()
-    t0 = time.perf_counter()
-    for seq, data in enumerate(payloads, start=warmup):
-        # keep at most `window` frames in flight (a superseded frame counts as done)
-        if seq - warmup >= window and not await watcher.wait_for_seq(seq - window, timeout_s=5.0):
-            raise RuntimeError(f"no frame at or after {seq - window} came out")
-        meta = FrameMeta(session, seq, now_ns(), 0, 0).stamp("camera", "out")
-        await publish_frame(nc, subjects.camera(session), data, meta)
-    if not await watcher.wait_for_seq(warmup + len(payloads) - 1, timeout_s=5.0):
-        raise RuntimeError("the last frame never came out")
-    elapsed = time.perf_counter() - t0
-    await watcher.stop()
-    await nc.drain()
-    return len(watcher.frames) / elapsed, watcher
+class BusPath:
+    """The stages as service processes: a client keeping ``window`` frames in flight."""
+
+    def __init__(self, url: str, session: str, channel: Channel, window: int) -> None:
+        self.url, self.session, self.channel, self.window = url, session, channel, window
+        self.subjects = Subjects(BaseSettings.from_env().subject_prefix)
+
+    async def open(self, warmup: list[bytes]) -> None:
+        """Connect, watch, and send ``warmup`` frames one at a time (the session's graph is built
+        on its first): not timed."""
+        self.nc = await connect(self.url, "bench-transport")
+        self.watcher = Watcher(self.nc, self.subjects, self.session, keep_frames=False, channel=self.channel)
+        await self.watcher.start()
+        for seq, data in enumerate(warmup):
+            await self._send(seq, data)
+            if not await self.watcher.wait_for_seq(seq, timeout_s=30.0):
+                raise RuntimeError(f"warm-up frame {seq} never came out")
+        self.watcher.frames.clear()
+
+    async def _send(self, seq: int, data: bytes) -> None:
+        meta = FrameMeta(self.session, seq, now_ns(), 0, 0).stamp("camera", "out")
+        await publish_frame(self.nc, self.subjects.camera(self.session), data, meta)
+
+    async def run(self, payloads: list[bytes], first_seq: int) -> float:
+        """Wall seconds from the first frame sent to the last one out (a superseded frame counts
+        as done for the window, and is not an output)."""
+        t0 = time.perf_counter()
+        for seq, data in enumerate(payloads, start=first_seq):
+            if seq - first_seq >= self.window and not await self.watcher.wait_for_seq(
+                seq - self.window, timeout_s=5.0
+            ):
+                raise RuntimeError(f"no frame at or after {seq - self.window} came out")
+            await self._send(seq, data)
+        if not await self.watcher.wait_for_seq(first_seq + len(payloads) - 1, timeout_s=5.0):
+            raise RuntimeError("the last frame never came out")
+        return time.perf_counter() - t0
+
+    async def close(self) -> None:
+        await self.watcher.stop()
+        await self.nc.drain()
 
 
 def _hops(watcher: Watcher) -> list[float]:
@@ -138,66 +136,74 @@ def _hops(watcher: Watcher) -> list[float]:
     return hops + [(r.recv_ns - r.meta.trace[-1].ns) / 1e6 for r in watcher.frames]
 
 
-def _cpu_into(into: dict[str, float], pids: dict[str, int]) -> None:
-    into.update({k: process_cpu_s(p) for k, p in pids.items()})
-
-
 def _measure(
     services: list[str],
     channel: Channel,
     payloads: list[bytes],
+    warmup: list[bytes],
     args: argparse.Namespace,
     env: dict[str, str],
-    inprocess,  # type: ignore[no-untyped-def]  # () -> (fps, cpu ms per frame), the same stages in one process
+    settings: IngestSettings,
 ) -> dict:
-    """``args.runs`` pairs of (in-process, bus) runs on one stack; every run's figures and the
-    median ratio."""
+    """``args.runs`` runs on one stack. Each run alternates ``args.chunks`` chunks in-process and
+    over the bus, so both see the same moments of a shared machine's load; its ratio is frames
+    out per second over the bus / frames per second in-process. Every run's figures, the median."""
     runs = []
+    preprocess = "preprocess" in services
+    chunk = max(1, len(payloads) // args.chunks)
     with Stack(services, nats_url=BaseSettings.from_env().nats_url, env=env) as stack:
         pids = {c.name: c.proc.pid for c in stack.children}
         servers = child_pids("nats-server") if stack.nats is not None else []
         if len(servers) == 1:
             pids["nats_server"] = servers[0]
-        inprocess()  # warm caches and imports once
-        for r in range(args.runs):
-            inproc_fps, inproc_cpu = inprocess()
-            before: dict[str, float] = {}
-            start = functools.partial(_cpu_into, before, pids)
-            bus, watcher = asyncio.run(
-                bus_run(stack.url, payloads, args.window, f"bench-{r}", channel, warmup=20, on_start=start)
-            )
-            after = {k: process_cpu_s(p) for k, p in pids.items()}
-            out = max(1, len(watcher.frames))
-            summary = watcher.summary()
-            runs.append(
-                {
-                    "inprocess_fps": round(inproc_fps, 2),
-                    "bus_fps": round(bus, 2),
-                    "ratio": round(bus / inproc_fps, 3),
-                    "superseded": len(payloads) - len(watcher.frames),
-                    "hop_ms": percentiles(_hops(watcher), (50, 95)),
+
+        async def one_run(r: int) -> dict:
+            inproc = InProcess(settings, args.fps, preprocess)
+            bus = BusPath(stack.url, f"bench-{r}", channel, args.window)
+            try:
+                inproc.run(warmup, 0)
+                await bus.open(warmup)
+                t_in = cpu_in = t_bus = 0.0
+                cpu_bus = dict.fromkeys(pids, 0.0)
+                for first in range(0, len(payloads), chunk):
+                    part, seq = payloads[first : first + chunk], len(warmup) + first
+                    wall, cpu = inproc.run(part, seq)
+                    t_in, cpu_in = t_in + wall, cpu_in + cpu
+                    before = {k: process_cpu_s(p) for k, p in pids.items()}
+                    t_bus += await bus.run(part, seq)
+                    for k, p in pids.items():
+                        cpu_bus[k] += process_cpu_s(p) - before[k]
+                out = len(bus.watcher.frames)
+                summary = bus.watcher.summary()
+                return {
+                    "inprocess_fps": round(len(payloads) / t_in, 2),
+                    "bus_fps": round(out / t_bus, 2),
+                    "ratio": round((out / t_bus) / (len(payloads) / t_in), 3),
+                    "superseded": len(payloads) - out,
+                    "hop_ms": percentiles(_hops(bus.watcher), (50, 95)),
                     "per_hop_ms": summary["hop_ms"],
                     "stage_ms": summary["stage_ms"],
                     "cpu_ms_per_frame": {
-                        "inprocess": round(inproc_cpu, 3),
-                        "bus": {k: round((after[k] - before[k]) * 1e3 / out, 3) for k in pids},
+                        "inprocess": round(cpu_in * 1e3 / len(payloads), 3),
+                        "bus": {k: round(v * 1e3 / max(1, out), 3) for k, v in cpu_bus.items()},
                     },
                 }
-            )
-        serial, _ = asyncio.run(bus_run(stack.url, payloads, 1, "bench-serial", channel, warmup=20))
+            finally:
+                inproc.close()
+                await bus.close()
+
+        for r in range(args.runs):
+            runs.append(asyncio.run(one_run(r)))
     mid = sorted(runs, key=lambda x: x["ratio"])[len(runs) // 2]  # the median run, reported in full
-    bus_cpu = {
-        k: statistics.median(r["cpu_ms_per_frame"]["bus"][k] for r in runs)
-        for k in runs[0]["cpu_ms_per_frame"]["bus"]
-    }
+    stages = runs[0]["cpu_ms_per_frame"]["bus"]
+    bus_cpu = {k: statistics.median(r["cpu_ms_per_frame"]["bus"][k] for r in runs) for k in stages}
     inproc_cpu_ms = statistics.median(r["cpu_ms_per_frame"]["inprocess"] for r in runs)
     return {
         "bus_vs_inprocess_fps_ratio": statistics.median(r["ratio"] for r in runs),
         "ratios": [r["ratio"] for r in runs],
         "inprocess_fps": statistics.median(r["inprocess_fps"] for r in runs),
         "bus_fps": statistics.median(r["bus_fps"] for r in runs),
-        "bus_serial_fps": round(serial, 2),
-        "bus_frames_superseded": mid["superseded"],
+        "bus_frames_superseded": [r["superseded"] for r in runs],
         "hop_ms": mid["hop_ms"],
         "per_hop_ms": mid["per_hop_ms"],
         "stage_ms": mid["stage_ms"],
@@ -215,10 +221,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=120, help="timed frames per data-path run")
     p.add_argument("--ingest-frames", type=int, default=300, help="timed frames per ingest-only run")
     p.add_argument("--runs", type=int, default=5, help="short runs of each; the median ratio is reported")
+    p.add_argument("--chunks", type=int, default=4, help="in-process and bus chunks alternated per run")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--fps", type=float, default=15.0, help="camera clock for MediaPipe timestamps")
-    p.add_argument("--window", type=int, default=2, help="frames in flight over the bus")
+    p.add_argument("--window", type=int, default=1, help="frames in flight over the bus")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.runs < 1:
@@ -231,21 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         "CHAMELEON_OUT_HEIGHT": str(args.height),
     }
     payloads = _payloads(max(args.frames, args.ingest_frames) + 20, args.width, args.height)
+    warmup, timed = payloads[:20], payloads[20:]
 
     # ingest only: a tiny stage, the bus's fixed cost in plain sight
-    small = payloads[: args.ingest_frames]
     ingest = _measure(
-        ["ingest", "passthrough"], Channel.OUTPUT, small, args, env, lambda: inprocess_fps(small, settings)
+        ["ingest", "passthrough"], Channel.OUTPUT, timed[: args.ingest_frames], warmup, args, env, settings
     )
     # the data path: ingest + preprocess
-    frames = payloads[: args.frames]
     path = _measure(
-        ["ingest", "preprocess"],
-        Channel.CONDITIONING,
-        frames,
-        args,
-        env,
-        lambda: inprocess_data_path_fps(frames, settings, args.fps),
+        ["ingest", "preprocess"], Channel.CONDITIONING, timed[: args.frames], warmup, args, env, settings
     )
     result = {
         "resolution": f"{args.width}x{args.height}",
