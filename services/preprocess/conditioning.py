@@ -38,8 +38,10 @@ def moved_mask(
     ph, pw = prob.shape[:2]
     # map pixel centre q is frame point (q + 0.5) * k - 0.5 (as cv2.resize aligns them)
     kx, ky = width / pw, height / ph
-    to_frame = np.array([[kx, 0, 0.5 * kx - 0.5], [0, ky, 0.5 * ky - 0.5], [0, 0, 1]])
-    m = np.linalg.inv(to_frame) @ np.vstack([sim, [0, 0, 1]]) @ to_frame
+    ox, oy = 0.5 * kx - 0.5, 0.5 * ky - 0.5
+    to_frame = np.array([[kx, 0, ox], [0, ky, oy], [0, 0, 1]])
+    to_map = np.array([[1 / kx, 0, -ox / kx], [0, 1 / ky, -oy / ky], [0, 0, 1]])  # its inverse, closed form
+    m = to_map @ np.vstack([sim, [0, 0, 1]]) @ to_frame
     moved = cv2.warpAffine(prob, m[:2], (pw, ph), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     if (pw, ph) != (width, height):
         moved = cv2.resize(moved, (width, height), interpolation=cv2.INTER_LINEAR)
