@@ -5,12 +5,19 @@ Definitions (they are what the warp renderer relies on, and what the catalogue g
 * ``collar``: the deepest point of the neckline — the convexity defect of the outline nearest the
   top centre; ``neck_left``/``neck_right`` are the two hull vertices that defect spans.
 * ``armpit_*``: the deepest convexity defect on each side, between the neck and the hem (the
-  concave corner where sleeve and body meet).
+  concave corner where sleeve and body meet), moved to where the sleeve's underside and the
+  body's side, extended, meet: in a photo the narrow end of that gap closes up, so the deepest
+  pixel of the gap sits below the real corner.
 * ``shoulder_*``: the top of the outline right above the armpit.
+* sleeveless: when there is no cloth above that deepest point, it lies on an armhole, not in an
+  underarm corner: the armpit is then the armhole's lower end (where the side seam starts), the
+  shoulder its upper end (the strap's outer corner), and the sleeve falls back to the shoulder.
 * ``sleeve_*``: the middle of the cuff: the sleeve is what lies beyond the armpit's vertical, and
-  its cuff corners are the polygon vertex farthest from that line plus its farther neighbour.
-* ``hem_*``: the ends of the body's run of pixels on the bottom row (the run under the centre, so
-  a long sleeve that reaches down never counts as hem).
+  its cuff corners are the polygon vertex farthest from that line plus the neighbour whose edge
+  to it runs most across the sleeve (the cuff, not the sleeve's top or underside).
+* ``hem_*``: the ends of the body's run of columns whose lowest pixel is near the bottom (the run
+  under the centre, so a long sleeve that reaches down never counts as hem), each at its own
+  lowest pixel, so a hem a degree or two off level still ends at its corners.
 
 Every point carries a confidence: 1.0 found by its definition, 0.5 from a fallback (e.g. a
 sleeveless garment has no cuff, so the sleeve end falls back to the shoulder).
@@ -72,8 +79,15 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
         ]
         if cands:
             s, e, f, _ = max(cands, key=lambda d: d[3])
-            armpit = (*pts[f], 1.0)
-        else:  # no concave corner (a tank top, a box): a third of the way down the outermost column
+            armpit = (*_apex(pts, s, e, f, h), 1.0)
+            ax = round(pts[f][0])
+            if pts[f][1] - _top(m, ax) < 0.03 * h:  # nothing above it: an armhole (sleeveless)
+                upper, lower = sorted((pts[s], pts[e]), key=lambda p: p[1])
+                kp[f"armpit_{side}"] = (*lower, 1.0)
+                kp[f"shoulder_{side}"] = (*upper, 1.0)
+                kp[f"sleeve_{side}"] = (*upper, 0.5)
+                continue
+        else:  # no concave corner (a box): a third of the way down the outermost column
             x = x0 if sign < 0 else x0 + w - 1
             armpit = (float(x), y0 + h / 3.0, 0.5)
         kp[f"armpit_{side}"] = armpit
@@ -81,11 +95,58 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
         kp[f"shoulder_{side}"] = (float(ax), _top(m, ax), armpit[2])
         kp[f"sleeve_{side}"] = _sleeve_end(m, kp[f"shoulder_{side}"], armpit, sign)
 
-    band = m[y1 - max(2, round(0.02 * h)) : y1 + 1].any(axis=0)
+    cols = m.any(axis=0)
+    lowest = np.where(cols, m.shape[0] - 1 - np.argmax(m[::-1], axis=0), -1)
+    band = lowest >= y1 - max(2, round(0.04 * h))
     left_x, right_x = _run_around(band, round(xc), bridge=int(0.12 * w))
-    kp["hem_left"] = (float(left_x), float(y1), 1.0)
-    kp["hem_right"] = (float(right_x), float(y1), 1.0)
+    kp["hem_left"] = (float(left_x), float(lowest[left_x]), 1.0)
+    kp["hem_right"] = (float(right_x), float(lowest[right_x]), 1.0)
     return {name: tuple(round(float(v), 2) for v in kp[name]) for name in KEYPOINT_NAMES}  # type: ignore[misc]
+
+
+def _apex(pts: np.ndarray, start: int, end: int, far: int, height: float) -> tuple[float, float]:
+    """Where the two sides of a defect, extended as straight lines, meet; the far point itself
+    when they do not meet near it (a curve rather than a corner). Each side's line is its first
+    straight run (of a simplified outline) past the closed-up tip (a short first run that bends
+    less than 45 degrees into the next is the tip), fitted on the outline's pixels along it."""
+    n = len(pts)
+
+    def arc(a: int, b: int) -> np.ndarray:
+        idx = np.arange(a, b + 1) if b >= a else np.r_[a:n, 0 : b + 1]
+        return pts[idx]
+
+    lines = []
+    for seg in (arc(start, far)[::-1], arc(far, end)):  # each runs away from the far point
+        simple = cv2.approxPolyDP(seg.astype(np.float32)[:, None, :], 1.5, False)[:, 0, :]
+        if len(simple) < 2:
+            return float(pts[far][0]), float(pts[far][1])
+        # a short first run that bends only a little into the next is the closed-up tip
+        i = 0
+        while i + 2 < len(simple) and np.hypot(*(simple[i + 1] - simple[i])) < 0.08 * height:
+            u, v = simple[i + 1] - simple[i], simple[i + 2] - simple[i + 1]
+            turn = np.degrees(np.arccos(np.clip(u @ v / (np.hypot(*u) * np.hypot(*v) or 1.0), -1, 1)))
+            if turn >= 45:
+                break
+            i += 1
+        edge = (simple[i], simple[i + 1])
+        if np.hypot(*(edge[1] - edge[0])) < 0.03 * height:
+            return float(pts[far][0]), float(pts[far][1])
+        a, b = edge
+        run = seg[(np.abs(np.cross(b - a, seg - a)) / (np.hypot(*(b - a)) or 1.0) < 2.0)
+                  & (((seg - a) @ (b - a)) >= 0) & (((seg - b) @ (a - b)) >= 0)]  # fmt: skip
+        if len(run) < 3:
+            return float(pts[far][0]), float(pts[far][1])
+        vx, vy, x0, y0 = cv2.fitLine(run.astype(np.float32), cv2.DIST_L2, 0, 0.01, 0.01).ravel()
+        lines.append((np.array([x0, y0], np.float64), np.array([vx, vy], np.float64)))
+    (p1, d1), (p2, d2) = lines
+    det = d1[0] * -d2[1] - d1[1] * -d2[0]
+    if abs(det) < 0.05:  # nearly parallel: no corner to find
+        return float(pts[far][0]), float(pts[far][1])
+    t = ((p2 - p1)[0] * -d2[1] - (p2 - p1)[1] * -d2[0]) / det
+    corner = p1 + t * d1
+    if np.hypot(*(corner - pts[far])) > 0.1 * height:
+        return float(pts[far][0]), float(pts[far][1])
+    return float(corner[0]), float(corner[1])
 
 
 def _defects(contour: np.ndarray) -> list[tuple[int, int, int, float]]:
@@ -166,7 +227,14 @@ def _sleeve_end(m: np.ndarray, shoulder: Point, armpit: Point, sign: int) -> Poi
     poly = cv2.approxPolyDP(contour, 0.02 * cv2.arcLength(contour, True), True)[:, 0, :].astype(np.float64)
     dist = sign * (poly[:, 0] - cut)
     i = int(np.argmax(dist))
-    nbrs = [(i - 1) % len(poly), (i + 1) % len(poly)]
-    j = max(nbrs, key=lambda k: dist[k])
+    root = np.array([cut, (shoulder[1] + armpit[1]) / 2.0])
+    axis = poly[i] - root
+    axis /= float(np.hypot(*axis)) or 1.0
+
+    def across(k: int) -> float:  # |cos| between the edge i-k and the sleeve's axis
+        edge = poly[k] - poly[i]
+        return abs(float(edge @ axis)) / (float(np.hypot(*edge)) or 1.0)
+
+    j = min([(i - 1) % len(poly), (i + 1) % len(poly)], key=across)
     mid = (poly[i] + poly[j]) / 2.0
     return (float(mid[0]), float(mid[1]), 1.0)
