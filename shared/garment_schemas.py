@@ -126,7 +126,7 @@ class GarmentEncodeRequest(Message):
     image: bytes
     garment_id: str = ""
     name: str = ""
-    category: str = "top"
+    category: str = ""
     source: str = "flatlay"
 
     def validate(self) -> None:

@@ -127,7 +127,7 @@ def background_image(kind: str, colour: np.ndarray, w: int, h: int, rng: np.rand
         rows = rng.normal(0, 0.025, h)[:, None]
         cols = rng.normal(0, 0.025, w)[None, :]
         weave = 0.05 * np.sin(2 * math.pi * xx / p) * np.sin(2 * math.pi * yy / p) + rows + cols
-        slub = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 6) * 0.4
+        slub = cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), 6) * 0.4
         img *= (1.0 + weave + slub)[..., None]
     img *= falloff[..., None]
     return img
@@ -261,7 +261,8 @@ def _draw_tag(
 
 
 def _finish(img: np.ndarray, rng: np.random.Generator, quality: int) -> bytes:
-    noisy = np.clip(img + rng.normal(0, 1.8, img.shape) + 0.5, 0, 255).astype(np.uint8)
+    noise = rng.standard_normal(img.shape, dtype=np.float32) * 1.8
+    noisy = np.clip(img + noise + 0.5, 0, 255).astype(np.uint8)
     ok, buf = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, quality])
     assert ok
     return buf.tobytes()
@@ -371,8 +372,8 @@ def worn_photo(spec: GarmentSpec, seed: int = 0, pose_family: str = "front") -> 
     rng = np.random.default_rng([spec.seed, seed, 3])
     base = FigureConfig()
     sizes = {f.name: getattr(base, f.name) * PORTRAIT_SCALE for f in dataclasses.fields(base)}
-    cfg = dataclasses.replace(base, **sizes, width=600, height=800)
-    cfg = dataclasses.replace(cfg, neck_y=cfg.neck_y + 40)
+    sizes.update(width=600, height=800, neck_y=base.neck_y * PORTRAIT_SCALE + 40)
+    cfg = dataclasses.replace(base, **sizes)
     body = _contrasting(_random_body(rng), rng, (spec,))
     p = pose(pose_family, cfg, body, float(rng.uniform(0, 2 * math.pi)))
     frame = draw(cfg, body, p, spec, int(rng.integers(1 << 30)), int(rng.integers(1 << 30)))

@@ -132,13 +132,15 @@ class Recorder:
 
 
 async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
-    """Add the starter catalogue (idempotent) and return each garment's dominant colours."""
+    """Add the starter catalogue, photographed (idempotent), and return each garment's dominant
+    colours."""
     from services.garments.starter import load_catalogue as add_catalogue
     from shared.garment_client import GarmentClient
+    from tools.product_photos import catalogue_product_photos
 
     client = GarmentClient(nc, subjects, timeout_s=30)
     colours = {}
-    for reply in await add_catalogue(client):
+    for reply in await add_catalogue(client, photos=catalogue_product_photos):
         asset = await client.get(reply.garment_id)
         colours[reply.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
     return colours

@@ -40,6 +40,7 @@ DELEGATES: dict[tuple[str, str], str] = {
     ("eval", "swap"): "tools.training.evaluate",
     ("eval", "render"): "tools.eval.render",
     ("eval", "drift"): "tools.eval.drift",
+    ("eval", "garments"): "tools.eval.garments",
 }
 
 
@@ -350,10 +351,13 @@ async def _load_catalogue(
     from shared.bus import connect
     from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
+    from tools.product_photos import catalogue_product_photos
 
     nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout, credentials=credentials)
-    try:
-        await load_catalogue(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
+    try:  # the catalogue as a shop would photograph it, through the real `garments add` path
+        await load_catalogue(
+            GarmentClient(nc, Subjects(subject_prefix), timeout_s=60), photos=catalogue_product_photos
+        )
     finally:
         await nc.drain()
 
@@ -400,7 +404,9 @@ def cmd_garments(argv: list[str], settings: BaseSettings) -> int:
     except ModuleNotFoundError as exc:
         print(f"the garment service is not available in this build ({exc})", file=sys.stderr)
         return 2
-    return int(cli.main(argv, connect_timeout_s=connect_timeout_s()) or 0)
+    from tools.product_photos import catalogue_product_photos
+
+    return int(cli.main(argv, connect_timeout_s=connect_timeout_s(), photos=catalogue_product_photos) or 0)
 
 
 def cmd_swap(argv: list[str], settings: BaseSettings) -> int:

@@ -376,6 +376,7 @@ def encode_image(
         else img
     )
     extras: dict = {}
+    person_sleeve = None
     if source == "person":
         from services.garments.person import garment_from_person  # MediaPipe: only when asked
 
@@ -384,6 +385,7 @@ def encode_image(
         flat, alpha, mask_source = cut.bgra[..., :3], cut.bgra[..., 3], "person"
         to_flat = np.vstack([cut.photo_to_flat, [0, 0, 1]])  # work -> flat (where it is defined)
         extras["person"] = cut.report
+        person_sleeve = (cut.report["sleeve_length"], cut.report["sleeve_confidence"])
     else:
         alpha, mask_source = garment_alpha(work)
         thumb = thumbnail(work, cv2.boundingRect((alpha > 127).astype(np.uint8)))
@@ -421,7 +423,7 @@ def encode_image(
         source_size=(w, h),
         mask_source=mask_source,
         coverage=float(np.count_nonzero(texture[..., 3] > 127)) / (canvas * canvas),
-        inferred=infer(keypoints, texture[..., 3] > 127),
+        inferred=infer(keypoints, texture[..., 3] > 127, person_sleeve),
         thumbnail=thumb,
         rotation_deg=round(angle, 3),
         source_kind=source,

@@ -74,7 +74,7 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
             d
             for d in defects
             if sign * (pts[d[2]][0] - xc) > 0.12 * w
-            and collar_y - 0.05 * h < pts[d[2]][1] < y1 - 0.1 * h
+            and y0 + 0.04 * h < pts[d[2]][1] < y1 - 0.1 * h
             and d[3] >= 1.0
         ]
         if cands:

@@ -79,11 +79,16 @@ def _design(h: int, w: int, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
 
 
 def _spread(v: np.ndarray, floor: float) -> float:
-    """Robust standard deviation (from the 90th percentile of |v - median|), at least ``floor``."""
+    """Robust spread of the background's values (from the 90th percentile of |v - median|, so a
+    wood grain's or a weave's own variation counts), at least ``floor``. The values far from the
+    median first (beyond 4 median deviations: a garment cut off at the edge, a hanger's hook) are
+    left out, so they cannot widen it."""
     med = np.median(v, axis=0)
     dev = np.abs(v - med)
     if dev.ndim > 1:
         dev = np.linalg.norm(dev, axis=1)
+    mad = float(np.median(dev)) + 1e-6
+    dev = dev[dev <= 4.0 * 1.4826 * mad + floor]
     return max(floor, float(np.percentile(dev, 90)) / 1.645)
 
 
@@ -123,9 +128,11 @@ def foreground_scores(bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     log_i, chroma, contrast, k = _features(bgr)
     m = border_model(log_i, chroma, contrast)
     h, w = log_i.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    light = _design(h, w, yy.ravel().astype(np.float64), xx.ravel().astype(np.float64)) @ m.light_coeffs
-    d = log_i - light.reshape(h, w).astype(np.float32)
+    x = (np.arange(w, dtype=np.float32) / max(w - 1, 1) * 2 - 1)[None, :]
+    y = (np.arange(h, dtype=np.float32) / max(h - 1, 1) * 2 - 1)[:, None]
+    c = m.light_coeffs.astype(np.float32)
+    light = c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * x * y + c[5] * y * y  # as ``_design``
+    d = log_i - light
     bright = np.where(d > 0, d, np.maximum(-d - SHADOW_DEPTH, 0.0)) / m.light_spread
     # chromaticity of a dark pixel is noise: its spread grows as brightness falls
     noise = 2.0 / np.exp(log_i)

@@ -98,34 +98,38 @@ def _sure(value: float, threshold: float, scale: float) -> float:
     return 0.5 + 0.49 * math.tanh(abs(math.log(value / threshold)) / scale)
 
 
-def infer(keypoints: dict[str, tuple[float, ...]], mask: np.ndarray) -> Inferred:
-    """Category and sleeve length of the garment in ``mask`` (its canvas) with ``keypoints``."""
+def infer(
+    keypoints: dict[str, tuple[float, ...]], mask: np.ndarray, sleeve: tuple[str, float] | None = None
+) -> Inferred:
+    """Category and sleeve length of the garment in ``mask`` (its canvas) with ``keypoints``;
+    ``sleeve`` (class, confidence) when it was measured better elsewhere (on the person wearing
+    it, along the arm)."""
     f = features(keypoints, mask)
-    if f.sleeves_found == 0 or f.sleeve_ratio < SLEEVE_NONE_RATIO:
-        sleeve, s_conf = (
-            "none",
-            0.9 if f.sleeves_found == 0 else _sure(f.sleeve_ratio, SLEEVE_NONE_RATIO, 0.3),
-        )
+    if sleeve is not None:
+        sleeve_class, s_conf = sleeve
+    elif f.sleeves_found == 0 or f.sleeve_ratio < SLEEVE_NONE_RATIO:
+        sleeve_class = "none"
+        s_conf = 0.9 if f.sleeves_found == 0 else _sure(f.sleeve_ratio, SLEEVE_NONE_RATIO, 0.3)
     elif f.sleeve_ratio > SLEEVE_LONG_RATIO:
-        sleeve, s_conf = "long", _sure(f.sleeve_ratio, SLEEVE_LONG_RATIO, 0.25)
+        sleeve_class, s_conf = "long", _sure(f.sleeve_ratio, SLEEVE_LONG_RATIO, 0.25)
     else:
-        sleeve, s_conf = "short", _sure(f.sleeve_ratio, SLEEVE_LONG_RATIO, 0.25)
-    if f.sleeves_found == 1:  # one cuff found, one not: say so in the confidence
+        sleeve_class, s_conf = "short", _sure(f.sleeve_ratio, SLEEVE_LONG_RATIO, 0.25)
+    if sleeve is None and f.sleeves_found == 1:  # one cuff found, one not: say so
         s_conf = min(s_conf, 0.6)
 
     v_neck = f.neck_depth > V_NECK_DEPTH and f.neck_fill < V_NECK_FILL
     is_long = f.length > DRESS_LENGTH and (f.flare > DRESS_FLARE or f.length > LONG_LENGTH)
-    if v_neck and sleeve != "none":
+    if v_neck and sleeve_class != "none":
         category = "jacket"
         conf = min(_sure(f.neck_depth, V_NECK_DEPTH, 0.3), _sure(f.neck_fill, V_NECK_FILL, 0.15))
     elif is_long:
         category = "dress"
         conf = _sure(f.length, DRESS_LENGTH, 0.2)
         conf = min(conf, max(_sure(f.flare, DRESS_FLARE, 0.15), _sure(f.length, LONG_LENGTH, 0.2)))
-    elif sleeve == "none" or f.length < CROPPED_LENGTH:
+    elif sleeve_class == "none" or f.length < CROPPED_LENGTH:
         category = "top"
-        conf = s_conf if sleeve == "none" else _sure(f.length, CROPPED_LENGTH, 0.2)
+        conf = s_conf if sleeve_class == "none" else _sure(f.length, CROPPED_LENGTH, 0.2)
     else:
-        category = "tshirt" if sleeve == "short" else "shirt"
+        category = "tshirt" if sleeve_class == "short" else "shirt"
         conf = min(s_conf, _sure(f.length, CROPPED_LENGTH, 0.2), _sure(f.length, DRESS_LENGTH, 0.2))
-    return Inferred(category, round(conf, 3), sleeve, round(s_conf, 3), f)
+    return Inferred(category, round(conf, 3), sleeve_class, round(s_conf, 3), f)

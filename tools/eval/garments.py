@@ -45,14 +45,19 @@ def source_keypoints_in_photo(source: EncodedGarment, homography: list) -> dict[
     return out
 
 
-def _worst(enc: EncodedGarment, points: dict, height: int) -> tuple[str, float]:
+def keypoint_errors(enc: EncodedGarment, points: dict, height: int) -> dict[str, float]:
+    """Each keypoint's distance on the canvas from ``points`` (photo pixels), over ``height``."""
     errors = {}
     for name, (x, y) in points.items():
         tx, ty = enc.fit.to_canvas(x, y)
         ex, ey, _ = enc.keypoints[name]
-        errors[name] = float(np.hypot(tx - ex, ty - ey)) / max(height, 1)
-    worst = max(errors, key=errors.get)
-    return worst, round(errors[worst], 4)
+        errors[name] = round(float(np.hypot(tx - ex, ty - ey)) / max(height, 1), 4)
+    return errors
+
+
+def _worst(errors: dict[str, float]) -> tuple[str, float]:
+    worst = max(errors, key=errors.get)  # type: ignore[arg-type]
+    return worst, errors[worst]
 
 
 def score(
@@ -72,13 +77,15 @@ def score(
     union = int((truth | est).sum())
     iou = float((truth & est).sum()) / union if union else 0.0
     height = cv2.boundingRect(truth.astype(np.uint8))[3]
-    worst, error = _worst(enc, reference_kp or truth_kp, height)
-    worst_truth, error_truth = _worst(enc, truth_kp, height)
+    errors = keypoint_errors(enc, reference_kp or truth_kp, height)
+    worst, error = _worst(errors)
+    worst_truth, error_truth = _worst(keypoint_errors(enc, truth_kp, height))
     inferred = enc.inferred
     return {
         "iou": round(iou, 4),
         "keypoint_error": error,
         "worst_keypoint": worst,
+        "keypoint_errors": errors,
         "keypoint_error_truth": error_truth,
         "worst_keypoint_truth": worst_truth,
         "category": inferred.category if inferred else "",
