@@ -68,7 +68,6 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
             x = xc + sign * 0.1 * w
             kp[f"neck_{side}"] = (x, _top(m, round(x)), 0.5)
 
-    collar_y = kp["collar"][1]
     for side, sign in (("left", -1), ("right", 1)):
         cands = [
             d

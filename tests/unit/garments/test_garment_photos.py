@@ -13,7 +13,7 @@ from services.garments.catalogue import render, spec_by_id, starter_catalogue
 from services.garments.encoder import encode_garment
 from shared.garment_client import GarmentError
 from tools.eval.garments import photo_score, source_encoding
-from tools.product_photos import BACKGROUNDS, flatlay_photo, ghost_photo
+from tools.product_photos import BACKGROUNDS, ProductPhoto, flatlay_photo, ghost_photo
 
 pytestmark = pytest.mark.unit
 
@@ -95,7 +95,7 @@ def _jpeg(img: np.ndarray) -> bytes:
     return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
 
 
-def _table(photo) -> np.ndarray:  # noqa: ANN001
+def _table(photo: ProductPhoto) -> np.ndarray:
     """The photo's table without the garment: its border, stretched."""
     img = photo.image
     return cv2.resize(img[:40, :40], (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
