@@ -4,10 +4,9 @@ Definitions (they are what the warp renderer relies on, and what the catalogue g
 
 * ``collar``: the deepest point of the neckline — the convexity defect of the outline nearest the
   top centre; ``neck_left``/``neck_right`` are the two hull vertices that defect spans.
-* ``armpit_*``: the deepest convexity defect on each side, between the neck and the hem (the
-  concave corner where sleeve and body meet), moved to where the sleeve's underside and the
-  body's side, extended, meet: in a photo the narrow end of that gap closes up, so the deepest
-  pixel of the gap sits below the real corner.
+* ``armpit_*``: the deepest convexity defect on each side, below the top few percent of the
+  garment and above the hem (the concave corner where sleeve and body meet; with an open front
+  it may lie above the collar).
 * ``shoulder_*``: the top of the outline right above the armpit.
 * sleeveless: when there is no cloth above that deepest point, it lies on an armhole, not in an
   underarm corner: the armpit is then the armhole's lower end (where the side seam starts), the
@@ -78,7 +77,7 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
         ]
         if cands:
             s, e, f, _ = max(cands, key=lambda d: d[3])
-            armpit = (*_apex(pts, s, e, f, h), 1.0)
+            armpit = (*pts[f], 1.0)
             ax = round(pts[f][0])
             if pts[f][1] - _top(m, ax) < 0.03 * h:  # nothing above it: an armhole (sleeveless)
                 upper, lower = sorted((pts[s], pts[e]), key=lambda p: p[1])
@@ -101,51 +100,6 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
     kp["hem_left"] = (float(left_x), float(lowest[left_x]), 1.0)
     kp["hem_right"] = (float(right_x), float(lowest[right_x]), 1.0)
     return {name: tuple(round(float(v), 2) for v in kp[name]) for name in KEYPOINT_NAMES}  # type: ignore[misc]
-
-
-def _apex(pts: np.ndarray, start: int, end: int, far: int, height: float) -> tuple[float, float]:
-    """Where the two sides of a defect, extended as straight lines, meet; the far point itself
-    when they do not meet near it (a curve rather than a corner). Each side's line is its first
-    straight run (of a simplified outline) past the closed-up tip (a short first run that bends
-    less than 45 degrees into the next is the tip), fitted on the outline's pixels along it."""
-    n = len(pts)
-
-    def arc(a: int, b: int) -> np.ndarray:
-        idx = np.arange(a, b + 1) if b >= a else np.r_[a:n, 0 : b + 1]
-        return pts[idx]
-
-    lines = []
-    for seg in (arc(start, far)[::-1], arc(far, end)):  # each runs away from the far point
-        simple = cv2.approxPolyDP(seg.astype(np.float32)[:, None, :], 1.5, False)[:, 0, :]
-        if len(simple) < 2:
-            return float(pts[far][0]), float(pts[far][1])
-        # a short first run that bends only a little into the next is the closed-up tip
-        i = 0
-        while i + 2 < len(simple) and np.hypot(*(simple[i + 1] - simple[i])) < 0.08 * height:
-            u, v = simple[i + 1] - simple[i], simple[i + 2] - simple[i + 1]
-            turn = np.degrees(np.arccos(np.clip(u @ v / (np.hypot(*u) * np.hypot(*v) or 1.0), -1, 1)))
-            if turn >= 45:
-                break
-            i += 1
-        edge = (simple[i], simple[i + 1])
-        if np.hypot(*(edge[1] - edge[0])) < 0.03 * height:
-            return float(pts[far][0]), float(pts[far][1])
-        a, b = edge
-        run = seg[(np.abs(np.cross(b - a, seg - a)) / (np.hypot(*(b - a)) or 1.0) < 2.0)
-                  & (((seg - a) @ (b - a)) >= 0) & (((seg - b) @ (a - b)) >= 0)]  # fmt: skip
-        if len(run) < 3:
-            return float(pts[far][0]), float(pts[far][1])
-        vx, vy, x0, y0 = cv2.fitLine(run.astype(np.float32), cv2.DIST_L2, 0, 0.01, 0.01).ravel()
-        lines.append((np.array([x0, y0], np.float64), np.array([vx, vy], np.float64)))
-    (p1, d1), (p2, d2) = lines
-    det = d1[0] * -d2[1] - d1[1] * -d2[0]
-    if abs(det) < 0.05:  # nearly parallel: no corner to find
-        return float(pts[far][0]), float(pts[far][1])
-    t = ((p2 - p1)[0] * -d2[1] - (p2 - p1)[1] * -d2[0]) / det
-    corner = p1 + t * d1
-    if np.hypot(*(corner - pts[far])) > 0.1 * height:
-        return float(pts[far][0]), float(pts[far][1])
-    return float(corner[0]), float(corner[1])
 
 
 def _defects(contour: np.ndarray) -> list[tuple[int, int, int, float]]:
