@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from datetime import datetime, timezone
 
@@ -28,6 +27,7 @@ import numpy as np
 from services.garments.catalogue import GarmentSpec, render, spec_by_id, starter_catalogue
 from services.garments.encoder import EncodedGarment, encode_garment, to_canvas
 from shared.garment_client import GarmentError
+from tools.bench.garments import _machine as machine
 from tools.product_photos import WORN_POSES, ProductPhoto, flatlay_photo, ghost_photo, worn_photo
 
 GOAL_IOU = 0.95  # photographed flat-lay vs its source mask
@@ -200,17 +200,23 @@ def evaluate(specs: list[GarmentSpec], seed: int, kinds: tuple[str, ...], poses:
             "sleeve_right": sum(s["sleeve_ok"] for s in scored.values()),
         }
     if poses:
-        worn = [r[f"worn_{p}"] for r in per.values() for p in poses]
-        ok = [w for w in worn if w["ok"]]
-        summary["worn"] = {
-            "photos": len(worn),
-            "accepted": len(ok),
-            "precision_mean": round(float(np.mean([w["precision"] for w in ok])), 4) if ok else None,
-            "recall_mean": round(float(np.mean([w["recall"] for w in ok])), 4) if ok else None,
-            "sleeve_right": sum(w["sleeve_ok"] for w in ok),
-            "skin_share_max": max((w["skin_share"] for w in ok if not w["skin_like_garment"]), default=None),
-        }
+        summary["worn"] = _worn_summary([r[f"worn_{p}"] for r in per.values() for p in poses])
+        summary["worn_by_pose"] = {p: _worn_summary([r[f"worn_{p}"] for r in per.values()]) for p in poses}
     return {"summary": summary, "garments": per}
+
+
+def _worn_summary(worn: list[dict]) -> dict:
+    ok = [w for w in worn if w["ok"]]
+    return {
+        "photos": len(worn),
+        "accepted": len(ok),
+        "refused": sorted({w["error_code"] for w in worn if not w["ok"]}),
+        "precision_mean": round(float(np.mean([w["precision"] for w in ok])), 4) if ok else None,
+        "precision_min": round(min(w["precision"] for w in ok), 4) if ok else None,
+        "recall_mean": round(float(np.mean([w["recall"] for w in ok])), 4) if ok else None,
+        "sleeve_right": sum(w["sleeve_ok"] for w in ok),
+        "skin_share_max": max((w["skin_share"] for w in ok if not w["skin_like_garment"]), default=None),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     result["meta"] = {
         "seed": args.seed,
         "seconds": round(time.perf_counter() - t0, 1),
-        "machine": f"{platform.machine()} {platform.python_version()}",
+        "machine": machine(),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
         "goals": {"flatlay_iou_min": GOAL_IOU, "keypoint_error_max": GOAL_KEYPOINT},
     }
