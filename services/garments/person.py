@@ -174,14 +174,6 @@ def _polygon_mask(shape: tuple[int, int], pts: list[np.ndarray]) -> np.ndarray:
     return m > 0
 
 
-def _capsule(shape: tuple[int, int], a: np.ndarray, b: np.ndarray, r: float) -> np.ndarray:
-    m = np.zeros(shape, np.uint8)
-    cv2.line(m, tuple(int(v) for v in a.round()), tuple(int(v) for v in b.round()), 1, max(1, round(2 * r)))
-    for p in (a, b):
-        cv2.circle(m, tuple(int(v) for v in p.round()), max(1, round(r)), 1, -1)
-    return m > 0
-
-
 # -- the cut ----------------------------------------------------------------------------------------
 def garment_from_person(bgr: np.ndarray) -> PersonCut:
     """The garment worn by the one person in ``bgr`` (BGR uint8), laid flat (see the module)."""
@@ -218,7 +210,7 @@ def garment_from_person(bgr: np.ndarray) -> PersonCut:
     chest_lab = lab[chest]
     to_skin = _colour_distance(chest_lab, skin)
     skin_like = to_skin < 12
-    if skin_like.mean() > 0.85 and _skin_everywhere(lab, pose, skin, sw):
+    if skin_like.mean() > 0.85 and _skin_everywhere(lab, pose, skin):
         raise GarmentError("no_garment", "no garment found on the person's torso")
     # the garment is the skin's colour (a beige top on a light-skinned model) only when most of
     # the chest is as close to the face as the face is to itself: then colour cannot tell the
@@ -338,10 +330,9 @@ def garment_from_person(bgr: np.ndarray) -> PersonCut:
     return PersonCut(np.dstack([flat, alpha]), taken, bbox, to_flat[:2], report)
 
 
-def _skin_everywhere(lab: np.ndarray, pose: _Pose, skin: np.ndarray, sw: float) -> bool:
-    """Whether the whole torso (not only the chest) is skin-coloured: a bare torso, or a garment
-    the exact colour of skin (then the arms tell: bare arms are skin too, so only a torso that is
-    skin *and* a sleeve-less, garment-less figure is refused)."""
+def _skin_everywhere(lab: np.ndarray, pose: _Pose, skin: np.ndarray) -> bool:
+    """Whether the whole torso between shoulders and hips (not only the chest) is skin-coloured:
+    a bare torso has no garment to take."""
     p = pose.points
     quad = _polygon_mask(lab.shape[:2], [p[L_SH], p[R_SH], p[R_HIP], p[L_HIP]])
     return bool((_colour_distance(lab[quad], skin) < 10).mean() > 0.9)
