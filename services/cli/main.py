@@ -24,12 +24,14 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from runtime.logging import configure_logging
 from runtime.service import cap_blas_threads
 from runtime.settings import BaseSettings, SettingsError
+from shared.auth import KeysFileError
 from shared.client import NatsUnavailable
 
 GARMENTS_HELP = "add, list and show garments; load the starter catalogue"
@@ -49,8 +51,18 @@ EXIT_NO_NATS = 2
 def _nats_url_or_exit(settings: BaseSettings) -> str:
     url = settings.nats_url
     if not url:
-        sys.exit("set NATS_URL (or run `chameleon up` first, which prints it)")
+        raise UsageError("set NATS_URL (or run `chameleon up` first, which prints it)")
     return url
+
+
+def _existing_file(path: str, flag: str) -> str:
+    """``path`` if it is a readable file; else a one-line mistake naming ``flag``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{flag} {path}: {'is a folder' if p.is_dir() else 'no such file'}")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{flag} {path}: not readable")
+    return path
 
 
 def connect_timeout_s(env: Mapping[str, str] | None = None) -> float:
@@ -140,17 +152,22 @@ async def _session(args: argparse.Namespace, settings: BaseSettings, role: str):
 def cmd_camera(args: argparse.Namespace, settings: BaseSettings) -> int:
     _credentials(args, args.session)  # a wrong token fails before a camera opens
 
-    from runtime.media import read_image
+    from runtime.media import MediaError, read_image
     from services.camera.client import run_camera
-    from services.camera.source import Motion, MotionCamera, video_frames, webcam_frames
+    from services.camera.source import Motion, MotionCamera, SourceError, video_frames, webcam_frames
 
-    if args.video:
-        frames = video_frames(args.video, loop=args.loop)
-    elif args.webcam is not None:
-        frames = webcam_frames(args.webcam)
-    else:
-        motion = None if args.motion else Motion.still()
-        frames = MotionCamera(read_image(args.image), args.width, args.height, motion).frames()
+    _nats_url_or_exit(settings)  # before a webcam's light goes on
+    try:  # every source opens here: a missing file or camera is one line, before NATS
+        if args.video:
+            frames = video_frames(_existing_file(args.video, "--video"), loop=args.loop)
+        elif args.webcam is not None:
+            frames = webcam_frames(args.webcam)
+        else:
+            motion = None if args.motion else Motion.still()
+            photo = read_image(_existing_file(args.image, "--image"))
+            frames = MotionCamera(photo, args.width, args.height, motion).frames()
+    except (SourceError, MediaError) as exc:
+        raise UsageError(str(exc)) from None
 
     async def go() -> None:
         session = await _session(args, settings, "camera")
@@ -241,14 +258,25 @@ def add_up(p: argparse.ArgumentParser) -> None:
         default=int(os.environ.get("CHAMELEON_WEB_PORT") or 8080),
         help="the shopper page's port on 127.0.0.1 (0: a free one); the URL is printed",
     )
+    p.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="serve each service's /metrics and /healthz on a stable port from PORT on (service k, "
+        "worker i: PORT + 10*k + i - 1; the ports are printed); default: a free port each",
+    )
     _add_timeout(p)
 
 
 def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
-    from harness.stack import Stack, available_services, default_data_dir
+    from harness.natsserver import NatsServerError
+    from harness.stack import Stack, StackError, available_services, default_data_dir, stable_port_span
 
     if args.workers < 1 or args.nats_cluster < 1:
         raise UsageError("--workers and --nats-cluster must be at least 1")
+    if args.metrics_port_base and not 1024 <= args.metrics_port_base <= 65535 - stable_port_span():
+        raise UsageError(f"--metrics-port-base must be 1024 to {65535 - stable_port_span()}")
     if settings.nats_url and (args.nats_cluster > 1 or args.data_dir):
         print(
             "chameleon up: NATS_URL is set, so no embedded server: --nats-cluster/--data-dir unused",
@@ -278,6 +306,7 @@ def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
         hang_timeout_s=args.hang_timeout,
         secure=secure,
         web_port=args.web_port,
+        metrics_port_base=args.metrics_port_base,
     )
     stopped = False
 
@@ -285,7 +314,17 @@ def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
         nonlocal stopped
         stopped = True
 
-    stack.start()
+    try:
+        stack.start()
+    except NatsServerError as exc:
+        if "in use by another nats-server" in str(exc):
+            raise UsageError(
+                f"{stack.data_dir} is in use by another `chameleon up` (or nats-server): stop it, "
+                "or give this one its own --data-dir"
+            ) from None
+        raise UsageError(f"the embedded nats-server did not start: {str(exc).splitlines()[0]}") from None
+    except StackError as exc:
+        raise UsageError(str(exc)) from None
     try:
         if "garments" in names and not args.no_catalogue:
             starter = _add_starter_garments(
@@ -369,7 +408,14 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace, settings: BaseSettings) -> int:
     from services.cli import demo
 
+    for flag in ("video", "image"):
+        if getattr(args, flag, None):
+            _existing_file(getattr(args, flag), f"--{flag}")
+
     return demo.run(args, settings)
+
+
+WRITES_CATALOGUE = ("add", "load-catalogue")
 
 
 def cmd_garments(argv: list[str]) -> int:
@@ -379,6 +425,15 @@ def cmd_garments(argv: list[str]) -> int:
     except ModuleNotFoundError as exc:
         print(f"the garment service is not available in this build ({exc})", file=sys.stderr)
         return 2
+    from shared.auth import ADMIN_USER, ENV_TOKEN, ENV_USER
+
+    helping = "-h" in argv or "--help" in argv
+    if argv and argv[0] in WRITES_CATALOGUE and not helping and os.environ.get(ENV_TOKEN):
+        if os.environ.get(ENV_USER) != ADMIN_USER:  # the server would refuse the publish, silently
+            raise UsageError(
+                f"`garments {argv[0]}` needs the admin user ({ENV_USER}={ADMIN_USER} and its password); "
+                f"a session token ({ENV_TOKEN}) may only list and show garments"
+            )
     return int(cli.main(argv, connect_timeout_s=connect_timeout_s()) or 0)
 
 
@@ -616,8 +671,20 @@ def run_tool(command: str, argv: list[str]) -> int:
     return int(tool_main(rest) or 0)
 
 
+def version() -> str:
+    try:
+        return metadata.version("fashion-chameleon")
+    except metadata.PackageNotFoundError:  # a checkout run without installing it
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chameleon", description="FashionChameleon: real-time garment swapping")
+    p = argparse.ArgumentParser(
+        prog="chameleon",
+        description="FashionChameleon: real-time garment swapping",
+        epilog="`chameleon COMMAND --help` shows a command's options without running it.",
+    )
+    p.add_argument("--version", action="version", version=f"chameleon {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (line, add, _run) in COMMANDS.items():
         add(sub.add_parser(name, help=line, description=line))
@@ -628,6 +695,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # the commands, not argparse's one-line complaint
+        parser().print_help(sys.stderr)
+        return 2
+    known = {*COMMANDS, "garments", *TOOL_COMMANDS}
+    if not argv[0].startswith("-") and argv[0] not in known:
+        print(f"chameleon: unknown command {argv[0]!r} (the commands: chameleon --help)", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         try:
             if argv and argv[0] == "garments":
@@ -644,8 +718,12 @@ def main(argv: list[str] | None = None) -> int:
         except NatsUnavailable as exc:  # one line, no traceback: the server is simply not there
             print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
             return EXIT_NO_NATS
-        except (SettingsError, UsageError) as exc:
+        except (SettingsError, UsageError, KeysFileError) as exc:
             print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
+            return 2
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"chameleon {argv[0]}: {exc.strerror or exc}{where}", file=sys.stderr)
             return 2
     return 130
 
