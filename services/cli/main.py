@@ -20,6 +20,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from runtime.logging import configure_logging
 from runtime.service import cap_blas_threads
-from runtime.settings import BaseSettings, SettingsError
+from runtime.settings import BaseSettings, SettingsError, env_value
 from shared.auth import KeysFileError
 from shared.client import NatsUnavailable
 
@@ -519,17 +520,18 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
 
     data_dir = args.data_dir or default_data_dir()
     keys_file = data_dir / KEYS_FILE
-    if not keys_file.exists():
+    seed = "" if args.data_dir else (env_value(os.environ, ENV_TOKEN_SEED) or "")  # compose: a secret file
+    if not seed and not keys_file.exists():
         print(
             f"chameleon session: no keys at {keys_file}: run `chameleon up` (secure) first", file=sys.stderr
         )
         return 2
     try:
-        token = mint(AuthKeys.load(keys_file).token_seed, args.session, args.ttl)
+        token = mint(seed or AuthKeys.load(keys_file).token_seed, args.session, args.ttl)
     except (KeysError, InvalidSessionId, ValueError) as exc:
         print(f"chameleon session: {exc}", file=sys.stderr)
         return 2
-    url, ws_url = settings.nats_url, os.environ.get("CHAMELEON_WS_URL", "")
+    url, ws_url = advertised_urls(settings.nats_url, os.environ)
     if (data_dir / UP_RECORD).exists():
         with contextlib.suppress(OSError, ValueError, KeyError):
             record = json.loads((data_dir / UP_RECORD).read_text())
@@ -552,47 +554,117 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
     return 0
 
 
+GRAFANA_PASSWORD = "grafana_admin_password"
+ENV_TOKEN_SEED = "CHAMELEON_TOKEN_SEED"  # the token key's seed for `session create` (or ..._FILE)
+
+
+def advertised_urls(nats_url: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """The NATS and WebSocket URLs a client outside is told: ``CHAMELEON_PUBLIC_NATS_URL`` (else
+    ``NATS_URL``, which inside compose is an internal name) and ``CHAMELEON_WS_URL``, each with
+    ``{host}`` filled by the first of ``CHAMELEON_PUBLIC_HOSTS`` (compose: one setting for all)."""
+    from services.web.origins import choose_host, fill, parse_hosts
+
+    host = choose_host("", parse_hosts(env.get("CHAMELEON_PUBLIC_HOSTS", "")))
+    public = env.get("CHAMELEON_PUBLIC_NATS_URL", "")
+    return fill(public or nats_url, host), fill(env.get("CHAMELEON_WS_URL", ""), host)
+
+
 def add_auth(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
-    init = sub.add_parser("init", help="make (or keep) the keys and write nats.conf beside them")
-    init.add_argument("--out", type=Path, required=True, help="folder of auth-keys.json and nats.conf")
+    init = sub.add_parser(
+        "init",
+        help="make (or keep) the keys; write nats.conf and one file per secret beside them",
+        description="A deployment's keys (auth-keys.json, kept across runs), the nats-server config "
+        "that trusts them, and one file per secret (issuer_seed, token_seed, token_public_key, "
+        "<user>_password) for compose to hand each service only its own (docs/security.md).",
+    )
+    init.add_argument(
+        "--out", type=Path, required=True, help="folder of auth-keys.json, nats.conf, the secrets"
+    )
     init.add_argument("--listen", default="0.0.0.0:4222", help="client listener")
     init.add_argument("--http", default="0.0.0.0:8222", help="monitor (/healthz); empty: none")
     init.add_argument("--websocket", default="0.0.0.0:8443", help="browser listener; empty: none")
     init.add_argument(
         "--ws-origin", action="append", default=[], help="a page origin browsers may connect from (repeat)"
     )
+    init.add_argument(
+        "--public-hosts",
+        default=os.environ.get("CHAMELEON_PUBLIC_HOSTS", ""),
+        help="the host names browsers reach the page by, comma-separated (default: CHAMELEON_PUBLIC_HOSTS): "
+        "each gives the origins http://HOST:WEB_PORT and https://HOST",
+    )
+    init.add_argument("--web-port", type=int, default=8080, help="the page's port as browsers see it")
     init.add_argument("--store-dir", default="/data", help="JetStream store, as the server sees it")
-    init.add_argument("--owner", type=int, default=None, help="uid that owns both files (the services' user)")
+    init.add_argument(
+        "--owner",
+        action="append",
+        default=[],
+        metavar="NAME=UID[:GID]",
+        help="who owns a written file (nats.conf, a secret's name, or 'store' for --store-dir; "
+        "repeat), so each service's user can read its own secrets and nothing else; a bare UID: every file",
+    )
+
+
+def _owners(specs: list[str]) -> dict[str, tuple[int, int]]:
+    """``--owner`` values: ``{name: (uid, gid)}`` (``"*"`` for a bare UID: every file)."""
+    owners = {}
+    for spec in specs:
+        name, _, ids = spec.rpartition("=")
+        uid, _, gid = ids.partition(":")
+        try:
+            owners[name or "*"] = (int(uid), int(gid or uid))
+        except ValueError:
+            raise UsageError(f"--owner {spec!r}: not NAME=UID[:GID]") from None
+    return owners
 
 
 def cmd_auth(args: argparse.Namespace, settings: BaseSettings) -> int:
-    """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
-    trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
-    makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
+    """``chameleon auth init --out DIR``: a deployment's keys file, the nats-server config that
+    trusts it (accounts, service users, the auth callout, a WebSocket listener admitting the page's
+    origins only), and one file per secret; compose runs it once (docs/security.md)."""
     from harness.natsserver import server_config
     from harness.stack import KEYS_FILE
-    from services.auth.keys import AuthKeys
+    from services.auth.keys import AuthKeys, write_secret
+    from services.web.origins import page_origins, parse_hosts
     from shared.subjects import Subjects
 
+    owners = _owners(args.owner)
+    args.out.mkdir(parents=True, exist_ok=True)
     keys_file, conf = args.out / KEYS_FILE, args.out / "nats.conf"
     created = not keys_file.exists()
     keys = AuthKeys.load_or_create(keys_file)  # kept across runs: tokens and passwords stay valid
+    hosts = parse_hosts(args.public_hosts)
+    origins = list(dict.fromkeys([*args.ws_origin, *(page_origins(hosts, args.web_port) if hosts else [])]))
     lines = server_config(
         args.listen,
         args.store_dir,
         http=args.http,
         websocket=args.websocket,
-        websocket_origins=tuple(args.ws_origin),
+        websocket_origins=tuple(origins),
         auth=keys.server_auth(Subjects(settings.subject_prefix)),
     )
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    if args.owner is not None:
-        for path in (keys_file, conf):
-            os.chown(path, args.owner, -1)
-    print(json.dumps({"keys_file": str(keys_file), "nats_conf": str(conf), "created": created}))
+    files = {"nats.conf": "\n".join(lines), **keys.secret_files()}
+    grafana = args.out / GRAFANA_PASSWORD  # the dashboards' admin: not a NATS user, made once and kept
+    files[GRAFANA_PASSWORD] = grafana.read_text().strip() if grafana.exists() else secrets.token_urlsafe(24)
+    unknown = set(owners) - {*files, "store", "*"}
+    if unknown:
+        raise UsageError(f"--owner {sorted(unknown)[0]}: no such file (one of: {', '.join(files)}, store)")
+    for name, content in files.items():
+        write_secret(args.out / name, content, owners.get(name, owners.get("*")))
+    if "store" in owners:  # the server's own user must write its JetStream store
+        Path(args.store_dir).mkdir(parents=True, exist_ok=True)
+        os.chown(args.store_dir, *owners["store"])
+    print(
+        json.dumps(
+            {
+                "keys_file": str(keys_file),
+                "nats_conf": str(conf),
+                "secrets": sorted(n for n in files if n != "nats.conf"),
+                "ws_origins": origins,
+                "created": created,
+            }
+        )
+    )
     return 0
 
 
