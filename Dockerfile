@@ -24,8 +24,9 @@ FROM ${PYTHON_IMAGE}
 # read-only root with /tmp as tmpfs); MediaPipe imports matplotlib, which wants a writable folder.
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib
+# OpenCV's shared libraries (trixie's time_t transition renamed glib's to libglib2.0-0t64)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0t64 \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 
