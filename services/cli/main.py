@@ -810,11 +810,11 @@ def _start(command: str) -> BaseSettings:
     return settings
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _catalogue_photos():  # type: ignore[no-untyped-def]
     from harness.recorder import catalogue_photos_source
 
     return catalogue_photos_source()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
