@@ -64,12 +64,13 @@ class Silhouette:
 
 
 SILHOUETTES: dict[str, Silhouette] = {
-    "tee": Silhouette(
-        0.34, 0.20, False, (0.95, 0.14), (1.55, 0.58), (1.27, 0.82), (0.95, 0.54), (0.95, 2.25)
-    ),
-    "shirt": Silhouette(0.30, 0.14, False, (1.0, 0.12), (1.8, 1.95), (1.48, 2.1), (1.0, 0.64), (1.0, 2.45)),
-    "dress": Silhouette(0.38, 0.32, False, (0.82, 0.08), (1.2, 0.38), (1.0, 0.54), (0.82, 0.46), (1.45, 3.1)),
-    "jacket": Silhouette(0.36, 0.85, True, (1.1, 0.14), (1.95, 2.0), (1.6, 2.16), (1.1, 0.72), (1.1, 2.6)),
+    # proportions of real garments (unit: about half the shoulder seam width, ~23 cm): a tee
+    # about 1.5 shoulder widths long, a shirt's sleeve as long as the arm, a dress to mid-calf.
+    # Renderers fit a garment by its own shape, so its length and sleeves decide where it ends.
+    "tee": Silhouette(0.34, 0.22, False, (0.95, 0.10), (1.58, 0.70), (1.30, 1.05), (0.97, 0.92), (0.98, 2.85)),
+    "shirt": Silhouette(0.30, 0.14, False, (1.0, 0.10), (2.12, 2.86), (1.78, 3.0), (1.0, 0.95), (1.0, 3.3)),
+    "dress": Silhouette(0.38, 0.30, False, (0.85, 0.08), (1.25, 0.40), (1.05, 0.80), (0.88, 0.85), (1.55, 4.4)),
+    "jacket": Silhouette(0.36, 0.85, True, (1.1, 0.12), (2.25, 2.95), (1.9, 3.08), (1.12, 1.0), (1.12, 3.15)),
 }
 
 SILHOUETTE_CATEGORY = {"tee": "tshirt", "shirt": "shirt", "dress": "dress", "jacket": "jacket"}
@@ -150,7 +151,13 @@ def starter_catalogue() -> list[GarmentSpec]:
         ),
         GarmentSpec("tee-yellow-dots", "Yellow polka tee", "tee", "dots", ((60, 210, 240), black), seed=5),
         GarmentSpec(
-            "shirt-blue-checks", "Blue gingham shirt", "shirt", "checks", ((200, 140, 60), white), seed=6
+            "shirt-blue-checks",
+            "Blue gingham shirt",
+            "shirt",
+            "checks",
+            ((200, 140, 60), white),
+            background=(120, 124, 128),  # its white checks would melt into a white table
+            seed=6,
         ),
         GarmentSpec(
             "shirt-white-pinstripes",

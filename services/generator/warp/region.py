@@ -29,17 +29,23 @@ class RegionConfig:
     forearm_width: float = 0.44
     hand_width: float = 0.16  # the capsules from the wrist to the finger landmarks
     hand_reach: float = 0.3  # body scales: the farthest a knuckle landmark is taken from the wrist
-    hand_start: float = 0.35  # how far from the wrist towards the knuckles the hand begins
+    hand_start: float = 0.15  # how far from the wrist towards the knuckles the hand begins
+    hand_past: float = 0.5  # body scales past the wrist, along the forearm, that skin is hand
+    hand_past_width: float = 0.32  # body scales: that band's width
     hand_min_skin: float = 0.02  # a hand zone with less skin than this is on clothing: not a hand
     hand_skin_shape: float = 0.3  # ... with at least this much, the skin's own shape is the hand
     hand_skin_grow: float = 0.06  # body scales the skin is grown by to make that shape
     torso_margin: float = 0.16  # the torso zone reaches this far outside the shoulder/hip joints
     torso_min_half: float = 0.46  # ... and at least this far from its centre line (turned bodies)
+    turned_half: float = 0.4  # torso lengths: ... and at least this far (a side view's depth)
     neck_above: float = 0.16  # how far above the shoulder line clothing may reach
-    hem_band: tuple[float, float] = (0.72, 1.18)  # torso lengths: where the top may end (by colour)
+    hem_band: tuple[float, float] = (0.72, 1.45)  # torso lengths: where the top may end (by colour)
     skin_tolerance: float = 2.6  # chroma distance to the skin colour, in the face's spreads
     skin_min_spread: float = 4.0  # CrCb units: the face's spread is never taken below this
     skin_min_blob: float = 0.1  # body scales: skin-coloured areas narrower than this are pattern
+    head_min: float = 0.3  # torso lengths: the smallest a head is taken to be (turned heads)
+    glove_contrast: float = 22.0  # Lab distance between a skinless hand zone and the clothing
+    # around it above which it is a glove or something held, not clothing the hand points hit
     skin_guard: float = 0.5  # more of the torso than this looks like skin: skin-coloured clothes
     edge_band: float = 0.08  # body scales inside the person mask's edge checked against the background
     edge_sigma: float = 0.12  # body scales: the neighbourhood of the local colours
@@ -136,29 +142,109 @@ def capsule(mask: np.ndarray, a: np.ndarray, b: np.ndarray, thickness: float, va
     cv2.circle(mask, _pt(b), t // 2, value, -1)
 
 
-def torso_zone(b: Body, shape: tuple[int, int], cfg: RegionConfig, hem: float) -> np.ndarray:
+def torso_zone(
+    b: Body, shape: tuple[int, int], cfg: RegionConfig, hem: float, flare: float = 0.0
+) -> np.ndarray:
     """The band the torso's clothing may occupy: shoulders (a little above) to ``hem`` torso
-    lengths below them, wide enough for a turned body."""
-    half = max(b.shoulder_half + cfg.torso_margin * b.scale, cfg.torso_min_half * b.scale)
+    lengths below them, wide enough for a turned body, and at the bottom at least ``flare`` body
+    scales either side of the centre line (a skirt)."""
+    half = max(
+        b.shoulder_half + cfg.torso_margin * b.scale,
+        cfg.torso_min_half * b.scale,
+        cfg.turned_half * b.torso_len,  # a turned torso is about as deep as this
+    )
     top = b.centre - b.ey * cfg.neck_above * b.scale
     bottom = b.centre + b.ey * hem * b.torso_len
     hip_c = (b.px[LM.LEFT_HIP] + b.px[LM.RIGHT_HIP]) / 2
     hip_half = max(abs(float(np.dot(b.px[LM.LEFT_HIP] - hip_c, b.ex))) + cfg.torso_margin * b.scale, half)
     bottom = bottom + b.ex * float(np.dot(hip_c - b.centre, b.ex))  # follow a leaning torso
     zone = np.zeros(shape, np.uint8)
-    pts = np.array([top - b.ex * half, top + b.ex * half, bottom + b.ex * hip_half, bottom - b.ex * hip_half])
-    cv2.fillConvexPoly(zone, np.round(pts).astype(np.int32), 255)
+    pts = [top - b.ex * half, top + b.ex * half]
+    low = max(hip_half, flare * b.scale + cfg.torso_margin * b.scale)
+    if hem > 1.0 and low > hip_half:  # the hips, then the flare down to the hem
+        hips = b.centre + b.ey * b.torso_len + b.ex * float(np.dot(hip_c - b.centre, b.ex))
+        pts += [hips + b.ex * hip_half, bottom + b.ex * low, bottom - b.ex * low, hips - b.ex * hip_half]
+    else:
+        pts += [bottom + b.ex * hip_half, bottom - b.ex * hip_half]
+    cv2.fillPoly(zone, [np.round(np.clip(np.array(pts), -1e5, 1e5)).astype(np.int32)], 255)
     return zone
 
 
+def strip(b: Body, shape: tuple[int, int], half: float) -> np.ndarray:
+    """uint8 0/255: the band ``half`` pixels either side of the torso's centre line, all along it."""
+    far = 4.0 * (shape[0] + shape[1])
+    hip_c = (b.px[LM.LEFT_HIP] + b.px[LM.RIGHT_HIP]) / 2
+    axis = hip_c - b.centre
+    n = max(float(np.hypot(*axis)), 1e-6)
+    d = axis / n
+    side = np.array([d[1], -d[0]]) * half
+    a, e = b.centre - d * far, b.centre + d * far
+    out = np.zeros(shape, np.uint8)
+    pts = np.array([a - side, a + side, e + side, e - side])
+    cv2.fillConvexPoly(out, np.round(np.clip(pts, -1e6, 1e6)).astype(np.int32), 255)
+    return out
+
+
+def below(b: Body, shape: tuple[int, int], v: float) -> np.ndarray:
+    """uint8 0/255: the pixels more than ``v`` torso lengths below the shoulder line (along the
+    torso's axis)."""
+    far = 4.0 * (shape[0] + shape[1])
+    line = b.centre + b.ey * v * b.torso_len
+    pts = np.array(
+        [line - b.ex * far, line + b.ex * far, line + b.ex * far + b.ey * far, line - b.ex * far + b.ey * far]
+    )
+    out = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(out, np.round(np.clip(pts, -1e6, 1e6)).astype(np.int32), 255)
+    return out
+
+
+def is_greyscale(patch_bgr: np.ndarray, tolerance: float = 3.0) -> bool:
+    """Whether the picture carries no colour (a black-and-white photo or camera): then skin cannot
+    be told from clothing by its chroma, and the skin test must not run (it would find skin
+    everywhere)."""
+    small = patch_bgr[::4, ::4]
+    if small.size == 0:
+        return False
+    ycc = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.int16)
+    dev = np.maximum(np.abs(ycc[:, 1] - 128), np.abs(ycc[:, 2] - 128))
+    return float(np.percentile(dev, 98)) <= tolerance
+
+
+def head_zone(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> np.ndarray:
+    """The head (face, hair, ears) and chin, from the face landmarks, sized so that a turned head
+    is covered too: the ear distance collapses in a side view, and so does the shoulder width,
+    so the size is never under ``head_min`` torso lengths (a head is about a third of one)."""
+    px = b.px
+    mask = np.zeros(shape, np.uint8)
+    face = px[: LM.MOUTH_RIGHT + 1]
+    ears = float(np.hypot(*(px[LM.LEFT_EAR] - px[LM.RIGHT_EAR])))
+    shoulders = float(np.hypot(*(px[LM.LEFT_SHOULDER] - px[LM.RIGHT_SHOULDER])))
+    size = max(ears, 0.45 * shoulders, cfg.head_min * b.torso_len, 4.0)
+    centre = face.mean(axis=0)
+    mouth = (px[LM.MOUTH_LEFT] + px[LM.MOUTH_RIGHT]) / 2
+    down = mouth - px[LM.NOSE]
+    angle = float(np.degrees(np.arctan2(down[0], down[1]))) * -1 if np.hypot(*down) > 1e-6 else 0.0
+    cv2.ellipse(mask, _pt(centre), (int(size * 0.75), int(size * 1.0)), angle, 0, 360, 255, -1)
+    # the chin sits about one nose-to-mouth distance below the mouth; cover it
+    nm = float(np.hypot(*down))
+    chin = mouth + (down / nm * max(nm, 0.06 * b.torso_len) * 1.2 if nm > 1e-6 else 0.0)
+    cv2.circle(mask, _pt(chin), int(size * 0.35), 255, -1)
+    return mask
+
+
 def hands_mask(
-    b: Body, shape: tuple[int, int], cfg: RegionConfig, skin: np.ndarray | None = None
+    b: Body,
+    shape: tuple[int, int],
+    cfg: RegionConfig,
+    skin: np.ndarray | None = None,
+    patch: np.ndarray | None = None,
 ) -> np.ndarray:
     """Both hands: the hull from just past the wrist (a cuff at the wrist is sleeve, not hand)
     to a little past the knuckle landmarks, and capsules along the fingers. With ``skin`` (the
     skin-colour mask), a hand whose zone holds almost no skin is left out: the tracker's hand
     points have wandered onto clothing (crossed arms, hands up at the shoulders), and the
-    clothing there must not be cut out with it."""
+    clothing there must not be cut out with it; unless (with ``patch``) its colour stands out
+    from what is around it: a gloved hand, or something held, is not clothing either."""
     keep = np.zeros(shape, np.uint8)
     t = cfg.hand_width * b.scale
     for hand in HAND_POINTS:
@@ -179,7 +265,14 @@ def hands_mask(
         if skin is not None:
             area = cv2.countNonZero(one)
             found = cv2.countNonZero(cv2.bitwise_and(one, skin))
-            if area and found < cfg.hand_min_skin * area:
+            if (
+                area
+                and found < cfg.hand_min_skin * area
+                and not (
+                    patch is not None
+                    and _stands_out(patch, one, cfg.hand_width * b.scale, cfg.glove_contrast)
+                )
+            ):
                 continue
             if area and found >= cfg.hand_skin_shape * area:
                 # the skin test sees this hand well: its shape, a little grown, is the hand, and
@@ -189,6 +282,40 @@ def hands_mask(
                 one = cv2.bitwise_and(one, grown)
         keep |= one
     return keep
+
+
+def _stands_out(patch: np.ndarray, zone: np.ndarray, ring: float, contrast: float) -> bool:
+    """Whether the mean colour (Lab) of ``zone`` differs by more than ``contrast`` from the mean
+    colour of a ring ``ring`` pixels wide around it."""
+    box = cv2.boundingRect(zone)
+    r = max(2, int(ring))
+    x, y, w, h = box
+    x0, y0 = max(0, x - r), max(0, y - r)
+    x1, y1 = min(zone.shape[1], x + w + r), min(zone.shape[0], y + h + r)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return False
+    z = zone[y0:y1, x0:x1]
+    around = cv2.dilate(z, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    around[z > 0] = 0
+    if cv2.countNonZero(around) < 8 or cv2.countNonZero(z) < 8:
+        return False
+    lab = cv2.cvtColor(np.ascontiguousarray(patch[y0:y1, x0:x1]), cv2.COLOR_BGR2LAB).astype(np.float32)
+    inner = lab[z > 0].mean(axis=0)
+    outer = lab[around > 0].mean(axis=0)
+    return float(np.linalg.norm(inner - outer)) > contrast
+
+
+def past_wrists(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> np.ndarray:
+    """uint8 0/255: beyond each wrist, along its forearm, as far as a hand reaches."""
+    out = np.zeros(shape, np.uint8)
+    for _, el, wr in ARMS:
+        d = b.px[wr] - b.px[el]
+        n = float(np.hypot(*d))
+        if n < 1e-6:
+            continue
+        end = b.px[wr] + d / n * cfg.hand_past * b.scale
+        capsule(out, b.px[wr], end, cfg.hand_past_width * b.scale)
+    return out
 
 
 def arm_masks(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> list[np.ndarray]:
@@ -213,12 +340,13 @@ def hem_by_colour(
     arms: np.ndarray | None = None,
     person: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Where the top ends: in the band where a top may end, just below the lowest row (along the
-    torso axis) where most pixels are nearer one of the top's two colours (a pattern's darker and
-    lighter half) than the colour below the band (trousers, skirt, under the hips) and the
+    """Where the old top ends: in the band where a top may end, just below the lowest row (along
+    the torso axis) where most pixels are nearer one of the top's two colours (a pattern's darker
+    and lighter half) than the colour below the band (trousers, skirt, under the hips) and the
     background beside the hips. Rows, counted from the bottom, so a pattern's dark squares higher
-    up never end the top. The last rows are decided pixel by pixel, and trouser pixels joined to
-    those below the cut are taken out (hips wider than the hem). ``clothing`` is modified and
+    up never end the top. The new garment does not follow it (it has a hem of its own); it
+    tells the old top's sleeves from the trousers beside a hanging hand, and the old clothing
+    (for shading statistics and measures) from what is below. ``clothing`` is modified and
     returned with the cut (torso lengths), averaged with ``previous`` so the hem of a still
     person holds still. Sleeves hanging below the hem (in ``arms``) stay clothing where their
     colour is nearer the top's than the trousers'."""
@@ -278,20 +406,6 @@ def hem_by_colour(
             # dark stripe or check higher up never ends the top early
             top_like = seen & (top_votes >= 0.5 * counts)
             cut_at = float(rows[np.nonzero(top_like)[0].max()] + step) if top_like.any() else lo
-            # the last rows mix top and trousers (a hem is not straight): decide pixel by pixel
-            edge = (clothing > 0) & (v > cut_at - 6 * step) & (v <= cut_at)
-            if edge.any():
-                px = smooth[edge]
-                trousers = _d2(px, below_c) < _d2(px, tops)
-                drop = np.zeros(clothing.shape, bool)
-                drop[edge] = trousers
-                clothing[drop] = 0
-            cols = np.nonzero(clothing.any(axis=0))[0]
-            if cols.size:
-                c0, c1 = max(0, int(cols[0]) - 4), min(w, int(cols[-1]) + 5)
-                sub = (slice(None), slice(c0, c1))
-                joined = _joined_to_below(smooth[sub], v[sub], cut_at, tops, below_c)
-                clothing[:, c0:c1][joined] = 0
     if previous is not None:
         cut_at = rate * cut_at + (1 - rate) * previous
     below = v > cut_at
@@ -301,6 +415,8 @@ def hem_by_colour(
         if sleeve.any():
             px = smooth[sleeve]
             below[sleeve] = _d2(px, below_c) < _d2(px, tops)
+    elif arms is not None:  # no colour tells the sleeves from what is below: they stay sleeves
+        below &= arms == 0
     clothing[below] = 0
     return clothing, cut_at
 
@@ -312,40 +428,6 @@ def _d2(px: np.ndarray, colours: np.ndarray) -> np.ndarray:
     cs = np.asarray(colours, np.float32).reshape(-1, 3)
     d = np.einsum("ij,ij->i", flat, flat)[:, None] - 2.0 * (flat @ cs.T) + np.einsum("ij,ij->i", cs, cs)
     return d.min(axis=1).reshape(px.shape[:-1])
-
-
-def _joined_to_below(
-    smooth: np.ndarray,
-    v: np.ndarray,
-    cut_at: float,
-    tops: np.ndarray,
-    below_c: np.ndarray,
-    reach: float = 0.35,
-) -> np.ndarray:
-    """Bool mask: the trousers (or skirt) where they reach up beside the top, above the hem
-    (hips wider than the top's hem, a waistband): pixels clearly nearer the trousers' colour than
-    the top's, up to ``reach`` torso lengths above the cut, in one 4-connected piece with such
-    pixels just below it. Connection, not colour alone, so a dark check or stripe higher up in
-    the top stays clothing."""
-    band = (v > cut_at - reach) & (v <= cut_at + 0.1)
-    rows = np.nonzero(band.any(axis=1))[0]
-    out = np.zeros(v.shape, bool)
-    if rows.size == 0:
-        return out
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    px = smooth[r0:r1]
-    d_top = _d2(px, tops)
-    d_below = _d2(px, below_c)
-    like = band[r0:r1] & (4.0 * d_below < d_top)  # at least twice as near the trousers
-    if not like.any():
-        return out
-    _, labels = cv2.connectedComponents(like.astype(np.uint8), connectivity=4)
-    seeds = like & (v[r0:r1] > cut_at)
-    joined = np.unique(labels[seeds])
-    joined = joined[joined > 0]
-    if joined.size:
-        out[r0:r1] = np.isin(labels, joined) & (v[r0:r1] <= cut_at)
-    return out
 
 
 def _masked_mean_colour(small: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
