@@ -470,9 +470,9 @@ class WarpRenderer:
             # (a shadow, a highlight), and a soft edge must not reach into them
             kept = cv2.morphologyEx(cv2.bitwise_or(hand_skin, neck), cv2.MORPH_CLOSE, _DISC5)
             blocked = cv2.bitwise_or(blocked, cv2.dilate(kept, _DISC5))
-            # skin on the torso is covered only where it continues the neck (an old V-neck's
-            # chest): any other skin there is an arm or a hand in front of it
-            surface[_skin_in_front(skin, neck, arms_any) > 0] = 0
+            # skin in the arms' capsules is an arm in front of the torso (a bare forearm across
+            # it); other skin on the torso (an old V-neck's chest) is covered
+            surface[cv2.bitwise_and(skin, arms_any) > 0] = 0
         surface[blocked > 0] = 0
         # the torso's outline without arms hanging beside it (they would widen the garment); an
         # arm over the torso (crossed arms, a side view's near arm) is within the torso's outline
@@ -654,17 +654,6 @@ class WarpRenderer:
             items.append((depth, behind, [(behind, sleeve, texel, True), (behind, bare, skin_gain, False)]))
         items.sort(key=lambda item: -item[0])  # the farther wrist first, the nearer on top
         return [layer for _, _, layers in items for layer in layers]
-
-
-def _skin_in_front(skin: np.ndarray, neck: np.ndarray, arms: np.ndarray) -> np.ndarray:
-    """uint8 0/255: skin that is an arm or a hand, not the neck and the chest below it: the
-    pieces of skin that do not touch the neck, and any skin inside the arm capsules."""
-    n, labels = cv2.connectedComponents(skin, connectivity=8)
-    if n <= 1:
-        return cv2.bitwise_and(skin, arms)
-    neck_labels = np.unique(labels[neck > 0])
-    out = np.where(np.isin(labels, neck_labels[neck_labels > 0]), 0, skin).astype(np.uint8)
-    return cv2.bitwise_or(out, cv2.bitwise_and(skin, arms))
 
 
 def _chains(b: region.Body) -> list[list[np.ndarray]]:
