@@ -32,6 +32,7 @@ class RegionConfig:
     hand_start: float = 0.15  # how far from the wrist towards the knuckles the hand begins
     hand_past: float = 0.5  # body scales past the wrist, along the forearm, that skin is hand
     hand_past_width: float = 0.32  # body scales: that band's width
+    hand_area: float = 0.2  # body scales squared: a piece of skin this small, apart from the head, is a hand
     hand_min_skin: float = 0.02  # a hand zone with less skin than this is on clothing: not a hand
     hand_skin_shape: float = 0.3  # ... with at least this much, the skin's own shape is the hand
     hand_skin_grow: float = 0.06  # body scales the skin is grown by to make that shape
@@ -84,12 +85,14 @@ def body_in_roi(px: np.ndarray, facing: float = 1.0) -> Body:
 
 @dataclass
 class SkinModel:
-    """The wearer's skin colour (YCrCb chroma), learned from the face once per session."""
+    """The wearer's skin colour (YCrCb chroma at the face's luma), learned from the face once per
+    session."""
 
     cr: float
     cb: float
     spread: float
     bgr: tuple[int, int, int]
+    y: float = 128.0  # the face's luma: chroma elsewhere is compared as if lit like the face
 
     @classmethod
     def from_face(
@@ -119,15 +122,21 @@ class SkinModel:
         pixels, luma = patch.reshape(-1, 3)[skin], ycc[skin, 0]
         lit = pixels[np.argsort(luma, kind="stable")[len(luma) // 2 :]]
         med = np.median(lit, axis=0)
-        return cls(cr, cb, spread, (int(med[0]), int(med[1]), int(med[2])))
+        y = float(np.median(ycc[:, 0]))
+        return cls(cr, cb, spread, (int(med[0]), int(med[1]), int(med[2])), y)
 
     def mask(self, patch_bgr: np.ndarray, tolerance: float) -> np.ndarray:
-        """uint8 0/255: pixels whose chroma is within ``tolerance`` spreads of the skin's."""
+        """uint8 0/255: pixels whose chroma is within ``tolerance`` spreads of the skin's, once
+        brought to the face's light: a shadow scales a colour's chroma with its luma, and a hand
+        in shadow is still skin."""
         ycc = cv2.cvtColor(patch_bgr, cv2.COLOR_BGR2YCrCb)
-        t = tolerance * self.spread
-        lo = np.array([25, max(0, self.cr - t), max(0, self.cb - t)])
-        hi = np.array([255, min(255, self.cr + t), min(255, self.cb + t)])
-        return cv2.inRange(ycc, lo, hi)
+        y = ycc[..., 0].astype(np.float32)
+        gain = np.sqrt(np.clip((np.float32(self.y) + 16.0) / (y + 16.0), 0.6, 1.8))
+        cr = (ycc[..., 1].astype(np.float32) - 128.0) * gain
+        cb = (ycc[..., 2].astype(np.float32) - 128.0) * gain
+        t = np.float32(tolerance * self.spread)
+        inside = (np.abs(cr - (self.cr - 128.0)) <= t) & (np.abs(cb - (self.cb - 128.0)) <= t) & (y >= 25)
+        return inside.astype(np.uint8) * 255
 
 
 def _pt(p: np.ndarray) -> tuple[int, int]:
@@ -316,6 +325,63 @@ def past_wrists(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> np.ndarra
         end = b.px[wr] + d / n * cfg.hand_past * b.scale
         capsule(out, b.px[wr], end, cfg.hand_past_width * b.scale)
     return out
+
+
+def forearm_skin(b: Body, skin: np.ndarray, cfg: RegionConfig) -> list[np.ndarray]:
+    """Per arm (image-left first), uint8 0/255: the pieces of skin that its forearm, and the hand
+    past it, lie on: a bare forearm and its hand, wherever the hand rests (on the chest, on the
+    other elbow). A band along the shoulders is cut out first, so that skin reaching from a bare
+    arm over the shoulders to the neck (a tank top) is not one piece with the arm."""
+    shape = skin.shape
+    cut = skin.copy()
+    upper = np.zeros(shape, np.uint8)
+    top = b.centre - b.ey * 0.5 * b.torso_len
+    low = b.centre + b.ey * 0.12 * b.torso_len
+    half = b.ex * (b.shoulder_half + 0.35 * b.scale)
+    cv2.fillConvexPoly(
+        upper, np.round(np.array([top - half, top + half, low + half, low - half])).astype(np.int32), 255
+    )
+    cut[upper > 0] = 0
+    n, labels = cv2.connectedComponents(cut, connectivity=8)
+    out = []
+    for _, el, wr in ARMS:
+        fore = np.zeros(shape, np.uint8)
+        d = b.px[wr] - b.px[el]
+        n_d = max(float(np.hypot(*d)), 1e-6)
+        capsule(fore, b.px[el], b.px[wr] + d / n_d * cfg.hand_past * b.scale, cfg.forearm_width * b.scale)
+        ids = np.unique(labels[(fore > 0) & (cut > 0)])
+        ids = ids[ids > 0]
+        out.append(
+            np.where(np.isin(labels, ids), 255, 0).astype(np.uint8) if n > 1 and ids.size else fore * 0
+        )
+    return out
+
+
+def lone_hands(b: Body, skin: np.ndarray, head: np.ndarray, cfg: RegionConfig) -> np.ndarray:
+    """uint8 0/255: pieces of skin no bigger than a hand and apart from the head and neck: hands
+    at the end of sleeves, wherever they are (a tracker's wrists on crossed arms can sit a hand's
+    length from them)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(skin, connectivity=8)
+    if n <= 1:
+        return np.zeros(skin.shape, np.uint8)
+    small = stats[:, cv2.CC_STAT_AREA] <= cfg.hand_area * b.scale * b.scale
+    small[0] = False
+    on_head = np.unique(labels[(head > 0) & (skin > 0)])
+    small[on_head] = False
+    return np.where(small[labels], 255, 0).astype(np.uint8)
+
+
+def skin_off_arm(skin: np.ndarray, arm: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """uint8 0/255: the pieces of skin less than ``share`` of which lie in the arm's capsule: not
+    this arm's skin, though some of it crosses the arm (the other forearm and hand on its elbow)."""
+    n, labels = cv2.connectedComponents(skin, connectivity=8)
+    if n <= 1:
+        return np.zeros(skin.shape, np.uint8)
+    total = np.bincount(labels.ravel(), minlength=n)
+    on_arm = np.bincount(labels[arm > 0], minlength=n)
+    off = (on_arm > 0) & (on_arm < share * total)
+    off[0] = False
+    return np.where(off[labels], 255, 0).astype(np.uint8)
 
 
 def arm_masks(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> list[np.ndarray]:

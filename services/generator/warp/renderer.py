@@ -73,6 +73,7 @@ class RenderDetail:
 
 
 _DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_DISC7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))  # a soft edge's reach (sigma 1 px)
 ARM_POINTS = ([13, 15, 17, 19, 21], [14, 16, 18, 20, 22])  # per arm: elbow, wrist, hand
 
 
@@ -457,10 +458,12 @@ class WarpRenderer:
         # the torso's garment: the person in the zone, less the head, the hands and bare arms in
         # front
         surface = cv2.bitwise_and(zone, cv2.bitwise_or(person, hanging))
+        others: list[np.ndarray] | None = None
         if skin is not None:
             # skin past the wrist, along the forearm, is the hand: a tracker often puts the wrist
             # short of it (crossed arms, a hand on the other elbow)
             hand_skin = cv2.bitwise_and(skin, region.past_wrists(b, shape, rc))
+            hand_skin = cv2.bitwise_or(hand_skin, region.lone_hands(b, skin, head, rc))
             # skin above the garment's collar is the neck: as out of bounds as the head (cut out
             # after the soft edges too); bare arms in front of the torso stay in front
             collar_v = (float(fit.canvas_v(g, g.keypoints["collar"][1])) + c.neck_margin * s) / b.torso_len
@@ -471,8 +474,16 @@ class WarpRenderer:
             kept = cv2.morphologyEx(cv2.bitwise_or(hand_skin, neck), cv2.MORPH_CLOSE, _DISC5)
             blocked = cv2.bitwise_or(blocked, cv2.dilate(kept, _DISC5))
             # skin in the arms' capsules is an arm in front of the torso (a bare forearm across
-            # it); other skin on the torso (an old V-neck's chest) is covered
+            # it), and so is the skin a forearm and its hand lie on (a hand resting on the
+            # chest or the other elbow, where the tracker's wrist falls short); other skin on the
+            # torso (an old V-neck's chest) is covered
+            arm_skin = region.forearm_skin(b, skin, rc)
             surface[cv2.bitwise_and(skin, arms_any) > 0] = 0
+            # a margin as wide as the soft edge's tail: the garment's edge must not reach the hand
+            surface[cv2.dilate(cv2.bitwise_or(*arm_skin), _DISC7) > 0] = 0
+            # a sleeve covers its own arm's skin (a long sleeve over a bare forearm), never skin
+            # lying mostly off its arm: the other arm's forearm and hand across it (crossed arms)
+            others = [cv2.dilate(region.skin_off_arm(skin, arms[i]), _DISC7) for i in (0, 1)]
         surface[blocked > 0] = 0
         # the torso's outline without arms hanging beside it (they would widen the garment); an
         # arm over the torso (crossed arms, a side view's near arm) is within the torso's outline
@@ -524,7 +535,7 @@ class WarpRenderer:
                 1 / 255
             )
 
-        arm_layers = self._arm_layers(b, fit, person, clothing, blocked, zone, lm)
+        arm_layers = self._arm_layers(b, fit, person, clothing, blocked, zone, lm, others)
         for layer in (item for item in arm_layers if item[0]):
             stack(*layer[1:])
         stack(surface, torso_texel, True)
@@ -586,6 +597,7 @@ class WarpRenderer:
         blocked: np.ndarray,
         zone: np.ndarray,
         lm: np.ndarray,
+        others: list[np.ndarray] | None = None,
     ) -> list[tuple]:
         """Per arm, in draw order: (behind the torso?, mask, texel source, is garment) for its
         sleeve and, where the old clothing runs past the new sleeve, its repainted skin. A sleeve
@@ -596,7 +608,9 @@ class WarpRenderer:
         shape = person.shape
         s = b.scale
         items = []
-        for chain, side, outward in zip(_chains(b), ("left", "right"), (1.0, -1.0), strict=True):
+        for index, (chain, side, outward) in enumerate(
+            zip(_chains(b), ("left", "right"), (1.0, -1.0), strict=True)
+        ):
             upper = float(np.hypot(*(chain[1] - chain[0])))
             fore = float(np.hypot(*(chain[2] - chain[1])))
             reach = fit.reach[side]
@@ -628,6 +642,8 @@ class WarpRenderer:
                 _band(wide, chain[2], cuff, 2 * half)
             sleeve = cv2.bitwise_or(cv2.bitwise_and(sleeve, person), cv2.bitwise_and(wide, clothing))
             sleeve[blocked > 0] = 0
+            if others is not None:  # skin that is not this arm's stays in front of its sleeve
+                sleeve[others[index] > 0] = 0
             beyond = np.zeros(shape, np.uint8)
             beyond_wide = np.zeros(shape, np.uint8)
             for a, e in itertools.pairwise(rest):

@@ -117,3 +117,29 @@ def test_a_turned_head_is_covered_by_its_size_from_the_torso() -> None:
     head = region.head_zone(b, (260, 200), region.RegionConfig())
     assert head[70, 115] and head[70, 95] and head[92, 118]  # face, back of the head, chin
     assert head.sum() / 255 > math.pi * (0.3 * 120 * 0.75) * (0.3 * 120) * 0.9
+
+
+def test_a_hand_far_from_the_trackers_wrist_is_still_a_hand() -> None:
+    """On crossed arms a tracker's wrists can sit a hand's length short of the hands: a piece of
+    skin no bigger than a hand, apart from the head, is a hand wherever it is; the face and a
+    bare arm are not."""
+    b, cfg = _body(), region.RegionConfig()
+    skin = np.zeros((240, 200), np.uint8)
+    cv2.circle(skin, (100, 40), 25, 255, -1)  # the face
+    cv2.circle(skin, (60, 110), 9, 255, -1)  # a hand resting on the other elbow
+    cv2.line(skin, (150, 70), (160, 200), 255, 20)  # a bare arm
+    head = np.zeros_like(skin)
+    cv2.circle(head, (100, 40), 30, 255, -1)
+    hands = region.lone_hands(b, skin, head, cfg)
+    assert hands[110, 60] and not hands[40, 100] and not hands[150, 155]
+
+
+def test_skin_lying_mostly_off_an_arm_is_not_that_arms() -> None:
+    """A sleeve covers its own arm's bare skin, not the other forearm and hand lying across it."""
+    skin = np.zeros((200, 200), np.uint8)
+    arm = np.zeros_like(skin)
+    cv2.line(arm, (40, 20), (40, 180), 255, 30)  # this arm's capsule
+    cv2.line(skin, (40, 120), (40, 180), 255, 20)  # its own bare forearm
+    cv2.line(skin, (45, 70), (190, 90), 255, 18)  # the other forearm, its hand on this arm
+    off = region.skin_off_arm(skin, arm)
+    assert off[80, 120] and off[72, 45] and not off[150, 40]
