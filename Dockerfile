@@ -13,6 +13,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
+COPY runtime ./runtime
+COPY harness ./harness
 COPY services ./services
 COPY tools ./tools
 COPY web/index.html web/style.css ./web/
@@ -21,5 +23,5 @@ COPY --from=web /web/dist ./web/dist
 ARG TORCH_SPEC="torch==2.13.0"
 # e.g. --build-arg PIP_EXTRA="--index-url <the PyTorch CPU wheel index>" keeps the image small
 ARG PIP_EXTRA=""
-RUN pip install $PIP_EXTRA "$TORCH_SPEC" && pip install .
+RUN pip install $PIP_EXTRA "$TORCH_SPEC" && pip install ".[serve,gpu]"
 USER nobody

@@ -16,7 +16,7 @@ $(PY):
 
 $(DEPS_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q $(PIP_EXTRA) '$(TORCH_SPEC)'
-	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[dev]'
+	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[serve,gpu,dev]'
 	touch $@
 
 setup: $(DEPS_STAMP) web

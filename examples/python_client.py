@@ -1,11 +1,13 @@
-"""A minimal, complete FashionChameleon client in Python, with nothing of this project imported:
-what docs/frontends.md describes, in one file. Publishes a photo as camera frames, starts the
-session with a garment, receives the dressed frames and the events, and prints one JSON line.
+"""A complete FashionChameleon client in Python on the thin client module (``shared/client.py``:
+nats-py, msgpack and numpy, nothing of the server): what docs/frontends.md describes. Publishes a
+photo as camera frames, starts the session with a garment, receives the dressed frames and the
+events, and prints one JSON line. Frames go at a fixed pace while the link has room for them and
+are dropped, never queued, when it has not (``PacedSender``: acknowledged bytes, not one round trip
+per frame).
 
+    pip install fashion-chameleon opencv-python-headless   # the client, and OpenCV to read the photo
     python examples/python_client.py --nats nats://127.0.0.1:4222 --session alice \\
         --token "$CHAMELEON_TOKEN" --image photo.jpg --frames 60 --garment shirt-green-solid
-
-Needs nats-py, msgpack and opencv-python.
 """
 
 from __future__ import annotations
@@ -14,94 +16,46 @@ import argparse
 import asyncio
 import json
 import time
-import uuid
 
 import cv2
-import msgpack
-import nats
 
-PREFIX = "chameleon"
-
-
-async def send_control(nc, session: str, action: str, **fields) -> str:
-    """A control event is a JetStream publish: the stream acknowledges it (a JSON PubAck), and
-    ``Nats-Msg-Id`` makes a retry land once."""
-    msg = {
-        "type": "control",
-        "v": 1,
-        "action": action,
-        "session_id": session,
-        "event_id": uuid.uuid4().hex,
-        "published_ns": time.time_ns(),
-        "garment_id": None,
-        "backend": "auto",
-        "width": 0,
-        "height": 0,
-        "fps": 0.0,
-        **fields,
-    }
-    reply = await nc.request(
-        f"{PREFIX}.{session}.control",
-        msgpack.packb(msg),
-        timeout=5,
-        headers={"Nats-Msg-Id": msg["event_id"]},
-    )
-    ack = json.loads(reply.data or b"{}")
-    if "error" in ack:
-        raise RuntimeError(f"control not stored: {ack['error']}")
-    return msg["event_id"]
+from shared.client import Frame, PacedSender, Session
+from shared.schemas import Event
 
 
 async def run(args: argparse.Namespace) -> dict:
-    options: dict = {"servers": args.nats.split(",")}
-    if args.token:  # a session token allows replies only under this session's inbox prefix
-        options.update(token=args.token, inbox_prefix=f"_INBOX_SESSION.{args.session}")
-    nc = await nats.connect(**options)
-    base = f"{PREFIX}.{args.session}"
+    # a session token allows this session's subjects and replies under its own inbox prefix,
+    # which the client sets for you; without one, an open server
+    session = await Session.connect(args.nats, args.session, token=args.token, give_up_after_s=10)
     latencies: list[float] = []
     events: list[str] = []
-    newest_epoch = 0
 
-    async def on_frame(msg) -> None:
-        nonlocal newest_epoch
-        epoch = int(msg.headers.get("Chameleon-Epoch", "0"))
-        if epoch < newest_epoch:  # from a worker that has been replaced: never show it
-            return
-        newest_epoch = epoch
-        latencies.append((time.time_ns() - int(msg.headers["Chameleon-Capture-Ns"])) / 1e6)
+    def on_frame(frame: Frame) -> None:  # frames of a replaced worker (older epoch) never get here
+        latencies.append((frame.recv_ns - frame.meta.capture_ns) / 1e6)
 
-    async def on_event(msg) -> None:
-        event = msgpack.unpackb(msg.data)
-        events.append(f"{event['kind']}:{event['code']}")
+    def on_event(event: Event) -> None:
+        events.append(f"{event.kind}:{event.code}")
 
-    await nc.subscribe(f"{base}.out", cb=on_frame)
-    await nc.subscribe(f"{base}.events", cb=on_event)
-    await send_control(
-        nc, args.session, "start", garment_id=args.garment, width=640, height=480, fps=args.fps
-    )
+    await session.watch(on_frame)
+    await session.events(on_event)
+    await session.start(args.garment, width=640, height=480, fps=args.fps)
 
     frame = cv2.resize(cv2.imread(args.image), (640, 480))
     jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 85])[1].tobytes()
+    paced = PacedSender(session.nc, args.fps)
     start = time.monotonic()
+    sent = 0
     for seq in range(args.frames):
         await asyncio.sleep(max(0.0, start + seq / args.fps - time.monotonic()))  # a fixed pace
-        now = time.time_ns()
-        headers = {
-            "Chameleon-Frame-Schema": "1",
-            "Chameleon-Session": args.session,
-            "Chameleon-Seq": str(seq),
-            "Chameleon-Capture-Ns": str(now),
-            "Chameleon-Width": "640",
-            "Chameleon-Height": "480",
-            "Chameleon-Trace": f"camera.out={now}",
-        }
-        await nc.publish(f"{base}.camera", jpeg, headers=headers)
+        sent += await session.publish(jpeg, seq, 640, 480, paced=paced)
+    await paced.close()
     await asyncio.sleep(args.linger)
-    await send_control(nc, args.session, "stop")
-    await nc.drain()
+    await session.stop()
+    await session.close()
     latencies.sort()
     return {
-        "frames_sent": args.frames,
+        "frames_sent": sent,
+        "frames_dropped_by_link": paced.dropped,
         "frames_received": len(latencies),
         "latency_ms_p50": round(latencies[len(latencies) // 2], 1) if latencies else None,
         "events": sorted(set(events)),

@@ -135,7 +135,7 @@ def b64url_decode(text: str) -> bytes:
 class TokenClaims:
     """What a session token says: the one session it opens, when it was issued (Unix seconds, to the
     millisecond: a session stopped and restarted within a second must tell its tokens apart) and
-    when it expires, and its id. Signed by the token key (``services/auth/tokens.py``)."""
+    when it expires, and its id. Signed by the token key (``shared/tokens.py``)."""
 
     session_id: str
     issued_at: float
@@ -220,7 +220,7 @@ class ServerAuth:
         s = Subjects(self.prefix)
         to_clients = [s.all_sessions(Channel.OUTPUT), s.all_sessions(Channel.EVENTS)]
         services = [s.all_sessions(Channel.CONTROL), s.garments("get"), s.garments("list")]
-        from_clients = [s.all_sessions(Channel.CAMERA)]
+        from_clients = [s.all_sessions(Channel.CAMERA), s.all_sessions(Channel.FEEDBACK)]
         lim = self.limits
         lines = ["accounts {", f"  {APP_ACCOUNT} {{", "    jetstream: enabled"]
         lines += self._users(APP_ACCOUNT)
@@ -364,7 +364,8 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
                 *_kv(s.revocation_bucket),  # keeps a stop before purging the session's history
                 *fleet,
             ),
-            subscribe=(s.all_sessions(Channel.CONDITIONING), inbox),
+            # the viewers' receiver reports: a session's output quality (services/generator/downlink.py)
+            subscribe=(s.all_sessions(Channel.CONDITIONING), s.all_sessions(Channel.FEEDBACK), inbox),
         )
     if role == "garments":
         objects = f"OBJ_{s.garment_objects}"

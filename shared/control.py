@@ -19,25 +19,24 @@ from nats.js import JetStreamContext
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
 
+from shared.errors import CodedError
 from shared.headers import now_ns
-from shared.logging import get_logger
-from shared.schemas import Control
-from shared.subjects import Channel, Subjects
+from shared.schemas import Control, SchemaError
+from shared.subjects import Channel, InvalidSessionId, Subjects
 
 CONTROL_MAX_AGE_S = 24 * 3600
 CONTROL_DUPLICATE_WINDOW_S = 120
 PUBLISH_TIMEOUT_S = 5.0  # nats-py's own default for a JetStream request
 
-log = get_logger("control")
 
-
-async def ensure_control_stream(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
+async def ensure_control_stream(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> str:
     """Create the control stream if missing, else bring it to this config (idempotent; every
     publisher and consumer calls it).
 
     Its replicas only ever grow: a client run without ``CHAMELEON_JS_REPLICAS`` must not shrink
-    an R3 stream. An update the servers refuse (say, more replicas than nodes) is logged and the
-    stream is used as it is: a process must still start."""
+    an R3 stream. An update the servers refuse (say, more replicas than nodes) leaves the stream
+    as it is, which a process must still start with: the refusal is returned ("" when none) for
+    the caller to log. A stream that cannot be made at all raises ``APIError``."""
     config = StreamConfig(
         name=subjects.control_stream,
         subjects=[subjects.all_sessions(Channel.CONTROL)],
@@ -50,7 +49,7 @@ async def ensure_control_stream(js: JetStreamContext, subjects: Subjects, replic
     )
     try:
         await js.add_stream(config)
-        return
+        return ""
     except APIError as exc:  # it exists with another config, or it cannot be made at all
         try:
             current = await js.stream_info(config.name)
@@ -60,13 +59,38 @@ async def ensure_control_stream(js: JetStreamContext, subjects: Subjects, replic
     try:
         await js.update_stream(config)
     except APIError as exc:
-        log.warning(
-            "control_stream_update_failed",
-            stream=config.name,
-            replicas=config.num_replicas,
-            current_replicas=current.config.num_replicas,
-            error=str(exc),
+        return (
+            f"stream {config.name} kept at {current.config.num_replicas} replicas "
+            f"(asked {config.num_replicas}): {exc}"
         )
+    return ""
+
+
+def read_control(subjects: Subjects, subject: str, data: bytes) -> Control:
+    """The control message ``data`` received on ``subject``: decoded, checked, and naming the
+    session its subject names. Only the subject says whose a message is (a session's token may
+    publish on its own subject, whatever session the message names), so every service reads
+    control through here. Raises ``InvalidSessionId`` (no session in the subject), ``SchemaError``
+    (not a control message) or ``CodedError("session_mismatch")`` carrying its event id."""
+    session_id = subjects.session_of(subject)
+    control = Control.decode(data)
+    if control.session_id != session_id:
+        raise CodedError(
+            "session_mismatch",
+            "control session_id differs from its subject",
+            event_id=control.event_id,
+            action=control.action,
+        )
+    return control
+
+
+def control_for(subjects: Subjects, subject: str, data: bytes) -> Control | None:
+    """``read_control`` for a service that only follows control (ingest, preprocess, auth): a
+    message that is not valid for its subject is not for it (the generator answers it): None."""
+    try:
+        return read_control(subjects, subject, data)
+    except (InvalidSessionId, SchemaError, CodedError):
+        return None
 
 
 def new_event_id() -> str:

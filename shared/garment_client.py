@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import nats.errors
 import numpy as np
 from nats.aio.client import Client as NATS
@@ -74,6 +73,8 @@ class GarmentAsset:
 
     @classmethod
     def from_reply(cls, reply: GarmentGetReply) -> GarmentAsset:
+        import cv2  # here: a client that only lists garments (``shared.client``) needs no OpenCV
+
         data = reply.asset_data()
         texture = cv2.imdecode(np.frombuffer(data.texture_png, np.uint8), cv2.IMREAD_UNCHANGED)
         if texture is None or texture.ndim != 3 or texture.shape[2] != 4:

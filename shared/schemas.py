@@ -3,7 +3,9 @@
 Every message is a frozen dataclass with a ``TYPE`` and a ``VERSION``. ``encode`` writes a map with
 ``type`` and ``v`` next to the fields; ``decode`` checks both, rejects unknown or missing fields and
 wrong types with a ``SchemaError`` whose text says exactly what was wrong, so a service can turn it
-into an error event instead of crashing.
+into an error event instead of crashing. A field a message no longer has is listed in its
+``RETIRED``: decode ignores it, so what the previous version wrote (a stored record, a peer in a
+rolling update) still reads.
 
 Arrays (landmarks) travel as ``bytes`` plus shape and dtype, masks as PNG bytes: never raw floats.
 """
@@ -33,6 +35,7 @@ class SchemaError(ValueError):
 class Message:
     TYPE: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1
+    RETIRED: ClassVar[frozenset[str]] = frozenset()  # former fields: ignored on decode
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -50,11 +53,11 @@ class Message:
         if data.get("v") != cls.VERSION:
             raise SchemaError(f"{cls.TYPE}: unsupported version {data.get('v')!r}")
         hints, fields = _schema_of(cls)
-        unknown = set(data) - set(fields) - {"type", "v"}
+        unknown = set(data) - set(fields) - {"type", "v"} - cls.RETIRED
         if unknown:
             raise SchemaError(f"{cls.TYPE}: unknown fields {sorted(unknown)}")
         kwargs = {}
-        for name, f in fields.items():
+        for name, f in fields.items():  # retired fields are not among them: dropped here
             if name not in data:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise SchemaError(f"{cls.TYPE}: missing field {name!r}")
@@ -161,7 +164,9 @@ def unpack_array(d: Any, name: str = "array") -> np.ndarray:
 
 # -- control plane ------------------------------------------------------------------------------
 CONTROL_ACTIONS = ("start", "swap", "stop")
-BACKENDS = ("auto", "warp", "student", "sim", "passthrough")
+# the generator's backends (docs/generator.md); a ``start`` may also ask for "auto": the student
+# where a GPU and a checkpoint are, else warp
+BACKENDS = ("warp", "student", "sim")
 
 
 @dataclass(frozen=True)
@@ -197,8 +202,8 @@ class Control(Message):
             raise SchemaError("control.event_id must not be empty")
         if self.action == "swap" and not self.garment_id:
             raise SchemaError("control.swap needs a garment_id")
-        if self.backend not in BACKENDS:
-            raise SchemaError(f"control.backend must be one of {BACKENDS}, not {self.backend!r}")
+        if self.backend not in ("auto", *BACKENDS):
+            raise SchemaError(f"control.backend must be auto or one of {BACKENDS}, not {self.backend!r}")
         if not (0 <= self.width <= 4096 and 0 <= self.height <= 4096):
             raise SchemaError("control width/height must be within 0..4096")
         if not 0 <= self.fps <= 240:
@@ -231,6 +236,37 @@ class Event(Message):
             raise SchemaError(f"event.kind must be one of {EVENT_KINDS}, not {self.kind!r}")
 
 
+@dataclass(frozen=True)
+class ReceiverReport(Message):
+    """What a viewer received over the last ``window_ms`` on ``<prefix>.<session>.feedback``
+    (core NATS, about once a second; a lost one costs nothing): output frames and their bytes, and
+    ``queue_ms``, how much later than the best of the last seconds they arrived (arrival on the
+    viewer's clock minus the producer's ``out`` stamp, so the clocks' offset cancels). A queue that
+    grows means the viewer's downlink carries less than the stream: the generator lowers that
+    session's output quality (docs/frontends.md)."""
+
+    TYPE: ClassVar[str] = "receiver_report"
+    session_id: str
+    window_ms: float
+    frames: int
+    bytes: int
+    queue_ms: float
+
+    def validate(self) -> None:
+        from shared.subjects import InvalidSessionId, validate_session_id
+
+        try:
+            validate_session_id(self.session_id)
+        except InvalidSessionId as exc:
+            raise SchemaError(str(exc)) from exc
+        if not 0 < self.window_ms <= 60_000:
+            raise SchemaError("receiver_report.window_ms must be within (0, 60000]")
+        if self.frames < 0 or self.bytes < 0:
+            raise SchemaError("receiver_report frames and bytes must not be negative")
+        if not 0 <= self.queue_ms <= 600_000:
+            raise SchemaError("receiver_report.queue_ms must be within [0, 600000]")
+
+
 # -- data plane: conditioning -------------------------------------------------------------------
 @dataclass(frozen=True)
 class Conditioning(Message):
@@ -243,6 +279,7 @@ class Conditioning(Message):
     """
 
     TYPE: ClassVar[str] = "conditioning"
+    RETIRED: ClassVar[frozenset[str]] = frozenset({"agnostic_jpeg", "category"})  # read by no backend
     session_id: str
     seq: int
     width: int
@@ -252,32 +289,25 @@ class Conditioning(Message):
     landmarks: dict | None = None
     person_mask_png: bytes | None = None
     garment_mask_png: bytes | None = None
-    agnostic_jpeg: bytes | None = None
     people: int = 0
     note: str = ""
-    # the garment region's category (top, dress, jacket): the session's own garment's, from its
-    # catalogue record, so two sessions on one worker get the region their garments need
-    category: str = ""
 
 
 # -- durable session state (JetStream KV) ----------------------------------------------------------
 @dataclass(frozen=True)
 class SessionState(Message):
     """What survives a generator restart, kept in the KV bucket ``<P>_SESSIONS`` under the session
-    id: the garment in effect, the session's parameters, and the ids of the last control events
-    applied (idempotency). ``epoch`` grows with every change; the coming multi-worker lease will
-    compare-and-set on the KV revision."""
+    id by the session's one owner (a plain put, docs/fleet.md): the garment in effect, its backend,
+    and the ids of the last control events applied (idempotency)."""
 
     TYPE: ClassVar[str] = "session_state"
+    # written by earlier versions and read by none: the start's size and rate, and a change counter
+    RETIRED: ClassVar[frozenset[str]] = frozenset({"width", "height", "fps", "epoch"})
     session_id: str
     garment_id: str
     backend: str = "auto"
-    width: int = 0
-    height: int = 0
-    fps: float = 0.0
-    epoch: int = 0
     applied_events: list[str] = field(default_factory=list)
-    updated_ns: int = 0
+    updated_ns: int = 0  # when it was stored: for an operator reading the bucket
     # when the swap in effect was published: an older swap delivered late (redelivered after
     # its worker died) is superseded, never shown over a newer one
     swap_published_ns: int = 0

@@ -31,6 +31,7 @@ class Channel(str, Enum):
     OUTPUT = "out"  # generated JPEG frames
     CONTROL = "control"  # start / swap / stop (msgpack, JetStream-backed)
     EVENTS = "events"  # status, errors, swap_applied (msgpack)
+    FEEDBACK = "feedback"  # the viewer's receiver reports: what its downlink carries (msgpack)
 
 
 def validate_session_id(session_id: str) -> str:
@@ -73,6 +74,9 @@ class Subjects:
 
     def events(self, session_id: str) -> str:
         return self.session(session_id, Channel.EVENTS)
+
+    def feedback(self, session_id: str) -> str:
+        return self.session(session_id, Channel.FEEDBACK)
 
     def session_permission(self, session_id: str) -> str:
         """The one subject pattern a per-session credential needs."""

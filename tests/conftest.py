@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shared.media import MediaError, read_image, sample_photo
-from shared.natsserver import EmbeddedCluster, EmbeddedNats
+from harness.natsserver import EmbeddedCluster, EmbeddedNats
+from runtime.media import MediaError, read_image, sample_photo
 
 
 @pytest.fixture(scope="session")

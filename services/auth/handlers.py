@@ -32,18 +32,18 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
+from runtime import revocations
+from runtime.bus import connect
+from runtime.jetstream import control_stream
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.service import ServiceContext
 from services.auth.authorizer import Authorizer, Connection
 from services.auth.callout import CalloutError, decode_request, response_jwt, user_jwt
 from services.auth.permissions import session_permissions, session_user_name
 from services.auth.settings import AuthSettings
-from shared import revocations
 from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
-from shared.bus import connect
-from shared.control import ensure_control_stream
-from shared.logging import RateLimitedLog, get_logger
-from shared.schemas import Control, SchemaError
-from shared.service import ServiceContext
-from shared.subjects import Channel, InvalidSessionId
+from shared.control import control_for
+from shared.subjects import Channel
 from shared.tokens import TokenError, keypair, verify_key
 
 log = get_logger("auth")
@@ -129,7 +129,7 @@ class AuthHandlers:
         js = self.ctx.nc.jetstream(timeout=5)
         subjects = self.ctx.subjects
         try:
-            await ensure_control_stream(js, subjects, max(1, self.settings.js_replicas))
+            await control_stream(js, subjects, max(1, self.settings.js_replicas))
             self._stops = await js.pull_subscribe(
                 subjects.all_sessions(Channel.CONTROL),
                 durable=STOPS_CONSUMER,
@@ -236,14 +236,11 @@ class AuthHandlers:
         keep the stop in the bucket and kick the connections it covers. A stop heard twice (on
         the subject and from the stream) is applied once: the later time wins, nothing is kicked
         twice, and it is logged and kept only when it changed something."""
-        try:
-            session_id = self.ctx.subjects.session_of(subject)
-            control = Control.decode(data)
-        except (InvalidSessionId, SchemaError):
-            return
         # a stop naming another session is refused by the generator (session_mismatch): not a stop
-        if control.action != "stop" or control.session_id != session_id:
+        control = control_for(self.ctx.subjects, subject, data)
+        if control is None or control.action != "stop":
             return
+        session_id = control.session_id
         before = self.authorizer.revoked.get(session_id)
         connections = self.authorizer.revoke(session_id, at)
         if before is not None and before >= at and not connections:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from runtime.service import service_main
 from services.auth.handlers import AuthHandlers
 from services.auth.settings import AuthSettings
 from shared.auth import ENV_KEYS_FILE, SYSTEM_USER, read_keys_file
-from shared.service import service_main
 from shared.tokens import public_key
 
 

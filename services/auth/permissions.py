@@ -1,10 +1,11 @@
 """What one session token allows, as the allow lists of its user JWT (pure).
 
-Exactly the session's own subjects: publish its camera frames and its control events (a control
-publish is a JetStream publish: the stream stores it and acks to the reply inbox; nothing else on
-the stream, no stream or consumer API), request the garment list and one garment, and subscribe
-to its output, its events and its own reply inboxes. Everything else is denied by nats-server,
-and the ``CLIENTS`` account it lands in has no JetStream, KV or object store to reach anyway.
+Exactly the session's own subjects: publish its camera frames, its receiver reports and its
+control events (a control publish is a JetStream publish: the stream stores it and acks to the
+reply inbox; nothing else on the stream, no stream or consumer API), request the garment list
+and one garment, and subscribe to its output, its events and its own reply inboxes. Everything
+else is denied by nats-server, and the ``CLIENTS`` account it lands in has no JetStream, KV or
+object store to reach anyway.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ def session_permissions(subjects: Subjects, session_id: str) -> Permissions:
     return Permissions(
         publish=(
             subjects.camera(session_id),
+            subjects.feedback(session_id),
             subjects.control(session_id),
             subjects.garments("list"),
             subjects.garments("get"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runtime.settings import BaseSettings
 from shared.auth import CLIENT_ACCOUNT
-from shared.settings import BaseSettings
 
 
 @dataclass(frozen=True)

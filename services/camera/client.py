@@ -1,7 +1,10 @@
 """Camera client: publishes JPEG frames of a source at a fixed FPS to a session's camera subject.
 
 Frames are paced against an absolute schedule; when the source or the machine falls behind, the
-client skips ahead instead of bursting (a real camera does not queue old frames either).
+client skips ahead instead of bursting (a real camera does not queue old frames either). When the
+link cannot carry them, frames are dropped at the client rather than queued: a tick's frame goes
+only while the bytes published but not yet acknowledged (a PING every ``probe_ms``, never one per
+frame) fit the window of ``shared.pacing`` (docs/frontends.md).
 """
 
 from __future__ import annotations
@@ -14,18 +17,17 @@ from dataclasses import dataclass
 import numpy as np
 from nats.aio.client import Client as NATS
 
-from shared.bus import publish_frame
-from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg
+from runtime.media import encode_jpeg
+from shared.client import PacedSender, camera_frame, publish_frame
+from shared.headers import now_ns
 from shared.subjects import Subjects
-
-STAGE = "camera"
 
 
 @dataclass
 class CameraReport:
     published: int = 0
-    skipped: int = 0
+    skipped: int = 0  # seqs not published: behind schedule, link full, or disconnected
+    link_dropped: int = 0  # of those, the ticks whose frame the link had no room for
     first_capture_ns: int = 0
     last_capture_ns: int = 0
 
@@ -54,33 +56,43 @@ async def run_camera(
     report = CameraReport()
     subject = subjects.camera(session_id)
     period = 1.0 / fps if fps > 0 else 0.0
+    sender = PacedSender(nc, fps)
     start = time.monotonic()
     seq = first_seq
-    while max_frames is None or seq - first_seq < max_frames:
-        if stop is not None and stop.is_set():
-            break
-        item = await asyncio.to_thread(_next_jpeg, frames, quality)
-        if item is None:
-            break
-        jpeg, w, h = item
-        if period:
-            due = start + (seq - first_seq) * period
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay > period:  # behind by more than a frame: skip, do not burst
-                missed = int(-delay / period)
-                report.skipped += missed
-                seq += missed
-        capture = now_ns()
-        meta = FrameMeta(session_id=session_id, seq=seq, capture_ns=capture, width=w, height=h)
-        meta.stamp(STAGE, "out", capture)
-        if await publish_frame(nc, subject, jpeg, meta):
-            report.published += 1
-            report.first_capture_ns = report.first_capture_ns or capture
-            report.last_capture_ns = capture
-            if on_published is not None:
-                await on_published(seq)
-        seq += 1
-    await nc.flush()
+    try:
+        while max_frames is None or seq - first_seq < max_frames:
+            if stop is not None and stop.is_set():
+                break
+            item = await asyncio.to_thread(_next_jpeg, frames, quality)
+            if item is None:
+                break
+            jpeg, w, h = item
+            if period:
+                due = start + (seq - first_seq) * period
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                elif -delay > period:  # behind by more than a frame: skip, do not burst
+                    missed = int(-delay / period)
+                    report.skipped += missed
+                    seq += missed
+            if not sender.admit(len(jpeg)):
+                report.skipped += 1
+                report.link_dropped += 1
+                seq += 1
+                continue
+            capture = now_ns()
+            if await publish_frame(nc, subject, jpeg, camera_frame(session_id, seq, w, h, capture)):
+                sender.sent(len(jpeg))
+                report.published += 1
+                report.first_capture_ns = report.first_capture_ns or capture
+                report.last_capture_ns = capture
+                if on_published is not None:
+                    await on_published(seq)
+            else:
+                report.skipped += 1
+            seq += 1
+        await nc.flush()
+    finally:
+        await sender.close()
     return report

@@ -6,7 +6,7 @@ demo loads the starter catalogue, starts a session, swaps the garment every ``--
 frames, and measures what a user would see: output FPS, glass-to-glass latency, swap latency,
 ghosting two frames after each swap, and how untouched everything outside the garment stays.
 This module runs the demo and records what its client receives; the image measures are
-``tools.demo_metrics``.
+``harness.demo_metrics``.
 """
 
 from __future__ import annotations
@@ -17,27 +17,24 @@ import json
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from nats.aio.msg import Msg
 
+from harness.demo_metrics import demo_quality
+from harness.recorder import Recorder, starter_colours
+from harness.stack import Stack, available_services
+from runtime.bus import connect
+from runtime.media import read_image, sample_photo
+from runtime.metrics import percentiles
+from runtime.settings import BaseSettings
 from services.camera.client import run_camera
 from services.camera.source import MotionCamera, video_frames
-from services.cli.stack import Stack, available_services
 from services.watch.client import Watcher
 from shared import control
 from shared.auth import NatsCredentials
-from shared.bus import connect
-from shared.headers import FrameMeta, HeaderError
-from shared.media import read_image, sample_photo
-from shared.metrics import percentiles
-from shared.schemas import Conditioning, Event, SchemaError
-from shared.settings import BaseSettings
 from shared.subjects import Subjects
-from tools.demo_metrics import demo_quality
 
 DEFAULT_GARMENTS = "tee-red-solid,shirt-blue-checks,tee-yellow-dots,jacket-denim-solid,tee-navy-stripes"
 DATA_PATH = ("garments", "ingest", "preprocess", "generator", "passthrough")
@@ -74,74 +71,6 @@ def frame_source(args: argparse.Namespace) -> Iterator[np.ndarray]:
         return video_frames(args.video, loop=True)
     photo = read_image(args.image) if args.image else read_image(sample_photo("bus.jpg", fetch=True))
     return MotionCamera(photo, args.width, args.height).frames()
-
-
-@dataclass
-class Recorder:
-    """What the demo's client sees besides the output: conditioning (inputs and garment masks,
-    by sequence) and the session's events."""
-
-    raw_cond: dict[int, bytes] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    started: asyncio.Event = field(default_factory=asyncio.Event)
-    answers: dict[str, Event] = field(default_factory=dict)  # control event id -> its answer
-    _answered: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def on_cond(self, msg: Msg) -> None:
-        """Keep the bytes only: decoding 15 conditioning messages a second would take CPU from
-        the pipeline being measured; the few that metrics need are decoded afterwards."""
-        try:
-            self.raw_cond[FrameMeta.from_headers(msg.headers).seq] = bytes(msg.data)
-        except HeaderError:
-            pass
-
-    def cond(self, seq: int) -> Conditioning | None:
-        raw = self.raw_cond.get(seq)
-        try:
-            return Conditioning.decode(raw) if raw else None
-        except SchemaError:
-            return None
-
-    async def on_event(self, msg: Msg) -> None:
-        try:
-            event = Event.decode(msg.data)
-        except SchemaError:
-            return
-        self.events.append(event)
-        if event.kind == "session_started":
-            self.started.set()
-        if event_id := event.data.get("event_id"):
-            self.answers[str(event_id)] = event
-            self._answered.set()
-
-    async def answer(self, event_id: str, timeout_s: float) -> Event:
-        """The event answering control message ``event_id`` (``swap_applied`` or an error)."""
-        deadline = time.monotonic() + timeout_s
-        while event_id not in self.answers:
-            self._answered.clear()
-            try:
-                await asyncio.wait_for(self._answered.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise RuntimeError(
-                    f"control {event_id} got no answer within {timeout_s:.0f} s: see the service logs"
-                ) from None
-        return self.answers[event_id]
-
-    def of(self, code: str) -> list[Event]:
-        return [e for e in self.events if e.code == code]
-
-
-async def load_catalogue(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
-    """Add the starter catalogue (idempotent) and return each garment's dominant colours."""
-    from services.garments.starter import load_catalogue as add_catalogue
-    from shared.garment_client import GarmentClient
-
-    client = GarmentClient(nc, subjects, timeout_s=30)
-    colours = {}
-    for reply in await add_catalogue(client):
-        asset = await client.get(reply.garment_id)
-        colours[reply.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
-    return colours
 
 
 async def warm_up(
@@ -186,7 +115,7 @@ async def _run(
     garments = [g for g in args.garments.split(",") if g]
     generating = "generator" in pipeline
     try:
-        colours = await load_catalogue(nc, subjects) if "garments" in pipeline else {}
+        colours = await starter_colours(nc, subjects) if "garments" in pipeline else {}
         rec = Recorder()
         await nc.subscribe(subjects.conditioning(sid), cb=rec.on_cond)
         await nc.flush()

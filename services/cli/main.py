@@ -1,5 +1,11 @@
-"""The ``chameleon`` command. Each sub-command parses its own arguments and gets the settings
-``main`` read once from the environment; nothing runs at import.
+"""The ``chameleon`` command: one argparse parser with a sub-command (and a help line) per command;
+each command gets its parsed arguments and the settings ``main`` read once from the environment.
+Nothing runs at import.
+
+The offline commands (``bench``, ``eval``, ``inspect``, ``train``) live in ``tools/``; the CLI
+imports none of them. Each is an entry point of the group ``chameleon.tools`` in pyproject.toml
+(``bench.fuzz = "tools.bench.fuzz:main"``), found by name when it is run; its help line is the
+first sentence of its module's docstring, read without importing it.
 
 Every command that talks to NATS gives up after a bound (``--timeout``, default
 ``CHAMELEON_CONNECT_TIMEOUT_S`` or 5 s) with one line naming the server, and exits non-zero: a
@@ -8,38 +14,31 @@ command line must never retry forever against a server that is not there."""
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import contextlib
-import importlib
+import importlib.util
 import json
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
-from shared.bus import NatsUnavailable
-from shared.logging import configure_logging
-from shared.service import cap_blas_threads
-from shared.settings import BaseSettings, SettingsError
+from runtime.logging import configure_logging
+from runtime.service import cap_blas_threads
+from runtime.settings import BaseSettings, SettingsError
+from shared.client import NatsUnavailable
 
-# Benchmarks and tools living in their own packages: name -> module with ``main(argv) -> int``.
-DELEGATES: dict[tuple[str, str], str] = {
-    ("bench", "preprocess"): "tools.bench.preprocess",
-    ("bench", "garments"): "tools.bench.garments",
-    ("bench", "engine"): "tools.bench.engine",
-    ("bench", "capacity"): "tools.bench.capacity",
-    ("bench", "failover"): "tools.bench.failover",
-    ("bench", "load"): "tools.bench.load",
-    ("bench", "fuzz"): "tools.bench.fuzz",
-    ("bench", "soak"): "tools.bench.soak",
-    ("bench", "gpu"): "tools.bench.gpu",
-    ("bench", "browser"): "tools.bench.browser",
-    ("inspect", "attention"): "tools.inspect_attention",
-    ("eval", "swap"): "tools.training.evaluate",
-    ("eval", "render"): "tools.eval.render",
-    ("eval", "drift"): "tools.eval.drift",
+GARMENTS_HELP = "add, list and show garments; load the starter catalogue"
+TOOLS_GROUP = "chameleon.tools"  # entry points: ``<command>.<name>`` or ``<command>`` -> ``module:main``
+TOOL_COMMANDS = {
+    "bench": "benchmarks: each prints one JSON object as its last line",
+    "eval": "quality evaluations: swap policies, the warp renderer, long-rollout drift",
+    "inspect": "look inside the student: where a new chunk attends",
+    "train": "train the small student (docs/training.md)",
 }
 
 
@@ -70,7 +69,7 @@ def _add_timeout(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout",
         type=float,
-        default=connect_timeout_s(),
+        default=None,
         help="seconds to reach NATS (and, where one is sent, for JetStream to store a message) "
         "before giving up (default: CHAMELEON_CONNECT_TIMEOUT_S or 5)",
     )
@@ -102,8 +101,7 @@ def _credentials(args: argparse.Namespace, session_id: str):  # type: ignore[no-
 
 
 # -- camera / watch ---------------------------------------------------------------------------------
-def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
-    p = argparse.ArgumentParser(prog="chameleon camera", description="publish camera frames")
+def add_camera(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session", required=True)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video")
@@ -117,14 +115,34 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--loop", action="store_true", help="with --video: loop forever")
     _add_timeout(p)
     _add_token(p)
-    args = p.parse_args(argv)
-    credentials = _credentials(args, args.session)
 
+
+async def _session(args: argparse.Namespace, settings: BaseSettings, role: str):  # type: ignore[no-untyped-def]
+    """The client side of ``--session`` (``shared.client.Session``), connected within ``--timeout``
+    with ``--token`` or the environment's credentials; connection changes are logged."""
+    from runtime.bus import connect
+    from shared.client import Session
+    from shared.subjects import Subjects
+
+    credentials = _credentials(args, args.session)
+    url = _nats_url_or_exit(settings)
+    nc = await connect(url, f"{role}-{args.session}", give_up_after_s=args.timeout, credentials=credentials)
+    return Session(
+        nc,
+        args.session,
+        Subjects(settings.subject_prefix),
+        ensure_stream=credentials is None,  # a session token may publish control, not make the stream
+        timeout_s=args.timeout,
+        replicas=settings.js_replicas,
+    )
+
+
+def cmd_camera(args: argparse.Namespace, settings: BaseSettings) -> int:
+    _credentials(args, args.session)  # a wrong token fails before a camera opens
+
+    from runtime.media import read_image
     from services.camera.client import run_camera
     from services.camera.source import Motion, MotionCamera, video_frames, webcam_frames
-    from shared.bus import connect
-    from shared.media import read_image
-    from shared.subjects import Subjects
 
     if args.video:
         frames = video_frames(args.video, loop=args.loop)
@@ -135,32 +153,21 @@ def cmd_camera(argv: list[str], settings: BaseSettings) -> int:
         frames = MotionCamera(read_image(args.image), args.width, args.height, motion).frames()
 
     async def go() -> None:
-        nc = await connect(
-            _nats_url_or_exit(settings),
-            f"camera-{args.session}",
-            give_up_after_s=args.timeout,
-            credentials=credentials,
-        )
+        session = await _session(args, settings, "camera")
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
         report = await run_camera(
-            nc,
-            Subjects(settings.subject_prefix),
-            args.session,
-            frames,
-            args.fps,
-            args.frames,
-            stop=stop,
+            session.nc, session.subjects, session.session_id, frames, args.fps, args.frames, stop=stop
         )
-        await nc.drain()
-        print(json.dumps({"published": report.published, "skipped": report.skipped}))
+        await session.close()
+        counts = {"published": report.published, "skipped": report.skipped}
+        print(json.dumps({**counts, "link_dropped": report.link_dropped}))
 
     asyncio.run(go())
     return 0
 
 
-def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
-    p = argparse.ArgumentParser(prog="chameleon watch", description="receive generated frames")
+def add_watch(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session", required=True)
     p.add_argument("--out", help="write the frames to this video file")
     p.add_argument("--fps", type=float, default=15.0, help="frame rate of the written video")
@@ -168,21 +175,14 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     _add_timeout(p)
     _add_token(p)
-    args = p.parse_args(argv)
-    credentials = _credentials(args, args.session)
 
+
+def cmd_watch(args: argparse.Namespace, settings: BaseSettings) -> int:
     from services.watch.client import Watcher
-    from shared.bus import connect
-    from shared.subjects import Subjects
 
     async def go() -> dict:
-        nc = await connect(
-            _nats_url_or_exit(settings),
-            f"watch-{args.session}",
-            give_up_after_s=args.timeout,
-            credentials=credentials,
-        )
-        w = Watcher(nc, Subjects(settings.subject_prefix), args.session, keep_frames=bool(args.out))
+        session = await _session(args, settings, "watch")
+        w = Watcher(session.nc, session.subjects, session.session_id, keep_frames=bool(args.out))
         await w.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
@@ -194,7 +194,7 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
                 break
             await asyncio.sleep(0.05)
         await w.stop()
-        await nc.drain()
+        await session.close()
         summary = w.summary()
         if args.out:
             summary["video_frames"] = w.write_video(args.out, args.fps)
@@ -205,12 +205,9 @@ def cmd_watch(argv: list[str], settings: BaseSettings) -> int:
 
 
 # -- up / demo ----------------------------------------------------------------------------------------
-def cmd_up(argv: list[str], settings: BaseSettings) -> int:
-    from services.cli.stack import Stack, available_services, default_data_dir
+def add_up(p: argparse.ArgumentParser) -> None:
+    from harness.stack import default_data_dir
 
-    p = argparse.ArgumentParser(
-        prog="chameleon up", description="run NATS and every service, restarting any that exits or hangs"
-    )
     p.add_argument("--services", help="comma-separated subset (default: all that exist)")
     p.add_argument("--no-catalogue", action="store_true", help="do not load the starter catalogue")
     p.add_argument("--workers", type=int, default=1, help="processes of each of preprocess and generator")
@@ -245,9 +242,13 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
         help="the shopper page's port on 127.0.0.1 (0: a free one); the URL is printed",
     )
     _add_timeout(p)
-    args = p.parse_args(argv)
+
+
+def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
+    from harness.stack import Stack, available_services, default_data_dir
+
     if args.workers < 1 or args.nats_cluster < 1:
-        p.error("--workers and --nats-cluster must be at least 1")
+        raise UsageError("--workers and --nats-cluster must be at least 1")
     if settings.nats_url and (args.nats_cluster > 1 or args.data_dir):
         print(
             "chameleon up: NATS_URL is set, so no embedded server: --nats-cluster/--data-dir unused",
@@ -287,9 +288,10 @@ def cmd_up(argv: list[str], settings: BaseSettings) -> int:
     stack.start()
     try:
         if "garments" in names and not args.no_catalogue:
-            asyncio.run(
-                _load_catalogue(stack.url, settings.subject_prefix, args.timeout, stack.admin_credentials)
+            starter = _add_starter_garments(
+                stack.url, settings.subject_prefix, args.timeout, stack.admin_credentials
             )
+            asyncio.run(starter)
         data_dir = str(stack.data_dir) if stack.nats is not None else None
         workers = {c.worker_id: c.health_port for c in stack.children}
         auth = "on" if secure else "off"
@@ -340,61 +342,38 @@ def _record_url(data_dir: Path, url: str, ws_url: str = "") -> None:
     (data_dir / UP_RECORD).write_text(json.dumps(record) + "\n")
 
 
-async def _load_catalogue(
+async def _add_starter_garments(
     url: str,
     subject_prefix: str,
     connect_timeout: float,
     credentials=None,  # type: ignore[no-untyped-def]
 ) -> None:
-    from services.garments.starter import load_catalogue
-    from shared.bus import connect
+    from runtime.bus import connect
+    from services.garments.starter import add_starter_garments
     from shared.garment_client import GarmentClient
     from shared.subjects import Subjects
 
     nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout, credentials=credentials)
     try:
-        await load_catalogue(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
+        await add_starter_garments(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
     finally:
         await nc.drain()
 
 
-def cmd_demo(argv: list[str], settings: BaseSettings) -> int:
+def add_demo(p: argparse.ArgumentParser) -> None:
     from services.cli import demo
 
-    p = argparse.ArgumentParser(prog="chameleon demo", description="run the pipeline on a sample input")
     demo.add_arguments(p)
-    return demo.run(p.parse_args(argv), settings)
 
 
-def cmd_bench(argv: list[str], settings: BaseSettings) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        names = ["transport"] + [k[1] for k in DELEGATES if k[0] == "bench"]
-        print(f"usage: chameleon bench {{{','.join(names)}}} [--json] ...")
-        return 0 if argv else 2
-    if argv[0] == "transport":
-        from tools.bench import transport as bench_transport
+def cmd_demo(args: argparse.Namespace, settings: BaseSettings) -> int:
+    from services.cli import demo
 
-        return bench_transport.main(argv[1:])
-    return _delegate("bench", argv)
+    return demo.run(args, settings)
 
 
-def _delegate(group: str, argv: list[str]) -> int:
-    if not argv:
-        print(f"usage: chameleon {group} NAME ...", file=sys.stderr)
-        return 2
-    module = DELEGATES.get((group, argv[0]))
-    if module is None:
-        print(f"unknown: chameleon {group} {argv[0]}", file=sys.stderr)
-        return 2
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        print(f"chameleon {group} {argv[0]} is not available in this build ({exc})", file=sys.stderr)
-        return 2
-    return int(mod.main(argv[1:]) or 0)
-
-
-def cmd_garments(argv: list[str], settings: BaseSettings) -> int:
+def cmd_garments(argv: list[str]) -> int:
+    """``chameleon garments ...``: the garment service's own command line parses ``argv``."""
     try:
         from services.garments import cli
     except ModuleNotFoundError as exc:
@@ -403,59 +382,44 @@ def cmd_garments(argv: list[str], settings: BaseSettings) -> int:
     return int(cli.main(argv, connect_timeout_s=connect_timeout_s()) or 0)
 
 
-def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
-    p = argparse.ArgumentParser(prog="chameleon swap", description="change a session's garment")
+def add_swap(p: argparse.ArgumentParser) -> None:
     p.add_argument("--session", required=True)
     p.add_argument("--garment", required=True)
     p.add_argument("--event-id", help="idempotency key (default: a new one)")
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for swap_applied (0: no wait)")
     _add_timeout(p)
     _add_token(p)
-    args = p.parse_args(argv)
-    credentials = _credentials(args, args.session)
 
+
+def cmd_swap(args: argparse.Namespace, settings: BaseSettings) -> int:
     import nats.errors
     import nats.js.errors
 
     from shared import control
-    from shared.bus import connect
     from shared.schemas import Event
-    from shared.subjects import Subjects
 
     async def go() -> int:
-        subjects = Subjects(settings.subject_prefix)
-        url = _nats_url_or_exit(settings)
-        nc = await connect(url, f"swap-{args.session}", give_up_after_s=args.timeout, credentials=credentials)
+        session = await _session(args, settings, "swap")
         outcome: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
         msg = control.swap(args.session, args.garment, args.event_id)
 
-        async def on_event(m) -> None:  # type: ignore[no-untyped-def]
-            ev = Event.decode(m.data)
-            mine = ev.data.get("event_id") == msg.event_id
-            if mine and not outcome.done():
+        def on_event(ev: Event) -> None:
+            if ev.data.get("event_id") == msg.event_id and not outcome.done():
                 outcome.set_result(ev)
 
-        await nc.subscribe(subjects.events(args.session), cb=on_event)
-        stored = control.publish_control(  # a session client may publish, not create the stream
-            nc,
-            subjects,
-            msg,
-            replicas=settings.js_replicas,
-            timeout_s=args.timeout,
-            ensure_stream=credentials is None,
-        )
+        await session.events(on_event)
         unavailable = (
             asyncio.TimeoutError,
             nats.errors.NoRespondersError,
             nats.js.errors.ServiceUnavailableError,
         )
         try:  # the whole exchange is bounded, not each of its JetStream requests
-            seq = await asyncio.wait_for(stored, args.timeout)
+            seq = await asyncio.wait_for(session.send(msg), args.timeout)
         except unavailable as exc:
-            await nc.close()
+            await session.nc.close()
             print(
-                f"chameleon swap: JetStream at {url} did not store the swap within {args.timeout:g} s "
-                f"({type(exc).__name__})",
+                f"chameleon swap: JetStream at {settings.nats_url} did not store the swap within "
+                f"{args.timeout:g} s ({type(exc).__name__})",
                 file=sys.stderr,
             )
             return EXIT_NO_NATS
@@ -466,25 +430,17 @@ def cmd_swap(argv: list[str], settings: BaseSettings) -> int:
                 result.update(kind=ev.kind, code=ev.code, message=ev.message, **ev.data)
             except TimeoutError:
                 result["kind"] = "pending"  # stored durably: applied when a generator serves the session
-        await nc.drain()
+        await session.close()
         print(json.dumps(result))
         return 1 if result.get("kind") == "error" else 0
 
     return asyncio.run(go())
 
 
-def cmd_session(argv: list[str], settings: BaseSettings) -> int:
-    """``chameleon session create SESSION``: a bearer token for one session, signed with the token
-    key of a secure ``chameleon up`` (its data dir), expiring after ``--ttl`` seconds."""
-    from datetime import datetime, timezone
+def add_session(p: argparse.ArgumentParser) -> None:
+    from harness.stack import default_data_dir
+    from shared.tokens import DEFAULT_TTL_S, MAX_TTL_S
 
-    from services.auth.keys import AuthKeys
-    from services.cli.stack import KEYS_FILE, default_data_dir
-    from shared.auth import read_token
-    from shared.subjects import InvalidSessionId
-    from shared.tokens import DEFAULT_TTL_S, MAX_TTL_S, KeysError, mint
-
-    p = argparse.ArgumentParser(prog="chameleon session", description="per-session credentials")
     sub = p.add_subparsers(dest="action", required=True)
     create = sub.add_parser("create", help="mint a token that opens one session and nothing else")
     create.add_argument("session")
@@ -493,7 +449,19 @@ def cmd_session(argv: list[str], settings: BaseSettings) -> int:
         "--data-dir", type=Path, default=None, help=f"that of `chameleon up` (default: {default_data_dir()})"
     )
     create.add_argument("--json", action="store_true", help="print one JSON object")
-    args = p.parse_args(argv)
+
+
+def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
+    """``chameleon session create SESSION``: a bearer token for one session, signed with the token
+    key of a secure ``chameleon up`` (its data dir), expiring after ``--ttl`` seconds."""
+    from datetime import datetime, timezone
+
+    from harness.stack import KEYS_FILE, default_data_dir
+    from services.auth.keys import AuthKeys
+    from shared.auth import read_token
+    from shared.subjects import InvalidSessionId
+    from shared.tokens import KeysError, mint
+
     data_dir = args.data_dir or default_data_dir()
     keys_file = data_dir / KEYS_FILE
     if not keys_file.exists():
@@ -529,16 +497,7 @@ def cmd_session(argv: list[str], settings: BaseSettings) -> int:
     return 0
 
 
-def cmd_auth(argv: list[str], settings: BaseSettings) -> int:
-    """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
-    trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
-    makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
-    from services.auth.keys import AuthKeys
-    from services.cli.stack import KEYS_FILE
-    from shared.natsserver import server_config
-    from shared.subjects import Subjects
-
-    p = argparse.ArgumentParser(prog="chameleon auth", description="a deployment's keys and server config")
+def add_auth(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     init = sub.add_parser("init", help="make (or keep) the keys and write nats.conf beside them")
     init.add_argument("--out", type=Path, required=True, help="folder of auth-keys.json and nats.conf")
@@ -550,7 +509,17 @@ def cmd_auth(argv: list[str], settings: BaseSettings) -> int:
     )
     init.add_argument("--store-dir", default="/data", help="JetStream store, as the server sees it")
     init.add_argument("--owner", type=int, default=None, help="uid that owns both files (the services' user)")
-    args = p.parse_args(argv)
+
+
+def cmd_auth(args: argparse.Namespace, settings: BaseSettings) -> int:
+    """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
+    trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
+    makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
+    from harness.natsserver import server_config
+    from harness.stack import KEYS_FILE
+    from services.auth.keys import AuthKeys
+    from shared.subjects import Subjects
+
     keys_file, conf = args.out / KEYS_FILE, args.out / "nats.conf"
     created = not keys_file.exists()
     keys = AuthKeys.load_or_create(keys_file)  # kept across runs: tokens and passwords stay valid
@@ -572,58 +541,121 @@ def cmd_auth(argv: list[str], settings: BaseSettings) -> int:
     return 0
 
 
-def cmd_train(argv: list[str], settings: BaseSettings) -> int:
-    """Train the small student (autoencoder, then in-context teacher forcing; ``--stage dmd``: the
-    self-forcing + distribution-matching stage from a checkpoint): docs/training.md."""
-    from tools.training import train
-
-    return int(train.main(argv) or 0)
-
-
-def cmd_media(argv: list[str], settings: BaseSettings) -> int:
+def cmd_media(args: argparse.Namespace, settings: BaseSettings) -> int:
     """Extract the sample photos into the media cache (part of set-up)."""
-    from shared.media import ensure_sample_media
+    from runtime.media import ensure_sample_media
 
     path = ensure_sample_media(fetch=True)
     print(json.dumps({"media_dir": str(path), "files": sorted(p.name for p in Path(path).iterdir())}))
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str], BaseSettings], int]] = {
-    "camera": cmd_camera,
-    "watch": cmd_watch,
-    "up": cmd_up,
-    "demo": cmd_demo,
-    "bench": cmd_bench,
-    "garments": cmd_garments,
-    "swap": cmd_swap,
-    "session": cmd_session,
-    "auth": cmd_auth,
-    "inspect": lambda argv, _settings: _delegate("inspect", argv),
-    "eval": lambda argv, _settings: _delegate("eval", argv),
-    "train": cmd_train,
-    "media": cmd_media,
+def _no_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+Command = Callable[[argparse.Namespace, BaseSettings], int]
+# name -> (help line, arguments, run)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Command]] = {
+    "camera": ("publish camera frames (a video, a photo, a webcam) into a session", add_camera, cmd_camera),
+    "watch": ("receive a session's generated frames; report FPS and latency", add_watch, cmd_watch),
+    "up": ("run NATS and every service, restarting any that exits or hangs", add_up, cmd_up),
+    "demo": ("run the pipeline on a sample input, with swaps and measured quality", add_demo, cmd_demo),
+    "swap": ("change a session's garment", add_swap, cmd_swap),
+    "session": ("per-session credentials: mint a session token", add_session, cmd_session),
+    "auth": ("a deployment's keys and nats-server config", add_auth, cmd_auth),
+    "media": ("extract the sample photos into the media cache", _no_arguments, cmd_media),
 }
+
+
+class UsageError(ValueError):
+    """Arguments that parse but do not go together."""
+
+
+def tools(command: str) -> dict[str, EntryPoint]:
+    """The tools of ``chameleon <command>``, by name ("" for a command that is one tool)."""
+    found = {}
+    for ep in entry_points(group=TOOLS_GROUP):
+        group, _, name = ep.name.partition(".")
+        if group == command:
+            found[name] = ep
+    return found
+
+
+def help_line(ep: EntryPoint) -> str:
+    """The first sentence of the tool module's docstring, read from its source (importing a tool
+    can mean importing torch)."""
+    try:
+        spec = importlib.util.find_spec(ep.module)
+        source = Path(spec.origin).read_text() if spec and spec.origin else ""
+        text = ast.get_docstring(ast.parse(source)) or ""
+    except (ImportError, OSError, SyntaxError):
+        return "(not available in this build)"
+    first = " ".join(text.split("\n\n")[0].split())
+    if first.startswith("``chameleon") and "``:" in first:
+        first = first.split("``:", 1)[1].strip()
+    return first.split(". ")[0].rstrip(".")
+
+
+def run_tool(command: str, argv: list[str]) -> int:
+    """``chameleon <command> [NAME] ARGS``: the tool's own ``main(ARGS)``."""
+    found = tools(command)
+    if "" in found:  # the command is one tool
+        ep, rest = found[""], argv
+    else:
+        p = argparse.ArgumentParser(prog=f"chameleon {command}", description=TOOL_COMMANDS[command])
+        sub = p.add_subparsers(dest="name", required=True, metavar="NAME")
+        for name, entry in sorted(found.items()):
+            sub.add_parser(name, help=help_line(entry), add_help=False)
+        ep, rest = found[p.parse_args(argv[:1]).name], argv[1:]
+    try:
+        tool_main = ep.load()
+    except ModuleNotFoundError as exc:
+        print(f"chameleon {command} {ep.name}: not available in this build ({exc})", file=sys.stderr)
+        return 2
+    return int(tool_main(rest) or 0)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chameleon", description="FashionChameleon: real-time garment swapping")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (line, add, _run) in COMMANDS.items():
+        add(sub.add_parser(name, help=line, description=line))
+    for name, line in {"garments": GARMENTS_HELP, **TOOL_COMMANDS}.items():
+        sub.add_parser(name, help=line, add_help=False)  # each parses its own arguments; listed for --help
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print("usage: chameleon {" + ",".join(COMMANDS) + "} [options]   (chameleon CMD --help)")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    settings = BaseSettings.from_env()
-    configure_logging(settings.log_level, settings.log_json, service=f"cli-{argv[0]}")
-    cap_blas_threads()
     with contextlib.suppress(KeyboardInterrupt):
         try:
-            return COMMANDS[argv[0]](argv[1:], settings)
+            if argv and argv[0] == "garments":
+                _start(argv[0])
+                return cmd_garments(argv[1:])
+            if argv and argv[0] in TOOL_COMMANDS:
+                _start(argv[0])
+                return run_tool(argv[0], argv[1:])
+            args = parser().parse_args(argv)
+            settings = _start(args.command)
+            if getattr(args, "timeout", 0) is None:
+                args.timeout = connect_timeout_s()
+            return COMMANDS[args.command][2](args, settings)
         except NatsUnavailable as exc:  # one line, no traceback: the server is simply not there
             print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
             return EXIT_NO_NATS
-        except SettingsError as exc:
+        except (SettingsError, UsageError) as exc:
             print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
             return 2
     return 130
+
+
+def _start(command: str) -> BaseSettings:
+    """What every command does first: the settings, logging, one BLAS thread."""
+    settings = BaseSettings.from_env()
+    configure_logging(settings.log_level, settings.log_json, service=f"cli-{command}")
+    cap_blas_threads()
+    return settings
 
 
 if __name__ == "__main__":

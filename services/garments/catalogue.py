@@ -67,9 +67,13 @@ SILHOUETTES: dict[str, Silhouette] = {
     # proportions of real garments (unit: about half the shoulder seam width, ~23 cm): a tee
     # about 1.5 shoulder widths long, a shirt's sleeve as long as the arm, a dress to mid-calf.
     # Renderers fit a garment by its own shape, so its length and sleeves decide where it ends.
-    "tee": Silhouette(0.34, 0.22, False, (0.95, 0.10), (1.58, 0.70), (1.30, 1.05), (0.97, 0.92), (0.98, 2.85)),
+    "tee": Silhouette(
+        0.34, 0.22, False, (0.95, 0.10), (1.58, 0.70), (1.30, 1.05), (0.97, 0.92), (0.98, 2.85)
+    ),
     "shirt": Silhouette(0.30, 0.14, False, (1.0, 0.10), (2.12, 2.86), (1.78, 3.0), (1.0, 0.95), (1.0, 3.3)),
-    "dress": Silhouette(0.38, 0.30, False, (0.85, 0.08), (1.25, 0.40), (1.05, 0.80), (0.88, 0.85), (1.55, 4.4)),
+    "dress": Silhouette(
+        0.38, 0.30, False, (0.85, 0.08), (1.25, 0.40), (1.05, 0.80), (0.88, 0.85), (1.55, 4.4)
+    ),
     "jacket": Silhouette(0.36, 0.85, True, (1.1, 0.12), (2.25, 2.95), (1.9, 3.08), (1.12, 1.0), (1.12, 3.15)),
 }
 

@@ -14,12 +14,13 @@ import json
 import sys
 from pathlib import Path
 
+from runtime.bus import connect
+from runtime.logging import configure_logging
 from services.garments.catalogue import catalogue_photos
 from services.garments.settings import GarmentSettings
-from shared.bus import NatsUnavailable, connect
+from shared.client import NatsUnavailable
 from shared.garment_client import GarmentClient, GarmentError
 from shared.garment_schemas import GARMENT_CATEGORIES
-from shared.logging import configure_logging
 from shared.subjects import Subjects
 
 

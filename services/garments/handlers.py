@@ -23,6 +23,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Histogram
 
+from runtime.jetstream import key_value, object_store
+from runtime.logging import get_logger
+from runtime.lru import LRU
+from runtime.metrics import LATENCY_BUCKETS_S
+from runtime.service import ServiceContext
 from services.garments.assets import derive_garment_id, source_digest
 from services.garments.settings import GarmentSettings
 from services.garments.store import EncoderPool, GarmentStore, blobs_config, index_config
@@ -37,12 +42,7 @@ from shared.garment_schemas import (
     GarmentListRequest,
     GarmentRecord,
 )
-from shared.jetstream import key_value, object_store
-from shared.logging import get_logger
-from shared.lru import LRU
-from shared.metrics import LATENCY_BUCKETS_S
 from shared.schemas import SchemaError
-from shared.service import ServiceContext
 
 log = get_logger("garments")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from runtime.service import service_main
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
-from shared.service import service_main
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runtime.settings import BaseSettings
 from services.garments.encoder import DEFAULT_CANVAS, DEFAULT_STUDENT_ENCODER
-from shared.settings import BaseSettings
 
 
 @dataclass(frozen=True)

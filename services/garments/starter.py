@@ -8,7 +8,7 @@ from shared.garment_client import GarmentClient
 from shared.garment_schemas import GarmentEncodeReply
 
 
-async def load_catalogue(
+async def add_starter_garments(
     client: GarmentClient, garment_ids: list[str] | None = None
 ) -> list[GarmentEncodeReply]:
     """Add the procedural starter catalogue (idempotent: an image already stored is not re-encoded)."""

@@ -24,12 +24,12 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from runtime.logging import get_logger
 from services.garments.assets import asset_object, content_key, source_digest, source_object, to_asset_data
 from services.garments.encoder import ImageLimits, encode_garment, encoder_version, inspect_image
 from services.garments.settings import GarmentSettings
 from shared.garment_client import GarmentError
 from shared.garment_schemas import GarmentAssetData, GarmentRecord, valid_garment_id
-from shared.logging import get_logger
 from shared.schemas import SchemaError
 from shared.subjects import Subjects
 

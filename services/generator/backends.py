@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from services.generator.rendering import Backend
 from services.generator.settings import GeneratorSettings
-
-BACKEND_NAMES = ("warp", "student", "sim")
+from shared.schemas import BACKENDS
 
 
 def resolve(name: str, settings: GeneratorSettings) -> str:
-    if name in BACKEND_NAMES:
+    if name in BACKENDS:
         return name
     if name not in ("auto", ""):
-        raise ValueError(f"unknown backend {name!r}; one of auto, {', '.join(BACKEND_NAMES)}")
+        raise ValueError(f"unknown backend {name!r}; one of auto, {', '.join(BACKENDS)}")
     from services.generator.student_backend import student_available
 
     return "student" if student_available(settings, require_cuda=True) else "warp"

@@ -14,12 +14,12 @@ import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
+from runtime.logging import get_logger
+from runtime.lru import LRU
 from services.generator.rendering import Garment
 from shared.errors import CodedError
 from shared.garment_client import GarmentAsset, GarmentError
 from shared.garment_schemas import GarmentRecord
-from shared.logging import get_logger
-from shared.lru import LRU
 
 log = get_logger("generator")
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from runtime.media import decode_jpeg
 from services.generator.rendering import FrameInput
-from shared.media import decode_jpeg
 from shared.schemas import Conditioning, SchemaError, unpack_array
 
 

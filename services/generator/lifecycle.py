@@ -2,10 +2,13 @@
 Pure: no bus, no asyncio.
 
 Every decision of the control path lives here, so it is unit-tested with plain objects; the
-handlers only fetch what a decision needs (the garment, the stored state) and publish what it
-returns. A ``ServedSession`` holds the session's renderer (which owns the KV cache or the warp
-history), the garment in effect, the swap being measured, and the input metadata the renderer's
-(possibly chunked) output is matched back to.
+control module only fetches what a decision needs (the garment, the stored state) and publishes
+what it returns. A swap reads as methods of the served session: ``is_duplicate``,
+``is_stale_swap``, ``swap``, ``next_state``. A ``ServedSession`` holds the session's renderer
+(which owns the KV cache or the warp history), the garment in effect, the swap being measured,
+and the input metadata the renderer's (possibly chunked) output is matched back to; a
+``StoredSession`` is one this worker does not serve but finds in the state store (after a restart
+or an idle gap), and answers the same two questions.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from services.generator.downlink import OutputQuality
 from services.generator.rendering import FrameInput, Garment, Renderer
 from shared.errors import CodedError
 from shared.headers import FrameMeta
@@ -47,12 +51,45 @@ class PendingSwap:
         }
 
 
+class ControlMemory:
+    """What tells a new control event from one already applied (redelivered, retried) or from a
+    swap delivered late: the ids of the newest applied events, and when the swap in effect was
+    published."""
+
+    applied_events: list[str]
+    swap_published_ns: int
+
+    def is_duplicate(self, event_id: str) -> bool:
+        return event_id in self.applied_events
+
+    def is_stale_swap(self, control: Control) -> bool:
+        """A swap published before the one in effect: it arrives late (redelivered after the
+        worker it was delivered to died) and must not replace the newer garment."""
+        return control.action == "swap" and control.published_ns < self.swap_published_ns
+
+
 @dataclass
-class ServedSession:
+class StoredSession(ControlMemory):
+    """A session this worker does not serve, as its stored state has it."""
+
+    state: SessionState
+    applied_events: list[str] = field(init=False)
+    swap_published_ns: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.applied_events = list(self.state.applied_events)
+        self.swap_published_ns = self.state.swap_published_ns
+
+    @property
+    def garment_id(self) -> str:
+        return self.state.garment_id
+
+
+@dataclass
+class ServedSession(ControlMemory):
     session_id: str
     garment: Garment
     backend: str
-    epoch: int = 0
     swap_published_ns: int = 0  # when the swap in effect was published (0: none yet)
     renderer: Renderer | None = None
     in_flight: list[Renderer] = field(default_factory=list)  # renderers drawing on a worker thread
@@ -64,9 +101,7 @@ class ServedSession:
     # garment shows without waiting for the next camera frame
     last_input: FrameInput | None = None
     last_meta: FrameMeta | None = None
-
-    def seen(self, event_id: str) -> bool:
-        return event_id in self.applied_events
+    output_quality: OutputQuality | None = None  # fitted to the viewer's downlink, once it reports
 
     def remember_event(self, event_id: str) -> None:
         self.applied_events.append(event_id)
@@ -107,6 +142,46 @@ class ServedSession:
             return None
         self.pending_swap = None
         return pending.applied_event(seq, shown_ns)
+
+    def swap(
+        self,
+        control: Control,
+        garment: Garment,
+        renderer: Renderer | None,
+        received_ns: int,
+        started_ns: int,
+    ) -> tuple[Renderer | None, PendingSwap | None]:
+        """Put a swap in effect: ``renderer`` is what ``Renderer.swap`` returned (None when the
+        session has no renderer yet: its first frame opens one on ``garment``). Returns a renderer
+        the caller must close (see ``use``) and the earlier swap this one replaced before any frame
+        showed it (the caller answers it ``swap_superseded``)."""
+        stale = self.use(renderer) if renderer is not None else None
+        replaced = self.pending_swap
+        self.garment = garment
+        self.swap_published_ns = max(self.swap_published_ns, control.published_ns)
+        self.pending_swap = PendingSwap(
+            control.event_id,
+            garment.garment_id,
+            control.published_ns,
+            received_ns,
+            started_ns,
+            time.time_ns(),
+        )
+        self.remember_event(control.event_id)
+        return stale, replaced
+
+    def next_state(self) -> SessionState:
+        """The durable record after a change: the garment in effect, the applied ids, the swap
+        not yet shown."""
+        return SessionState(
+            session_id=self.session_id,
+            garment_id=self.garment.garment_id,
+            backend=self.backend,
+            applied_events=self.applied_events,
+            updated_ns=time.time_ns(),
+            swap_published_ns=self.swap_published_ns,
+            pending_event_id=self.pending_swap.event_id if self.pending_swap else "",
+        )
 
     def close(self) -> None:
         """Free the renderer now, or, while a frame is drawing with it, when that frame ends."""
@@ -153,22 +228,6 @@ class SessionTable:
     def __iter__(self):  # type: ignore[no-untyped-def]
         return iter(list(self._sessions.values()))
 
-    @staticmethod
-    def is_duplicate(event_id: str, served: ServedSession | None, state: SessionState | None) -> bool:
-        """An event already applied: by this worker (memory) or before a restart (stored state)."""
-        return (served is not None and served.seen(event_id)) or (
-            state is not None and event_id in state.applied_events
-        )
-
-    @staticmethod
-    def is_stale_swap(control: Control, served: ServedSession | None, state: SessionState | None) -> bool:
-        """A swap published before the one in effect: it arrives late (redelivered after the
-        worker it was delivered to died) and must not replace the newer garment."""
-        in_effect = (
-            served.swap_published_ns if served is not None else state.swap_published_ns if state else 0
-        )
-        return control.action == "swap" and control.published_ns < in_effect
-
     def open(
         self,
         session_id: str,
@@ -178,10 +237,10 @@ class SessionTable:
         previous: ServedSession | None = None,
     ) -> ServedSession:
         """Serve a session: fresh, from its stored state (a restart of this worker), or replacing
-        ``previous`` (a ``start`` on a running session keeps its idempotency memory and epoch)."""
+        ``previous`` (a ``start`` on a running session keeps its idempotency memory)."""
         if session_id not in self._sessions and len(self._sessions) >= self.max_sessions:
             raise CodedError("at_capacity", f"this worker runs {len(self._sessions)} sessions, its maximum")
-        served = ServedSession(session_id, garment, backend, epoch=state.epoch if state else 0)
+        served = ServedSession(session_id, garment, backend)
         if state is not None:
             served.applied_events = list(state.applied_events)
             served.swap_published_ns = state.swap_published_ns
@@ -191,7 +250,7 @@ class SessionTable:
                     state.pending_event_id, state.garment_id, state.swap_published_ns, now, now, now
                 )
         if previous is not None:
-            served.applied_events, served.epoch = list(previous.applied_events), previous.epoch
+            served.applied_events = list(previous.applied_events)
             served.swap_published_ns = previous.swap_published_ns
         self._sessions[session_id] = served
         return served
@@ -206,49 +265,3 @@ class SessionTable:
     def forget(self, session_id: str) -> None:
         """Drop a session whose renderer could not be opened (the backend is at capacity)."""
         self._sessions.pop(session_id, None)
-
-    @staticmethod
-    def swap(
-        served: ServedSession,
-        control: Control,
-        garment: Garment,
-        renderer: Renderer | None,
-        received_ns: int,
-        started_ns: int,
-    ) -> tuple[Renderer | None, PendingSwap | None]:
-        """Put a swap in effect: ``renderer`` is what ``Renderer.swap`` returned (None when the
-        session has no renderer yet: its first frame opens one on ``garment``). Returns a renderer
-        the caller must close (see ``ServedSession.use``) and the earlier swap this one replaced
-        before any frame showed it (the caller answers it ``swap_superseded``)."""
-        stale = served.use(renderer) if renderer is not None else None
-        replaced = served.pending_swap
-        served.garment = garment
-        served.swap_published_ns = max(served.swap_published_ns, control.published_ns)
-        served.pending_swap = PendingSwap(
-            control.event_id,
-            garment.garment_id,
-            control.published_ns,
-            received_ns,
-            started_ns,
-            time.time_ns(),
-        )
-        served.remember_event(control.event_id)
-        return stale, replaced
-
-    @staticmethod
-    def state_of(served: ServedSession, control: Control | None) -> SessionState:
-        """The durable record after a change: a new epoch, the garment in effect, the applied ids."""
-        served.epoch += 1
-        return SessionState(
-            session_id=served.session_id,
-            garment_id=served.garment.garment_id,
-            backend=served.backend,
-            width=control.width if control else 0,
-            height=control.height if control else 0,
-            fps=control.fps if control else 0.0,
-            epoch=served.epoch,
-            applied_events=served.applied_events,
-            updated_ns=time.time_ns(),
-            swap_published_ns=served.swap_published_ns,
-            pending_event_id=served.pending_swap.event_id if served.pending_swap else "",
-        )

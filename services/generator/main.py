@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from runtime.service import service_main
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
-from shared.service import service_main
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""The one session interface both generator backends implement. Pure: no bus, no asyncio.
+"""The one session interface every generator backend implements (warp, student, sim). Pure: no
+bus, no asyncio.
 
 A backend opens a ``Renderer`` per stream session. The session owns all per-stream state
 (the student's KV cache, the warp renderer's temporal history and reference estimate) and maps a

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.settings import BaseSettings
+from runtime.settings import BaseSettings
 
 
 @dataclass(frozen=True)
@@ -14,6 +14,7 @@ class GeneratorSettings(BaseSettings):
     max_sessions: int = 8  # this worker's capacity in the fleet (sessions placed here at most)
     session_idle_s: float = 5.0  # no frames this long: the camera went away; free the cache and slot
     out_jpeg_quality: int = 95  # output is compared with the input outside the garment
+    out_min_jpeg_quality: int = 50  # how low a viewer's slow downlink may take its session's output
     garment_cache_size: int = 64  # decoded garments kept per worker, shared by sessions
     garment_timeout_s: float = 2.0
     control_durable: str = "generator"  # prefix of each session's durable control consumer

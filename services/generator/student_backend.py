@@ -56,8 +56,10 @@ def student_available(settings: GeneratorSettings, require_cuda: bool) -> bool:
         return False
     if not require_cuda:
         return True
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # installed without the [gpu] extra: the warp backend serves
+        return False
     return bool(torch.cuda.is_available())
 
 

@@ -1,7 +1,7 @@
 """Ingest handlers: the only ingest module that touches NATS.
 
 camera frames (all sessions) → validate → normalise → ingested frames, on the shared frame-stage
-skeleton (``shared.stage``). What is ingest's own: admission (a session's first frame or its
+skeleton (``runtime.stage``). What is ingest's own: admission (a session's first frame or its
 ``start`` places it in the fleet, once, for the whole pipeline; frames of a session no worker
 took are dropped here, before any decode), the session's requested resolution (from ``start``),
 the deadline for stale frames, and the validation itself.
@@ -15,17 +15,18 @@ import time
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runtime.events import EventPublisher
+from runtime.fleet.view import FleetView, open_view
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.service import ServiceContext
+from runtime.stage import FrameDropped, FrameStage, StageOutput
+from services.ingest.admission import Admission
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Limits, process_frame, session_box
+from shared.control import control_for
 from shared.errors import CodedError
-from shared.events import EventPublisher
-from shared.fleet import Admission, FleetView, open_view
 from shared.headers import FrameMeta, now_ns
-from shared.logging import RateLimitedLog, get_logger
-from shared.schemas import Control, SchemaError
-from shared.service import ServiceContext
-from shared.stage import FrameDropped, FrameStage, StageOutput
-from shared.subjects import Channel, InvalidSessionId
+from shared.subjects import Channel
 
 log = get_logger("ingest")
 
@@ -113,13 +114,9 @@ class IngestHandlers:
     # -- handlers ---------------------------------------------------------------------------------
     async def on_control(self, msg: Msg) -> None:
         """Track each session's requested output resolution (other actions are not ours)."""
-        try:
-            control = Control.decode(msg.data)
-            subject_session = self.ctx.subjects.session_of(msg.subject)
-        except (SchemaError, InvalidSessionId):
-            return  # the generator owns control errors; ingest only reads resolutions
-        if control.session_id != subject_session:
-            return  # another session's name on this one's subject: the generator answers it
+        control = control_for(self.ctx.subjects, msg.subject, msg.data)
+        if control is None:
+            return  # the generator answers invalid control; ingest only reads resolutions
         if control.action == "start":
             if control.width and control.height:
                 await self._set_resolution(control.session_id, control.width, control.height)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from runtime.service import service_main
 from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
-from shared.service import service_main
 
 
 def main() -> None:

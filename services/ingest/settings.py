@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.settings import BaseSettings
+from runtime.settings import BaseSettings
 
 
 @dataclass(frozen=True)

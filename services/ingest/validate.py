@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from runtime.media import UndecodableImage, decode_image, encode_jpeg, fit_size, jpeg_dimensions
 from shared.errors import CodedError
-from shared.media import UndecodableImage, decode_image, encode_jpeg, fit_size, jpeg_dimensions
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def _check_size(w: int, h: int, limits: Limits) -> None:
 
 def _decode(payload: bytes, limits: Limits, reduced: bool = False) -> np.ndarray:
     """Decode of a payload that already passed ``_check_payload``: ``bad_frame`` when it is no
-    image, or a JPEG whose coded data does not match its header (``shared.media.decode_image``)."""
+    image, or a JPEG whose coded data does not match its header (``runtime.media.decode_image``)."""
     try:
         img = decode_image(payload, reduced=reduced)
     except UndecodableImage as exc:

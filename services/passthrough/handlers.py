@@ -9,11 +9,12 @@ from __future__ import annotations
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.bus import LatestFrameSlots, publish_frame
-from shared.events import EventPublisher
+from runtime.bus import LatestFrameSlots
+from runtime.events import EventPublisher
+from runtime.service import ServiceContext
+from runtime.settings import BaseSettings
+from shared.client import publish_frame
 from shared.headers import FrameMeta, HeaderError
-from shared.service import ServiceContext
-from shared.settings import BaseSettings
 from shared.subjects import Channel
 
 STAGE = "passthrough"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from runtime.service import service_main
+from runtime.settings import BaseSettings
 from services.passthrough.handlers import PassthroughHandlers
-from shared.service import service_main
-from shared.settings import BaseSettings
 
 
 def main() -> None:

@@ -2,8 +2,7 @@
 
 The garment region is where the generator may draw the new garment: a body-shaped area built from
 the landmarks (torso polygon + limb capsules, sized by the shoulder width), kept near the person
-(intersected with the dilated person mask), minus the head. The garment-agnostic image is the
-frame with that region greyed out, the input try-on models are trained on (VITON-HD style).
+(intersected with the dilated person mask), minus the head.
 """
 
 from __future__ import annotations
@@ -12,9 +11,6 @@ import cv2
 import numpy as np
 
 from shared.body import LM, visible
-
-AGNOSTIC_GREY = (128, 128, 128)
-
 
 # status codes that go into ``Conditioning.note`` (comma-separated) and into status events
 NO_PERSON = "no_person"
@@ -96,11 +92,3 @@ def assess(landmarks: np.ndarray | None, threshold: float = 0.5) -> list[str]:
         return [PARTIAL_PERSON, NO_TORSO]
     hips = all(visible(landmarks, i, threshold, 0.02) for i in (LM.LEFT_HIP, LM.RIGHT_HIP))
     return [] if hips else [PARTIAL_PERSON]
-
-
-def agnostic_image(frame_bgr: np.ndarray, region: np.ndarray | None) -> np.ndarray:
-    """The frame with the garment region greyed out (the person without the garment)."""
-    out = frame_bgr.copy()
-    if region is not None:
-        cv2.copyTo(np.full_like(frame_bgr, AGNOSTIC_GREY[0]), region, out)
-    return out

@@ -3,7 +3,7 @@
 ingested frames (all sessions, latest-frame-wins per session) → the session's own
 ``SessionPreprocessor`` on a worker thread → ``Conditioning`` on the session's cond subject with
 the frame's headers (stamped ``preprocess.in``/``.out`` by the shared frame-stage skeleton,
-``shared.stage``). A worker takes only the sessions the fleet gives it (``shared.fleet``: placed at
+``runtime.stage``). A worker takes only the sessions the fleet gives it (``runtime.fleet``: placed at
 session start, moved on failure or drain) and publishes them with its ownership epoch. Per-session
 state is created on the first
 frame and closed when the session stops (control ``stop``) or goes idle, so memory follows the
@@ -20,21 +20,22 @@ from dataclasses import dataclass, field
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runtime.events import EventPublisher
+from runtime.fleet.member import FleetMember
+from runtime.fleet.records import Ownership
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.lru import LRU
+from runtime.service import ServiceContext
+from runtime.stage import FrameStage, StageOutput
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import FrameResult, PreprocessConfig, SessionPreprocessor
 from services.preprocess.settings import PreprocessSettings
 from shared.body import region_category
+from shared.control import control_for
 from shared.errors import CodedError
-from shared.events import EventPublisher
-from shared.fleet import FleetMember, Ownership
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta
-from shared.logging import RateLimitedLog, get_logger
-from shared.lru import LRU
-from shared.schemas import Control, SchemaError
-from shared.service import ServiceContext
-from shared.stage import FrameStage, StageOutput
-from shared.subjects import Channel, InvalidSessionId
+from shared.subjects import Channel
 
 log = get_logger("preprocess")
 POSE_CODES = (cond.NO_PERSON, cond.PARTIAL_PERSON, cond.NO_TORSO, cond.SEVERAL_PEOPLE)
@@ -83,16 +84,8 @@ class PreprocessHandlers:
             on_idle=self.on_idle,
         )
         self._subs: list[Subscription] = []
-        self.fleet = FleetMember(
-            ctx.nc.jetstream(),
-            ctx.subjects,
-            ctx.name,
-            settings.worker_name,
-            settings.max_sessions,
-            settings.lease_s,
-            on_serve=self._serve,
-            on_unserve=self._unserve,
-            replicas=settings.js_replicas,
+        self.fleet = FleetMember.of_worker(
+            ctx.nc.jetstream(), ctx.subjects, ctx.name, settings, self._serve, self._unserve
         )
         self.stage.owner = self.fleet
 
@@ -138,13 +131,9 @@ class PreprocessHandlers:
     # -- handlers ---------------------------------------------------------------------------------
     async def on_control(self, msg: Msg) -> None:
         """A stopped session gives its MediaPipe graph back at once (not after the idle timeout)."""
-        try:
-            control = Control.decode(msg.data)
-            subject_session = self.ctx.subjects.session_of(msg.subject)
-        except (SchemaError, InvalidSessionId):
-            return  # the generator owns control errors
-        if control.session_id != subject_session:
-            return  # another session's name on this one's subject: never close that one
+        control = control_for(self.ctx.subjects, msg.subject, msg.data)
+        if control is None:
+            return  # the generator answers invalid control (a stop naming another session closes nothing)
         if control.action in ("start", "swap") and control.garment_id:
             self._garment_of.put(control.session_id, control.garment_id)
             if control.garment_id not in self._category_of:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from runtime.service import service_main
 from services.preprocess.handlers import PreprocessHandlers
 from services.preprocess.settings import PreprocessSettings
-from shared.service import service_main
 
 
 def main() -> None:

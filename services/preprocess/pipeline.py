@@ -8,17 +8,18 @@ a time (the service's per-session worker guarantees that) and must be ``close()`
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from runtime.media import UndecodableImage, decode_image, encode_jpeg
 from services.preprocess import conditioning as cond
 from services.preprocess.pose import PoseConfig, PoseTracker
 from services.preprocess.settings import PreprocessSettings
 from services.preprocess.smoothing import LandmarkSmoother, OneEuroParams
 from shared import body
 from shared.errors import CodedError
-from shared.media import UndecodableImage, decode_image, encode_jpeg
 from shared.schemas import Conditioning, pack_array
 
 FRAME_TOO_SMALL = "frame_too_small"
@@ -35,8 +36,6 @@ class PreprocessConfig:
     min_person_area: float = 0.004
     min_frame_side: int = 32
     max_aspect: float = 4.0
-    agnostic_image: bool = False
-    agnostic_jpeg_quality: int = 70
 
     def __post_init__(self) -> None:
         if self.garment_category not in body.GARMENT_CATEGORIES:
@@ -61,8 +60,6 @@ class PreprocessConfig:
             min_person_area=s.min_person_area,
             min_frame_side=s.min_frame_side,
             max_aspect=s.max_aspect,
-            agnostic_image=s.agnostic_image,
-            agnostic_jpeg_quality=s.agnostic_jpeg_quality,
         )
 
 
@@ -128,16 +125,7 @@ class SessionPreprocessor:
         size_code = check_size(w, h, c.min_frame_side, c.max_aspect)
         if size_code is not None:
             self.smoother.reset()  # continuity is broken either way
-            msg = Conditioning(
-                session_id=self.session_id,
-                seq=seq,
-                width=w,
-                height=h,
-                frame_jpeg=frame_jpeg,
-                person_found=False,
-                note=size_code,
-            )
-            return FrameResult(msg, [size_code])
+            return FrameResult(self._conditioning(seq, w, h, frame_jpeg, codes=[size_code]), [size_code])
 
         t0 = time.perf_counter()
         out = self.tracker.process(frame_bgr, timestamp_ms)
@@ -161,26 +149,35 @@ class SessionPreprocessor:
             if region is not None and not region.any():
                 region = None
         t2 = time.perf_counter()
-        msg = Conditioning(
+        msg = self._conditioning(seq, w, h, frame_jpeg, landmarks, person_mask, region, people, codes)
+        t3 = time.perf_counter()
+        self.frames += 1
+        timings = {"pose": (t1 - t0) * 1e3, "masks": (t2 - t1) * 1e3, "encode": (t3 - t2) * 1e3}
+        return FrameResult(msg, codes, out.landmarks, landmarks, timings)
+
+    def _conditioning(
+        self,
+        seq: int,
+        width: int,
+        height: int,
+        frame_jpeg: bytes,
+        landmarks: np.ndarray | None = None,
+        person_mask: np.ndarray | None = None,
+        region: np.ndarray | None = None,
+        people: int = 0,
+        codes: Sequence[str] = (),
+    ) -> Conditioning:
+        """The one message a frame gets, with whatever was found in it."""
+        return Conditioning(
             session_id=self.session_id,
             seq=seq,
-            width=w,
-            height=h,
+            width=width,
+            height=height,
             frame_jpeg=frame_jpeg,
             person_found=landmarks is not None,
             landmarks=pack_array(landmarks) if landmarks is not None else None,
             person_mask_png=cond.encode_png(person_mask) if person_mask is not None else None,
             garment_mask_png=cond.encode_png(region) if region is not None else None,
-            agnostic_jpeg=(
-                encode_jpeg(cond.agnostic_image(frame_bgr, region), c.agnostic_jpeg_quality)
-                if region is not None and c.agnostic_image
-                else None
-            ),
             people=people,
             note=",".join(codes),
-            category=category,
         )
-        t3 = time.perf_counter()
-        self.frames += 1
-        timings = {"pose": (t1 - t0) * 1e3, "masks": (t2 - t1) * 1e3, "encode": (t3 - t2) * 1e3}
-        return FrameResult(msg, codes, out.landmarks, landmarks, timings)

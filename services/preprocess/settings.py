@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.settings import BaseSettings
+from runtime.settings import BaseSettings
 
 
 @dataclass(frozen=True)
@@ -31,5 +31,3 @@ class PreprocessSettings(BaseSettings):
     smooth_d_cutoff_hz: float = 1.0
     # -- output ----------------------------------------------------------------------------------
     garment_category: str = "top"  # top | dress | jacket: the region the generator may repaint
-    agnostic_image: bool = False  # also publish the garment-agnostic frame (no built-in backend reads it)
-    agnostic_jpeg_quality: int = 70  # keeps a busy 640x480 frame's message well under 256 KB

@@ -2,32 +2,23 @@
 and reports FPS, glass-to-glass latency percentiles and per-stage / per-hop times from headers.
 
 Fencing (docs/fleet.md): a frame whose ``Chameleon-Epoch`` is older than the newest epoch seen
-comes from a worker that no longer owns the session; it is dropped and counted, never shown."""
+comes from a worker that no longer owns the session; the client's epoch filter
+(``shared.client.watch``) drops and counts it, so it is never shown."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from shared.headers import FrameMeta, HeaderError, now_ns
-from shared.media import decode_jpeg
-from shared.metrics import percentiles
+from runtime.media import decode_jpeg
+from runtime.metrics import percentiles
+from shared.client import Frame, Watch, watch
 from shared.subjects import Channel, Subjects
-
-
-@dataclass
-class Received:
-    meta: FrameMeta
-    recv_ns: int
-    jpeg: bytes
 
 
 @dataclass
@@ -39,34 +30,27 @@ class Watcher:
     session_id: str
     keep_frames: bool = True
     channel: Channel = Channel.OUTPUT  # another per-session channel with frame headers (benchmarks)
-    frames: list[Received] = field(default_factory=list)
-    bad: int = 0
-    stale_epoch: int = 0  # frames dropped: from an owner older than the newest seen
-    epoch: int = 0  # the newest owner epoch seen
-    _sub: Subscription | None = None
+    frames: list[Frame] = field(default_factory=list)
+    _watch: Watch | None = None
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         subject = self.subjects.session(self.session_id, self.channel)
-        self._sub = await self.nc.subscribe(subject, cb=self._on_msg)
-        # twice: nats-py 2.16 can write a flush's PING ahead of a SUB still in its buffer, so one
-        # round trip does not prove the server has the subscription (seen in the server's trace)
-        await self.nc.flush()
-        await self.nc.flush()
+        self._watch = await watch(self.nc, subject, self._on_frame, keep_bytes=self.keep_frames)
 
-    async def _on_msg(self, msg: Msg) -> None:
-        t = now_ns()
-        try:
-            meta = FrameMeta.from_headers(msg.headers)
-        except HeaderError:
-            self.bad += 1
-            return
-        if meta.epoch < self.epoch:
-            self.stale_epoch += 1
-            return
-        self.epoch = meta.epoch
-        self.frames.append(Received(meta, t, bytes(msg.data) if self.keep_frames else b""))
+    def _on_frame(self, frame: Frame) -> None:
+        self.frames.append(frame)
         self._arrived.set()
+
+    @property
+    def bad(self) -> int:
+        """Frames without valid headers."""
+        return self._watch.filter.bad if self._watch else 0
+
+    @property
+    def stale_epoch(self) -> int:
+        """Frames dropped: from an owner older than the newest seen."""
+        return self._watch.filter.stale_epoch if self._watch else 0
 
     async def wait_for_seq(self, seq: int, timeout_s: float) -> bool:
         """Wait until a frame with sequence >= ``seq`` arrived (earlier ones may be superseded);
@@ -80,10 +64,8 @@ class Watcher:
         return True
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+        if self._watch is not None:
+            await self._watch.stop()
 
     # -- reporting --------------------------------------------------------------------------------
     def summary(self) -> dict:

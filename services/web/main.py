@@ -11,22 +11,33 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 from pathlib import Path
 
+from runtime.logging import configure_logging, get_logger
 from services.web.server import WebServer
 from services.web.sessions import SessionBroker
 from services.web.settings import WebSettings
 from shared.auth import ENV_KEYS_FILE, read_keys_file
-from shared.logging import configure_logging, get_logger
 
 log = get_logger("web")
 CHECKOUT_WEB = Path(__file__).resolve().parents[2] / "web"
+INSTALLED_WEB = Path(sys.prefix) / "share" / "fashion-chameleon" / "web"  # from the wheel's data files
+
+
+def page_root(settings: WebSettings) -> Path:
+    """``CHAMELEON_WEB_ROOT``, else this checkout's ``web/``, else the page installed with the wheel."""
+    if settings.web_root:
+        return Path(settings.web_root)
+    if (CHECKOUT_WEB / "index.html").is_file() or not (INSTALLED_WEB / "index.html").is_file():
+        return CHECKOUT_WEB
+    return INSTALLED_WEB
 
 
 def demo_photo(settings: WebSettings) -> Path | None:
     if settings.web_demo_photo:
         return Path(settings.web_demo_photo)
-    from shared.media import sample_photo
+    from runtime.media import sample_photo
 
     try:
         return sample_photo("bus.jpg")
@@ -49,10 +60,12 @@ async def serve(settings: WebSettings, stop: asyncio.Event | None = None) -> Non
         fps=settings.web_fps,
         width=settings.web_width,
         height=settings.web_height,
+        min_width=settings.web_min_width,
+        min_height=settings.web_min_height,
+        jpeg_quality=settings.web_jpeg_quality,
+        min_jpeg_quality=settings.web_min_jpeg_quality,
     )
-    server = WebServer(
-        Path(settings.web_root) if settings.web_root else CHECKOUT_WEB, broker, demo_photo(settings)
-    )
+    server = WebServer(page_root(settings), broker, demo_photo(settings))
     port = await server.listen(settings.web_host, settings.web_port)
     if settings.metrics_port:
         await server.listen(settings.metrics_host, settings.metrics_port)

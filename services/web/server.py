@@ -1,22 +1,21 @@
 """The page's HTTP side: the built page, the demo photo, ``POST /api/session``, ``/healthz`` and
-``/metrics``. Plain asyncio (one request per connection), like the services' health endpoint: the
-page is a handful of static files, so a framework would add a dependency and nothing else.
+``/metrics``, served by aiohttp (request parsing is attack surface: a maintained parser with its
+limits on lines, headers and fields, not one of ours).
 
 Only files named in ``STATIC`` are ever served: no path from a request reaches the file system.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import mimetypes
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from aiohttp import HttpVersion10, web
+
+from runtime.logging import RateLimitedLog, get_logger
 from services.web.sessions import RateLimited, SessionBroker
-from shared.logging import RateLimitedLog, get_logger
 
 log = get_logger("web")
 
@@ -28,18 +27,7 @@ STATIC = {
     "/app.js": "dist/app.js",
     "/app.js.map": "dist/app.js.map",
 }
-MAX_HEADER_BYTES = 16 * 1024
-READ_TIMEOUT_S = 10.0
-REASONS = {
-    200: "OK",
-    204: "No Content",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    413: "Payload Too Large",
-    429: "Too Many Requests",
-    400: "Bad Request",
-    503: "Service Unavailable",
-}
+MAX_HEADERS = 64  # a browser sends about 20
 
 NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>FashionChameleon: page not built</title>
 <h1>The page is not built</h1>
@@ -47,14 +35,6 @@ NOT_BUILT = """<!doctype html><meta charset="utf-8"><title>FashionChameleon: pag
 <code>make web</code> (or <code>cd web &amp;&amp; npm ci &amp;&amp; npm run build</code>), then reload.
 Everything else (<code>chameleon camera</code>, <code>watch</code>, <code>swap</code>) works without it.</p>
 """
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "text/plain; charset=utf-8"
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def content_security_policy(ws_url: str) -> str:
@@ -73,6 +53,9 @@ def content_security_policy(ws_url: str) -> str:
     )
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 class WebServer:
     def __init__(self, root: Path, broker: SessionBroker, demo_photo: Path | None) -> None:
         self.root = root
@@ -82,22 +65,34 @@ class WebServer:
         self.errors = 0
         self._csp = content_security_policy(broker.ws_url)
         self._lines = RateLimitedLog(log, 1.0, burst=5)
-        self._servers: list[asyncio.base_events.Server] = []
+        self.app = web.Application(
+            middlewares=[self._every_response], handler_args={"max_headers": MAX_HEADERS}
+        )
+        self.app.router.add_get("/healthz", self._health)
+        self.app.router.add_get("/metrics", self._metrics)
+        self.app.router.add_route("*", "/api/session", self._session)
+        self.app.router.add_route("*", "/demo.jpg", self._demo)
+        for path in STATIC:
+            self.app.router.add_route("*", path, self._static)
+        self._runner: web.AppRunner | None = None
 
     @property
     def built(self) -> bool:
         return (self.root / "dist" / "app.js").is_file()
 
     async def listen(self, host: str, port: int) -> int:
-        server = await asyncio.start_server(self._handle, host, port)
-        self._servers.append(server)
-        return server.sockets[0].getsockname()[1]
+        """Serve on ``host:port`` (0: a free port) as well; returns the port."""
+        if self._runner is None:
+            self._runner = web.AppRunner(self.app, access_log=None)
+            await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        return site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-            await server.wait_closed()
-        self._servers.clear()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     def health(self) -> dict:
         return {
@@ -122,89 +117,75 @@ class WebServer:
         ]
         return ("\n".join(lines) + "\n").encode()
 
-    # -- routing -----------------------------------------------------------------------------------
-    def route(self, method: str, path: str, client: str) -> Response:
-        path = path.split("?", 1)[0]
-        if path == "/healthz":
-            return Response(200, json.dumps(self.health()).encode(), "application/json")
-        if path == "/metrics":
-            return Response(200, self.metrics(), "text/plain; version=0.0.4")
-        if path == "/api/session":
-            if method != "POST":
-                return Response(405, b"POST only\n", headers={"Allow": "POST"})
-            try:
-                session = self.broker.create(client)
-            except RateLimited as exc:
-                self._lines.warning("session_rate_limited", key="rate", client=client)
-                body = json.dumps({"error": "rate_limited", "retry_after_s": round(exc.retry_after_s, 1)})
-                return Response(
-                    429, body.encode(), "application/json", {"Retry-After": f"{exc.retry_after_s:.0f}"}
-                )
-            log.info("session_created", session_id=session["session_id"], client=client)
-            return Response(
-                200, json.dumps(session).encode(), "application/json", {"Cache-Control": "no-store"}
-            )
-        if method not in ("GET", "HEAD"):
-            return Response(405, b"GET only\n", headers={"Allow": "GET, HEAD"})
-        if path == "/demo.jpg" and self.demo_photo is not None and self.demo_photo.is_file():
-            return Response(200, self.demo_photo.read_bytes(), "image/jpeg")
-        name = STATIC.get(path)
-        if name is None:
-            return Response(404, b"not found\n")
-        if name == "index.html" and not self.built:
-            return Response(503, NOT_BUILT.encode(), "text/html; charset=utf-8")
-        file = self.root / name
-        if not file.is_file():
-            return Response(404, b"not found\n")
-        ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-        if ctype.startswith("text/") or ctype.endswith("javascript") or ctype.endswith("json"):
-            ctype += "; charset=utf-8"
-        return Response(200, file.read_bytes(), ctype, {"Cache-Control": "no-cache"})
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        client = str(peer[0]) if isinstance(peer, tuple) else "unknown"
-        method = "GET"
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)
-            if len(head) > MAX_HEADER_BYTES:
-                raise ValueError("header too large")
-            request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            parts = request_line.split()
-            if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                response = Response(400, b"bad request\n")
-            else:
-                method = parts[0]
-                response = self.route(method, parts[1], client)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            response = Response(400, b"bad request\n")
-        except (TimeoutError, ConnectionError):
-            writer.close()
-            return
-        except Exception as exc:  # a bug here must cost one request, never the server
-            self.errors += 1
-            self._lines.error("request_failed", key="error", error=f"{type(exc).__name__}: {exc}")
-            response = Response(503, b"internal error\n")
+    # -- routes ------------------------------------------------------------------------------------
+    @web.middleware
+    async def _every_response(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Counted, the page's security headers on every answer, and a bug costs one request
+        (a 503), never the server."""
         self.requests += 1
-        headers = {
-            "Content-Type": response.content_type,
-            "Content-Length": str(len(response.body)),
-            "Connection": "close",
+        security = {
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
             "Content-Security-Policy": self._csp,
-            **response.headers,
         }
-        reason = REASONS.get(response.status, "OK")
-        head_out = f"HTTP/1.1 {response.status} {reason}\r\n" + "".join(
-            f"{k}: {v}\r\n" for k, v in headers.items()
-        )
         try:
-            writer.write(head_out.encode("latin-1") + b"\r\n" + (b"" if method == "HEAD" else response.body))
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            if request.version < HttpVersion10:  # a bare "GET /" line: no client of ours speaks 0.9
+                raise web.HTTPBadRequest(text="bad request\n")
+            response = await handler(request)
+        except web.HTTPException as exc:  # 404 and the like: answers too
+            exc.headers.update(security)
+            raise
+        except Exception as exc:
+            self.errors += 1
+            self._lines.exception("request_failed", key="error", error=f"{type(exc).__name__}: {exc}")
+            response = web.Response(status=503, text="internal error\n")
+        response.headers.update(security)
+        return response
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response(self.health())
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics(), headers={"Content-Type": "text/plain; version=0.0.4"})
+
+    async def _session(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return web.Response(status=405, text="POST only\n", headers={"Allow": "POST"})
+        client = request.remote or "unknown"
+        try:
+            session = self.broker.create(client)
+        except RateLimited as exc:
+            self._lines.warning("session_rate_limited", key="rate", client=client)
+            body = {"error": "rate_limited", "retry_after_s": round(exc.retry_after_s, 1)}
+            return web.json_response(body, status=429, headers={"Retry-After": f"{exc.retry_after_s:.0f}"})
+        log.info("session_created", session_id=session["session_id"], client=client)
+        return web.json_response(session, headers={"Cache-Control": "no-store"})
+
+    async def _demo(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _get_only()
+        if self.demo_photo is None or not self.demo_photo.is_file():
+            return web.Response(status=404, text="not found\n")
+        return web.Response(body=self.demo_photo.read_bytes(), content_type="image/jpeg")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        if request.method not in ("GET", "HEAD"):
+            return _get_only()
+        name = STATIC[request.path]
+        if name == "index.html" and not self.built:
+            return web.Response(status=503, text=NOT_BUILT, content_type="text/html")
+        file = self.root / name
+        if not file.is_file():
+            return web.Response(status=404, text="not found\n")
+        ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        textual = ctype.startswith("text/") or ctype.endswith(("javascript", "json"))
+        return web.Response(
+            body=file.read_bytes(),
+            content_type=ctype,
+            charset="utf-8" if textual else None,
+            headers={"Cache-Control": "no-cache"},
+        )
+
+
+def _get_only() -> web.Response:
+    return web.Response(status=405, text="GET only\n", headers={"Allow": "GET, HEAD"})

@@ -62,6 +62,10 @@ class SessionBroker:
     fps: float = 15.0
     width: int = 640
     height: int = 480
+    min_width: int = 320  # the page's link fitting stays within these (docs/frontends.md)
+    min_height: int = 240
+    jpeg_quality: float = 0.85
+    min_jpeg_quality: float = 0.4
     created: int = 0
     refused: int = 0
 
@@ -94,4 +98,8 @@ class SessionBroker:
             "fps": self.fps,
             "width": self.width,
             "height": self.height,
+            "min_width": min(self.min_width, self.width),
+            "min_height": min(self.min_height, self.height),
+            "jpeg_quality": self.jpeg_quality,
+            "min_jpeg_quality": min(self.min_jpeg_quality, self.jpeg_quality),
         }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shared.settings import BaseSettings
+from runtime.settings import BaseSettings
 
 
 @dataclass(frozen=True)
@@ -22,4 +22,10 @@ class WebSettings(BaseSettings):
     web_fps: float = 15.0  # what the page publishes at
     web_width: int = 640
     web_height: int = 480
+    # how far the page may shrink its frames to fit a slow uplink (docs/frontends.md): JPEG quality
+    # first, down to the minimum, then the size, down to the minimum box
+    web_min_width: int = 320
+    web_min_height: int = 240
+    web_jpeg_quality: float = 0.85
+    web_min_jpeg_quality: float = 0.4
     web_demo_photo: str = ""  # the "demo feed" photo; empty: the sample bus.jpg from `chameleon media`

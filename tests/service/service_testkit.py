@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+from harness import probe
+from runtime.fleet.view import open_view
+from services.ingest.admission import Admission
 from shared.errors import CodedError
-from shared.fleet import Admission, open_view
 from shared.subjects import Subjects
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 async def admit_when_registered(
@@ -30,11 +38,25 @@ async def admit_when_registered(
 
 
 async def until(predicate, timeout: float = 15.0, what: object = None) -> None:  # type: ignore[no-untyped-def]
-    """Poll ``predicate()`` until it holds; on timeout fail with ``what`` (called first when it is
-    callable), the state worth reading when a condition is never met."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            state = what() if callable(what) else what
-            raise AssertionError(f"condition not met in {timeout:g} s; state: {state!r:.2000}")
-        await asyncio.sleep(0.01)
+    """``harness.probe.until`` with the tests' name for its bound."""
+    await probe.until(predicate, timeout, what)
+
+
+async def spawn_service(module: str, nats_url: str, prefix: str, worker_id: str, **env: str):  # type: ignore[no-untyped-def]
+    """A service as deployed: a process of its own (JSON logs on a stderr pipe to read)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "CHAMELEON_NATS_URL": nats_url,
+            "CHAMELEON_SUBJECT_PREFIX": prefix,
+            "CHAMELEON_WORKER_ID": worker_id,
+            "CHAMELEON_LOG_JSON": "true",
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )

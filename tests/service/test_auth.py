@@ -25,15 +25,16 @@ from nats.aio.msg import Msg
 from nats.js.api import KeyValueConfig
 from nats.js.errors import KeyNotFoundError
 
+from harness.natsserver import EmbeddedNats
+from harness.stack import KEYS_FILE
+from runtime.bus import connect
+from runtime.service import serve_in_task
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
-from services.cli.stack import KEYS_FILE
 from shared import control
 from shared.auth import ADMIN_USER, SYSTEM_USER, NatsCredentials
-from shared.bus import NatsRefused, connect
-from shared.natsserver import EmbeddedNats
-from shared.service import serve_in_task
+from shared.client import NatsRefused
 from shared.subjects import Channel, Subjects
 from shared.tokens import mint
 
@@ -169,6 +170,14 @@ async def test_a_token_opens_its_session_and_nothing_else(
         for subject in (S.output("alice"), S.events("alice")):
             got = await received(alice.nc, subject, lambda s=subject: admin.nc.publish(s, b"x"))
             assert got == [subject]
+        # its receiver reports reach the generator, which fits its output quality to them
+        generator = await open_client(url, keys.credentials("generator"))
+        try:
+            reports = S.all_sessions(Channel.FEEDBACK)
+            got = await received(generator.nc, reports, lambda: alice.nc.publish(S.feedback("alice"), b"r"))
+            assert got == [S.feedback("alice")]
+        finally:
+            await generator.nc.close()
         # a control event goes through the JetStream publish path, acknowledged by the stream
         await control.ensure_control_stream(admin.nc.jetstream(), S)
         seq = await control.publish_control(alice.nc, S, control.swap("alice", "tee"), ensure_stream=False)
@@ -187,6 +196,8 @@ async def test_a_token_opens_its_session_and_nothing_else(
         await alice.refused(S.camera("bob"))
         await alice.nc.publish(S.control("bob"), b"x")
         await alice.refused(S.control("bob"))
+        await alice.nc.publish(S.feedback("bob"), b"x")
+        await alice.refused(S.feedback("bob"))
         for subject in (S.output("bob"), S.events("bob"), "chameleon.>", ">", S.camera("alice")):
             await alice.nc.subscribe(subject)
             await alice.refused(subject)
@@ -390,7 +401,7 @@ async def test_session_create_mints_a_token_the_cli_clients_use(
         photo = tmp_path / "p.jpg"
         cv2.imwrite(str(photo), np.full((120, 160, 3), 128, np.uint8))
         camera = await asyncio.to_thread(
-            chameleon, "camera", "--session", "erin", "--image", str(photo), "--frames", "3", "--fps", "20",
+            chameleon, "camera", "--session", "erin", "--image", str(photo), "--frames", "3", "--fps", "5",
             "--token", tok,
         )  # fmt: skip
         assert camera.returncode == 0, camera.stderr[-2000:]

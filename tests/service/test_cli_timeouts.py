@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 import pytest
 
-from shared.bus import NatsUnavailable, connect
-from shared.natsserver import EmbeddedCluster, reserve_port
+from harness.natsserver import EmbeddedCluster, reserve_port
+from runtime.bus import connect
+from shared.client import NatsUnavailable
 
 pytestmark = pytest.mark.service
 

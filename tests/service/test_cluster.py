@@ -18,11 +18,11 @@ from nats.js.api import KeyValueConfig, StreamConfig
 from nats.js.errors import APIError
 from structlog.testing import capture_logs
 
+from harness.natsserver import EmbeddedCluster, reserve_port
+from runtime.bus import ConnectionState, connect
+from runtime.jetstream import control_stream, key_value, object_store
 from services.garments.store import blobs_config, index_config
 from shared import control
-from shared.bus import ConnectionState, connect
-from shared.jetstream import key_value, object_store
-from shared.natsserver import EmbeddedCluster, reserve_port
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service
@@ -286,7 +286,7 @@ async def test_an_existing_stream_that_cannot_grow_replicas_does_not_stop_start_
         js = nc.jetstream()
         await control.ensure_control_stream(js, subjects)
         with capture_logs() as logs:
-            await control.ensure_control_stream(js, subjects, replicas=3)
+            await control_stream(js, subjects, replicas=3)
         assert [e["event"] for e in logs] == ["control_stream_update_failed"]
         assert (await js.stream_info(subjects.control_stream)).config.num_replicas == 1
         seq = await control.publish_control(nc, subjects, control.stop("s1"), replicas=3)

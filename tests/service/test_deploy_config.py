@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from harness.natsserver import find_binary, reserve_port
+from runtime.bus import connect
 from shared.auth import ENV_KEYS_FILE, ENV_USER, NatsCredentials
-from shared.bus import NatsRefused, connect
-from shared.natsserver import find_binary, reserve_port
+from shared.client import NatsRefused
 from shared.tokens import mint
 
 pytestmark = pytest.mark.service

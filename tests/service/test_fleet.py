@@ -19,18 +19,20 @@ from dataclasses import dataclass, field
 import pytest
 from service_testkit import until as _until
 
+from harness.stack import Child, Stack
+from runtime.bus import connect
+from runtime.fleet.view import FleetView, open_view
+from runtime.media import encode_jpeg
 from services.camera.source import MotionCamera
-from services.cli.stack import Child, Stack
-from services.garments.starter import load_catalogue
+from services.garments.starter import add_starter_garments
+from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor
 from services.watch.client import Watcher
 from shared import control
-from shared.bus import connect, publish_frame
+from shared.client import publish_frame
 from shared.errors import CodedError
-from shared.fleet import Admission, FleetView, open_view
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, Event
 from shared.subjects import Subjects
 
@@ -139,7 +141,7 @@ async def fleet(nats_url: str, conditioning, workers: int = 2, **env: str) -> As
     view = await open_view(nc.jetstream(), subjects)
     f = Fleet(stack, subjects, nc, view, Admission(view, ["generator"]), conditioning)
     try:
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
         await until(lambda: len([w for w in view.workers("generator") if not w.draining]) == workers)
         yield f
     finally:

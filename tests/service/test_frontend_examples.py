@@ -1,5 +1,5 @@
-"""The Python client of docs/frontends.md (examples/python_client.py, which imports nothing of
-this project) runs against real services: its frames come back, its events arrive."""
+"""The Python client of docs/frontends.md (examples/python_client.py, on the thin client module
+``shared.client``) runs against real services: its frames come back, its events arrive."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.cli.stack import Stack
+from harness.stack import Stack
 from shared.control import ensure_control_stream
 from shared.subjects import Subjects
 

@@ -26,6 +26,11 @@ import pytest
 from service_testkit import until as _until
 from structlog.testing import capture_logs
 
+from runtime.bus import ConnectionState, connect
+from runtime.events import EventPublisher
+from runtime.media import encode_jpeg
+from runtime.metrics import ServiceMetrics, SessionStats
+from runtime.service import ServiceContext, serve_in_task
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
@@ -36,13 +41,9 @@ from services.ingest.settings import IngestSettings
 from services.preprocess.handlers import PreprocessHandlers, _OpenPreprocessor
 from services.preprocess.settings import PreprocessSettings
 from shared import control
-from shared.bus import ConnectionState, connect, publish_frame
-from shared.events import EventPublisher
+from shared.client import publish_frame
 from shared.headers import H_EPOCH, FrameMeta, now_ns
-from shared.media import encode_jpeg
-from shared.metrics import ServiceMetrics, SessionStats
 from shared.schemas import Event
-from shared.service import ServiceContext, serve_in_task
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service
@@ -220,14 +221,14 @@ async def test_junk_control_is_answered_one_event_each_and_logged_a_few_lines(na
     with capture_logs() as logs:
         for i in range(n):
             data = rng.bytes(int(rng.integers(1, 500))) if i % 2 else control.stop("someone-else").encode()
-            await handlers.on_control(FakeMsg(SUBJ.control("junk"), data))
+            await handlers.control.on_message(FakeMsg(SUBJ.control("junk"), data))
     elapsed = time.monotonic() - t0
     await until(lambda: len(events.received) == n)
     assert all(e.kind == "error" and "event_id" in e.data for e in events.received)  # each answered
     assert {e.code for e in events.received} == {"bad_control", "session_mismatch"}
     lines = [e for e in logs if e["event"] == "control_rejected"]
     assert 2 <= len(lines) <= 2 * 3 * (math.ceil(elapsed) + 1), len(lines)  # 3 a second per code
-    outcomes = handlers.control_total.collect()[0].samples
+    outcomes = handlers.control.total.collect()[0].samples
     assert sum(s.value for s in outcomes if s.name.endswith("_total")) == n  # and each counted
     await nc.drain()
 

@@ -11,14 +11,14 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.bus import connect
+from runtime.service import serve_in_task
 from services.garments.catalogue import render, spec_by_id, starter_catalogue
 from services.garments.encoder import encoder_version, register_student_encoder
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
-from shared.bus import connect
 from shared.garment_client import GarmentClient, GarmentError
 from shared.garment_schemas import KEYPOINT_NAMES, GarmentEncodeReply, GarmentRecord
-from shared.service import serve_in_task
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service

@@ -18,23 +18,25 @@ import pytest
 from nats.js.errors import KeyNotFoundError
 from service_testkit import until as _until
 
+from runtime.bus import connect
+from runtime.fleet.view import open_view
+from runtime.media import decode_jpeg
+from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.garments.catalogue import spec_by_id
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
-from services.garments.starter import load_catalogue
+from services.garments.starter import add_starter_garments
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
+from services.ingest.admission import Admission
 from services.preprocess.pipeline import SessionPreprocessor
 from shared import control
-from shared.bus import connect, publish_frame
+from shared.client import publish_frame
 from shared.errors import CodedError
-from shared.fleet import Admission, open_view
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.media import decode_jpeg
-from shared.schemas import Conditioning, Event
-from shared.service import serve_in_task
+from shared.schemas import Conditioning, Event, ReceiverReport
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service
@@ -133,7 +135,7 @@ async def rig(url: str, conditioning: list[Conditioning]) -> AsyncIterator[Rig]:
     gsettings = GarmentSettings(nats_url=url, subject_prefix=prefix, summary_interval_s=60)
     async with serve_in_task("garments", gsettings, lambda ctx: GarmentHandlers(ctx, gsettings)):
         nc = await connect(url, "generator-test")
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=30), list(GARMENTS))
         r = Rig(url, subjects, nc, conditioning)
         try:
             yield r
@@ -172,6 +174,33 @@ async def test_every_input_frame_comes_out_with_its_garment(nats_url: str, condi
         assert img.shape == (360, 480, 3)
         assert [s.stage for s in meta.trace][-2:] == ["generator", "generator"]
         assert nearest_garment(drawn_colour(img, conditioning[11]), GARMENTS) == "tee-red-solid"
+
+
+async def test_a_viewers_receiver_reports_fit_its_output_quality(nats_url: str, conditioning) -> None:
+    """A queue in front of the viewer's downlink (its reports say so) lowers that session's output
+    JPEG quality; a malformed report changes nothing and breaks nothing."""
+    async with rig(nats_url, conditioning) as r, generator(nats_url, r.subjects.prefix, backend="warp"):
+        sizes: list[int] = []
+
+        async def on_output(msg) -> None:  # type: ignore[no-untyped-def]
+            sizes.append(len(msg.data))
+
+        await r.nc.subscribe(r.subjects.output("q1"), cb=on_output)
+        v = await r.viewer("q1")
+        await r.control(control.start("q1", "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream("q1", range(4), fps=10)
+        await until(lambda: len(sizes) == 4)
+        await r.nc.publish(r.subjects.feedback("q1"), b"\x93not a report")
+        late = ReceiverReport("q1", window_ms=1000.0, frames=15, bytes=600_000, queue_ms=400.0)
+        for _ in range(4):  # a step down, two held while the queue drains, a second step
+            await r.nc.publish(r.subjects.feedback("q1"), late.encode())
+        await r.nc.flush()
+        await asyncio.sleep(0.3)
+        await r.stream("q1", range(4, 8), fps=10)
+        await until(lambda: len(sizes) == 8)
+        assert max(sizes[4:]) < 0.75 * min(sizes[:4]), sizes  # quality 75 instead of 95
+        assert "receiver_report" not in " ".join(v.codes("error"))  # a bad report is no event
 
 
 async def test_swap_changes_the_garment_within_a_frame(nats_url: str, conditioning) -> None:
@@ -254,14 +283,19 @@ async def test_two_sessions_never_mix(nats_url: str, conditioning) -> None:
                 assert nearest_garment(drawn_colour(img, conditioning[meta.seq]), GARMENTS) == want
 
 
+async def _four_frames_then_no_generator(r: Rig, v: Viewer, session: str) -> None:
+    """A session started and streaming on a generator that then stops (its control is kept)."""
+    async with generator(r.url, r.subjects.prefix, backend="warp"):
+        await r.control(control.start(session, "tee-red-solid"))
+        await until(lambda: "started" in v.codes())
+        await r.stream(session, range(4))
+        await until(lambda: len(v.frames) == 4)
+
+
 async def test_swap_published_while_the_generator_restarts_is_applied(nats_url: str, conditioning) -> None:
     async with rig(nats_url, conditioning) as r:
         v = await r.viewer("w5")
-        async with generator(nats_url, r.subjects.prefix, backend="warp"):
-            await r.control(control.start("w5", "tee-red-solid"))
-            await until(lambda: "started" in v.codes())
-            await r.stream("w5", range(4))
-            await until(lambda: len(v.frames) == 4)
+        await _four_frames_then_no_generator(r, v, "w5")
         swap = control.swap("w5", "tee-yellow-dots")
         await r.control(swap)  # no generator is running: the stream keeps it
         async with generator(nats_url, r.subjects.prefix, backend="warp"):
@@ -272,6 +306,29 @@ async def test_swap_published_while_the_generator_restarts_is_applied(nats_url: 
         assert applied.data["event_id"] == swap.event_id
         after = [m.garment_id for m, _ in v.frames if m.seq >= 4]
         assert after and set(after) == {"tee-yellow-dots"}
+
+
+async def test_swaps_queued_while_no_generator_runs_show_only_the_newest(nats_url: str, conditioning) -> None:
+    """Swaps that queued up arrive as one batch: the newest is rendered, each older one is answered
+    ``swap_superseded`` by it, and no frame ever shows an overtaken garment."""
+    async with rig(nats_url, conditioning) as r:
+        v = await r.viewer("w6")
+        await _four_frames_then_no_generator(r, v, "w6")
+        swaps = [control.swap("w6", g) for g in ("shirt-blue-checks", "tee-yellow-dots", "shirt-blue-checks")]
+        for swap in swaps:  # no generator is running: the stream keeps them
+            await r.control(swap)
+        async with generator(nats_url, r.subjects.prefix, backend="warp"):
+            await r.stream("w6", range(4, 10))
+            await until(lambda: "swap_applied" in v.codes() and v.codes().count("swap_superseded") == 2)
+            await until(lambda: len(v.frames) >= 9)
+        answers = {e.data["event_id"]: e for e in v.events if e.code in ("swap_applied", "swap_superseded")}
+        assert [answers[s.event_id].code for s in swaps] == [
+            "swap_superseded",
+            "swap_superseded",
+            "swap_applied",
+        ]
+        assert {answers[s.event_id].data["superseded_by"] for s in swaps[:2]} == {swaps[2].event_id}
+        assert {m.garment_id for m, _ in v.frames if m.seq >= 4} == {"shirt-blue-checks"}
 
 
 async def test_at_capacity_is_a_clear_error(nats_url: str, conditioning) -> None:

@@ -6,35 +6,34 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from service_testkit import admit_when_registered
+from service_testkit import admit_when_registered, spawn_service
 from service_testkit import until as _until
 from structlog.testing import capture_logs
 
+from runtime.bus import connect
+from runtime.fleet.view import open_view
+from runtime.media import decode_jpeg, encode_jpeg
+from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
-from services.garments.starter import load_catalogue
+from services.garments.starter import add_starter_garments
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
+from services.ingest.admission import Admission
 from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
 from services.preprocess.pipeline import SessionPreprocessor
-from shared.bus import connect, publish_frame
-from shared.fleet import Admission, open_view
+from shared.client import publish_frame
 from shared.garment_client import GarmentClient
 from shared.headers import FrameMeta, now_ns
-from shared.media import decode_jpeg, encode_jpeg
 from shared.schemas import Control, Event, SessionState
-from shared.service import serve_in_task
 from shared.subjects import Subjects
 from tools.samples import garbage_scan, with_sof_size
 
@@ -138,22 +137,8 @@ async def test_preprocess_reports_a_lying_jpeg_as_bad_frame_and_prints_only_json
     """A lying JPEG that reaches preprocess (published on ``ingested`` directly) used to make it
     print libjpeg's raw warning for every frame and report ``no_person``; the service runs as a
     process of its own, as deployed, so its whole stderr is seen."""
-    env = {
-        **os.environ,
-        "CHAMELEON_NATS_URL": nats_url,
-        "CHAMELEON_SUBJECT_PREFIX": SUBJ.prefix,
-        "CHAMELEON_WORKER_ID": "hostile-pre",
-        "CHAMELEON_SUMMARY_INTERVAL_S": "1",
-        "CHAMELEON_LOG_JSON": "true",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.preprocess.main",
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    proc = await spawn_service(
+        "services.preprocess.main", nats_url, SUBJ.prefix, "hostile-pre", CHAMELEON_SUMMARY_INTERVAL_S="1"
     )
     lying = with_sof_size(_jpeg(176, 144), 640, 480)
     nc = await connect(nats_url, "test")
@@ -277,10 +262,10 @@ async def test_a_stored_garment_that_no_longer_exists_falls_back_to_the_default(
     )
     async with serve_in_task("garments", gsettings, lambda ctx: GarmentHandlers(ctx, gsettings)):
         nc = await connect(nats_url, "test")
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=30), [settings.default_garment])
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=30), [settings.default_garment])
         async with serve_in_task("generator", settings, lambda ctx: GeneratorHandlers(ctx, settings)):
             kv = await nc.jetstream().key_value(subjects.session_bucket)
-            stored = SessionState("gone", "no-such-garment", backend="warp", epoch=3)
+            stored = SessionState("gone", "no-such-garment", backend="warp")
             await kv.put("gone", stored.encode())
             watch = await Watch.on(nc, subjects, "gone", out="out")
             admission = Admission(await open_view(nc.jetstream(), subjects), ["generator"])

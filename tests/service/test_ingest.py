@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import functools
 
 import cv2
 import numpy as np
 import pytest
+from service_testkit import until
 
+from harness.natsserver import EmbeddedNats
+from runtime.bus import connect
+from runtime.media import decode_jpeg, encode_jpeg
+from runtime.service import serve_in_task
 from services.camera.source import MotionCamera
 from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
-from shared.bus import connect, publish_frame
+from shared.client import publish_frame
 from shared.headers import FrameMeta, now_ns
-from shared.media import decode_jpeg, encode_jpeg
-from shared.natsserver import EmbeddedNats
 from shared.schemas import Event
-from shared.service import serve_in_task
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service
@@ -48,12 +50,7 @@ class Collector:
         self.events.append(Event.decode(msg.data))
 
 
-async def _until(cond, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
+_until = functools.partial(until, timeout=5.0)
 
 
 async def test_forwards_valid_frames_normalised_and_stamped(nats_url: str) -> None:

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
-from service_testkit import admit_when_registered
+from service_testkit import admit_when_registered, spawn_service
 
+from runtime.bus import connect
+from runtime.media import encode_jpeg
 from services.camera.source import MotionCamera
-from shared.bus import connect, publish_frame
+from shared.client import publish_frame
 from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.service
@@ -31,22 +29,7 @@ SUBJ = Subjects(f"native{uuid.uuid4().hex[:8]}")
 
 
 async def test_native_library_output_of_a_service_is_json(nats_url: str, bus_photo) -> None:  # type: ignore[no-untyped-def]
-    env = {
-        **os.environ,
-        "CHAMELEON_NATS_URL": nats_url,
-        "CHAMELEON_SUBJECT_PREFIX": SUBJ.prefix,
-        "CHAMELEON_WORKER_ID": "native-pre",
-        "CHAMELEON_LOG_JSON": "true",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.preprocess.main",
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = await spawn_service("services.preprocess.main", nats_url, SUBJ.prefix, "native-pre")
     nc = await connect(nats_url, "test")
     conditioned = asyncio.Event()
 

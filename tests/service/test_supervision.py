@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
+import psutil
 import pytest
 from nats.js.api import StreamConfig
 
-from services.cli import stack as stack_module
-from services.cli.stack import Stack
-from shared.natsserver import EmbeddedNats, NatsServerError
+from harness import stack as stack_module
+from harness.natsserver import EmbeddedNats, NatsServerError
+from harness.stack import Stack
 
 pytestmark = pytest.mark.service
 
@@ -165,18 +166,7 @@ def test_ingest_admits_only_the_stateful_stages_the_stack_runs() -> None:
 
 
 def _child_pids(parent: int, module: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent and module in cmdline:
-            found.append(int(proc.name))
-    return found
+    return [p.pid for p in psutil.Process(parent).children() if module in " ".join(p.cmdline())]
 
 
 def test_chameleon_up_restarts_a_killed_service_and_keeps_its_data_dir(tmp_path: Path) -> None:

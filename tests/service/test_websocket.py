@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from shared.natsserver import EmbeddedNats
+from harness.natsserver import EmbeddedNats
 
 pytestmark = pytest.mark.service
 PAGE = "http://127.0.0.1:8080"

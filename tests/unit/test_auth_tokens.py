@@ -128,12 +128,19 @@ def test_credentials_give_a_token_client_its_session_inbox(keys: AuthKeys) -> No
 # -- permissions ---------------------------------------------------------------------------------------
 def test_a_session_may_use_exactly_its_own_subjects() -> None:
     perms = session_permissions(S, "alice")
-    for subject in (S.camera("alice"), S.control("alice"), S.garments("list"), S.garments("get")):
+    for subject in (
+        S.camera("alice"),
+        S.feedback("alice"),
+        S.control("alice"),
+        S.garments("list"),
+        S.garments("get"),
+    ):
         assert allowed(perms.publish, subject), subject
     for subject in (S.output("alice"), S.events("alice"), f"{session_inbox_prefix('alice')}.x.1"):
         assert allowed(perms.subscribe, subject), subject
     denied_pub = [
         S.camera("bob"),
+        S.feedback("bob"),
         S.control("bob"),
         S.output("alice"),  # only services publish output and events
         S.events("alice"),
@@ -290,7 +297,7 @@ def test_keys_are_made_once_kept_private_and_completed(tmp_path: Path) -> None:
 def test_a_secure_stack_gives_each_child_its_own_user_and_never_a_session_token(
     keys: AuthKeys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     monkeypatch.setenv("CHAMELEON_TOKEN", mint(keys.token_seed, "alice", 60))
     secure = Stack(["ingest", "generator"], secure=True, keys=keys)

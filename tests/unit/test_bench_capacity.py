@@ -53,7 +53,7 @@ def test_a_gpu_session_is_never_split() -> None:
 
 
 def test_process_cpu_time_reads_user_plus_system_of_this_process() -> None:
-    """Same kernel counters as ``os.times``: a wrong /proc field would be far off."""
+    """Same kernel counters as ``os.times``: a wrong field would be far off."""
     end = time.process_time() + 0.1
     while time.process_time() < end:  # burn some CPU so the figure is not zero
         pass

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.cli.stack import SERVICE_MODULES
+from harness.stack import SERVICE_MODULES
 from shared.auth import ADMIN_USER, ENV_KEYS_FILE, ENV_USER, SERVICE_ROLES
 
 pytestmark = pytest.mark.unit

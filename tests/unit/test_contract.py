@@ -6,10 +6,12 @@ import msgpack
 import numpy as np
 import pytest
 
+from runtime.metrics import percentiles
+from runtime.settings import BaseSettings, SettingsError
+from shared import control as controls
+from shared.errors import CodedError
 from shared.headers import FrameMeta, HeaderError
-from shared.metrics import percentiles
-from shared.schemas import Conditioning, Control, Event, SchemaError, pack_array, unpack_array
-from shared.settings import BaseSettings, SettingsError
+from shared.schemas import Conditioning, Control, Event, SchemaError, SessionState, pack_array, unpack_array
 from shared.subjects import Channel, InvalidSessionId, Subjects
 
 pytestmark = pytest.mark.unit
@@ -167,6 +169,36 @@ def test_garbage_payloads_raise_schema_error(raw: bytes) -> None:
         Event.decode(raw)
 
 
+def test_control_is_read_for_the_session_its_subject_names() -> None:
+    s = Subjects("p")
+    stop = controls.stop("alice")
+    assert controls.read_control(s, s.control("alice"), stop.encode()) == stop
+    with pytest.raises(CodedError) as exc:  # alice's token may publish there, naming bob
+        controls.read_control(s, s.control("alice"), controls.stop("bob").encode())
+    assert exc.value.code == "session_mismatch" and exc.value.data["event_id"]
+    with pytest.raises(SchemaError):
+        controls.read_control(s, s.control("alice"), b"\x93junk")
+    with pytest.raises(InvalidSessionId):
+        controls.read_control(s, "p._svc.control", stop.encode())
+    assert controls.control_for(s, s.control("alice"), controls.stop("bob").encode()) is None
+    assert controls.control_for(s, s.control("alice"), stop.encode()) == stop
+
+
+def test_retired_fields_of_the_previous_version_still_read() -> None:
+    """A state stored by the previous version (with its size, rate and change counter) and
+    conditioning from a preprocess not yet updated (an agnostic image, a category) decode; a
+    field nobody ever had is still refused."""
+    old_state = {"type": "session_state", "v": 1, "session_id": "s", "garment_id": "tee"}
+    old_state.update(width=640, height=480, fps=15.0, epoch=7, applied_events=["e1"])
+    state = SessionState.decode(msgpack.packb(old_state))
+    assert (state.garment_id, state.applied_events) == ("tee", ["e1"])
+    old_cond = Conditioning("s", 1, 4, 4, b"jpeg", False).to_dict()
+    old_cond.update(agnostic_jpeg=b"grey", category="dress")
+    assert Conditioning.decode(msgpack.packb(old_cond)).seq == 1
+    with pytest.raises(SchemaError, match="unknown fields"):
+        SessionState.decode(msgpack.packb({**old_state, "colour": "red"}))
+
+
 def test_arrays_travel_compactly_and_validate() -> None:
     lm = np.random.default_rng(0).random((33, 4), dtype=np.float32)
     msg = Conditioning(
@@ -208,7 +240,7 @@ def test_logging_never_raises_on_a_closed_stream(monkeypatch: pytest.MonkeyPatch
     import io
     import sys
 
-    from shared.logging import configure_logging, get_logger
+    from runtime.logging import configure_logging, get_logger
 
     configure_logging("info", json=True)
     closed = io.StringIO()

@@ -1,4 +1,4 @@
-"""The demo's quality report (``tools.demo_metrics``) on real images (issue #16, part 4): a stream
+"""The demo's quality report (``harness.demo_metrics``) on real images (issue #16, part 4): a stream
 whose output no longer shows the camera's scene (the whole frame generated at 64x64 and stretched)
 must not be scored as a clean swap; ghosting is reported as not applicable, with the reason."""
 
@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import pytest
 
+from harness.demo_metrics import RESEMBLES_INPUT_MIN_DB, demo_quality, not_applicable
+from runtime.media import encode_jpeg
 from shared.headers import FrameMeta
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, Event
-from tools.demo_metrics import RESEMBLES_INPUT_MIN_DB, demo_quality, not_applicable
 
 pytestmark = pytest.mark.unit
 RED, BLUE = (0, 0, 255), (255, 0, 0)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import services
-from shared.settings import BaseSettings
+from runtime.settings import BaseSettings
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]

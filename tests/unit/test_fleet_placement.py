@@ -8,9 +8,9 @@ from collections import Counter
 
 import pytest
 
-from services.generator.lifecycle import SessionTable, superseded
+from runtime.fleet.records import Ownership, WorkerLease, next_epoch, place, safe_worker_id
+from services.generator.lifecycle import StoredSession, superseded
 from shared import control as controls
-from shared.fleet import Ownership, WorkerLease, next_epoch, place, safe_worker_id
 from shared.schemas import SessionState
 
 pytestmark = pytest.mark.unit
@@ -79,9 +79,10 @@ def test_a_swap_published_before_the_one_in_effect_is_stale() -> None:
     older = dataclasses.replace(controls.swap("s", "a"), published_ns=NOW)
     newer = dataclasses.replace(controls.swap("s", "b"), published_ns=NOW + 1)
     state = SessionState(session_id="s", garment_id="b", swap_published_ns=newer.published_ns)
-    assert SessionTable.is_stale_swap(older, None, state)
-    assert not SessionTable.is_stale_swap(newer, None, state)
-    assert not SessionTable.is_stale_swap(older, None, None)
+    stored = StoredSession(state)
+    assert stored.is_stale_swap(older)
+    assert not stored.is_stale_swap(newer)
+    assert not StoredSession(SessionState(session_id="s", garment_id="b")).is_stale_swap(older)
 
 
 def test_ownership_and_lease_records_round_trip() -> None:

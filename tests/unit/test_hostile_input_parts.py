@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
+from harness.demo_metrics import demo_quality
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.media import UndecodableImage, decode_image, decode_jpeg, encode_jpeg
 from shared.headers import FrameMeta
-from shared.logging import RateLimitedLog, get_logger
-from shared.media import UndecodableImage, decode_image, decode_jpeg, encode_jpeg
 from shared.schemas import Event
-from tools.demo_metrics import demo_quality
 from tools.samples import with_sof_size
 
 pytestmark = pytest.mark.unit

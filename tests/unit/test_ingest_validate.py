@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.media import decode_jpeg, encode_jpeg, jpeg_dimensions
 from services.ingest.validate import Limits, process_frame, session_box
 from shared.errors import CodedError
-from shared.media import decode_jpeg, encode_jpeg, jpeg_dimensions
 from tools.samples import garbage_scan, with_sof_size
 
 pytestmark = pytest.mark.unit

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.settings import BaseSettings
+from runtime.settings import BaseSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-CHILD = "from shared.service import apply_niceness; import sys; print(apply_niceness(int(sys.argv[1])))"
+CHILD = "from runtime.service import apply_niceness; import sys; print(apply_niceness(int(sys.argv[1])))"
 # Runs a module as ``python -m`` would and, once it has finished, prints the OpenBLAS threads in
 # force in its process: the most any loaded OpenBLAS may use (numpy's is loaded by then, if not
 # before, and reads OPENBLAS_NUM_THREADS as it loads).

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from nats.aio.msg import Msg
 
-from shared.bus import LatestFrameSlots
+from runtime.bus import LatestFrameSlots
+from runtime.lru import LRU
 from shared.errors import CodedError
 from shared.garment_client import GarmentError
-from shared.lru import LRU
 
 pytestmark = pytest.mark.unit
 

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from shared.headers import FrameMeta
-from shared.schemas import Control, Event
+from shared.schemas import Control, Event, ReceiverReport
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.unit
 WEB = Path(__file__).resolve().parents[2] / "web"
 
 SCRIPT = """
-import { control, decodeMessage, describeEvent, encodeMessage, frameHeaders, readFrameHeaders, subjects }
-  from "./src/protocol.js";
+import { control, decodeMessage, describeEvent, encodeMessage, frameHeaders, readFrameHeaders, receiverReport,
+  subjects } from "./src/protocol.js";
 const [eventB64, headersJson] = process.argv.slice(1);
 const swap = control("swap", "web-abc", { garmentId: "tee-red-solid", eventId: "e1" });
 const start = control("start", "web-abc", { garmentId: null, width: 640, height: 480, fps: 15 });
@@ -34,6 +34,8 @@ const meta = readFrameHeaders((n) => py[n] || "");
 console.log(JSON.stringify({
   swap: Buffer.from(encodeMessage(swap)).toString("base64"),
   start: Buffer.from(encodeMessage(start)).toString("base64"),
+  report: Buffer.from(encodeMessage(receiverReport("web-abc",
+    { windowMs: 1003.5, frames: 14, bytes: 420000, queueMs: 12.25 }))).toString("base64"),
   headers,
   subjects: subjects("chameleon", "web-abc"),
   event: describeEvent(ev),
@@ -92,6 +94,9 @@ def test_javascript_and_python_agree_on_the_wire() -> None:
         None,
     )
 
+    report = ReceiverReport.decode(base64.b64decode(got["report"]))
+    assert report == ReceiverReport("web-abc", 1003.5, 14, 420_000, 12.25)
+
     meta = FrameMeta.from_headers(got["headers"])
     assert (meta.session_id, meta.seq, meta.capture_ns) == ("web-abc", 7, 1_764_570_000_123_456_789)
     assert (meta.width, meta.height) == (640, 480)
@@ -102,6 +107,7 @@ def test_javascript_and_python_agree_on_the_wire() -> None:
     assert got["subjects"]["control"] == s.control("web-abc")
     assert got["subjects"]["output"] == s.output("web-abc")
     assert got["subjects"]["events"] == s.events("web-abc")
+    assert got["subjects"]["feedback"] == s.feedback("web-abc")
     assert got["subjects"]["garmentsList"] == s.garments("list")
     assert got["subjects"]["garmentsGet"] == s.garments("get")
 

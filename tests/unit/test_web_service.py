@@ -149,7 +149,38 @@ async def test_garbage_requests_get_400_and_the_server_goes_on(tmp_path: Path) -
             await writer.drain()
             reply = await asyncio.wait_for(reader.read(), 5)
             writer.close()
-            assert reply.startswith(b"HTTP/1.1 400"), reply[:60]
+            assert reply.startswith(b"HTTP/") and reply.split(b" ", 2)[1] == b"400", reply[:60]
         assert (await asyncio.to_thread(_fetch, base + "/healthz"))[0] == 200
     finally:
         await server.close()
+
+
+async def test_a_failing_route_costs_one_request_not_the_server(tmp_path: Path) -> None:
+    server, base = await _serve(_page_root(tmp_path / "web", built=True), broker())
+
+    def broken() -> dict:
+        raise RuntimeError("a bug")
+
+    healthy = server.health
+    try:
+        server.health = broken  # type: ignore[method-assign]
+        status, headers, body = await asyncio.to_thread(_fetch, base + "/healthz")
+        assert status == 503 and body == b"internal error\n" and "Content-Security-Policy" in headers
+        server.health = healthy  # type: ignore[method-assign]
+        assert (await asyncio.to_thread(_fetch, base + "/healthz"))[0] == 200
+        assert server.errors == 1
+    finally:
+        await server.close()
+
+
+def test_the_page_comes_from_the_checkout_else_from_the_wheel(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from services.web import main
+    from services.web.settings import WebSettings
+
+    checkout, installed = tmp_path / "checkout", _page_root(tmp_path / "share" / "web", built=True)
+    monkeypatch.setattr(main, "CHECKOUT_WEB", checkout)
+    monkeypatch.setattr(main, "INSTALLED_WEB", installed)
+    assert main.page_root(WebSettings()) == installed  # installed from a wheel: no checkout beside it
+    _page_root(checkout, built=False)
+    assert main.page_root(WebSettings()) == checkout
+    assert main.page_root(WebSettings(web_root=str(tmp_path))) == tmp_path

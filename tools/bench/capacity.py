@@ -3,7 +3,7 @@ measured figures only.
 
 - Warp path (CPU): the real pipeline (the ``chameleon demo`` stack: garments, ingest, preprocess,
   generator, nats-server) serves one session of a 15 fps camera; every process's CPU time
-  (user + sys from ``/proc/<pid>/stat``) is read before and after the measured window and divided
+  (user + sys, psutil) is read before and after the measured window and divided
   by the frames that came out: CPU ms per frame per stage, cores per session. Measured twice: the
   demo framing (a moving camera over the full sample photo, the person small) and a close-up (the
   person fills the frame), because the renderer's cost grows with the garment's area on screen.
@@ -172,19 +172,19 @@ async def _settle(
 async def _measure(
     url: str, pids: dict[str, int], windows: list[Window], args: argparse.Namespace, idle: bool
 ) -> dict[str, Any]:
+    from harness.recorder import Recorder, starter_colours
+    from runtime.bus import connect
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
-    from services.cli.demo import Recorder, load_catalogue
     from services.watch.client import Watcher
-    from shared.bus import connect
-    from shared.settings import BaseSettings
     from shared.subjects import Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
     nc = await connect(url, "bench-capacity")
     results: dict[str, Any] = {}
     try:
-        await load_catalogue(nc, subjects)
+        await starter_colours(nc, subjects)
         if idle:
             before = cpu_snapshot(pids)
             await asyncio.sleep(args.idle_seconds)
@@ -237,7 +237,7 @@ async def _measure(
 def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     """Run the demo's stack and measure the windows in it; one stack per backend, because a
     session started by frames gets the stack's ``CHAMELEON_BACKEND``."""
-    from shared.media import read_image, sample_photo
+    from runtime.media import read_image, sample_photo
 
     photo = read_image(sample_photo("bus.jpg", fetch=True))
     close = read_image(args.image) if args.image else closeup_photo(photo)
@@ -248,7 +248,7 @@ def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_stack(backend: str, windows: list[Window], args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     env = {
         "CHAMELEON_OUT_WIDTH": str(args.width),

@@ -1,6 +1,6 @@
-"""What every benchmark reports the same way: the machine it ran on, when, the CPU time of the
-processes it measured, and its output (a readable table on stderr unless ``--json``, then one JSON
-object as the last line)."""
+"""What every benchmark reports the same way: the machine it ran on, when, the CPU time and memory
+of the processes it measured (psutil), and its output (a readable table on stderr unless
+``--json``, then one JSON object as the last line)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import platform
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
+
+import psutil
 
 
 def cpu_model() -> str:
@@ -44,58 +45,41 @@ def emit(report: dict[str, Any], json_only: bool, width: int = 36) -> int:
     return 0
 
 
-# -- CPU time of processes ----------------------------------------------------------------------------
+# -- CPU time and memory of processes (psutil) ---------------------------------------------------------
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from ``/proc/<pid>/stat``."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid`` (all its threads, not its children)."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def cpu_total(pids: Iterable[int]) -> float:
     return sum(process_cpu_s(pid) for pid in pids)
 
 
-def _processes() -> Iterable[tuple[int, str, int]]:
-    """(pid, command name, parent pid) of every process, from ``/proc``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
-        except OSError:
-            continue
-        comm, rest = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
-        yield int(entry.name), comm, int(rest[1])
+def rss_kib(pid: int) -> int:
+    """Resident memory of process ``pid``, in KiB."""
+    return psutil.Process(pid).memory_info().rss // 1024
 
 
 def child_pids(name_prefix: str) -> list[int]:
     """Direct children of this process whose command name starts with ``name_prefix``."""
-    me = os.getpid()
-    return [pid for pid, comm, ppid in _processes() if ppid == me and comm.startswith(name_prefix)]
-
-
-def process_tree(root: int) -> dict[int, str]:
-    """``root`` and every process below it: pid -> command name."""
-    names: dict[int, str] = {}
-    parent: dict[int, int] = {}
-    for pid, comm, ppid in _processes():
-        names[pid], parent[pid] = comm, ppid
-    tree, frontier = {root: names.get(root, "")}, [root]
-    while frontier:
-        p = frontier.pop()
-        for child, ppid in parent.items():
-            if ppid == p and child not in tree:
-                tree[child] = names[child]
-                frontier.append(child)
-    return tree
+    return [p.pid for p in psutil.Process().children() if _name(p).startswith(name_prefix)]
 
 
 def tree_cpu_s(root: int, name_prefix: str = "") -> float:
     """CPU seconds of ``root``'s process tree (only commands starting with ``name_prefix``)."""
+    top = psutil.Process(root)
     total = 0.0
-    for pid, name in process_tree(root).items():
-        if name.startswith(name_prefix):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                total += process_cpu_s(pid)
+    for process in [top, *top.children(recursive=True)]:
+        if _name(process).startswith(name_prefix):
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
     return total
+
+
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:  # gone meanwhile
+        return ""

@@ -1,6 +1,6 @@
 """``chameleon bench failover``: what a shopper sees when a worker or a NATS node dies (issue #12).
 
-Three phases, each on its own ``services.cli.stack.Stack`` (garments, ingest, 2 preprocess and 2
+Three phases, each on its own ``harness.stack.Stack`` (garments, ingest, 2 preprocess and 2
 generator workers, warp backend), each with one session: a moving camera over the real sample
 photo at ``--fps``, a ``Watcher`` on the output, and a swap every ``--swap-interval`` seconds
 cycling catalogue garments. After ``--before`` seconds the phase's victim is SIGKILLed while swaps
@@ -32,11 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,13 +43,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from harness import probe
 from tools.bench.common import emit, provenance
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
     from nats.aio.msg import Msg
 
-    from services.cli.stack import Stack
+    from harness.stack import Stack
     from services.watch.client import Watcher
     from shared.subjects import Subjects
 
@@ -234,8 +233,7 @@ class Swapper:
 
 # -- the cluster's roles --------------------------------------------------------------------------------
 def _monitor(port: int, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-        return json.loads(resp.read())
+    return probe.get_json(port, path, timeout_s=2)
 
 
 def clients_by_node(monitor_ports: Sequence[int]) -> list[list[str]]:
@@ -272,7 +270,7 @@ async def stream_replicas(nc: NATS, stream: str) -> int | None:
 
 async def cluster_roles(nc: NATS, stack: Stack, subjects: Subjects) -> dict[str, str]:
     """Which node leads the JetStream meta group and each stream and bucket the fleet uses."""
-    from shared.natsserver import EmbeddedCluster
+    from harness.natsserver import EmbeddedCluster
 
     assert isinstance(stack.nats, EmbeddedCluster)
     roles: dict[str, str] = {}
@@ -327,7 +325,7 @@ async def choose_victim(
             lambda: _kill_child(child),
             {"epoch_before": held[0].epoch, "pid": child.proc.pid},
         )
-    from shared.natsserver import EmbeddedCluster
+    from harness.natsserver import EmbeddedCluster
 
     cluster = stack.nats
     assert isinstance(cluster, EmbeddedCluster)
@@ -442,17 +440,17 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 
 async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    from runtime.bus import connect
+    from runtime.fleet.view import open_view
+    from runtime.media import read_image, sample_photo
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
-    from services.garments.starter import load_catalogue
+    from services.garments.starter import add_starter_garments
     from services.watch.client import Watcher
     from shared import control
-    from shared.bus import connect
-    from shared.fleet import open_view
     from shared.garment_client import GarmentClient
     from shared.headers import now_ns
-    from shared.media import read_image, sample_photo
-    from shared.settings import BaseSettings
     from shared.subjects import Channel, Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
@@ -464,7 +462,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
     view = None
     camera_stop = asyncio.Event()
     try:
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=60), garments)
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=60), garments)
         view = await open_view(nc.jetstream(), subjects, replicas)
         answers = Answers()
         await nc.subscribe(subjects.events(sid), cb=answers.on_event)
@@ -519,7 +517,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
             owner_after=new_owner[0].worker_id if new_owner else None,
             owner_after_epoch=new_owner[0].epoch if new_owner else None,
             owner_after_reason=new_owner[0].reason if new_owner else None,
-            # an epoch is the wall-clock millisecond of the owner change (shared.fleet.next_epoch)
+            # an epoch is the wall-clock millisecond of the owner change (runtime.fleet.records.next_epoch)
             kill_to_owner_change_s=_round((new_owner[0].epoch * 1e6 - kill_ns) / 1e9)
             if new_owner and new_owner[0].epoch * 1_000_000 > kill_ns
             else None,
@@ -542,7 +540,7 @@ async def run_phase(phase: str, stack: Stack, args: argparse.Namespace) -> dict[
 
 
 def run_stack_phase(phase: str, args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     env = {
         "CHAMELEON_OUT_WIDTH": str(args.width),

@@ -53,13 +53,16 @@ import random
 import re
 import shutil
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness import probe
+from harness.session import open_session
 from tools.bench.common import emit, provenance
 from tools.samples import with_sof_size
 
@@ -73,27 +76,13 @@ GOALS = {"crashes": 0, "unaccounted": 0, "neighbour_fps_ratio": 0.9, "log_lines_
 
 
 # -- the arithmetic (pure) ----------------------------------------------------------------------------
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
 Sample = tuple[str, dict[str, str], float]
 
 
 def parse_metrics(text: str) -> list[Sample]:
-    """Prometheus text exposition → ``(name, labels, value)`` samples (comments skipped)."""
-    out: list[Sample] = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), value))
-    return out
+    """Prometheus text exposition → ``(name, labels, value)`` samples, read by prometheus_client's
+    own parser (the services write it with the same library)."""
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
 
 
 def metric_sum(samples: Iterable[Sample], name: str, **labels: str) -> float:
@@ -572,8 +561,7 @@ def scrape(stack: Any) -> dict[str, list[Sample]]:
     out = {}
     for c in stack.children:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{c.health_port}/metrics", timeout=3) as r:
-                out[c.worker_id] = parse_metrics(r.read().decode())
+            out[c.worker_id] = parse_metrics(probe.get(c.health_port, "/metrics", timeout_s=3).decode())
         except OSError:
             out[c.worker_id] = []
     return out
@@ -645,15 +633,6 @@ def log_written(log_dir: Path, since: Mapping[str, int]) -> tuple[int, Counter[s
     return total, events, raw
 
 
-async def _wait(predicate: Any, timeout_s: float, interval_s: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(interval_s)
-    return True
-
-
 async def settle(read: Any, target: float, timeout_s: float, quiet_s: float = 3.0) -> float:
     """Poll ``read()`` (in a thread) until it reaches ``target`` or stops changing for ``quiet_s``."""
     deadline = time.monotonic() + timeout_s
@@ -672,7 +651,7 @@ async def settle(read: Any, target: float, timeout_s: float, quiet_s: float = 3.
 # -- the run ----------------------------------------------------------------------------------------------
 async def keepalive(nc: Any, subjects: Any, m: Material, frames: Sequence[bytes], stop: asyncio.Event) -> int:
     """One valid frame a second for the fuzz session (its control consumer stays bound)."""
-    from shared.bus import publish_frame
+    from shared.client import publish_frame
     from shared.headers import FrameMeta, now_ns
 
     sent, seq = 0, KEEPALIVE_SEQ
@@ -761,15 +740,11 @@ async def send_all(
 
 
 async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    from runtime.media import encode_jpeg, read_image, sample_photo
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
-    from services.garments.starter import load_catalogue
-    from services.watch.client import Watcher
     from shared import control
-    from shared.bus import connect
-    from shared.garment_client import GarmentClient
-    from shared.media import encode_jpeg, read_image, sample_photo
-    from shared.settings import BaseSettings
     from shared.subjects import Channel, Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
@@ -782,22 +757,17 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     m = Material(fuzz, neighbour, subjects.prefix, keep_frames[0], small, args.width, args.height)
     probes = plan(m, args.messages, args.seed)
 
-    admin = await connect(stack.url, "bench-fuzz-admin", credentials=stack.admin_credentials)
-    await load_catalogue(GarmentClient(admin, subjects, timeout_s=60), [GARMENT])
-    good = await connect(stack.url, f"camera-{neighbour}", credentials=stack.session_credentials(neighbour))
-    watcher = Watcher(good, subjects, neighbour, keep_frames=False)
-    await watcher.start()
-    good_started = asyncio.Event()
-
-    async def on_good_event(msg: Any) -> None:
-        if b"session_started" in msg.data:
-            good_started.set()
-
-    await good.subscribe(subjects.events(neighbour), cb=on_good_event)
-    start = control.start(neighbour, GARMENT, "warp", args.width, args.height, args.fps)
-    await control.publish_control(good, subjects, start, ensure_stream=False)
-    await asyncio.wait_for(good_started.wait(), 60)
-
+    live = await open_session(
+        stack,
+        subjects,
+        neighbour,
+        GARMENT,
+        width=args.width,
+        height=args.height,
+        fps=args.fps,
+        name="bench-fuzz",
+    )
+    admin, good, watcher = live.admin, live.client.nc, live.watcher
     client = FuzzClient()
     client.nc = await open_raw(stack.url, stack.session_credentials(fuzz), client, f"fuzz-{fuzz}")
     await client.nc.subscribe(subjects.events(fuzz), cb=client.on_event)
@@ -812,7 +782,7 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     frames = cam.frames()
     cam_a = asyncio.create_task(run_camera(good, subjects, neighbour, frames, args.fps, stop=stop_a))
     keep_a = asyncio.create_task(keepalive(client.nc, subjects, m, keep_frames, stop_a))
-    if not await _wait(lambda: len(watcher.frames) > 0, 120):
+    if not await probe.wait_for(lambda: len(watcher.frames) > 0, 120, 0.2):
         raise RuntimeError("no output for the good session within 120 s: see the service logs")
     await asyncio.sleep(args.warmup)
     t_a0 = time.time_ns()
@@ -970,7 +940,7 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     log_dir = Path(args.logs)
     shutil.rmtree(log_dir, ignore_errors=True)  # this bench's own folder: lines are counted in it

@@ -23,15 +23,15 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from harness.natsserver import EmbeddedNats
+from runtime.bus import connect
+from runtime.metrics import percentiles
+from runtime.service import serve_in_task
 from services.garments.catalogue import catalogue_photos, starter_catalogue
 from services.garments.encoder import encoder_version
 from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
-from shared.bus import connect
 from shared.garment_client import GarmentAsset, GarmentClient
-from shared.metrics import percentiles
-from shared.natsserver import EmbeddedNats
-from shared.service import serve_in_task
 from shared.subjects import Subjects
 
 GOAL_FETCH_P95_MS = 10.0

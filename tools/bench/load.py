@@ -2,8 +2,8 @@
 
 N generator worker processes with the ``sim`` backend (each frame holds a worker thread for a
 fixed service time, like a GPU call, and comes out as a tiny JPEG), the garment service, and an
-embedded nats-server, all from ``services.cli.stack.Stack``. This process plays ingest and
-preprocess for every session: it admits each one with ``shared.fleet.Admission`` (what ingest
+embedded nats-server, all from ``harness.stack.Stack``. This process plays ingest and
+preprocess for every session: it admits each one with ``services.ingest.admission.Admission`` (what ingest
 does at a session's first frame) and publishes recorded MediaPipe conditioning straight to the
 session's ``cond`` subject at the camera rate, so MediaPipe is not what limits the run.
 
@@ -15,7 +15,7 @@ admitted session has produced output:
 - ``latency_ms``: publish of the conditioning -> this process receiving the output (bus + generator);
 - ``placement``: owner records per live generator worker (``FleetView.owned``);
 - ``control_plane_cpu_ms_per_session_s``: the generator processes' CPU time (user + system, from
-  ``/proc/<pid>/stat``) per second of one session. The sim service time is ``time.sleep``, which
+  psutil) per second of one session. The sim service time is ``time.sleep``, which
   costs no CPU time, so nothing has to be subtracted for it: what remains is decode, routing,
   leases, KV watches, encode and publish.
 
@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import probe
 from tools.bench.common import child_pids, cpu_total, emit, process_cpu_s, provenance
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
 
-    from shared.fleet import Admission
+    from services.ingest.admission import Admission
     from shared.schemas import Conditioning
 
 GARMENT = "tee-red-solid"
@@ -106,9 +107,9 @@ def goals(report: Mapping[str, Any], fps: float, extra_asked: int) -> dict[str, 
 # -- recorded conditioning ------------------------------------------------------------------------------
 def record_conditioning(frames: int, width: int, height: int) -> list[Conditioning]:
     """Real MediaPipe conditioning of a moving camera over the real sample photo, once."""
+    from runtime.media import read_image, sample_photo
     from services.camera.source import MotionCamera
     from services.preprocess.pipeline import SessionPreprocessor
-    from shared.media import read_image, sample_photo
 
     cam = MotionCamera(read_image(sample_photo("bus.jpg", fetch=True)), width, height)
     pre = SessionPreprocessor("bench-load")
@@ -180,7 +181,7 @@ class Publisher:
         offset_s: float,
         stop: asyncio.Event,
     ) -> None:
-        from shared.bus import publish_frame
+        from shared.client import publish_frame
         from shared.headers import FrameMeta, now_ns
 
         period = 1.0 / fps
@@ -224,24 +225,16 @@ async def admit_all(
     return sorted(admitted, key=order.__getitem__), refused
 
 
-async def _wait(predicate: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.1)
-    return True
-
-
 async def measure(
     url: str, generator_pids: list[int], recorded: list[Conditioning], args: argparse.Namespace
 ) -> dict:
-    from services.garments.starter import load_catalogue
-    from shared.bus import connect
-    from shared.fleet import Admission, open_view
+    from runtime.bus import connect
+    from runtime.fleet.view import open_view
+    from runtime.settings import BaseSettings
+    from services.garments.starter import add_starter_garments
+    from services.ingest.admission import Admission
     from shared.garment_client import GarmentClient
     from shared.headers import now_ns
-    from shared.settings import BaseSettings
     from shared.subjects import Channel, Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
@@ -250,14 +243,14 @@ async def measure(
     tasks: list[asyncio.Task[None]] = []
     view = None
     try:
-        await load_catalogue(GarmentClient(nc, subjects, timeout_s=60), [args.garment])
+        await add_starter_garments(GarmentClient(nc, subjects, timeout_s=60), [args.garment])
         view = await open_view(nc.jetstream(), subjects)
         now = time.time_ns
 
         def live_workers() -> list[str]:
             return [w.worker_id for w in view.workers("generator") if w.alive(now())]
 
-        if not await _wait(lambda: len(live_workers()) >= args.workers, WORKERS_TIMEOUT_S):
+        if not await probe.wait_for(lambda: len(live_workers()) >= args.workers, WORKERS_TIMEOUT_S, 0.1):
             raise RuntimeError(f"{len(live_workers())} of {args.workers} workers hold a lease: see the logs")
         outputs, errors = Outputs(), Errors()
         await nc.subscribe(
@@ -279,7 +272,7 @@ async def measure(
             tasks.append(asyncio.create_task(run, name=f"publish:{sid}"))
         t_warm = time.monotonic()
         # a session with no output by then is reported starved, not waited for
-        await _wait(lambda: all(outputs.arrivals.get(s) for s in admitted), WARMUP_TIMEOUT_S)
+        await probe.wait_for(lambda: all(outputs.arrivals.get(s) for s in admitted), WARMUP_TIMEOUT_S, 0.1)
         warmup_s = time.monotonic() - t_warm
         await asyncio.sleep(1.0)  # past the first frames' garment fetch and renderer opening
 
@@ -357,7 +350,7 @@ async def measure(
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     recorded = record_conditioning(RECORDED_FRAMES, args.width, args.height)
     env = {

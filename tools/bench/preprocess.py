@@ -14,25 +14,19 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import sys
 import time
 
 import numpy as np
+
+from tools.bench.common import rss_kib
 
 WARMUP_FRAMES = 30
 FRAME_MS = 1000.0 / 30.0
 
 
 def rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return rss_kib(os.getpid()) / 1024.0
 
 
 def machine() -> dict[str, object]:
@@ -59,9 +53,9 @@ def _pct(xs: list[float]) -> dict[str, float]:
 
 def run_stream(photo: np.ndarray, width: int, height: int, frames: int, progress: bool = False) -> dict:
     """Preprocess ``frames`` moving-camera frames; time each frame from JPEG to message bytes."""
+    from runtime.media import encode_jpeg
     from services.camera.source import MotionCamera
     from services.preprocess.pipeline import SessionPreprocessor
-    from shared.media import encode_jpeg
     from tools.eval.preprocess import detect_rate
 
     cam = MotionCamera(photo, width, height)
@@ -133,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.frames < 10 or args.frames_720p < 10:
         parser.error("--frames and --frames-720p must be at least 10")
 
-    from shared.media import MediaError, read_image, sample_photo
+    from runtime.media import MediaError, read_image, sample_photo
 
     try:
         photo = read_image(sample_photo("bus.jpg"))

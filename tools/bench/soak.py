@@ -2,10 +2,10 @@
 output rate do meanwhile (issue #13).
 
 The demo pipeline (garments, ingest, preprocess, generator with the warp backend; secure unless
-``--insecure``) from ``services.cli.stack.Stack``, one session streaming ``--frames`` frames of a
+``--insecure``) from ``harness.stack.Stack``, one session streaming ``--frames`` frames of a
 moving camera over the sample photo at ``--fps`` (default 30: faster than the warp pipeline
 sustains on a small machine, so the services run full; 15 for a camera's rate). Every
-``--sample-s`` seconds the resident set (``VmRSS`` in ``/proc/<pid>/status``) of each service
+``--sample-s`` seconds the resident set (psutil) of each service
 process is read. Reported:
 
 - ``rss_growth_ratio``: per service, its RSS when the last frame was sent over its RSS once the
@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.bench.common import emit, provenance
+import psutil
+
+from tools.bench.common import emit, provenance, rss_kib
 
 SERVICES = ["garments", "ingest", "preprocess", "generator"]
 GARMENT = "tee-red-solid"
@@ -41,14 +43,6 @@ GOAL_RSS_GROWTH = 1.05
 
 
 # -- the arithmetic (pure) ----------------------------------------------------------------------------
-def rss_kib(status_text: str) -> int | None:
-    """``VmRSS`` of a ``/proc/<pid>/status`` text, in KiB (None for a process without one)."""
-    for line in status_text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None
-
-
 def growth_ratio(warm: float, end: float) -> float:
     return end / warm if warm > 0 else 0.0
 
@@ -96,12 +90,10 @@ class RssSampler:
     def sample(self, frames_sent: int) -> None:
         for name, pid in self.pids.items():
             try:
-                with open(f"/proc/{pid}/status", encoding="ascii") as f:
-                    kib = rss_kib(f.read())
-            except OSError:  # exited: the report's crash count says so
+                kib = rss_kib(pid)
+            except psutil.Error:  # exited: the report's crash count says so
                 continue
-            if kib is not None:
-                self.samples.setdefault(name, []).append((frames_sent, kib))
+            self.samples.setdefault(name, []).append((frames_sent, kib))
 
     def at(self, name: str, frames: int) -> int:
         """The first sample taken with at least ``frames`` sent (the last one if none)."""
@@ -110,39 +102,19 @@ class RssSampler:
 
 
 async def measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from harness.session import open_session
+    from runtime.media import read_image, sample_photo
+    from runtime.settings import BaseSettings
     from services.camera.client import run_camera
     from services.camera.source import MotionCamera
-    from services.garments.starter import load_catalogue
-    from services.watch.client import Watcher
-    from shared import control
-    from shared.bus import connect
-    from shared.garment_client import GarmentClient
-    from shared.media import read_image, sample_photo
-    from shared.settings import BaseSettings
     from shared.subjects import Subjects
 
     subjects = Subjects(BaseSettings.from_env().subject_prefix)
     sid = args.session
-    admin = await connect(stack.url, "bench-soak-admin", credentials=stack.admin_credentials)
-    await load_catalogue(GarmentClient(admin, subjects, timeout_s=60), [GARMENT])
-    nc = await connect(stack.url, f"soak-{sid}", credentials=stack.session_credentials(sid))
-    watcher = Watcher(nc, subjects, sid, keep_frames=False)
-    await watcher.start()
-    started = asyncio.Event()
-
-    async def on_event(msg: Any) -> None:
-        if b"session_started" in msg.data:
-            started.set()
-
-    await nc.subscribe(subjects.events(sid), cb=on_event)
-    await nc.flush()
-    await control.publish_control(
-        nc,
-        subjects,
-        control.start(sid, GARMENT, "warp", args.width, args.height, args.fps),
-        ensure_stream=stack.secure is False,
+    live = await open_session(
+        stack, subjects, sid, GARMENT, width=args.width, height=args.height, fps=args.fps, name="bench-soak"
     )
-    await asyncio.wait_for(started.wait(), 60)
+    admin, nc, watcher = live.admin, live.client.nc, live.watcher
 
     sampler = RssSampler({c.worker_id: c.proc.pid for c in stack.children})
     sent = 0
@@ -229,7 +201,7 @@ async def measure(stack: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from services.cli.stack import Stack
+    from harness.stack import Stack
 
     env = {
         "CHAMELEON_BACKEND": "warp",

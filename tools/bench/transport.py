@@ -22,16 +22,17 @@ import platform
 import time
 from datetime import datetime, timezone
 
+from harness.stack import Stack
+from runtime.bus import connect
+from runtime.media import encode_jpeg, read_image, sample_photo
+from runtime.metrics import percentiles
+from runtime.settings import BaseSettings
 from services.camera.source import MotionCamera
-from services.cli.stack import Stack
 from services.ingest.settings import IngestSettings
 from services.ingest.validate import Limits, process_frame
 from services.watch.client import Watcher
-from shared.bus import connect, publish_frame
+from shared.client import publish_frame
 from shared.headers import FrameMeta, now_ns
-from shared.media import encode_jpeg, read_image, sample_photo
-from shared.metrics import percentiles
-from shared.settings import BaseSettings
 from shared.subjects import Channel, Subjects
 
 

@@ -34,9 +34,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
+    from runtime.media import read_image, sample_photo
     from services.camera.source import Motion, MotionCamera
     from services.generator.warp import WarpRenderer
-    from shared.media import read_image, sample_photo
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)  # the serving worker renders one session per thread
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     camera = MotionCamera(photo, args.width, args.height, Motion(period=args.frames))
     inputs = preprocessed_frames([camera.frame(i) for i in range(args.frames)])
     if args.renderer == "legacy":
-        from services.generator.warp.legacy import LegacyWarpRenderer as WarpRenderer
+        from tools.eval.legacy_warp import LegacyWarpRenderer as WarpRenderer
     session = WarpRenderer("bench", catalogue_garment(args.garment))
     for frame in inputs[:5]:  # warm-up: allocations, first reference estimate
         session.render(frame)

@@ -28,7 +28,7 @@ TILE_HEIGHT = 300
 def photos() -> dict[str, np.ndarray]:
     import matplotlib
 
-    from shared.media import read_image, sample_photo
+    from runtime.media import read_image, sample_photo
 
     out = {}
     for name in ("bus.jpg", "zidane.jpg"):
@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import cv2
 
+    from harness.quality import write_rows
     from services.generator.warp import WarpRenderer
-    from services.generator.warp.legacy import LegacyWarpRenderer
-    from tools.quality import write_rows
+    from tools.eval.legacy_warp import LegacyWarpRenderer
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)

@@ -289,11 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--garment-frames", type=int, default=4, help="frames per clip in by_garment")
     args = parser.parse_args(argv)
 
+    from harness.quality import write_rows
     from services.garments.catalogue import spec_by_id
     from services.generator.warp import WarpRenderer
-    from services.generator.warp.legacy import LegacyWarpRenderer
     from tools.eval.figure import POSES, make_eval_clip
-    from tools.quality import write_rows
+    from tools.eval.legacy_warp import LegacyWarpRenderer
     from tools.samples import catalogue_garment, preprocessed_frames
 
     cv2.setNumThreads(1)

@@ -34,11 +34,7 @@ from services.generator.engine.autoencoder import CausalVideoAutoencoder
 from services.generator.engine.config import EngineConfig, get_config
 from services.generator.engine.transformer import CausalVideoDiT
 from services.generator.engine.weights import build_modules, load_weights, save_weights
-from tools.training.data import make_clip
-from tools.training.dmd import Segment, dmd_frame_loss, dmd_gradient, reward_weights
-from tools.training.self_forcing import RolloutPlan, rollout
-from tools.training.teacher import denoiser_loss, sample
-from tools.training.train import (
+from tools.training.common import (
     STUDENT_WARMUP,
     ProgressLog,
     ResumableRun,
@@ -53,6 +49,10 @@ from tools.training.train import (
     record_step,
     to_unit,
 )
+from tools.training.data import make_clip
+from tools.training.dmd import Segment, dmd_frame_loss, dmd_gradient, reward_weights
+from tools.training.self_forcing import RolloutPlan, rollout
+from tools.training.teacher import denoiser_loss, sample
 
 SWAP_SEED = 20_000  # swap clips for DMD rollouts: disjoint from training (0..) and evaluation (100000..)
 STREAM_CHUNKS = 3  # chunks per rolled-out stream: the evaluation's 33 frames

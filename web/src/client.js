@@ -13,6 +13,7 @@ import {
   garmentListRequest,
   inboxPrefix,
   readFrameHeaders,
+  receiverReport,
   subjects,
 } from "./protocol.js";
 
@@ -74,9 +75,16 @@ export class ChameleonSession {
     this.nc.publish(this.subjects.camera, jpeg, { headers: h });
   }
 
-  /** Resolves when the server has everything published so far: the page's backpressure. */
+  /** Resolves when the server has read everything published so far (a PING's PONG): the
+   *  acknowledgement the page's SendPacer counts bytes with, at most one per probe interval. */
   flush() {
     return this.nc.flush();
+  }
+
+  /** Tell the server what the output stream's downlink carried (fire and forget, ~1 a second):
+   *  `{windowMs, frames, bytes, queueMs}` from a ReceiveMeter. */
+  publishReceiverReport(report) {
+    this.nc.publish(this.subjects.feedback, encodeMessage(receiverReport(this.sessionId, report)));
   }
 
   /** `onFrame(jpegBytes, meta)` for each output frame; frames of a replaced owner (an older

@@ -20,28 +20,6 @@ export class LatestSlot {
   }
 }
 
-/** One camera frame in flight (encoded, published and flushed to the server); a tick that finds
- *  the gate closed drops its frame instead of queueing it: a slow link gets fewer, fresh frames. */
-export class SendGate {
-  constructor() {
-    this.busy = false;
-    this.dropped = 0;
-    this.sent = 0;
-  }
-  tryEnter() {
-    if (this.busy) {
-      this.dropped += 1;
-      return false;
-    }
-    this.busy = true;
-    return true;
-  }
-  leave(sent) {
-    this.busy = false;
-    if (sent) this.sent += 1;
-  }
-}
-
 /** Frame ticks on an absolute schedule: after a stall it skips ahead instead of bursting. */
 export class Ticker {
   constructor(fps, startMs) {
@@ -77,6 +55,37 @@ export class EpochFilter {
       return false;
     }
     this.max = epoch;
+    return true;
+  }
+}
+
+/** Output frames far older than the stream's usual latency are not drawn: after a stall the link
+ *  delivers what queued meanwhile in a burst, seconds old, and showing it would replay the past.
+ *  Usual = the lowest latency drawn over the last `windowMs`; a frame more than `marginMs` above
+ *  it is skipped, unless frames have been skipped for `giveUpMs` in a row (the path got slower
+ *  for good: the new latency becomes the usual one). Latency here is the page's own clock on
+ *  both ends (it stamped the capture), so it needs no clock agreement with the servers. */
+export class FreshnessFilter {
+  constructor({ marginMs = 500, windowMs = 5000, giveUpMs = 1000 } = {}) {
+    Object.assign(this, { marginMs, windowMs, giveUpMs });
+    this.recent = []; // [at, latency] of drawn frames, latency increasing (a min filter)
+    this.skippingSince = null;
+    this.stale = 0;
+  }
+  accept(latencyMs, nowMs) {
+    while (this.recent.length && this.recent[0][0] <= nowMs - this.windowMs) this.recent.shift();
+    const usual = this.recent.length ? this.recent[0][1] : null;
+    if (usual !== null && latencyMs > usual + this.marginMs) {
+      if (this.skippingSince === null) this.skippingSince = nowMs;
+      if (nowMs - this.skippingSince < this.giveUpMs) {
+        this.stale += 1;
+        return false;
+      }
+      this.recent = []; // slower for good: start again from this frame
+    }
+    this.skippingSince = null;
+    while (this.recent.length && this.recent[this.recent.length - 1][1] >= latencyMs) this.recent.pop();
+    this.recent.push([nowMs, latencyMs]);
     return true;
   }
 }

@@ -3,13 +3,14 @@
 // Everything it measures is in `window.chameleon.stats()` (the tests and `chameleon bench
 // browser` read it there).
 import { ChameleonSession } from "./client.js";
-import { LatestSlot, SendGate, Ticker } from "./frames.js";
+import { FreshnessFilter, LatestSlot, Ticker } from "./frames.js";
 import { FpsMeter, Samples, SwapTimer } from "./meters.js";
+import { LinkFitter, RateMeter, ReceiveMeter, SendPacer } from "./pacing.js";
 import { describeEvent, nowNs, nsToMs } from "./protocol.js";
 
 const $ = (id) => document.getElementById(id);
 const NO_OUTPUT_MS = 2000; // live, but no frame drawn this long: say so instead of freezing
-const JPEG_QUALITY = 0.85;
+const HEADER_BYTES = 300; // a frame's NATS headers and protocol line, counted as sent with it
 
 const page = {
   session: null,
@@ -23,10 +24,16 @@ const page = {
   outFps: new FpsMeter(),
   camFps: new FpsMeter(),
   latency: new Samples(600),
+  drawLog: [], // [wall-clock ms when drawn, glass-to-glass ms] per drawn frame: what the bench reads
   parts: { upload: new Samples(600), services: new Samples(600), deliver: new Samples(600) },
   swaps: new SwapTimer(),
-  gate: new SendGate(),
+  pacer: new SendPacer(), // how many bytes may be on their way (acknowledged by PONGs)
+  fitter: null, // LinkFitter: quality and size of the camera frames (made with the session)
+  sending: new RateMeter(), // camera bytes and frames per second actually sent
+  fitDropped: 0, // the pacer's drops already told to the fitter
   slot: new LatestSlot(),
+  fresh: new FreshnessFilter(), // output frames queued across a stall are not drawn
+  received: new ReceiveMeter(), // the output stream's downlink, told to the generator each second
   decoding: false,
   framesDrawn: 0,
   staleDropped: 0,
@@ -74,6 +81,7 @@ async function watchStatus(client) {
     if (s.type === "disconnect" || s.type === "reconnecting" || s.type === "staleConnection") {
       setState("reconnecting", "Reconnecting…");
     } else if (s.type === "reconnect") {
+      page.pacer.reconnected(); // what was on its way is gone; the new path is measured afresh
       setState("live", "Live");
     } else if (s.type === "error") {
       page.errors.push(String(s.error?.message || s.error));
@@ -181,6 +189,9 @@ function markApplied(garmentId, eventLatencyMs, firstSeq) {
 
 // -- output ------------------------------------------------------------------------------------------
 function onFrame(jpeg, meta) {
+  const out = meta.trace.length ? meta.trace[meta.trace.length - 1] : null;
+  const delivery = out?.edge === "out" ? nsToMs(nowNs() - out.ns) : null;
+  page.received.onFrame(performance.now(), jpeg.length, delivery);
   page.slot.put({ jpeg, meta });
   if (!page.decoding) drawLoop();
 }
@@ -191,6 +202,8 @@ async function drawLoop() {
   const ctx = canvas.getContext("2d");
   try {
     for (let item = page.slot.take(); item; item = page.slot.take()) {
+      const age = item.meta.captureNs === null ? null : nsToMs(nowNs() - item.meta.captureNs);
+      if (age !== null && !page.fresh.accept(age, performance.now())) continue; // queued across a stall
       let bitmap;
       try {
         bitmap = await createImageBitmap(new Blob([item.jpeg], { type: "image/jpeg" })); // off the main thread
@@ -209,7 +222,10 @@ async function drawLoop() {
       page.outFps.tick(drawnMs);
       if (item.meta.captureNs !== null) {
         const drawnNs = nowNs();
-        page.latency.add(nsToMs(drawnNs - item.meta.captureNs));
+        const latencyMs = nsToMs(drawnNs - item.meta.captureNs);
+        page.latency.add(latencyMs);
+        page.drawLog.push([nsToMs(drawnNs), latencyMs]);
+        if (page.drawLog.length > 6000) page.drawLog.splice(0, 1000);
         addLatencyParts(item.meta, drawnNs);
       }
       if (item.meta.garmentId) {
@@ -304,46 +320,112 @@ async function chooseSource(demo) {
   page.demo = page.source.name === "demo";
 }
 
-function encodeJpeg(canvas) {
-  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", JPEG_QUALITY));
+function encodeJpeg(canvas, quality) {
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", quality));
 }
 
+/** The fitter for this session's bounds: the size and rate it asks for, down to its minimum. */
+function makeFitter(session) {
+  return new LinkFitter({
+    fps: session.fps,
+    width: session.width,
+    height: session.height,
+    minWidth: session.min_width || session.width,
+    minHeight: session.min_height || session.height,
+    maxQuality: session.jpeg_quality || 0.85,
+    minQuality: session.min_jpeg_quality || session.jpeg_quality || 0.85,
+  });
+}
+
+/** A PING at most every probe interval (never one per frame): its PONG acknowledges every byte
+ *  published before it, which is what the pacer's window and the fitter's rate are made of. */
+function probe(client, now) {
+  if (!page.pacer.wantProbe(now)) return;
+  const token = page.pacer.probeSent(now);
+  client.flush().then(
+    () => {
+      if (client !== page.client) return;
+      const at = performance.now();
+      const measured = page.pacer.onAck(token, at);
+      const dropped = page.pacer.framesDropped - page.fitDropped;
+      page.fitDropped = page.pacer.framesDropped;
+      if (!measured) return; // waited out a stall: not a sign of a slow link
+      page.fitter.onLink(at, {
+        rateBps: page.pacer.rate(at),
+        queueMs: page.pacer.queueMs(at),
+        dropped,
+        sendingBps: page.sending.bps(at),
+      });
+    },
+    () => {}, // disconnected: the reconnect resets the pacer
+  );
+}
+
+/** Camera frames at the session's fps, each tick's frame sent only if the link has room for it
+ *  (else dropped: a slow link gets fewer, fresh frames, never a queue), at the size and JPEG
+ *  quality the fitter chose for the link. */
 async function sendLoop() {
   const canvas = $("camera");
-  const { width, height, fps } = page.session;
-  canvas.width = width;
-  canvas.height = height;
   const ctx = canvas.getContext("2d", { willReadFrequently: false });
-  const ticker = new Ticker(fps, performance.now());
+  const ticker = new Ticker(page.session.fps, performance.now());
   let seq = 0;
   for (;;) {
     const wait = ticker.due(performance.now());
     if (wait > 0) await new Promise((r) => setTimeout(r, wait));
     ticker.advance();
     const i = seq++;
-    if (!page.source || !page.client) continue; // no session for a moment (renewing)
-    if (!page.gate.tryEnter()) continue; // the last frame is still on its way: drop this one
-    let sent = false;
+    const client = page.client;
+    if (!page.source || !client || page.state === "reconnecting") continue; // no link for a moment
+    probe(client, performance.now()); // also when no frame goes: what was sent gets acknowledged
+    if (!page.pacer.admit(performance.now(), page.fitter.expectedBytes() + HEADER_BYTES)) continue;
     try {
+      const { width, height } = page.fitter.size;
+      if (canvas.width !== width || canvas.height !== height) {
+        canvas.width = width;
+        canvas.height = height;
+      }
       page.source.draw(ctx, width, height, i);
       const captureNs = nowNs();
-      const blob = await encodeJpeg(canvas);
-      const client = page.client;
-      if (blob && client && page.state !== "reconnecting") {
-        client.publishFrame(new Uint8Array(await blob.arrayBuffer()), { seq: i, captureNs, width, height });
-        page.camFps.tick(performance.now());
-        sent = true;
-        await client.flush();
-      }
+      const blob = await encodeJpeg(canvas, page.fitter.quality);
+      if (!blob || client !== page.client) continue;
+      const jpeg = new Uint8Array(await blob.arrayBuffer());
+      client.publishFrame(jpeg, { seq: i, captureNs, width, height });
+      const now = performance.now();
+      page.pacer.onSent(jpeg.length + HEADER_BYTES);
+      page.sending.add(now, jpeg.length);
+      page.fitter.onFrame(now, jpeg.length);
+      page.camFps.tick(now);
+      probe(client, now);
     } catch (err) {
       page.errors.push(String(err.message || err));
-    } finally {
-      page.gate.leave(sent);
     }
   }
 }
 
 // -- overlay -----------------------------------------------------------------------------------------
+/** The send side as it stands: what the fitter chose, what goes out, what the link showed. */
+function sendStats(now) {
+  const f = page.fitter;
+  const p = page.pacer;
+  const kbps = (bps) => (bps === null || bps === undefined ? null : Math.round((bps * 8) / 100) / 10);
+  return {
+    quality: f?.quality ?? null,
+    width: f?.size.width ?? null,
+    height: f?.size.height ?? null,
+    frame_bytes: f?.frameBytes == null ? null : Math.round(f.frameBytes),
+    fps: p ? page.sending.fps(now) : 0,
+    kbps: kbps(page.sending.bps(now)),
+    link_kbps: kbps(p.rate(now)),
+    target_kbps: kbps(f?.targetBps),
+    rtt_min_ms: p.rttMin(now),
+    queue_ms: Math.round(p.queueMs(now)),
+    in_flight_bytes: p.inFlight,
+    window_bytes: Math.round(p.window(now, (f?.expectedBytes() ?? 0) + HEADER_BYTES)),
+    frames_dropped: p.framesDropped,
+    fits: f?.changes ?? 0,
+  };
+}
+
 function stats() {
   const now = performance.now();
   return {
@@ -355,23 +437,39 @@ function stats() {
     fps_displayed: page.outFps.fps(now),
     fps_sent: page.camFps.fps(now),
     frames_drawn: page.framesDrawn,
-    frames_sent: page.gate.sent,
+    frames_sent: page.pacer.framesSent,
     latency_ms: { p50: page.latency.p(50), p95: page.latency.p(95), count: page.latency.count },
     latency_all_ms: page.latency.all.slice(-5000),
+    draw_log: page.drawLog.slice(),
     latency_parts_ms: Object.fromEntries(
       Object.entries(page.parts).map(([k, s]) => [k, { p50: s.p(50), p95: s.p(95) }]),
     ),
     swap_ms: page.swaps.done.all.slice(),
     last_swap_ms: page.swaps.last,
-    frames_dropped_by_page: page.gate.dropped + page.slot.replaced,
-    camera_frames_dropped: page.gate.dropped,
+    frames_dropped_by_page: page.pacer.framesDropped + page.slot.replaced + page.fresh.stale,
+    camera_frames_dropped: page.pacer.framesDropped,
     output_frames_replaced: page.slot.replaced,
     stale_epoch_dropped: page.staleDropped,
+    stale_frames_skipped: page.fresh.stale,
+    send: sendStats(now),
+    receiver_report: page.lastReport ?? null,
     garment_in_effect: page.inEffect,
     garments: [...page.garments.keys()],
     events: page.events.slice(-50),
     errors: page.errors.slice(-20),
   };
+}
+
+/** Once a second: what the downlink carried, so the generator can fit this session's output. */
+function sendReceiverReport() {
+  const report = page.received.report(performance.now());
+  if (!report || !page.client || page.state === "reconnecting") return;
+  try {
+    page.client.publishReceiverReport(report);
+    page.lastReport = report;
+  } catch (err) {
+    page.errors.push(String(err.message || err));
+  }
 }
 
 /** Four times a second: only the overlay's own figures (`stats()` copies every sample). */
@@ -383,6 +481,11 @@ function updateOverlay() {
   $("m-p50").textContent = measured ? `${Math.round(page.latency.p(50))} ms` : "–";
   $("m-p95").textContent = measured ? `${Math.round(page.latency.p(95))} ms` : "–";
   $("m-swap").textContent = page.swaps.last != null ? `${Math.round(page.swaps.last)} ms` : "–";
+  const send = page.fitter && page.sending.fps(now) > 0 ? sendStats(now) : null;
+  $("m-send").textContent = send
+    ? `${Math.round(send.frame_bytes / 1000)} KB · ${send.fps.toFixed(1)} fps · ${(send.kbps / 1000).toFixed(1)} Mbit/s`
+    : "–";
+  $("m-size").textContent = send ? `${send.width}×${send.height} q${Math.round(send.quality * 100)}` : "–";
   if (page.state === "live" && now - page.lastDrawMs > NO_OUTPUT_MS) {
     setState("waiting", "Waiting for the stream…");
   }
@@ -416,6 +519,7 @@ async function renewSession() {
     await client.start({ garmentId: page.inEffect, width, height, fps });
     page.session = session;
     page.client = client;
+    page.pacer.reconnected(); // a new connection: its own acknowledgements
     page.appliedSeq = -1; // the new session's frames count afresh
     page.renewals += 1;
     if (page.state === "error" || page.state === "reconnecting") setState("waiting", "Waiting for the stream…");
@@ -442,10 +546,12 @@ function scheduleRenewal() {
 async function main() {
   window.chameleon = { stats, swapTo };
   setInterval(updateOverlay, 250);
+  setInterval(sendReceiverReport, 1000);
   try {
     setState("connecting", "Connecting…");
     const { session, client } = await openSession();
     page.session = session;
+    page.fitter = makeFitter(session);
     page.client = client;
     const items = await client.listGarments();
     renderCatalogue(items);

@@ -32,6 +32,7 @@ export function subjects(prefix, sessionId) {
     control: `${s}.control`,
     output: `${s}.out`,
     events: `${s}.events`,
+    feedback: `${s}.feedback`,
     garmentsList: `${prefix}._svc.garments.list`,
     garmentsGet: `${prefix}._svc.garments.get`,
   };
@@ -120,6 +121,20 @@ export function control(action, sessionId, opts = {}) {
   };
   if (action === "swap" && !msg.garment_id) throw new Error("a swap needs a garment id");
   return msg;
+}
+
+/** What the viewer received over the last `windowMs` (shared.schemas.ReceiverReport): the
+ *  generator fits the session's output quality to it. */
+export function receiverReport(sessionId, { windowMs, frames, bytes, queueMs }) {
+  return {
+    type: "receiver_report",
+    v: 1,
+    session_id: sessionId,
+    window_ms: Number(windowMs),
+    frames: Math.round(frames),
+    bytes: Math.round(bytes),
+    queue_ms: Math.max(0, Math.min(600_000, Number(queueMs))),
+  };
 }
 
 export function encodeMessage(obj) {

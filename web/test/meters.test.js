@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { EpochFilter, LatestSlot, SendGate, Ticker } from "../src/frames.js";
+import { EpochFilter, LatestSlot, Ticker } from "../src/frames.js";
 import { FpsMeter, Samples, SwapTimer, percentile } from "../src/meters.js";
 
 test("percentiles are nearest-rank, as the Python side computes them", () => {
@@ -48,16 +48,6 @@ test("latest frame wins and the replaced ones are counted", () => {
   assert.equal(s.take(), 3);
   assert.equal(s.take(), null);
   assert.equal(s.replaced, 2);
-});
-
-test("one camera frame in flight: the next tick drops instead of queueing", () => {
-  const g = new SendGate();
-  assert.equal(g.tryEnter(), true);
-  assert.equal(g.tryEnter(), false);
-  g.leave(true);
-  assert.equal(g.tryEnter(), true);
-  assert.equal(g.dropped, 1);
-  assert.equal(g.sent, 1);
 });
 
 test("the ticker skips ticks after a stall instead of bursting", () => {

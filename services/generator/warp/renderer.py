@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
+from runtime.lru import LRU
 from services.generator.rendering import AtCapacity, FrameInput, Garment, RenderedFrame
 from services.generator.warp import mapping, region
 from services.generator.warp.fit import Fit, FitConfig, facing_width, fit_garment
@@ -28,7 +29,6 @@ from services.generator.warp.geometry import GarmentGeometry
 from services.generator.warp.region import ARMS, RegionConfig, SkinModel
 from services.generator.warp.shading import Materials, ShadingConfig, shading_gain
 from shared.body import LM
-from shared.lru import LRU
 
 
 @dataclass(frozen=True)
@@ -682,9 +682,8 @@ class PreparedGarments:
     by its sessions, so a swap does not redo it: the renderer's analogue of the paper's
     precomputed garment K/V. Keyed by garment id and texture content; least recently used evicted."""
 
-    def __init__(self, capacity: int = 64, bleed: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def __init__(self, capacity: int = 64) -> None:
         self._items: LRU[tuple[str, bytes], tuple[np.ndarray, GarmentGeometry]] = LRU(capacity)
-        self._bleed = bleed or _bleed  # the legacy renderer brings its own edge fill
 
     def get(self, garment: Garment) -> tuple[np.ndarray, GarmentGeometry]:
         tex = garment.texture_bgra
@@ -694,7 +693,7 @@ class PreparedGarments:
         item = self._items.get(key)
         if item is None:
             item = (
-                self._bleed(tex),
+                _bleed(tex),
                 GarmentGeometry.from_keypoints(garment.keypoints, garment.category, tex[..., 3]),
             )
             self._items.put(key, item)

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.media import encode_jpeg
 from services.generator.inputs import frame_input
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, SchemaError, pack_array
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.generator.lifecycle import APPLIED_EVENTS_KEPT, PENDING_META_KEPT, SessionTable
+from services.generator.lifecycle import APPLIED_EVENTS_KEPT, PENDING_META_KEPT, SessionTable, StoredSession
 from services.generator.rendering import FrameInput, Garment
 from services.generator.warp import WarpBackend
 from shared import control as controls
@@ -46,14 +46,14 @@ def test_capacity_is_per_worker_and_a_running_session_may_reopen(red: Garment) -
     assert len(table) == 2
 
 
-def test_a_restart_keeps_idempotency_memory_and_epoch(red: Garment, blue: Garment) -> None:
+def test_a_restart_keeps_idempotency_memory(red: Garment, blue: Garment) -> None:
     table = SessionTable(8)
-    state = SessionState(session_id="s", garment_id="tee-red-solid", epoch=7, applied_events=["e1", "e2"])
+    state = SessionState(session_id="s", garment_id="tee-red-solid", applied_events=["e1", "e2"])
     first = table.open("s", red, "warp", state)
-    assert (first.epoch, first.applied_events) == (7, ["e1", "e2"])
+    assert first.applied_events == ["e1", "e2"]
     first.remember_event("e3")
     again = table.open("s", blue, "warp", None, previous=first)
-    assert (again.epoch, again.applied_events) == (7, ["e1", "e2", "e3"])
+    assert again.applied_events == ["e1", "e2", "e3"]
     assert again.garment is blue
 
 
@@ -61,11 +61,10 @@ def test_duplicates_are_found_in_memory_and_in_stored_state(red: Garment) -> Non
     table = SessionTable(8)
     served = table.open("s", red, "warp")
     served.remember_event("live")
-    stored = SessionState(session_id="s", garment_id="x", applied_events=["stored"])
-    assert SessionTable.is_duplicate("live", served, None)
-    assert SessionTable.is_duplicate("stored", None, stored)
-    assert not SessionTable.is_duplicate("new", served, stored)
-    assert not SessionTable.is_duplicate("live", None, None)
+    stored = StoredSession(SessionState(session_id="s", garment_id="x", applied_events=["stored"]))
+    assert served.is_duplicate("live") and not served.is_duplicate("stored")
+    assert stored.is_duplicate("stored") and not stored.is_duplicate("live")
+    assert not served.is_duplicate("new") and not stored.is_duplicate("new")
 
 
 def test_memory_of_events_and_metas_is_bounded(red: Garment) -> None:
@@ -85,11 +84,9 @@ def test_a_swap_replaces_the_renderer_and_hands_back_the_old_one(red: Garment, b
     old = served.renderer = backend.open("s", red)
     new = old.swap(blue)
     swap = controls.swap("s", blue.garment_id)
-    stale, replaced = SessionTable.swap(
-        served, swap, blue, new, received_ns=swap.published_ns + 5, started_ns=0
-    )
+    stale, replaced = served.swap(swap, blue, new, received_ns=swap.published_ns + 5, started_ns=0)
     assert stale is old and replaced is None and served.renderer is new and served.garment is blue
-    assert served.seen(swap.event_id)
+    assert served.is_duplicate(swap.event_id)
     assert served.pending_swap is not None and served.pending_swap.garment_id == blue.garment_id
 
 
@@ -98,7 +95,7 @@ def test_a_renderer_drawing_a_frame_is_not_closed_under_it(red: Garment, blue: G
     served = SessionTable(8).open("s", red, "warp")
     old = served.renderer = backend.open("s", red)
     served.in_flight.append(old)
-    assert SessionTable.swap(served, controls.swap("s", "x"), blue, old.swap(blue), 0, 0)[0] is None
+    assert served.swap(controls.swap("s", "x"), blue, old.swap(blue), 0, 0)[0] is None
     assert not old.closed  # the frame path closes it when its frame ends
     served.in_flight.remove(old)
     drawing = served.renderer
@@ -110,7 +107,7 @@ def test_a_renderer_drawing_a_frame_is_not_closed_under_it(red: Garment, blue: G
 def test_swap_applied_comes_once_with_the_first_frame_of_the_new_garment(red: Garment, blue: Garment) -> None:
     served = SessionTable(8).open("s", red, "warp")
     swap = controls.swap("s", blue.garment_id)
-    SessionTable.swap(served, swap, blue, None, received_ns=swap.published_ns + 2_000_000, started_ns=0)
+    served.swap(swap, blue, None, received_ns=swap.published_ns + 2_000_000, started_ns=0)
     assert served.frame_published(red.garment_id, 1, swap.published_ns + 10_000_000) is None
     applied = served.frame_published(blue.garment_id, 2, swap.published_ns + 30_000_000)
     assert applied is not None
@@ -120,15 +117,14 @@ def test_swap_applied_comes_once_with_the_first_frame_of_the_new_garment(red: Ga
     assert served.frames_rendered == 3
 
 
-def test_the_stored_record_gets_a_new_epoch_each_change(red: Garment, blue: Garment) -> None:
+def test_the_stored_record_is_the_garment_in_effect_and_the_applied_ids(red: Garment, blue: Garment) -> None:
     served = SessionTable(8).open("s", red, "warp")
-    start = controls.start("s", red.garment_id, width=640, height=480, fps=15.0)
-    first = SessionTable.state_of(served, start)
+    served.remember_event("e1")
+    first = served.next_state()
     served.garment = blue
-    second = SessionTable.state_of(served, None)
-    assert (first.epoch, second.epoch) == (1, 2)
-    assert (first.width, first.height, first.fps, first.garment_id) == (640, 480, 15.0, red.garment_id)
-    assert second.garment_id == blue.garment_id
+    second = served.next_state()
+    assert (first.garment_id, first.backend, first.applied_events) == (red.garment_id, "warp", ["e1"])
+    assert second.garment_id == blue.garment_id and second.updated_ns >= first.updated_ns
 
 
 def test_the_latest_input_is_re_rendered_once(red: Garment) -> None:
@@ -146,8 +142,8 @@ def test_a_swap_overtaking_one_not_yet_shown_hands_it_back_to_be_answered(
 ) -> None:
     served = SessionTable(8).open("s", red, "warp")
     first, second = controls.swap("s", blue.garment_id), controls.swap("s", red.garment_id)
-    SessionTable.swap(served, first, blue, None, 0, 0)
-    _, replaced = SessionTable.swap(served, second, red, None, 0, 0)
+    served.swap(first, blue, None, 0, 0)
+    _, replaced = served.swap(second, red, None, 0, 0)
     assert replaced is not None and replaced.event_id == first.event_id
     assert served.pending_swap is not None and served.pending_swap.event_id == second.event_id
 
@@ -155,11 +151,11 @@ def test_a_swap_overtaking_one_not_yet_shown_hands_it_back_to_be_answered(
 def test_a_swap_applied_but_not_shown_is_answered_by_the_next_owner(red: Garment, blue: Garment) -> None:
     served = SessionTable(8).open("s", red, "warp")
     swap = controls.swap("s", blue.garment_id)
-    SessionTable.swap(served, swap, blue, None, 0, 0)
-    state = SessionTable.state_of(served, swap)
+    served.swap(swap, blue, None, 0, 0)
+    state = served.next_state()
     assert state.pending_event_id == swap.event_id
     heir = SessionTable(8).open("s", blue, "warp", state)
     applied = heir.frame_published(blue.garment_id, 9, swap.published_ns + 1)
     assert applied is not None and applied["event_id"] == swap.event_id
     served.frame_published(blue.garment_id, 1, swap.published_ns + 1)
-    assert SessionTable.state_of(served, None).pending_event_id == ""  # answered: nobody answers again
+    assert served.next_state().pending_event_id == ""  # answered: nobody answers again

@@ -9,10 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from services.generator.backends import BACKEND_NAMES, make_backend, resolve
+from services.generator.backends import make_backend, resolve
 from services.generator.rendering import AtCapacity, FrameInput, Garment
 from services.generator.settings import GeneratorSettings
 from services.generator.sim_backend import OUT_HEIGHT, OUT_WIDTH, SimBackend, SimRenderer
+from shared.schemas import BACKENDS
 from tools.samples import catalogue_garment
 
 pytestmark = pytest.mark.unit
@@ -69,7 +70,7 @@ def test_settings_choose_it_by_name_only() -> None:
     backend = make_backend("sim", settings)
     assert isinstance(backend, SimBackend)
     assert (backend.name, backend.service_ms, backend.max_sessions) == ("sim", 7.5, 3)
-    assert "sim" in BACKEND_NAMES
+    assert "sim" in BACKENDS
     assert resolve("sim", settings) == "sim"
     assert resolve("auto", GeneratorSettings(student_checkpoint="/nonexistent")) == "warp"
 

@@ -1,4 +1,4 @@
-"""Landmarks + masks → garment region, agnostic image, people count, status codes (synthetic)."""
+"""Landmarks + masks → garment region, people count, status codes (synthetic)."""
 
 from __future__ import annotations
 
@@ -122,15 +122,6 @@ def test_assess_codes() -> None:
     lm = landmarks()
     lm[LM.RIGHT_SHOULDER, 3] = 0.0
     assert cond.assess(lm) == [cond.PARTIAL_PERSON, cond.NO_TORSO]
-
-
-def test_agnostic_image_greys_exactly_the_region() -> None:
-    frame = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
-    region = body.garment_region(landmarks(), W, H, "top", body_mask())
-    out = cond.agnostic_image(frame, region)
-    assert (out[region > 0] == cond.AGNOSTIC_GREY).all()
-    assert (out[region == 0] == frame[region == 0]).all()
-    assert (cond.agnostic_image(frame, None) == frame).all()
 
 
 def test_masks_travel_as_small_bilevel_png() -> None:

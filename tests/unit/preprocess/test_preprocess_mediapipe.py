@@ -6,13 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime.media import encode_jpeg
 from services.camera.source import Motion, MotionCamera
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
 from services.preprocess.pose import PoseConfig, PoseTracker
 from shared.body import LM
 from shared.errors import CodedError
-from shared.media import encode_jpeg
 from shared.schemas import Conditioning, unpack_array
 from tools.eval.preprocess import detect_rate, follow_error_px, jitter_px, noisy_still_frames
 
@@ -30,7 +30,7 @@ def _near_mask(mask: np.ndarray, xy: np.ndarray, radius: int = 3) -> bool:
 
 @pytest.fixture(scope="module")
 def bus_result(bus_photo: np.ndarray):
-    pre = SessionPreprocessor("bus", PreprocessConfig(agnostic_image=True))
+    pre = SessionPreprocessor("bus", PreprocessConfig())
     try:
         for i in range(3):
             result = pre.process(bus_photo, i, 1000 + i * FRAME_MS)
@@ -71,11 +71,6 @@ def test_full_body_garment_region_covers_torso_and_excludes_face(bus_result, bus
     assert region[torso].mean() > 0.95
     for i in (LM.NOSE, 1, 4, LM.MOUTH_LEFT, LM.MOUTH_RIGHT, LM.LEFT_EAR, LM.RIGHT_EAR):
         assert not _near_mask(region.astype(np.uint8), px[i], radius=2), f"face point {i} in the region"
-    agnostic = cv2.imdecode(np.frombuffer(msg.agnostic_jpeg, np.uint8), cv2.IMREAD_COLOR)
-    assert agnostic.shape == bus_photo.shape
-    assert np.abs(agnostic[torso].astype(int) - 128).mean() < 12  # greyed out
-    nose = px[LM.NOSE].round().astype(int)
-    assert np.abs(agnostic[nose[1], nose[0]].astype(int) - bus_photo[nose[1], nose[0]]).max() < 60
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +125,7 @@ def test_static_stream_smoothed_jitter_is_at_most_half_the_raw(bus_photo) -> Non
 
 def test_message_at_640x480_is_compact(bus_photo) -> None:
     cam = MotionCamera(bus_photo, 640, 480)
-    pre = SessionPreprocessor("size", PreprocessConfig(agnostic_image=True))
+    pre = SessionPreprocessor("size", PreprocessConfig())
     try:
         for i in range(3):
             jpeg = encode_jpeg(cam.frame(i))
@@ -139,9 +134,9 @@ def test_message_at_640x480_is_compact(bus_photo) -> None:
         pre.close()
     msg = result.conditioning
     raw = msg.encode()
-    assert msg.person_found and msg.garment_mask_png and msg.agnostic_jpeg
+    assert msg.person_found and msg.garment_mask_png
     assert len(raw) < 256 * 1024, len(raw)
-    assert len(raw) - len(msg.frame_jpeg) - len(msg.agnostic_jpeg) < 8 * 1024  # masks + landmarks
+    assert len(raw) - len(msg.frame_jpeg) < 8 * 1024  # masks + landmarks
     back = Conditioning.decode(raw)
     assert back.frame_jpeg == jpeg and back.seq == 2 and back.person_found
 
@@ -190,16 +185,6 @@ def test_tracker_restarts_on_time_reversal_and_rebuilds_after_n_frames(bus_photo
         with pytest.raises(ValueError):
             tracker.process(frame[:, :, 0], 2000)
     assert not tracker.is_open
-
-
-def test_agnostic_image_is_off_unless_asked_for(bus_photo) -> None:
-    """No built-in backend reads it: by default the message carries no second JPEG."""
-    pre = SessionPreprocessor("no-agnostic")
-    try:
-        msg = pre.process(bus_photo, 0, 0.0).conditioning
-    finally:
-        pre.close()
-    assert msg.person_found and msg.garment_mask_png and msg.agnostic_jpeg is None
 
 
 def test_a_large_frame_is_shrunk_for_mediapipe_and_its_masks_come_back_full_size(zidane_photo) -> None:

@@ -10,8 +10,8 @@ import torch
 from services.garments.catalogue import spec_by_id
 from services.generator.engine import TINY
 from services.generator.engine.conditioning import conditioning_to_latent
+from tools.training.common import clip_conditioning_latent
 from tools.training.data import FILLED_LANDMARKS, L_SH, R_HIP, RESTART_LATENTS, make_clip
-from tools.training.train import clip_conditioning_latent
 
 pytestmark = pytest.mark.unit
 

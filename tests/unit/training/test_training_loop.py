@@ -15,19 +15,17 @@ from structlog.testing import capture_logs
 from services.generator.engine import TINY, Engine
 from services.generator.engine.sampler import FlowMatchSchedule
 from services.generator.engine.weights import build_modules
-from tools.training.evaluate import POLICIES, evaluate
-from tools.training.train import (
+from tools.training.common import (
     TrainConfig,
     build_pool,
-    cli_flag,
     clip_conditioning_latent,
     gaussian_blur,
-    parse_config,
+    lr_scale,
     restart_references,
-    student_loss,
     to_unit,
-    train,
 )
+from tools.training.evaluate import POLICIES, evaluate
+from tools.training.train import cli_flag, parse_config, student_loss, train
 
 pytestmark = pytest.mark.unit
 
@@ -220,8 +218,6 @@ def test_gaussian_blur_keeps_flat_images_and_softens_edges() -> None:
 
 
 def test_the_learning_rate_warms_up_then_follows_the_cosine_to_a_tenth() -> None:
-    from tools.training.train import lr_scale
-
     assert lr_scale(0, 1000, 0.0, None) == pytest.approx(1.0)
     assert lr_scale(1000, 1000, 0.0, None) == pytest.approx(0.1)
     assert lr_scale(500, 1000, 0.0, None) == pytest.approx(0.55)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tools.quality import PSNR_CAP_DB, contact_sheet, ghost_ratio, psnr_outside
+from harness.quality import PSNR_CAP_DB, contact_sheet, ghost_ratio, psnr_outside
 
 pytestmark = pytest.mark.unit
 
@@ -67,7 +67,7 @@ def test_contact_sheet_lays_out_rows_of_input_and_output() -> None:
 
 
 def test_garment_pixels_excludes_what_still_shows_the_camera() -> None:
-    from tools.quality import garment_pixels, ghost_ratio
+    from harness.quality import garment_pixels, ghost_ratio
 
     red, blue, beige = (40, 40, 200), (200, 60, 20), (150, 190, 210)
     inp = np.full((4, 6, 3), beige, np.uint8)  # the person's own coat

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from warp_testkit import inner_torso
 
+from harness.quality import ghost_ratio, psnr_outside
 from services.garments.encoder import dominant_colours
 from services.generator.rendering import AtCapacity, FrameInput
 from services.generator.warp import WarpBackend, WarpRenderer
 from shared.body import head_mask
-from tools.quality import ghost_ratio, psnr_outside
 
 pytestmark = pytest.mark.unit
 

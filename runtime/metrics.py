@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from shared.logging import get_logger
+from runtime.logging import get_logger
 
 log = get_logger("metrics")
 

@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig
 from nats.js.kv import KeyValue
 
-from shared.jetstream import key_value
+from runtime.jetstream import key_value
 from shared.subjects import Subjects
 from shared.tokens import MAX_TTL_S
 

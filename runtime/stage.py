@@ -20,12 +20,13 @@ import structlog
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.bus import LatestFrameSlots, publish_frame, subscribe_frames
+from runtime.bus import LatestFrameSlots, subscribe_frames
+from runtime.events import EventPublisher
+from runtime.logging import RateLimitedLog, get_logger
+from runtime.service import ServiceContext
+from shared.client import publish_frame
 from shared.errors import CodedError
-from shared.events import EventPublisher
 from shared.headers import FrameMeta, HeaderError
-from shared.logging import RateLimitedLog, get_logger
-from shared.service import ServiceContext
 from shared.subjects import Channel
 
 log = get_logger("stage")
@@ -33,13 +34,10 @@ log = get_logger("stage")
 
 @dataclass
 class StageOutput:
-    """One frame to publish: its payload and headers (``<stage>.out`` is stamped on publish).
-
-    ``note`` travels back to ``on_published`` untouched (the generator's rendered frame)."""
+    """One frame to publish: its payload and headers (``<stage>.out`` is stamped on publish)."""
 
     payload: bytes
     meta: FrameMeta
-    note: object = None
 
 
 class FrameDropped(Exception):
@@ -52,7 +50,7 @@ class FrameDropped(Exception):
 
 
 class Owner(Protocol):
-    """What a stateful stage asks its fleet membership (``shared.fleet.FleetMember``) per frame."""
+    """What a stateful stage asks its fleet membership (``runtime.fleet.member.FleetMember``) per frame."""
 
     def may_publish(self, session_id: str) -> bool: ...
     def epoch(self, session_id: str) -> int: ...
@@ -60,7 +58,6 @@ class Owner(Protocol):
 
 # (session_id, msg, meta stamped "<stage>.in") -> frames to publish; raises CodedError to reject
 Process = Callable[[str, Msg, FrameMeta], Awaitable[Sequence[StageOutput]]]
-Published = Callable[[str, StageOutput], Awaitable[None]]
 
 
 class FrameStage:
@@ -76,7 +73,6 @@ class FrameStage:
         *,
         idle_s: float,
         on_idle: Callable[[str], Awaitable[None]] | None = None,
-        on_published: Published | None = None,
     ) -> None:
         self.ctx = ctx
         self.name = ctx.name
@@ -84,7 +80,6 @@ class FrameStage:
         self.inbound = inbound
         self.outbound = outbound
         self.process = process
-        self.on_published = on_published
         self._on_idle = on_idle
         self.owner: Owner | None = None  # set by a stateful stage: only the owner publishes
         self._served: dict[str, Subscription] = {}
@@ -179,10 +174,12 @@ class FrameStage:
                 return
             await self.publish(session_id, outputs, t_in)
 
-    async def publish(self, session_id: str, outputs: Sequence[StageOutput], t_in: int) -> None:
+    async def publish(self, session_id: str, outputs: Sequence[StageOutput], t_in: int) -> list[StageOutput]:
         """Stamp ``<stage>.out`` and publish each output; a frame is dropped, not queued, while the
-        connection is down. ``t_in`` is when the input that produced them arrived."""
+        connection is down. ``t_in`` is when the input that produced them arrived. Returns the
+        outputs that went out."""
         stats = self.ctx.stats[session_id]
+        published = []
         for out in outputs:
             if self.owner is not None:
                 if not self.owner.may_publish(session_id):  # moved away, or our lease is lapsing
@@ -199,8 +196,8 @@ class FrameStage:
             stats.latency_ms.append(spent_s * 1e3)
             self.ctx.metrics.frames_out.inc()
             self.ctx.metrics.stage_latency.observe(spent_s)
-            if self.on_published is not None:
-                await self.on_published(session_id, out)
+            published.append(out)
+        return published
 
     async def reject(self, session_id: str, code: str, message: str, **data: object) -> None:
         """A frame that cannot be used: counted, a metric by code, and a rate-limited error event

@@ -24,23 +24,21 @@ first, and each child connects as its own service user. The keys live in ``DATA_
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from harness import probe
+from harness.natsserver import EmbeddedCluster, EmbeddedNats, reserve_port
+from runtime.logging import get_logger
 from services.auth.keys import AuthKeys
 from shared.auth import ADMIN_USER, ENV_TOKEN, SYSTEM_USER, NatsCredentials
-from shared.logging import get_logger
-from shared.natsserver import EmbeddedCluster, EmbeddedNats, reserve_port
 from shared.subjects import DEFAULT_PREFIX, Subjects
 from shared.tokens import DEFAULT_TTL_S, mint
 
@@ -291,12 +289,7 @@ class Stack:
         log.info("service_restarted", worker=child.worker_id, restarts=child.restarts, port=child.health_port)
 
     def _probe(self, child: Child, timeout_s: float = 1.0) -> bool:
-        url = f"http://127.0.0.1:{child.health_port}/healthz"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                return resp.status == 200 and json.loads(resp.read()).get("status") == "ok"
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError, OSError):
-            return False
+        return probe.healthy(child.health_port, timeout_s)
 
     def _wait_healthy(self, child: Child) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
@@ -364,9 +357,8 @@ class Stack:
         out = {}
         for c in self.children:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{c.health_port}/healthz", timeout=1) as r:
-                    out[c.worker_id] = json.loads(r.read())
-            except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as exc:
+                out[c.worker_id] = probe.get_json(c.health_port)
+            except (OSError, ValueError) as exc:
                 out[c.worker_id] = {"status": "unreachable", "error": str(exc)}
         return out
 

@@ -13,9 +13,9 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 
-from shared.bus import publish_event
+from runtime.bus import publish_event
+from runtime.logging import RateLimitedLog, get_logger
 from shared.headers import now_ns
-from shared.logging import RateLimitedLog, get_logger
 from shared.schemas import Event
 from shared.subjects import InvalidSessionId, Subjects, validate_session_id
 

@@ -7,26 +7,24 @@ pending limits, and each session gets a one-slot buffer: a new frame replaces th
 (counted as dropped) and the stage always works on the freshest frame.
 
 Why no replay: while disconnected nats-py queues outgoing publishes and flushes them on
-reconnect. For frames that would be a burst of stale video, so ``publish_frame`` drops frames while
-the connection is down, and the slots are cleared on disconnect.
+reconnect. For frames that would be a burst of stale video, so ``shared.client.publish_frame`` drops
+frames while the connection is down, and the slots are cleared on disconnect.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from runtime.logging import get_logger
+from shared import client
 from shared.auth import NatsCredentials
-from shared.headers import FrameMeta
-from shared.logging import get_logger
 from shared.schemas import Event
 from shared.subjects import Subjects
 
@@ -34,7 +32,6 @@ log = get_logger("bus")
 
 FRAME_PENDING_MSGS = 64
 FRAME_PENDING_BYTES = 32 * 1024 * 1024
-RECONNECT_BUFFER_BYTES = 256 * 1024  # small: control messages only, frames are never buffered
 
 
 @dataclass
@@ -52,24 +49,6 @@ class ConnectionState:
             cb(connected)
 
 
-class NatsUnavailable(ConnectionError):
-    """No NATS server of ``urls`` accepted a connection within the caller's bound."""
-
-    def __init__(self, urls: list[str], waited_s: float) -> None:
-        self.urls = urls
-        self.waited_s = waited_s
-        super().__init__(f"NATS at {','.join(urls)} unreachable after {waited_s:g} s")
-
-
-class NatsRefused(NatsUnavailable):
-    """The server answered but refused the credentials (wrong, expired or revoked)."""
-
-    def __init__(self, urls: list[str], reason: str) -> None:
-        ConnectionError.__init__(self, f"NATS at {','.join(urls)} refused the credentials ({reason})")
-        self.urls = urls
-        self.waited_s = 0.0
-
-
 async def connect(
     url: str,
     name: str,
@@ -78,23 +57,13 @@ async def connect(
     *,
     credentials: NatsCredentials | None = None,
 ) -> NATS:
-    """Connect with unlimited reconnects across every server of ``url`` (comma-separated for a
-    cluster), logging every state change.
-
-    Without ``give_up_after_s`` the first connect also retries forever (a service waits for its
-    server); with it, connecting stops after that many seconds with ``NatsUnavailable``, so a
-    command line never hangs on a server that is not there, and at the first refusal of its
-    credentials with ``NatsRefused``. ``credentials`` None: those of the environment
-    (``CHAMELEON_NATS_USER``/``CHAMELEON_NATS_PASSWORD`` or ``CHAMELEON_TOKEN``; none: open mode)."""
-    credentials = NatsCredentials.from_env() if credentials is None else credentials
+    """``shared.client.connect`` (reconnects forever, a bounded first connect when asked,
+    credentials from the environment by default) with every change of state logged and kept in
+    ``state``."""
     state = state or ConnectionState()
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    if not servers:
-        raise ValueError(f"{name}: no NATS URL")
     nc = NATS()
     attempts = 0
     connected_once = False
-    refused: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def disconnected() -> None:
         state.disconnects += 1
@@ -119,8 +88,6 @@ async def connect(
             return
         # Still connecting for the first time: the retry is expected, one line says so. A bounded
         # caller reports the outcome itself (NatsUnavailable), so its retries stay at debug.
-        if "authorization violation" in reason.lower() and not refused.done():
-            refused.set_result(reason.removeprefix("nats: ").strip("'"))
         attempts += 1
         quiet = give_up_after_s is not None or attempts > 1
         (log.debug if quiet else log.warning)("nats_connect_retry", client=name, error=reason)
@@ -129,51 +96,20 @@ async def connect(
         state.set(False)
         (log.info if connected_once else log.debug)("nats_closed", client=name)
 
-    attempt = nc.connect(
-        servers=servers,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.2,
-        connect_timeout=5,
-        pending_size=RECONNECT_BUFFER_BYTES,
-        disconnected_cb=disconnected,
-        reconnected_cb=reconnected,
-        error_cb=error,
-        closed_cb=closed,
-        **credentials.connect_options(),
+    await client.connect(
+        url,
+        name,
+        credentials=credentials,
+        give_up_after_s=give_up_after_s,
+        nc=nc,
+        on_disconnected=disconnected,
+        on_reconnected=reconnected,
+        on_error=error,
+        on_closed=closed,
     )
-    if give_up_after_s is None:
-        await attempt
-    else:
-        connecting = asyncio.ensure_future(attempt)
-        try:  # whichever comes first: connected, refused, or out of time
-            await asyncio.wait(
-                {connecting, refused}, timeout=give_up_after_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            if not connecting.done():
-                connecting.cancel()
-                await asyncio.wait({connecting})
-        failure = None if connecting.cancelled() else connecting.exception()
-        if connecting.cancelled() or failure is not None:
-            with contextlib.suppress(Exception):
-                await nc.close()
-            if refused.done():
-                raise NatsRefused(servers, refused.result()) from failure
-            if failure is None or isinstance(failure, (TimeoutError, OSError, nats.errors.NoServersError)):
-                raise NatsUnavailable(servers, give_up_after_s) from failure
-            raise failure
     connected_once = True
     state.set(True)
     return nc
-
-
-async def publish_frame(nc: NATS, subject: str, payload: bytes, meta: FrameMeta) -> bool:
-    """Publish a frame unless the connection is down (a frame is worthless once stale)."""
-    if not nc.is_connected:
-        return False
-    await nc.publish(subject, payload, headers=meta.to_headers())
-    return True
 
 
 async def publish_event(nc: NATS, subjects: Subjects, event: Event) -> None:

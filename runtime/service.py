@@ -22,10 +22,10 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
-from shared.bus import ConnectionState, LatestFrameSlots, connect, subscribe_frames
-from shared.logging import RateLimitedLog, configure_logging, get_logger
-from shared.metrics import HealthServer, ServiceMetrics, SessionStats
-from shared.settings import BaseSettings
+from runtime.bus import ConnectionState, LatestFrameSlots, connect, subscribe_frames
+from runtime.logging import RateLimitedLog, configure_logging, get_logger
+from runtime.metrics import HealthServer, ServiceMetrics, SessionStats
+from runtime.settings import BaseSettings
 from shared.subjects import Channel, Subjects
 
 log = get_logger("service")
@@ -198,7 +198,7 @@ def capture_native_stderr(service: str) -> None:
     whenever a session's graph is built: not JSON, not rate-limited. Here fd 2 becomes a pipe that
     a daemon thread reads, each line becoming a ``native_output`` line (a few per second, the rest
     counted in ``lines_suppressed``), while this process's own log lines go to a duplicate of the
-    original stderr. A decode that captures fd 2 for itself (``shared.media``) still does."""
+    original stderr. A decode that captures fd 2 for itself (``runtime.media``) still does."""
     try:
         original = os.dup(2)
         read_fd, write_fd = os.pipe()

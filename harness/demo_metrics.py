@@ -7,7 +7,7 @@ resolution, colour blobs) shows no old garment either, and would score a perfect
 So below ``RESEMBLES_INPUT_MIN_DB`` the swap figures are reported as not applicable, never as 0.
 
 ``chameleon demo`` runs the pipeline and calls ``demo_quality`` once the stream is over; the
-per-image measures it builds on live in ``tools.quality``.
+per-image measures it builds on live in ``harness.quality``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from harness.quality import contact_sheet, garment_pixels, ghost_ratio
+from runtime.media import decode_jpeg
 from services.generator.inputs import frame_input
 from shared.headers import FrameMeta
-from shared.media import decode_jpeg
 from shared.schemas import Conditioning, Event, SchemaError
-from tools.quality import contact_sheet, garment_pixels, ghost_ratio
 
 Colours = Mapping[str, Sequence[tuple[int, int, int]]]  # garment id -> dominant BGR colours
 MIN_GARMENT_PIXELS = 50  # fewer shown garment pixels than this: too few to judge a swap by
@@ -34,7 +34,7 @@ RESEMBLES_INPUT_MIN_DB = 20.0
 
 
 class OutputFrame(Protocol):
-    """An output frame as a viewer received it (``services.watch.client.Received``)."""
+    """An output frame as a viewer received it (``shared.client.Frame``)."""
 
     meta: FrameMeta
     jpeg: bytes

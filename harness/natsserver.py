@@ -23,12 +23,11 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from harness import probe
 from shared.auth import ServerAuth
 
 DEFAULT_MAX_PAYLOAD = 4 * 1024 * 1024
@@ -287,12 +286,7 @@ class EmbeddedNats:
         leader and every stream and consumer it holds a replica of is current."""
         if not self.running or not self.monitor_port:
             return False
-        try:
-            url = f"http://127.0.0.1:{self.monitor_port}/healthz"
-            with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-                return resp.status == 200 and json.loads(resp.read()).get("status") == "ok"
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            return False
+        return probe.healthy(self.monitor_port, timeout_s)
 
     def restart(self) -> None:
         """Stop and start again on the same port with the same JetStream store."""

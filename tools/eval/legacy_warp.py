@@ -1,5 +1,7 @@
-"""The first warp renderer (before issue 15), kept runnable as the baseline of
-``chameleon eval render --renderer legacy``: a T-shirt-shaped mesh laid over the torso.
+"""The first warp renderer (before issue 15), frozen as the baseline of ``chameleon eval render
+--renderer legacy``, the real-photo sheet and ``tools.bench.warp --renderer legacy``: a
+T-shirt-shaped mesh laid over the torso. An offline yardstick, never served: it keeps its own
+per-garment cache and edge fill instead of hooking into the serving renderer's.
 
 Per frame: body points from the landmarks (lightly smoothed over time) -> a piecewise-affine mesh
 (torso + sleeves, ``geometry``) -> the garment texture remapped into the mesh's bounding box
@@ -18,9 +20,8 @@ import cv2
 import numpy as np
 
 from services.generator.rendering import FrameInput, Garment, RenderedFrame
-from services.generator.warp.geometry import body_mesh
+from services.generator.warp.geometry import GarmentGeometry, body_mesh
 from services.generator.warp.raster import mesh_bounds, warp_layers
-from services.generator.warp.renderer import PreparedGarments
 from shared.body import LM, garment_region, head_mask
 
 HAND_POINTS = ((15, 17, 19, 21), (16, 18, 20, 22))  # wrist, pinky, index, thumb per hand
@@ -63,6 +64,21 @@ def _bleed(texture: np.ndarray) -> np.ndarray:
     return np.dstack([np.clip(mixed, 0, 255).astype(np.uint8), texture[..., 3]])
 
 
+class PreparedGarments:
+    """This renderer's per-garment data (its edge-bled texture, the canvas mesh), once per garment
+    id (the baseline only ever sees catalogue garments), shared by the renderers a swap makes."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[np.ndarray, GarmentGeometry]] = {}
+
+    def get(self, garment: Garment) -> tuple[np.ndarray, GarmentGeometry]:
+        item = self._items.get(garment.garment_id)
+        if item is None:
+            geometry = GarmentGeometry.from_keypoints(garment.keypoints, garment.category)
+            item = self._items[garment.garment_id] = (_bleed(garment.texture_bgra), geometry)
+        return item
+
+
 def _capsule(mask: np.ndarray, a: np.ndarray, b: np.ndarray, thickness: float) -> None:
     t = max(1, round(thickness))
     p, q = (round(float(a[0])), round(float(a[1]))), (round(float(b[0])), round(float(b[1])))
@@ -86,7 +102,7 @@ class LegacyWarpRenderer:
     ) -> None:
         self.session_id = session_id
         self.config = config or LegacyConfig()
-        self._prepared = prepared or PreparedGarments(bleed=_bleed)  # the shared cache, this edge fill
+        self._prepared = prepared or PreparedGarments()
         self.frames = 0
         self.closed = False
         self._points: np.ndarray | None = None

@@ -1,6 +1,6 @@
-"""JetStream buckets, got or created in one place (the session state, the garment index and
-store). Every process that needs a bucket calls these at start, so whichever starts first makes
-it and the others find it."""
+"""JetStream assets, got or created in one place (the control stream, the session state, the
+garment index and store). Every process that needs one calls these at start, so whichever starts
+first makes it and the others find it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,20 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
+
+from runtime.logging import get_logger
+from shared.control import ensure_control_stream
+from shared.subjects import Subjects
+
+log = get_logger("control")
+
+
+async def control_stream(js: JetStreamContext, subjects: Subjects, replicas: int = 1) -> None:
+    """The control stream, made or brought to ``replicas``; an update the servers refuse is logged
+    and the stream used as it is (a process must still start)."""
+    refused = await ensure_control_stream(js, subjects, replicas)
+    if refused:
+        log.warning("control_stream_update_failed", stream=subjects.control_stream, error=refused)
 
 
 async def key_value(js: JetStreamContext, config: KeyValueConfig) -> KeyValue:

@@ -1,0 +1,5 @@
+import sys
+
+from tools.linksim.proxy import main
+
+sys.exit(main())
