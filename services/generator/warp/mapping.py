@@ -216,3 +216,23 @@ def sleeve_map(
 def remap(texture: np.ndarray, maps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The edge-bled BGRA texture sampled at ``maps`` (uint8, the texture's channels)."""
     return cv2.remap(texture, maps[0], maps[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def pattern_scale(maps: tuple[np.ndarray, np.ndarray], mask: np.ndarray) -> float:
+    """Canvas pixels per body pixel where ``mask`` is set: per pixel, the smaller singular value
+    of the map's Jacobian (the direction the cloth is least squeezed in: along a sleeve, down the
+    torso), its median over the mask. NaN where too little is drawn."""
+    mx, my = maps
+    if mx.shape[0] < 3 or mx.shape[1] < 3:
+        return float("nan")
+    dxx, dxy = np.gradient(mx, axis=1), np.gradient(mx, axis=0)
+    dyx, dyy = np.gradient(my, axis=1), np.gradient(my, axis=0)
+    # singular values of [[dxx, dxy], [dyx, dyy]]: from the Gram matrix's eigenvalues
+    a, d = dxx * dxx + dyx * dyx, dxy * dxy + dyy * dyy
+    bb = dxx * dxy + dyx * dyy
+    tr, det = a + d, a * d - bb * bb
+    small = np.sqrt(np.maximum(tr / 2 - np.sqrt(np.maximum(tr * tr / 4 - det, 0.0)), 0.0))
+    inner = cv2.erode((mask > 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    if inner.sum() < 20:
+        return float("nan")
+    return float(np.median(small[inner]))

@@ -64,12 +64,16 @@ class WarpConfig:
 @dataclass(frozen=True)
 class RenderDetail:
     """What one render drew, for tests and evaluations: the garment's coverage (without the
-    repainted skin) and everything the pipeline found, all full-frame uint8 0/255."""
+    repainted skin) and everything the pipeline found, all full-frame uint8 0/255; with
+    ``render_detail(measure=True)``, per part (``torso``, ``sleeve_left``, ``sleeve_right``) the
+    garment's scale there: the median of the canvas pixels per body pixel along the least
+    squeezed direction (a pattern's period on the body is its period on the canvas over it)."""
 
     frame: RenderedFrame
     garment: np.ndarray | None = None  # where the new garment's alpha is at least 0.5
     clothing: np.ndarray | None = None  # the old clothing found in the frame
     skin: np.ndarray | None = None  # arm repainted as skin (a short sleeve over a long one)
+    scales: dict[str, float] = field(default_factory=dict)
 
 
 _DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
@@ -234,7 +238,7 @@ class WarpRenderer:
         """One frame in, one frame out. Without a person, landmarks or region: the input as is."""
         return [self.render_detail(frame).frame]
 
-    def render_detail(self, frame: FrameInput) -> RenderDetail:
+    def render_detail(self, frame: FrameInput, measure: bool = False) -> RenderDetail:
         """``render`` with the masks it drew (tests, evaluations). Never raises on bad input: a
         frame the renderer cannot use comes back unchanged, with the history withdrawn.
 
@@ -253,7 +257,7 @@ class WarpRenderer:
             held = True
         # points from one detection only are a rough fit: the tracker's next frame replaces them
         try:
-            detail = self._render(frame, refit=self._fits == 1 and not held)
+            detail = self._render(frame, refit=self._fits == 1 and not held, measure=measure)
         except (ValueError, cv2.error, FloatingPointError, IndexError):
             detail = None
         if detail is None:
@@ -353,7 +357,7 @@ class WarpRenderer:
                 return None
         return person
 
-    def _render(self, frame: FrameInput, refit: bool = False) -> RenderDetail | None:
+    def _render(self, frame: FrameInput, refit: bool = False, measure: bool = False) -> RenderDetail | None:
         c, rc = self.config, self.config.region
         person_full = self._usable(frame)
         if person_full is None:
@@ -529,13 +533,20 @@ class WarpRenderer:
             else:
                 garment_alpha[sub] *= 1.0 - a
 
+        scales: dict[str, float] = {}
+
         def torso_texel(box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-            sampled = mapping.remap(self.texture, mapping.torso_map(g, fit, b, profile, box))
+            maps = mapping.torso_map(g, fit, b, profile, box)
+            if measure:
+                scales["torso"] = mapping.pattern_scale(maps, surface[box[1] : box[3], box[0] : box[2]])
+            sampled = mapping.remap(self.texture, maps)
             return sampled[..., :3].astype(np.float32), sampled[..., 3].astype(np.float32) * np.float32(
                 1 / 255
             )
 
-        arm_layers = self._arm_layers(b, fit, person, clothing, blocked, zone, lm, others)
+        arm_layers = self._arm_layers(
+            b, fit, person, clothing, blocked, zone, lm, others, scales if measure else None
+        )
         for layer in (item for item in arm_layers if item[0]):
             stack(*layer[1:])
         stack(surface, torso_texel, True)
@@ -582,6 +593,7 @@ class WarpRenderer:
             garment=full((garment_alpha >= 0.5).astype(np.uint8) * 255),
             clothing=full(clothing),
             skin=full(skin_drawn),
+            scales=scales,
         )
 
     def _skin_due(self) -> bool:
@@ -598,6 +610,7 @@ class WarpRenderer:
         zone: np.ndarray,
         lm: np.ndarray,
         others: list[np.ndarray] | None = None,
+        scales: dict[str, float] | None = None,
     ) -> list[tuple]:
         """Per arm, in draw order: (behind the torso?, mask, texel source, is garment) for its
         sleeve and, where the old clothing runs past the new sleeve, its repainted skin. A sleeve
@@ -663,8 +676,12 @@ class WarpRenderer:
             skin = self._skin.bgr if self._skin is not None else (120, 140, 180)
             skin_gain = tuple(v / c.shading.exposure for v in skin)
 
-            def texel(box, side=side, outward=outward, chain=chain, half=half):
+            def texel(box, side=side, outward=outward, chain=chain, half=half, sleeve=sleeve):
                 maps = mapping.sleeve_map(g, side, outward, chain, fit.k, half, box)
+                if scales is not None:
+                    scales[f"sleeve_{side}"] = mapping.pattern_scale(
+                        maps, sleeve[box[1] : box[3], box[0] : box[2]]
+                    )
                 return mapping.remap(self.texture, maps)[..., :3].astype(np.float32), None
 
             items.append((depth, behind, [(behind, sleeve, texel, True), (behind, bare, skin_gain, False)]))
