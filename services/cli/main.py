@@ -36,7 +36,7 @@ GARMENTS_HELP = "add, list and show garments; load the starter catalogue"
 TOOLS_GROUP = "chameleon.tools"  # entry points: ``<command>.<name>`` or ``<command>`` -> ``module:main``
 TOOL_COMMANDS = {
     "bench": "benchmarks: each prints one JSON object as its last line",
-    "eval": "quality evaluations: swap policies, the warp renderer, long-rollout drift",
+    "eval": "quality evaluations: swap policies, the warp renderer, real media, garments from photos, drift",
     "inspect": "look inside the student: where a new chunk attends",
     "train": "train the small student (docs/training.md)",
 }
@@ -354,8 +354,10 @@ async def _add_starter_garments(
     from shared.subjects import Subjects
 
     nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout, credentials=credentials)
-    try:
-        await add_starter_garments(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
+    try:  # the catalogue as a shop would photograph it, through the real `garments add` path
+        await add_starter_garments(
+            GarmentClient(nc, Subjects(subject_prefix), timeout_s=60), photos=_catalogue_photos()
+        )
     finally:
         await nc.drain()
 
@@ -379,7 +381,7 @@ def cmd_garments(argv: list[str]) -> int:
     except ModuleNotFoundError as exc:
         print(f"the garment service is not available in this build ({exc})", file=sys.stderr)
         return 2
-    return int(cli.main(argv, connect_timeout_s=connect_timeout_s()) or 0)
+    return int(cli.main(argv, connect_timeout_s=connect_timeout_s(), photos=_catalogue_photos()) or 0)
 
 
 def add_swap(p: argparse.ArgumentParser) -> None:
@@ -664,3 +666,9 @@ def _start(command: str) -> BaseSettings:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _catalogue_photos():  # type: ignore[no-untyped-def]
+    from harness.recorder import catalogue_photos_source
+
+    return catalogue_photos_source()

@@ -40,7 +40,13 @@ def test_page_streams_and_swaps_in_chromium(tmp_path: Path, chromium: str, bus_p
         assert before["source"] == "webcam", before  # the fake capture device, not the demo feed
         assert before["state"] == "live", before
         assert before["session_id"].startswith("web-")
-        assert len(before["garments"]) >= 10
+        assert len(before["garments"]) >= 30
+        # every card shows the garment's product photo: the thumbnail that came with the list
+        # (at most 128 px), not the 256 px canvas texture a card fetches when there is none
+        imgs = "[...document.querySelectorAll('button.garment img')]"
+        page.wait_for_function(f"() => {imgs}.every(i => i.complete && i.naturalWidth)", timeout=10_000)
+        cards = page.evaluate(f"() => {imgs}.map(i => [i.naturalWidth, i.naturalHeight])")
+        assert len(cards) >= 30 and all(0 < max(w, h) <= 128 for w, h in cards), cards
         start = before["garment_in_effect"]
         assert start is not None
         assert page.get_attribute(f'button[data-garment-id="{start}"]', "aria-pressed") == "true"

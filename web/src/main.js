@@ -121,6 +121,10 @@ function renderCatalogue(items) {
     button.setAttribute("aria-pressed", "false");
     const img = document.createElement("img");
     img.alt = "";
+    // the product photo, cropped to the garment: it comes with the list (older records have none)
+    if (rec.thumbnail_jpeg?.length) {
+      img.src = URL.createObjectURL(new Blob([rec.thumbnail_jpeg], { type: "image/jpeg" }));
+    }
     const label = document.createElement("span");
     label.className = "label";
     label.textContent = rec.name || rec.garment_id;
@@ -132,7 +136,7 @@ function renderCatalogue(items) {
     list.append(li);
     page.garments.set(rec.garment_id, { record: rec, button, img, status });
   }
-  loadImages(items.map((r) => r.garment_id));
+  loadImages(items.filter((r) => !r.thumbnail_jpeg?.length).map((r) => r.garment_id));
 }
 
 async function loadImages(ids) {
