@@ -81,12 +81,3 @@ def garbage_scan(jpeg: bytes, seed: int = 1) -> bytes:
         np.random.default_rng(seed).integers(0, 255, 5000, dtype=np.uint8).tobytes().replace(b"\xff", b"\0")
     )
     return jpeg[: sos + 2 + ((jpeg[sos + 2] << 8) | jpeg[sos + 3])] + noise + b"\xff\xd9"
-
-
-def photographed_garment(garment_id: str, seed: int = 0) -> Garment:
-    """A catalogue garment photographed as a shop would (``tools.product_photos``: a flat-lay
-    with folds, shadow, rotation, a table or cloth behind it, JPEG noise) and encoded like an
-    upload through the real encoder."""
-    from tools.product_photos import photographed_garment as photographed
-
-    return photographed(garment_id, seed)

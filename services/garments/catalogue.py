@@ -112,14 +112,14 @@ SILHOUETTES: dict[str, Silhouette] = {
     ),
     "shirt": Silhouette(0.30, 0.14, False, (1.0, 0.10), (2.12, 2.86), (1.78, 3.0), (1.0, 0.95), (1.0, 3.3)),
     "dress": Silhouette(
-        0.38, 0.30, False, (0.85, 0.08), (1.25, 0.40), (1.05, 0.80), (0.88, 0.85), (1.55, 4.4)
+        0.38, 0.30, False, (0.85, 0.08), (1.36, 0.50), (1.16, 0.74), (0.90, 0.78), (1.55, 4.4)
     ),
     "jacket": Silhouette(0.36, 0.85, True, (1.1, 0.12), (2.25, 2.95), (1.9, 3.08), (1.12, 1.0), (1.12, 3.15)),
     "tank": Silhouette(0.30, 0.40, False, (0.58, 0.07), (0, 0), (0, 0), (0.92, 0.95), (0.98, 2.85), True),
     "crop": Silhouette(
         0.34, 0.22, False, (0.95, 0.10), (1.58, 0.70), (1.30, 1.05), (0.97, 0.92), (0.98, 1.95)
     ),
-    "maxi": Silhouette(0.36, 0.30, False, (0.8, 0.08), (1.2, 0.40), (1.0, 0.80), (0.84, 0.85), (1.8, 5.8)),
+    "maxi": Silhouette(0.36, 0.30, False, (0.8, 0.08), (1.42, 0.52), (1.22, 0.78), (0.86, 0.80), (1.8, 5.8)),
     "coat": Silhouette(0.36, 1.0, True, (1.12, 0.12), (2.28, 2.95), (1.92, 3.08), (1.14, 1.0), (1.3, 4.4)),
 }
 
@@ -273,6 +273,7 @@ def _hard() -> list[GarmentSpec]:
             "maxi",
             "floral",
             ((70, 120, 50), (120, 200, 250), (200, 200, 240)),
+            background=(150, 140, 150),  # its pale flowers at the edge would melt into white paper
             seed=26,
         ),
         GarmentSpec("maxi-black-solid", "Black maxi dress", "maxi", "solid", (black,), seed=27),
@@ -305,7 +306,13 @@ def _classic() -> list[GarmentSpec]:
             seed=3,
         ),
         GarmentSpec(
-            "tee-grey-print", "Grey logo tee", "tee", "print", ((150, 150, 150), (40, 160, 240)), seed=4
+            "tee-grey-print",
+            "Grey logo tee",
+            "tee",
+            "print",
+            ((150, 150, 150), (40, 160, 240)),
+            background=(60, 56, 52),  # on white paper its lit grey reads as a table in shadow
+            seed=4,
         ),
         GarmentSpec("tee-yellow-dots", "Yellow polka tee", "tee", "dots", ((60, 210, 240), black), seed=5),
         GarmentSpec(

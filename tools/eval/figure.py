@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from services.garments.catalogue import GarmentSpec, render
+from services.garments.catalogue import SILHOUETTES, GarmentSpec, render
 from services.generator.warp.geometry import SLEEVE_LONG_RATIO
 from tools.training.data import Body, _background, _random_body
 
@@ -87,6 +87,7 @@ class Pose:
 
 SEAM_WIDTH = 1.15  # a garment's shoulder seams / the figure's shoulder joints, apart
 SEAM_UP = 0.06  # shoulder widths: the seam sits this far above the shoulder joints
+WAIST = 0.75  # torso lengths below the shoulders: where a skirt starts to stand out from the body
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ class Worn:
     alpha: np.ndarray
     kp: dict[str, np.ndarray]
     shoulder_y: float
-    width: float  # shoulder to shoulder, flat-lay px
+    width: float  # shoulder seam to seam (or armpit to armpit, where wider), flat-lay px
     length: float  # shoulder line to hem line
     sleeve: float  # the sleeve's length from its armhole's middle to its cuff
     cloth: np.ndarray  # a patch of the body's fabric (for the sleeves)
@@ -126,13 +127,18 @@ def worn(spec: GarmentSpec) -> Worn:
     g = render(spec, width=400, height=450)
     kp = {k: np.array(v, np.float64) for k, v in g.keypoints.items()}
     shoulder_y = float(kp["shoulder_left"][1] + kp["shoulder_right"][1]) / 2
-    width = float(np.hypot(*(kp["shoulder_right"] - kp["shoulder_left"])))
+    # laid on the shoulders by its seams, or by its chest where its shoulders are straps
+    width = max(
+        float(np.hypot(*(kp["shoulder_right"] - kp["shoulder_left"]))),
+        float(abs(kp["armpit_right"][0] - kp["armpit_left"][0])),
+    )
     length = float(kp["hem_left"][1] + kp["hem_right"][1]) / 2 - shoulder_y
     root = (kp["shoulder_left"] + kp["armpit_left"]) / 2
     sleeve = float(np.hypot(*(kp["sleeve_left"] - root)))
+    # the sleeves' fabric: the body's, from its lower part (a chest print is not on the sleeves)
     x0, x1 = sorted((kp["armpit_left"][0], kp["armpit_right"][0]))
-    y0 = kp["armpit_left"][1]
     y1 = kp["hem_left"][1] - 3
+    y0 = max(kp["armpit_left"][1], y1 - 0.35 * length)
     cloth = np.ascontiguousarray(g.image[int(y0) : int(y1), int(x0) + 3 : int(x1) - 3])
     return Worn(g.image, g.alpha, kp, shoulder_y, width, length, sleeve, cloth)
 
@@ -281,8 +287,22 @@ def _torso_garment(
     last = np.where(rows, W - 1 - np.argmax(torso_m[:, ::-1] > 0, axis=1), 0)
     left_b, right_b = (first + 0.5) / SUPERSAMPLE, (last + 0.5) / SUPERSAMPLE
     mid = np.where(rows, (left_b + right_b) / 2, float(hips[0]))
-    lo = np.where(rows, np.maximum(left_b, mid - own), mid - own)
-    hi = np.where(rows, np.minimum(right_b, mid + own), mid + own)
+    # above the waist the garment wraps the torso (or shows its own narrower outline); from the
+    # waist down it stands out from the body where its own outline is wider (a skirt's flare)
+    waist = ys > float(neck[1]) + WAIST * (float(hips[1]) - float(neck[1]))
+    # a flat-lay's width wraps round the body: from the waist down its own outline is narrowed by
+    # how much the torso narrows it at the waist (so it joins the torso there, and a flare widens
+    # from there)
+    if (waist & rows).any():
+        at = int(np.argmax(waist & rows))
+        ratio = float(np.clip((right_b[at] - left_b[at]) / 2 / max(float(own[at]), 1e-3), 0.45, 1.0))
+        own = np.where(waist, own * ratio, own)
+    lo = np.where(
+        rows, np.where(waist, np.minimum(left_b, mid - own), np.maximum(left_b, mid - own)), mid - own
+    )
+    hi = np.where(
+        rows, np.where(waist, np.maximum(right_b, mid + own), np.minimum(right_b, mid + own)), mid + own
+    )
     u = (xs[None, :] - lo[:, None]) / np.maximum(hi - lo, 1e-3)[:, None]
     map_x = (cl[:, None] + u * (cr - cl)[:, None]).astype(np.float32)
     map_y = np.repeat(cy[:, None], W, axis=1).astype(np.float32)
@@ -290,7 +310,8 @@ def _torso_garment(
     inside = (u >= 0) & (u <= 1) & (cy[:, None] >= 0)
     below = ~rows[:, None] & (ys[:, None] > float(neck[1]))
     mask = ((alpha > 127) & inside & (rows[:, None] | below)).astype(np.uint8) * 255
-    mask[rows] &= torso_m[rows] | np.where(below[rows], 255, 0).astype(np.uint8)
+    above_waist = rows & ~waist
+    mask[above_waist] &= torso_m[above_waist]
     tex = cv2.remap(wg.image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     return mask, tex.astype(np.float32)
 
@@ -347,10 +368,12 @@ def draw(
         # (at the garment's scale), a short one never past the elbow, a long one to the wrist
         upper = float(np.hypot(*(el - sh)))
         fore = float(np.hypot(*(wr - el)))
-        reach = wg.sleeve * k
+        reach = 0.0 if SILHOUETTES[spec.silhouette].sleeveless else wg.sleeve * k
         reach = min(reach, upper + fore) if long_sleeves else min(reach, 0.9 * upper)
         sleeve = np.zeros((H, W), np.uint8)
         texture = np.zeros((H, W, 3), np.float32)
+        if reach <= 0:  # sleeveless: the bare arm out of the armhole
+            return
         end_upper = sh + (el - sh) * min(1.0, reach / max(upper, 1.0))
         _capsule(sleeve, sh, end_upper, cfg.arm_thick + cfg.sleeve_extra)
         texture[:] = _cloth_map(wg.cloth, sh, el, k, (W, H))

@@ -94,18 +94,26 @@ class KeepOut:
             hull = cv2.convexHull(pts)
             width = float(np.ptp(pts[:, 0]))
             cv2.fillConvexPoly(out, np.round(hull).astype(np.int32), 255)
-            out = cv2.dilate(out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, int(0.08 * width) | 1),) * 2))
+            out = cv2.dilate(
+                out, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, int(0.08 * width) | 1),) * 2)
+            )
             if pose is not None:  # the ears, which the face oval leaves out
                 for ear in (7, 8):
                     x, y = pose[ear, 0] * w, pose[ear, 1] * h
-                    if 0 <= x < w and 0 <= y < h and np.hypot(x - pts[:, 0].mean(), y - pts[:, 1].mean()) < width:
+                    if (
+                        0 <= x < w
+                        and 0 <= y < h
+                        and np.hypot(x - pts[:, 0].mean(), y - pts[:, 1].mean()) < width
+                    ):
                         cv2.circle(out, (round(x), round(y)), max(2, round(0.12 * width)), 255, -1)
         for hand in hands:
             pts = np.array([(p.x * w, p.y * h) for p in hand.landmark], np.float32)
             span = float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1])))
             one = np.zeros((h, w), np.uint8)
             cv2.fillConvexPoly(one, np.round(cv2.convexHull(pts)).astype(np.int32), 255)
-            out |= cv2.dilate(one, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, int(0.2 * span) | 1),) * 2))
+            out |= cv2.dilate(
+                one, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, int(0.2 * span) | 1),) * 2)
+            )
         return out
 
     def close(self) -> None:
@@ -136,15 +144,31 @@ def _crop_box(frames) -> tuple[int, int, int, int] | None:
     if not ys:
         return None
     pad = 16
-    return max(0, min(xs) - pad), max(0, min(ys) - pad), min(SIZE[0], max(xs) + pad), min(SIZE[1], max(ys) + pad)
+    return (
+        max(0, min(xs) - pad),
+        max(0, min(ys) - pad),
+        min(SIZE[0], max(xs) + pad),
+        min(SIZE[1], max(ys) + pad),
+    )
 
 
 def _tile(img: np.ndarray, box: tuple[int, int, int, int], label: str) -> np.ndarray:
     x0, y0, x1, y1 = box
     crop = img[y0:y1, x0:x1]
-    t = cv2.resize(crop, (max(1, round(crop.shape[1] * TILE_H / crop.shape[0])), TILE_H), interpolation=cv2.INTER_AREA)
+    t = cv2.resize(
+        crop, (max(1, round(crop.shape[1] * TILE_H / crop.shape[0])), TILE_H), interpolation=cv2.INTER_AREA
+    )
     bar = np.full((16, t.shape[1], 3), 32, np.uint8)
-    cv2.putText(bar, label[: max(4, t.shape[1] // 7)], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.putText(
+        bar,
+        label[: max(4, t.shape[1] // 7)],
+        (3, 12),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.38,
+        (255, 255, 255),
+        1,
+        cv2.LINE_AA,
+    )
     return np.vstack([bar, t])
 
 
@@ -223,7 +247,9 @@ def evaluate_item(item, path: Path, n: int, garments: dict, keep: KeepOut, sheet
             tiles = []
             for name, imgs in rows.items():
                 row = [_tile(imgs[i], box, f"{item.name} #{i}" if name == "input" else name) for i in picks]
-                tiles.append(np.hstack([np.pad(t, ((0, 0), (0, 3), (0, 0)), constant_values=255) for t in row]))
+                tiles.append(
+                    np.hstack([np.pad(t, ((0, 0), (0, 3), (0, 0)), constant_values=255) for t in row])
+                )
             width = max(t.shape[1] for t in tiles)
             tiles = [np.pad(t, ((0, 3), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in tiles]
             # side by side: input | garment 1 | garment 2 ... (each three frames tall)

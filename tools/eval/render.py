@@ -24,7 +24,9 @@ KEYS, means over frames (by pose: over that family's frames):
   (SSIM on luma, Gaussian window sigma 1.5, averaged over the region);
 - ``shading_corr``: Pearson correlation of output and ground-truth luma inside the ground-truth
   garment (eroded 2 px), both blurred with sigma 2 px so that a pattern's phase matters less
-  than its light and folds;
+  than its light and folds; where the outlines differ (a hem a little higher) it also counts the
+  old clothing or skin the render shows there, so ``shading_corr_drawn`` is the same where both
+  the render and the truth show the garment: the light transfer alone;
 - ``psnr_outside_db``: output vs ground truth outside both garments (dilated 2 px): everything
   that is not clothing; capped at 100 dB;
 - ``temporal_flicker``: mean absolute change (grey levels, BGR mean) of the output inside the
@@ -63,6 +65,7 @@ KEYS = (
     "psnr_garment_db",
     "ssim_garment",
     "shading_corr",
+    "shading_corr_drawn",
     "psnr_outside_db",
     "face_changed",
     "temporal_flicker",
@@ -139,6 +142,9 @@ def frame_metrics(out: np.ndarray, drawn: np.ndarray | None, gt, src) -> dict[st
         "psnr_garment_db": _psnr(out, gt.image, gt.garment),
         "ssim_garment": ssim_in(out, gt.image, gt.garment),
         "shading_corr": shading_corr(out, gt.image, gt.garment),
+        "shading_corr_drawn": shading_corr(out, gt.image, gt.garment & (drawn > 0))
+        if drawn is not None
+        else 0.0,
         "psnr_outside_db": _psnr(out, gt.image, clothes == 0),
         "face_changed": face_changed(out, src.image, src.keep_out),
     }

@@ -83,7 +83,7 @@ def fit_garment(
     """``chains``: per image side (garment sleeve 'left' first), the arm's shoulder, elbow, wrist.
     ``facing``: the wearer's facing shoulder width, when known better than this frame shows it
     (held from when the person faced the camera); else ``facing_width``."""
-    k = cfg.seam_width * (facing if facing is not None else facing_width(b, cfg)) / g.width
+    k = cfg.seam_width * (facing if facing is not None else facing_width(b, cfg)) / (g.seam_width or g.width)
     top_px = -cfg.seam_up * b.scale
     hem_v = (top_px + g.length * k) / b.torso_len
     half = (g.keypoints["hem_right"][0] - g.keypoints["hem_left"][0]) / 2
@@ -98,7 +98,7 @@ def fit_garment(
             length = min(length, upper + fore + cfg.cuff_past_wrist * b.scale)
         else:  # a short sleeve never ends past the elbow, however long the flat-lay says it is
             length = min(length, 0.9 * upper)
-        reach[side] = max(length, 1.0)
+        reach[side] = 0.0 if g.sleeveless else max(length, 1.0)
         hw = sl.half_width * k / cfg.sleeve_flat
         sleeve_half[side] = float(np.clip(hw, cfg.sleeve_min * b.scale / 2, cfg.sleeve_max * b.scale / 2))
     return Fit(k, top_px, hem_v, half * k / b.scale, reach, sleeve_half)

@@ -106,6 +106,10 @@ class GarmentGeometry:
     torso: np.ndarray  # (n, 2) convex torso polygon on the canvas, margin included
     sleeves: dict[str, Sleeve]
     long_sleeves: bool
+    # the width the garment is laid on the shoulders by: its shoulder seams, or, where its
+    # shoulders are narrow straps (sleeveless), the chest at its armpits
+    seam_width: float = 0.0
+    sleeveless: bool = False  # no cuff found on either side: the arms come out of armholes
 
     @classmethod
     def from_keypoints(
@@ -145,8 +149,21 @@ class GarmentGeometry:
             )
             sleeves[side] = Sleeve(root, axis, sleeve_len, half, *(fabric or (None, None, None)))
         ratio = (sleeves["left"].length + sleeves["right"].length) / 2 / width
+        chest = float(abs(kp["armpit_right"][0] - kp["armpit_left"][0]))
+        sleeveless = all(len(keypoints[f"sleeve_{side}"]) > 2 and keypoints[f"sleeve_{side}"][2] < 1.0
+                         for side in ("left", "right"))  # fmt: skip
         return cls(
-            category, kp, centre_x, shoulder_y, width, length, torso, sleeves, ratio > SLEEVE_LONG_RATIO
+            category,
+            kp,
+            centre_x,
+            shoulder_y,
+            width,
+            length,
+            torso,
+            sleeves,
+            ratio > SLEEVE_LONG_RATIO and not sleeveless,
+            max(width, chest),
+            sleeveless,
         )
 
     @property

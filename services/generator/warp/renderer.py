@@ -630,7 +630,9 @@ class WarpRenderer:
             half = fit.sleeve_half[side]
             on_arm = min(reach, upper + fore)
             ends = [chain[0]]
-            if on_arm <= upper:
+            if on_arm <= 0.0:  # sleeveless: the whole arm comes out of the armhole
+                rest = [chain[0], chain[1], chain[2]]
+            elif on_arm <= upper:
                 ends.append(chain[0] + (chain[1] - chain[0]) * (on_arm / max(upper, 1e-6)))
                 rest = [ends[-1], chain[1], chain[2]]
             else:
@@ -642,7 +644,7 @@ class WarpRenderer:
             sleeve = np.zeros(shape, np.uint8)
             wide = np.zeros(shape, np.uint8)
             for i, (a, e) in enumerate(itertools.pairwise(ends)):
-                if g.long_sleeves and i == len(ends) - 2:  # flat at the cuff: no round cap on the hand
+                if i == len(ends) - 2:  # flat at the cuff (a sleeve ends there, and a long one at the hand)
                     _band(sleeve, a, e, 2 * half)
                     cv2.circle(sleeve, region._pt(a), round(half), 255, -1)
                 else:
@@ -654,6 +656,8 @@ class WarpRenderer:
                 cuff = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * (reach - upper - fore)
                 _band(wide, chain[2], cuff, 2 * half)
             sleeve = cv2.bitwise_or(cv2.bitwise_and(sleeve, person), cv2.bitwise_and(wide, clothing))
+            if on_arm <= 0.0:
+                sleeve[:] = 0
             sleeve[blocked > 0] = 0
             if others is not None:  # skin that is not this arm's stays in front of its sleeve
                 sleeve[others[index] > 0] = 0
