@@ -515,13 +515,20 @@ def make_eval_clip(
     spec_b: GarmentSpec,
     cfg: FigureConfig | None = None,
     lead_in: int = 0,
+    contrast_with: tuple[GarmentSpec, ...] | None = None,
+    truth_only: bool = False,
 ) -> EvalClip:
     """``frames`` frames: the first half sways slowly, the second half holds still. ``lead_in``
     camera frames before them walk from the front pose into the family's (in garment A, no
-    ground truth): the way a shopper gets into a pose, so the tracker has found the person."""
+    ground truth): the way a shopper gets into a pose, so the tracker has found the person.
+
+    The background is chosen to stand apart from ``contrast_with`` (default: both garments); a
+    clip whose camera input is shared by several targets chooses it by garment A alone, so that
+    each target's ground truth has the same background as that input (``truth_only``: only the
+    ground truth is drawn, ``inputs`` and ``lead_in`` are left empty)."""
     cfg = cfg or FigureConfig()
     rng = np.random.default_rng(seed)
-    body = _contrasting(_random_body(rng), rng, (spec_a, spec_b))
+    body = _contrasting(_random_body(rng), rng, contrast_with or (spec_a, spec_b))
     still_from = max(1, frames // 2)
     start = pose(family, cfg, body, 0.0)
     front = pose("front", cfg, body, 0.0)
@@ -529,12 +536,13 @@ def make_eval_clip(
         draw(
             cfg, body, _between(front, start, (k + 1) / (lead_in + 1)), spec_a, seed * 1000 - 1 - k, seed
         ).image
-        for k in range(lead_in)
+        for k in range(0 if truth_only else lead_in)
     ]
     inputs, truth = [], []
     for i in range(frames):
         t = 0.35 * min(i, still_from)
         p = pose(family, cfg, body, t)
-        inputs.append(draw(cfg, body, p, spec_a, seed * 1000 + i, seed))
+        if not truth_only:
+            inputs.append(draw(cfg, body, p, spec_a, seed * 1000 + i, seed))
         truth.append(draw(cfg, body, p, spec_b, seed * 1000 + i, seed))
     return EvalClip(family, spec_a.garment_id, spec_b.garment_id, inputs, truth, still_from, walk)

@@ -231,21 +231,27 @@ def by_garment(args, makers: dict, t_report) -> dict:
     for fi, family in enumerate(POSES):
         seed = args.seed * 100 + 70 + fi
         worn = spec_by_id(BY_GARMENT_WORN[family])
-        clip = make_eval_clip(family, seed, frames, worn, worn, lead_in=args.lead_in)
+        clip = make_eval_clip(family, seed, frames, worn, worn, lead_in=args.lead_in, contrast_with=(worn,))
         fed = preprocessed_frames(clip.lead_in + [f.image for f in clip.inputs])
         inputs.append((family, seed, worn, fed[: len(clip.lead_in)], fed[len(clip.lead_in) :], clip))
     report: dict = {"by_garment": {}, "by_garment_baseline": {}}
     sources = {"photo": photographed_garment, "source": catalogue_garment}
     per_source: dict[str, dict[str, float]] = {"photo": {}, "source": {}}
+    only = {g for g in args.garment_ids.split(",") if g}
     for spec in starter_catalogue():
         gid = spec.garment_id
+        if only and gid not in only:
+            continue
         t_report(f"garment {gid}")
+        truths = [  # the same truth for every source and renderer
+            make_eval_clip(family, seed, frames, worn, spec, contrast_with=(worn,), truth_only=True).truth
+            for family, seed, worn, _, _, _ in inputs
+        ]
         for source, get in sources.items():
             garment = get(gid)
             for name in ("current", "baseline") if source == "photo" else ("current",):
                 values: dict[str, list[float]] = {k: [] for k in KEYS}
-                for family, seed, worn, lead, fed, clip in inputs:
-                    truth = make_eval_clip(family, seed, frames, worn, spec).truth
+                for (_, _, _, lead, fed, clip), truth in zip(inputs, truths, strict=True):
                     images, masks = _render_clip(makers[name], garment, lead, fed)
                     for out, drawn, gt, src in zip(images, masks, truth, clip.inputs, strict=True):
                         for k, v in frame_metrics(out, drawn, gt, src).items():
@@ -293,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         help="every catalogue garment as the target (photographed and source): by_garment, worst_garment",
     )
     parser.add_argument("--garment-frames", type=int, default=4, help="frames per clip in by_garment")
+    parser.add_argument("--garment-ids", default="", help="comma-separated: by_garment over these only")
     args = parser.parse_args(argv)
 
     from harness.quality import write_rows

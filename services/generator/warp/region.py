@@ -357,31 +357,43 @@ def forearm_skin(b: Body, skin: np.ndarray, cfg: RegionConfig) -> list[np.ndarra
     return out
 
 
-def lone_hands(b: Body, skin: np.ndarray, head: np.ndarray, cfg: RegionConfig) -> np.ndarray:
+@dataclass(frozen=True)
+class SkinPieces:
+    """The connected pieces of a skin mask, found once and read by several rules."""
+
+    labels: np.ndarray  # int32, 0: not skin
+    areas: np.ndarray  # pixels per label
+
+    @classmethod
+    def of(cls, skin: np.ndarray) -> SkinPieces:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(skin, connectivity=8)
+        return cls(labels, stats[:, cv2.CC_STAT_AREA])
+
+    def select(self, keep: np.ndarray) -> np.ndarray:
+        """uint8 0/255: the pieces whose label ``keep`` (bool per label) marks."""
+        keep = keep.copy()
+        keep[0] = False
+        return np.where(keep[self.labels], 255, 0).astype(np.uint8)
+
+    def count_in(self, mask: np.ndarray) -> np.ndarray:
+        """Pixels of each piece inside ``mask``."""
+        return np.bincount(self.labels[mask > 0], minlength=len(self.areas))
+
+
+def lone_hands(b: Body, pieces: SkinPieces, head: np.ndarray, cfg: RegionConfig) -> np.ndarray:
     """uint8 0/255: pieces of skin no bigger than a hand and apart from the head and neck: hands
     at the end of sleeves, wherever they are (a tracker's wrists on crossed arms can sit a hand's
     length from them)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(skin, connectivity=8)
-    if n <= 1:
-        return np.zeros(skin.shape, np.uint8)
-    small = stats[:, cv2.CC_STAT_AREA] <= cfg.hand_area * b.scale * b.scale
-    small[0] = False
-    on_head = np.unique(labels[(head > 0) & (skin > 0)])
-    small[on_head] = False
-    return np.where(small[labels], 255, 0).astype(np.uint8)
+    small = pieces.areas <= cfg.hand_area * b.scale * b.scale
+    small &= pieces.count_in(head) == 0
+    return pieces.select(small)
 
 
-def skin_off_arm(skin: np.ndarray, arm: np.ndarray, share: float = 0.5) -> np.ndarray:
+def skin_off_arm(pieces: SkinPieces, arm: np.ndarray, share: float = 0.5) -> np.ndarray:
     """uint8 0/255: the pieces of skin less than ``share`` of which lie in the arm's capsule: not
     this arm's skin, though some of it crosses the arm (the other forearm and hand on its elbow)."""
-    n, labels = cv2.connectedComponents(skin, connectivity=8)
-    if n <= 1:
-        return np.zeros(skin.shape, np.uint8)
-    total = np.bincount(labels.ravel(), minlength=n)
-    on_arm = np.bincount(labels[arm > 0], minlength=n)
-    off = (on_arm > 0) & (on_arm < share * total)
-    off[0] = False
-    return np.where(off[labels], 255, 0).astype(np.uint8)
+    on_arm = pieces.count_in(arm)
+    return pieces.select((on_arm > 0) & (on_arm < share * pieces.areas))
 
 
 def arm_masks(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> list[np.ndarray]:

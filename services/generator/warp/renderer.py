@@ -467,7 +467,8 @@ class WarpRenderer:
             # skin past the wrist, along the forearm, is the hand: a tracker often puts the wrist
             # short of it (crossed arms, a hand on the other elbow)
             hand_skin = cv2.bitwise_and(skin, region.past_wrists(b, shape, rc))
-            hand_skin = cv2.bitwise_or(hand_skin, region.lone_hands(b, skin, head, rc))
+            pieces = region.SkinPieces.of(skin)
+            hand_skin = cv2.bitwise_or(hand_skin, region.lone_hands(b, pieces, head, rc))
             # skin above the garment's collar is the neck: as out of bounds as the head (cut out
             # after the soft edges too); bare arms in front of the torso stay in front
             collar_v = (float(fit.canvas_v(g, g.keypoints["collar"][1])) + c.neck_margin * s) / b.torso_len
@@ -487,7 +488,7 @@ class WarpRenderer:
             surface[cv2.dilate(cv2.bitwise_or(*arm_skin), _DISC7) > 0] = 0
             # a sleeve covers its own arm's skin (a long sleeve over a bare forearm), never skin
             # lying mostly off its arm: the other arm's forearm and hand across it (crossed arms)
-            others = [cv2.dilate(region.skin_off_arm(skin, arms[i]), _DISC7) for i in (0, 1)]
+            others = [cv2.dilate(region.skin_off_arm(pieces, arms[i]), _DISC7) for i in (0, 1)]
         surface[blocked > 0] = 0
         # the torso's outline without arms hanging beside it (they would widen the garment); an
         # arm over the torso (crossed arms, a side view's near arm) is within the torso's outline

@@ -130,7 +130,7 @@ def test_a_hand_far_from_the_trackers_wrist_is_still_a_hand() -> None:
     cv2.line(skin, (150, 70), (160, 200), 255, 20)  # a bare arm
     head = np.zeros_like(skin)
     cv2.circle(head, (100, 40), 30, 255, -1)
-    hands = region.lone_hands(b, skin, head, cfg)
+    hands = region.lone_hands(b, region.SkinPieces.of(skin), head, cfg)
     assert hands[110, 60] and not hands[40, 100] and not hands[150, 155]
 
 
@@ -141,5 +141,5 @@ def test_skin_lying_mostly_off_an_arm_is_not_that_arms() -> None:
     cv2.line(arm, (40, 20), (40, 180), 255, 30)  # this arm's capsule
     cv2.line(skin, (40, 120), (40, 180), 255, 20)  # its own bare forearm
     cv2.line(skin, (45, 70), (190, 90), 255, 18)  # the other forearm, its hand on this arm
-    off = region.skin_off_arm(skin, arm)
+    off = region.skin_off_arm(region.SkinPieces.of(skin), arm)
     assert off[80, 120] and off[72, 45] and not off[150, 40]
