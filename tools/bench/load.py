@@ -409,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.workers < 1 or args.sessions < 1 or args.capacity < 1 or args.fps <= 0:
         _parser().error("--workers, --sessions, --capacity and --fps must be positive")
-    report = run(args)
+    from harness import progress
+
+    with progress.elapsed("bench load", json=args.json):
+        report = run(args)
     return emit(report, args.json)
 
 

@@ -386,7 +386,7 @@ def evaluate_drift(
 
 def main(argv: list[str] | None = None) -> int:
     defaults = DriftSettings()
-    p = argparse.ArgumentParser(prog="python -m tools.eval.drift", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="chameleon eval drift", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="only the JSON report (always the last line)")
     p.add_argument("--weights", help="checkpoint (default: the packaged one; 'random' for random init)")
     p.add_argument("--config", default="tiny")

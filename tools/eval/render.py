@@ -220,7 +220,7 @@ BY_GARMENT_WORN = {
 }
 
 
-def by_garment(args, makers: dict, t_report) -> dict:
+def by_garment(args, makers: dict) -> dict:
     """Every catalogue garment as the target over one clip per pose family (the inputs shared)."""
     from services.garments.catalogue import spec_by_id, starter_catalogue
     from tools.eval.figure import POSES, make_eval_clip
@@ -237,12 +237,14 @@ def by_garment(args, makers: dict, t_report) -> dict:
     report: dict = {"by_garment": {}, "by_garment_baseline": {}}
     sources = {"photo": photographed_garment, "source": catalogue_garment}
     per_source: dict[str, dict[str, float]] = {"photo": {}, "source": {}}
+    from harness import progress
+
     only = {g for g in args.garment_ids.split(",") if g}
-    for spec in starter_catalogue():
+    specs = [spec for spec in starter_catalogue() if not only or spec.garment_id in only]
+    bar = progress.steps(len(specs), "eval render by garment", json=args.json, unit="garment")
+    for spec in specs:
         gid = spec.garment_id
-        if only and gid not in only:
-            continue
-        t_report(f"garment {gid}")
+        bar.update(1)
         truths = [  # the same truth for every source and renderer
             make_eval_clip(family, seed, frames, worn, spec, contrast_with=(worn,), truth_only=True).truth
             for family, seed, worn, _, _, _ in inputs
@@ -266,6 +268,7 @@ def by_garment(args, makers: dict, t_report) -> dict:
                     report["by_garment_baseline"][gid] = summary
                 if name == "current":
                     per_source[source][gid] = summary["garment_iou"]
+    bar.close()
     worst = min(report["by_garment"], key=lambda g: report["by_garment"][g]["garment_iou"])
     report["worst_garment"] = {"id": worst, **report["by_garment"][worst]}
     drops = {g: per_source["source"][g] - per_source["photo"][g] for g in per_source["photo"]}
@@ -312,10 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     cv2.setNumThreads(1)
     t_start = time.perf_counter()
 
-    def t_report(what: str) -> None:
-        if not args.json:
-            print(f"[{time.perf_counter() - t_start:6.1f} s] {what}", file=sys.stderr, flush=True)
-
     names = {"both": ("current", "baseline"), "current": ("current",), "legacy": ("baseline",)}[args.renderer]
     makers = {"current": WarpRenderer, "baseline": LegacyWarpRenderer}
     per: dict[str, dict[str, dict[str, list[float]]]] = {
@@ -328,9 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     clips = frames = detected = 0
     sheet_rows = []
+    from harness import progress
+
+    clips_bar = progress.steps(len(POSES) * args.clips_per_pose, "eval render", json=args.json, unit="clip")
     for fi, family in enumerate(POSES):
         for ci in range(args.clips_per_pose):
-            t_report(f"{family} clip {ci + 1}")
+            clips_bar.update(1)
             a_id, b_id = _pairs(family, ci, rng)
             seed = args.seed * 100 + fi * 10 + ci
             clip = make_eval_clip(
@@ -382,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                     np.pad(t, ((0, hgt - t.shape[0]), (0, 4), (0, 0)), constant_values=255) for t in tiles
                 ]
                 sheet_rows.append(np.hstack(tiles))
+    clips_bar.close()
 
     report: dict = {"renderers": {}}
     for name in names:
@@ -398,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         "by_pose": {f: {"temporal_flicker": _mean(truth_flicker[f])} for f in POSES},
     }
     if args.by_garment and "current" in names:
-        report.update(by_garment(args, makers, t_report))
+        report.update(by_garment(args, makers))
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     if args.sheet and sheet_rows:
         write_rows(args.sheet, sheet_rows)
