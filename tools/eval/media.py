@@ -6,8 +6,8 @@ pan, zoom, a little rotation and brightness drift), a clip is taken as it is (re
 640x480). Each goes through the real preprocessing (MediaPipe pose and segmentation), then a
 renderer session per garment draws every frame. Besides, the eval finds the face (MediaPipe's
 face mesh: its oval, grown a little, and the ears from the pose landmarks) and the hands
-(MediaPipe's hand landmarker: each hand's hull, grown) on every frame: what no garment may
-touch. None of that feeds the renderer.
+(MediaPipe's hand landmarker: each hand's hull, grown, where a pose wrist leads to it) on
+every frame: what no garment may touch. None of that feeds the renderer.
 
 Per item and garment, over the frames where MediaPipe found a body:
 
@@ -109,6 +109,8 @@ class KeepOut:
         for hand in hands:
             pts = np.array([(p.x * w, p.y * h) for p in hand.landmark], np.float32)
             span = float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1])))
+            if pose is not None and not _at_a_wrist(pts[0], span, pose, w, h):
+                continue  # a "hand" no arm leads to: a bow tie, a badge (the landmarker's false find)
             one = np.zeros((h, w), np.uint8)
             cv2.fillConvexPoly(one, np.round(cv2.convexHull(pts)).astype(np.int32), 255)
             out |= cv2.dilate(
@@ -119,6 +121,15 @@ class KeepOut:
     def close(self) -> None:
         self.mesh.close()
         self.hands.close()
+
+
+def _at_a_wrist(wrist: np.ndarray, span: float, pose: np.ndarray, w: int, h: int) -> bool:
+    """Whether a found hand's wrist lies within two hand spans of a pose wrist (BlazePose's
+    wrists, 15 and 16, however unsure: a hand at the frame's edge still has its arm's guess)."""
+    for i in (15, 16):
+        if np.hypot(pose[i, 0] * w - wrist[0], pose[i, 1] * h - wrist[1]) < 2.0 * max(span, 8.0):
+            return True
+    return False
 
 
 def _hip_rows(frame, h: int, w: int) -> np.ndarray:
@@ -268,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated item names (default: all)")
     args = parser.parse_args(argv)
 
+    from harness import progress
     from harness.real_media import ITEMS, MediaUnavailable, path_of
     from tools.samples import catalogue_garment
 
@@ -277,20 +289,20 @@ def main(argv: list[str] | None = None) -> int:
     only = {n for n in args.only.split(",") if n}
     report: dict = {"items": {}, "missing": {}, "garments": list(garments)}
     keep = KeepOut()
+    items = [item for item in ITEMS if not only or item.name in only]
+    bar = progress.steps(len(items), "eval media", json=args.json, unit="item")
     try:
-        for item in ITEMS:
-            if only and item.name not in only:
-                continue
+        for item in items:
+            bar.update(1)
             try:
                 path = path_of(item.name)
             except MediaUnavailable as exc:
                 report["missing"][item.name] = str(exc)
                 continue
-            if not args.json:
-                print(f"[{time.perf_counter() - t0:6.1f} s] {item.name}", file=sys.stderr, flush=True)
             sheet = args.sheets / f"{Path(item.name).stem}.png" if args.sheets else None
             report["items"][item.name] = evaluate_item(item, path, args.frames, garments, keep, sheet)
     finally:
+        bar.close()
         keep.close()
     dressed = [g for e in report["items"].values() for g in e["by_garment"].values()]
     ratios = [r for g in dressed for r in g["pattern_ratio"].values() if r is not None]

@@ -210,12 +210,14 @@ def sleeve_map(
     inside = np.clip(x, -1.0, 1.0)
     # round the tube, then (old clothing wider than the sleeve, a loose coat) straight on past it
     arc = (np.arcsin(inside) + (x - inside)) * r * inv_k  # canvas px across from the sleeve's axis
-    # past the fabric's own width (it tapers to the cuff) the texture is mirrored back, not
-    # clamped: a clamped edge texel smears into streaks, and past the fabric is the canvas' fill
-    along_c = np.minimum(np.abs(along) * inv_k, np.float32(sl.length))
-    centre, half = sl.fabric(along_c)
-    t = np.mod(arc / half + 1.0, 4.0)
-    off = centre + np.where(t <= 2.0, t - 1.0, 3.0 - t) * half
+    # before the root (a loose old sleeve's cap, a close-up's shoulder) the canvas runs on into
+    # the garment's shoulder: the same cloth, continuous (mirrored back, a stripe makes a chevron)
+    along_c = np.clip(along * inv_k, np.float32(-0.5 * sl.length), np.float32(sl.length))
+    centre, half = sl.fabric(np.maximum(along_c, 0.0))
+    # past the fabric's own width (it tapers to the cuff; old clothing wider than the sleeve) the
+    # cloth repeats across, like a panel sewn on: mirrored back, a diagonal stripe makes a chevron;
+    # clamped, the edge texel smears into streaks
+    off = centre + (np.mod(arc / half + 1.0, 2.0) - 1.0) * half
     n_src = _sleeve_normal(sl.axis, outward)
     mx = sl.root[0] + sl.axis[0] * along_c + n_src[0] * off
     my = sl.root[1] + sl.axis[1] * along_c + n_src[1] * off
