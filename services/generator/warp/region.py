@@ -135,7 +135,13 @@ class SkinModel:
         cr = (ycc[..., 1].astype(np.float32) - 128.0) * gain
         cb = (ycc[..., 2].astype(np.float32) - 128.0) * gain
         t = np.float32(tolerance * self.spread)
-        inside = (np.abs(cr - (self.cr - 128.0)) <= t) & (np.abs(cb - (self.cb - 128.0)) <= t) & (y >= 25)
+        scr, scb = np.float32(self.cr - 128.0), np.float32(self.cb - 128.0)
+        inside = (np.abs(cr - scr) <= t) & (np.abs(cb - scb) <= t) & (y >= 25)
+        # and coloured the skin's way: the tolerance box can reach grey, and a black suit's
+        # shadows (chroma ~0) read as skin in dark blots
+        norm = float(scr * scr + scb * scb)
+        if norm > 1.0:
+            inside &= (cr * scr + cb * scb) >= np.float32(0.45 * norm)
         return inside.astype(np.uint8) * 255
 
 

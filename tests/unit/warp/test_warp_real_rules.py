@@ -31,6 +31,19 @@ def test_a_black_and_white_picture_is_told_from_a_colour_one() -> None:
     assert not region.is_greyscale(colour)
 
 
+def test_a_black_suits_shadows_are_not_skin_a_hand_in_shadow_is() -> None:
+    """zidane.jpg: the skin test's chroma box, scaled up in the dark, reached grey, and a black
+    suit's shadows came out as skin: dark holes in the new garment. Skin must be coloured the
+    skin's way; a hand in shadow (the face's chroma at a third of its light) still is."""
+    # the skin zidane.jpg's face gave (YCrCb), and the suit's shadows beside the lapel
+    model = region.SkinModel(cr=144.0, cb=112.0, spread=7.5, bgr=(49, 71, 107), y=58.0)
+    ycc = np.zeros((4, 4, 3), np.uint8)
+    ycc[...] = (31, 126, 128)
+    assert not model.mask(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR), 2.6).any()
+    ycc[...] = (25, 134, 121)  # the face's chroma at under half its light
+    assert model.mask(cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR), 2.6).all()
+
+
 def test_a_black_and_white_photo_is_dressed_without_a_skin_test(bus_frame, red_tee) -> None:
     """In a grey picture every pixel has the face's (grey) chroma: a skin test there takes the
     clothing for skin and leaves holes. Without one, the torso is dressed as in colour."""
