@@ -6,8 +6,8 @@ pan, zoom, a little rotation and brightness drift), a clip is taken as it is (re
 640x480). Each goes through the real preprocessing (MediaPipe pose and segmentation), then a
 renderer session per garment draws every frame. Besides, the eval finds the face (MediaPipe's
 face mesh: its oval, grown a little, and the ears from the pose landmarks) and the hands
-(MediaPipe's hand landmarker: each hand's hull, grown, where a pose wrist leads to it) on
-every frame: what no garment may touch. None of that feeds the renderer.
+(MediaPipe's hand landmarker: each hand's palm and fingers, where a pose wrist leads to it)
+on every frame: what no garment may touch. None of that feeds the renderer.
 
 Per item and garment, over the frames where MediaPipe found a body:
 
@@ -21,10 +21,12 @@ Per item and garment, over the frames where MediaPipe found a body:
 - ``pattern_ratio``: per sleeve, the garment's scale on the sleeve over its scale on the torso
   (``RenderDetail.scales``: a pattern's period on the body follows it; within 0.8-1.25 is the
   goal);
-- ``flicker`` and ``input_change``: the mean change between consecutive frames inside the
-  garment (grey levels) in the output and in the camera input there; their ratio
-  ``flicker_ratio`` (the camera moves, so the input changes too: a render that holds still
-  relative to the person changes about as much as the input).
+- ``swim_px``: how far the garment slides over the body between frames, in pixels. The camera
+  moves, so raw frame differences say little (and a striped garment changes more than the plain
+  coat it replaces for the same motion): the input's optical flow (Farneback) carries the last
+  output onto this frame, and the residual inside the garment, over the output's gradient there
+  (pixels with a clear edge only), is the garment's own slide; ``input_swim_px``, the same
+  measured on the input's clothing, is what the flow itself leaves (the floor).
 
 The last line printed is one JSON object: ``{"items": {NAME: {"kind", "source", "frames",
 "found", "by_garment": {GARMENT: {KEYS}}}}, "missing": {NAME: why}, "summary": {...}}``. With
@@ -111,16 +113,33 @@ class KeepOut:
             span = float(max(np.ptp(pts[:, 0]), np.ptp(pts[:, 1])))
             if pose is not None and not _at_a_wrist(pts[0], span, pose, w, h):
                 continue  # a "hand" no arm leads to: a bow tie, a badge (the landmarker's false find)
-            one = np.zeros((h, w), np.uint8)
-            cv2.fillConvexPoly(one, np.round(cv2.convexHull(pts)).astype(np.int32), 255)
-            out |= cv2.dilate(
-                one, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (max(3, int(0.2 * span) | 1),) * 2)
-            )
+            out |= _hand_shape(pts, (h, w))
         return out
 
     def close(self) -> None:
         self.mesh.close()
         self.hands.close()
+
+
+FINGERS = ((0, 1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12), (13, 14, 15, 16), (17, 18, 19, 20))
+PALM = (0, 1, 5, 9, 13, 17)
+
+
+def _hand_shape(pts: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The hand's own shape from its 21 landmarks: the palm's polygon and a capsule along each
+    finger as wide as a finger (a third of the knuckles' spacing, times 2.2 for the flesh round
+    the bones), not the landmarks' hull: a pointing hand's hull holds a triangle of the jacket
+    under the finger, which a garment may repaint."""
+    out = np.zeros(shape, np.uint8)
+    knuckles = float(np.hypot(*(pts[5] - pts[17]))) / 3.0
+    width = max(3, round(2.2 * 0.5 * knuckles))
+    cv2.fillConvexPoly(out, np.round(cv2.convexHull(pts[list(PALM)])).astype(np.int32), 255)
+    for finger in FINGERS:
+        line = np.round(pts[list(finger)]).astype(np.int32)
+        cv2.polylines(out, [line], False, 255, width, cv2.LINE_8)
+        for x, y in line:
+            cv2.circle(out, (int(x), int(y)), width // 2, 255, -1)
+    return out
 
 
 def _at_a_wrist(wrist: np.ndarray, span: float, pose: np.ndarray, w: int, h: int) -> bool:
@@ -138,6 +157,30 @@ def _hip_rows(frame, h: int, w: int) -> np.ndarray:
     hip = float(lm[[23, 24], 1].mean()) * h
     shoulder = float(lm[[11, 12], 1].mean()) * h
     return np.repeat((np.arange(h) < hip - 0.1 * (hip - shoulder))[:, None], w, axis=1)
+
+
+def _carry(before: np.ndarray, after: np.ndarray):
+    """A function moving an image of the frame ``before`` onto ``after`` by the input's optical
+    flow (Farneback, grey, from ``after`` back to ``before``: a backward warp)."""
+    flow = cv2.calcOpticalFlowFarneback(after, before, None, 0.5, 4, 21, 3, 5, 1.1, 0)
+    h, w = after.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    mx, my = gx + flow[..., 0], gy + flow[..., 1]
+    return lambda img: cv2.remap(img, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _swim(carried: np.ndarray, now: np.ndarray, where: np.ndarray) -> float | None:
+    """The median slide in pixels inside ``where``: |now - carried| over |grad now| at pixels
+    with a clear edge (a gradient of at least 24 grey levels a pixel), where brightness change
+    per pixel moved is well defined; None with under 50 such pixels."""
+    gx = cv2.Sobel(now, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(now, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    grad = np.hypot(gx, gy)
+    sel = where & (grad >= 24.0)
+    if sel.sum() < 50:
+        return None
+    diff = np.abs(now.astype(np.float32) - carried.astype(np.float32))
+    return float(np.median(diff[sel] / grad[sel]))
 
 
 def _mean(values: list[float]) -> float | None:
@@ -203,7 +246,7 @@ def evaluate_item(item, path: Path, n: int, garments: dict, keep: KeepOut, sheet
         m: dict[str, list[float]] = {
             k: [] for k in ("face_changed", "spill_px", "hanging_px", "coverage", "ratio_left", "ratio_right")
         }
-        flicker, change = [], []
+        swim, floor_px = [], []
         outs, prev = [], None
         for f, ok, ko in zip(fed, found, kept, strict=True):
             detail = session.render_detail(f, measure=True)
@@ -230,14 +273,21 @@ def evaluate_item(item, path: Path, n: int, garments: dict, keep: KeepOut, sheet
                 sleeve = detail.scales.get(f"sleeve_{side}")
                 if torso and sleeve and np.isfinite(torso) and np.isfinite(sleeve):
                     m[f"ratio_{side}"].append(sleeve / torso)
+            grey_in = cv2.cvtColor(f.frame_bgr, cv2.COLOR_BGR2GRAY)
+            grey_out = cv2.cvtColor(out, cv2.COLOR_BGR2GRAY)
             if prev is not None:
-                sel = drawn & prev[1]
-                if sel.sum() > 50:
-                    flicker.append(float(np.abs(out.astype(np.float32) - prev[0])[sel].mean()))
-                    change.append(float(np.abs(f.frame_bgr.astype(np.float32) - prev[2])[sel].mean()))
-            prev = (out.astype(np.float32), drawn, f.frame_bgr.astype(np.float32))
+                old_in, old_out, old_drawn = prev
+                carried = _carry(old_in, grey_in)
+                sel = drawn & (carried(old_drawn.astype(np.uint8) * 255) > 127)
+                slide = _swim(carried(old_out), grey_out, sel)
+                if slide is not None:
+                    swim.append(slide)
+                    cloth = (f.garment_mask > 0) & (f.person_mask > 0) if f.garment_mask is not None else sel
+                    floor = _swim(carried(old_in), grey_in, cloth)
+                    if floor is not None:
+                        floor_px.append(floor)
+            prev = (grey_in, grey_out, drawn)
         rows[gid] = outs
-        fl, ch = _mean(flicker), _mean(change)
         by[gid] = {
             "face_changed": _mean(m["face_changed"]),
             "face_changed_max": round(max(m["face_changed"], default=0.0), 4),
@@ -245,9 +295,8 @@ def evaluate_item(item, path: Path, n: int, garments: dict, keep: KeepOut, sheet
             "hanging_px": _mean(m["hanging_px"]),
             "coverage": _mean(m["coverage"]),
             "pattern_ratio": {"left": _mean(m["ratio_left"]), "right": _mean(m["ratio_right"])},
-            "flicker": fl,
-            "input_change": ch,
-            "flicker_ratio": round(fl / ch, 3) if fl is not None and ch else None,
+            "swim_px": _mean(swim),
+            "input_swim_px": _mean(floor_px),
         }
     entry["by_garment"] = by
     if sheet is not None:
@@ -313,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         "spill_px_max": max((g["spill_px"] for g in dressed if g["spill_px"] is not None), default=None),
         "coverage_min": min((g["coverage"] for g in dressed if g["coverage"] is not None), default=None),
         "pattern_ratio_range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
+        "swim_px_max": max((g["swim_px"] for g in dressed if g["swim_px"] is not None), default=None),
     }
     report["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(report))

@@ -141,7 +141,7 @@ class SkinModel:
         # shadows (chroma ~0) read as skin in dark blots
         norm = float(scr * scr + scb * scb)
         if norm > 1.0:
-            inside &= (cr * scr + cb * scb) >= np.float32(0.45 * norm)
+            inside &= (cr * scr + cb * scb) >= np.float32(0.1 * norm)
         return inside.astype(np.uint8) * 255
 
 
