@@ -30,7 +30,7 @@ Per item and garment, over the frames where MediaPipe found a body:
 
 The last line printed is one JSON object: ``{"items": {NAME: {"kind", "source", "frames",
 "found", "by_garment": {GARMENT: {KEYS}}}}, "missing": {NAME: why}, "summary": {...}}``. With
-``--sheets DIR``: a contact sheet per item, ``DIR/NAME.png``: three frames of the input and of
+``--sheets DIR``: a contact sheet per item, ``DIR/NAME.jpg`` (JPEG: a few hundred kB each): three frames of the input and of
 each garment's render, cropped to the person.
 """
 
@@ -314,7 +314,7 @@ def evaluate_item(item, path: Path, n: int, garments: dict, keep: KeepOut, sheet
             tiles = [np.pad(t, ((0, 3), (0, width - t.shape[1]), (0, 0)), constant_values=255) for t in tiles]
             # side by side: input | garment 1 | garment 2 ... (each three frames tall)
             sheet.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(sheet), np.vstack(tiles), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            cv2.imwrite(str(sheet), np.vstack(tiles), [cv2.IMWRITE_JPEG_QUALITY, 82])
             entry["sheet"] = str(sheet)
     return entry
 
@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             except MediaUnavailable as exc:
                 report["missing"][item.name] = str(exc)
                 continue
-            sheet = args.sheets / f"{Path(item.name).stem}.png" if args.sheets else None
+            sheet = args.sheets / f"{Path(item.name).stem}.jpg" if args.sheets else None
             report["items"][item.name] = evaluate_item(item, path, args.frames, garments, keep, sheet)
     finally:
         bar.close()
