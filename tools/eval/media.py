@@ -30,8 +30,8 @@ Per item and garment, over the frames where MediaPipe found a body:
 
 The last line printed is one JSON object: ``{"items": {NAME: {"kind", "source", "frames",
 "found", "by_garment": {GARMENT: {KEYS}}}}, "missing": {NAME: why}, "summary": {...}}``. With
-``--sheets DIR``: a contact sheet per item, ``DIR/NAME.jpg`` (JPEG: a few hundred kB each): three frames of the input and of
-each garment's render, cropped to the person.
+``--sheets DIR``: a contact sheet per item, ``DIR/NAME.jpg`` (JPEG, small enough to keep in
+git): three frames of the input and of each garment's render, cropped to the person.
 """
 
 from __future__ import annotations
