@@ -213,7 +213,11 @@ def sleeve_map(
     # before the root (a loose old sleeve's cap, a close-up's shoulder) the canvas runs on into
     # the garment's shoulder: the same cloth, continuous (mirrored back, a stripe makes a chevron)
     along_c = np.clip(along * inv_k, np.float32(-0.5 * sl.length), np.float32(sl.length))
-    centre, half = sl.fabric(np.maximum(along_c, 0.0))
+    # the fabric's profile from a table along the sleeve (256 stations), not interpolated per pixel
+    length = max(float(sl.length), 1e-3)
+    t_centre, t_half = sl.fabric(np.linspace(0.0, length, 256, dtype=np.float32))
+    idx = (np.clip(along_c, 0.0, length) * np.float32(255.0 / length) + 0.5).astype(np.int32)
+    centre, half = t_centre[idx], t_half[idx]
     # past the fabric's own width (it tapers to the cuff; old clothing wider than the sleeve) the
     # cloth repeats across, like a panel sewn on: mirrored back, a diagonal stripe makes a chevron;
     # clamped, the edge texel smears into streaks

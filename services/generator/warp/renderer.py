@@ -114,8 +114,11 @@ def _band(mask: np.ndarray, a: np.ndarray, b: np.ndarray, width: float) -> None:
 
 
 def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
-    a = mask.astype(np.float32) * (1 / 255)
-    return cv2.GaussianBlur(a, (0, 0), sigma) if sigma > 0 else a
+    """The mask (uint8 0/255) as a float32 0-1 coverage with a soft edge: blurred as uint8 (a
+    256th of coverage is far below what shows, and it is several times faster than float)."""
+    if sigma > 0:
+        mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+    return mask.astype(np.float32) * np.float32(1 / 255)
 
 
 def _open_blobs(mask: np.ndarray, k: int) -> np.ndarray:
@@ -236,15 +239,16 @@ class WarpRenderer:
     # -- per frame -----------------------------------------------------------------------------------
     def render(self, frame: FrameInput) -> list[RenderedFrame]:
         """One frame in, one frame out. Without a person, landmarks or region: the input as is."""
-        return [self.render_detail(frame).frame]
+        return [self.render_detail(frame, masks=False).frame]
 
-    def render_detail(self, frame: FrameInput, measure: bool = False) -> RenderDetail:
+    def render_detail(self, frame: FrameInput, measure: bool = False, masks: bool = True) -> RenderDetail:
         """``render`` with the masks it drew (tests, evaluations). Never raises on bad input: a
         frame the renderer cannot use comes back unchanged, with the history withdrawn.
 
         A tracker that loses the person for a frame or two (no landmarks) while the frame is
         otherwise fine gets the last landmarks (and person mask, if that is missing too) for up
-        to ``hold_frames`` frames: a still person's garment does not blink off and on."""
+        to ``hold_frames`` frames: a still person's garment does not blink off and on. With
+        ``masks=False`` (``render``) only the frame is filled in: no full-size masks to build."""
         self.frames += 1
         held = False
         if frame.landmarks is None and self._last is not None and self._held < self.config.hold_frames:
@@ -257,7 +261,7 @@ class WarpRenderer:
             held = True
         # points from one detection only are a rough fit: the tracker's next frame replaces them
         try:
-            detail = self._render(frame, refit=self._fits == 1 and not held, measure=measure)
+            detail = self._render(frame, refit=self._fits == 1 and not held, measure=measure, masks=masks)
         except (ValueError, cv2.error, FloatingPointError, IndexError):
             detail = None
         if detail is None:
@@ -357,7 +361,9 @@ class WarpRenderer:
                 return None
         return person
 
-    def _render(self, frame: FrameInput, refit: bool = False, measure: bool = False) -> RenderDetail | None:
+    def _render(
+        self, frame: FrameInput, refit: bool = False, measure: bool = False, masks: bool = True
+    ) -> RenderDetail | None:
         c, rc = self.config, self.config.region
         person_full = self._usable(frame)
         if person_full is None:
@@ -589,8 +595,11 @@ class WarpRenderer:
             f[y0:y1, x0:x1] = m
             return f
 
+        rendered = RenderedFrame(frame.seq, out, self.garment_id, full(drawn_roi.view(np.uint8) * 255))
+        if not masks:
+            return RenderDetail(rendered)
         return RenderDetail(
-            RenderedFrame(frame.seq, out, self.garment_id, full(drawn_roi.astype(np.uint8) * 255)),
+            rendered,
             garment=full((garment_alpha >= 0.5).astype(np.uint8) * 255),
             clothing=full(clothing),
             skin=full(skin_drawn),

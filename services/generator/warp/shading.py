@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from services.generator.warp.filters import gaussian
+
 
 @dataclass(frozen=True)
 class ShadingConfig:
@@ -102,8 +104,8 @@ class Materials:
 def _masked_blur(values: np.ndarray, weight: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
     """(Gaussian mean of ``values`` over ``weight``, the blurred weight)."""
     s = max(0.6, sigma)
-    num = cv2.GaussianBlur(values * weight, (0, 0), s)
-    den = cv2.GaussianBlur(weight, (0, 0), s)
+    num = gaussian(values * weight, s)
+    den = gaussian(weight, s)
     return num / np.maximum(den, 1e-4), den
 
 
