@@ -671,12 +671,16 @@ def cmd_auth(args: argparse.Namespace, settings: BaseSettings) -> int:
 
 
 def cmd_media(args: argparse.Namespace, settings: BaseSettings) -> int:
-    """Extract the sample photos into the media cache (part of set-up)."""
-    from runtime.media import ensure_sample_media
+    """Extract the real photos and clips into the media cache (part of set-up; each source that
+    cannot be reached is named with why, and what needs it skips)."""
+    from harness.real_media import fetch_all
+    from runtime.media import media_dir
 
-    path = ensure_sample_media(fetch=True)
-    print(json.dumps({"media_dir": str(path), "files": sorted(p.name for p in Path(path).iterdir())}))
-    return 0
+    sources = fetch_all()
+    path = media_dir()
+    files = sorted(p.name for p in Path(path).iterdir()) if path.is_dir() else []
+    print(json.dumps({"media_dir": str(path), "files": files, "sources": sources}))
+    return 0 if all(v == "ok" for v in sources.values()) else 1
 
 
 def _no_arguments(p: argparse.ArgumentParser) -> None:
@@ -693,7 +697,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Comman
     "swap": ("change a session's garment", add_swap, cmd_swap),
     "session": ("per-session credentials: mint a session token", add_session, cmd_session),
     "auth": ("a deployment's keys and nats-server config", add_auth, cmd_auth),
-    "media": ("extract the sample photos into the media cache", _no_arguments, cmd_media),
+    "media": ("extract the real photos and clips into the media cache", _no_arguments, cmd_media),
 }
 
 

@@ -104,18 +104,23 @@ class Silhouette:
 
 
 SILHOUETTES: dict[str, Silhouette] = {
+    # proportions of real garments (unit: about half the shoulder seam width, ~23 cm): a tee
+    # about 1.5 shoulder widths long, a shirt's sleeve as long as the arm, a dress to mid-calf.
+    # Renderers fit a garment by its own shape, so its length and sleeves decide where it ends.
     "tee": Silhouette(
-        0.34, 0.20, False, (0.95, 0.14), (1.55, 0.58), (1.27, 0.82), (0.95, 0.54), (0.95, 2.25)
+        0.34, 0.22, False, (0.95, 0.10), (1.58, 0.70), (1.30, 1.05), (0.97, 0.92), (0.98, 2.85)
     ),
-    "shirt": Silhouette(0.30, 0.14, False, (1.0, 0.12), (1.8, 1.95), (1.48, 2.1), (1.0, 0.64), (1.0, 2.45)),
-    "dress": Silhouette(0.38, 0.32, False, (0.82, 0.08), (1.2, 0.38), (1.0, 0.54), (0.82, 0.46), (1.45, 3.1)),
-    "jacket": Silhouette(0.36, 0.85, True, (1.1, 0.14), (1.95, 2.0), (1.6, 2.16), (1.1, 0.72), (1.1, 2.6)),
-    "tank": Silhouette(0.30, 0.40, False, (0.58, 0.07), (0, 0), (0, 0), (0.90, 0.66), (0.95, 2.2), True),
+    "shirt": Silhouette(0.30, 0.14, False, (1.0, 0.10), (2.12, 2.86), (1.78, 3.0), (1.0, 0.95), (1.0, 3.3)),
+    "dress": Silhouette(
+        0.38, 0.30, False, (0.85, 0.08), (1.36, 0.50), (1.16, 0.74), (0.90, 0.78), (1.55, 4.4)
+    ),
+    "jacket": Silhouette(0.36, 0.85, True, (1.1, 0.12), (2.25, 2.95), (1.9, 3.08), (1.12, 1.0), (1.12, 3.15)),
+    "tank": Silhouette(0.30, 0.40, False, (0.58, 0.07), (0, 0), (0, 0), (0.92, 0.95), (0.98, 2.85), True),
     "crop": Silhouette(
-        0.34, 0.22, False, (0.95, 0.14), (1.5, 0.55), (1.25, 0.78), (0.95, 0.54), (0.98, 1.35)
+        0.34, 0.22, False, (0.95, 0.10), (1.58, 0.70), (1.30, 1.05), (0.97, 0.92), (0.98, 1.95)
     ),
-    "maxi": Silhouette(0.36, 0.30, False, (0.8, 0.08), (1.15, 0.36), (0.96, 0.52), (0.8, 0.46), (1.7, 4.2)),
-    "coat": Silhouette(0.36, 1.0, True, (1.12, 0.14), (2.12, 1.92), (1.8, 2.1), (1.12, 0.74), (1.25, 3.7)),
+    "maxi": Silhouette(0.36, 0.30, False, (0.8, 0.08), (1.42, 0.52), (1.22, 0.78), (0.86, 0.80), (1.8, 5.8)),
+    "coat": Silhouette(0.36, 1.0, True, (1.12, 0.12), (2.28, 2.95), (1.92, 3.08), (1.14, 1.0), (1.3, 4.4)),
 }
 
 SILHOUETTE_CATEGORY = {
@@ -268,6 +273,7 @@ def _hard() -> list[GarmentSpec]:
             "maxi",
             "floral",
             ((70, 120, 50), (120, 200, 250), (200, 200, 240)),
+            background=(150, 140, 150),  # its pale flowers at the edge would melt into white paper
             seed=26,
         ),
         GarmentSpec("maxi-black-solid", "Black maxi dress", "maxi", "solid", (black,), seed=27),
@@ -300,11 +306,23 @@ def _classic() -> list[GarmentSpec]:
             seed=3,
         ),
         GarmentSpec(
-            "tee-grey-print", "Grey logo tee", "tee", "print", ((150, 150, 150), (40, 160, 240)), seed=4
+            "tee-grey-print",
+            "Grey logo tee",
+            "tee",
+            "print",
+            ((150, 150, 150), (40, 160, 240)),
+            background=(60, 56, 52),  # on white paper its lit grey reads as a table in shadow
+            seed=4,
         ),
         GarmentSpec("tee-yellow-dots", "Yellow polka tee", "tee", "dots", ((60, 210, 240), black), seed=5),
         GarmentSpec(
-            "shirt-blue-checks", "Blue gingham shirt", "shirt", "checks", ((200, 140, 60), white), seed=6
+            "shirt-blue-checks",
+            "Blue gingham shirt",
+            "shirt",
+            "checks",
+            ((200, 140, 60), white),
+            background=(120, 124, 128),  # its white checks would melt into a white table
+            seed=6,
         ),
         GarmentSpec(
             "shirt-white-pinstripes",

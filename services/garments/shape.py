@@ -28,10 +28,13 @@ SLEEVE_LONG_RATIO = 0.55  # sleeve length / shoulder width above which a sleeve 
 SLEEVE_NONE_RATIO = 0.12  # below this a "sleeve" is only a cap
 V_NECK_DEPTH = 0.28  # neckline depth / armpit width of an open front (scoops measure 0.06-0.22)
 V_NECK_FILL = 0.55  # a V opening fills about 0.4-0.46 of its box, a scoop 0.6-0.75
-DRESS_LENGTH = 1.45  # shoulder-to-hem length / armpit width
-DRESS_FLARE = 1.25  # hem width / armpit width of a skirt
-LONG_LENGTH = 1.9  # this long is a dress even without flare
-CROPPED_LENGTH = 0.85
+# lengths (shoulder line to hem over armpit width) of real garments' proportions: a cropped top
+# about 0.95, a tee 1.4, a shirt 1.55, a long coat 1.85, a dress 2.4, a maxi 3.3; each threshold
+# sits between its neighbours (their geometric mean)
+DRESS_LENGTH = 1.45  # longer than a tee...
+DRESS_FLARE = 1.25  # ... and flaring (hem width / armpit width of a skirt) is a dress
+LONG_LENGTH = 2.1  # this long is a dress even without flare (a long coat is shorter)
+CROPPED_LENGTH = 1.15  # shorter than this is cropped
 
 
 @dataclass(frozen=True)

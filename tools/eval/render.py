@@ -24,12 +24,28 @@ KEYS, means over frames (by pose: over that family's frames):
   (SSIM on luma, Gaussian window sigma 1.5, averaged over the region);
 - ``shading_corr``: Pearson correlation of output and ground-truth luma inside the ground-truth
   garment (eroded 2 px), both blurred with sigma 2 px so that a pattern's phase matters less
-  than its light and folds;
+  than its light and folds; where the outlines differ (a hem a little higher) it also counts the
+  old clothing or skin the render shows there, so ``shading_corr_drawn`` is the same where both
+  the render and the truth show the garment: the light transfer alone;
 - ``psnr_outside_db``: output vs ground truth outside both garments (dilated 2 px): everything
   that is not clothing; capped at 100 dB;
 - ``temporal_flicker``: mean absolute change (grey levels, BGR mean) of the output inside the
   ground-truth garment between consecutive frames of the clip's still half (same pose, only the
-  camera noise changes). ``ground_truth.temporal_flicker`` is the same on the ground truth.
+  camera noise changes). ``ground_truth.temporal_flicker`` is the same on the ground truth;
+- ``face_changed``: the share of the face, hair, ears, neck and hands (the figure's own masks,
+  eroded by one pixel for the antialiased rim) whose pixels the renderer changed; 0 is the goal.
+  ``face_changed_max`` beside it is the worst frame.
+
+The ground truth wears each garment by its own shape (``tools.eval.figure``): its neckline, hem
+and sleeve ends fall where the garment's proportions put them on this body.
+
+``by_garment`` (``--by-garment``, on by default): every catalogue garment as the target, taken
+through its photographed version (``tools.product_photos``: a flat-lay photo with folds, shadow,
+rotation and JPEG noise, through the real encoder) on one clip per pose family, the camera input
+shared by all garments. ``{GARMENT: {KEYS}}`` for the current renderer, ``by_garment_baseline``
+the legacy renderer's means over the same frames, ``worst_garment`` ``{"id", KEYS}`` (lowest
+``garment_iou``), and ``photo_vs_source``: the same clips with every garment taken from its source
+image (``{"garment_iou_photo", "garment_iou_source", "worst_drop": {"id", "drop"}}``).
 """
 
 from __future__ import annotations
@@ -49,9 +65,12 @@ KEYS = (
     "psnr_garment_db",
     "ssim_garment",
     "shading_corr",
+    "shading_corr_drawn",
     "psnr_outside_db",
+    "face_changed",
     "temporal_flicker",
 )
+FRAME_KEYS = KEYS[:-1]  # measured per frame; flicker is per pair of frames
 LONG = ("shirt-blue-checks", "shirt-white-pinstripes", "shirt-green-solid", "shirt-red-checks")
 SHEET_SCALE = 0.5  # contact-sheet tiles: small enough that the sheet stays a few hundred KB
 SHORT = ("tee-red-solid", "tee-white-solid", "tee-navy-stripes", "tee-grey-print", "tee-yellow-dots")
@@ -104,6 +123,33 @@ def _iou(mask: np.ndarray | None, truth: np.ndarray) -> float:
     return float((m & truth).sum() / union) if union else 1.0
 
 
+def face_changed(out: np.ndarray, src: np.ndarray, keep_out: np.ndarray | None) -> float:
+    """Share of ``keep_out`` (bool, eroded by a pixel) whose pixels differ between ``out`` and ``src``."""
+    if keep_out is None:
+        return 0.0
+    inner = cv2.erode(keep_out.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    if not inner.any():
+        return 0.0
+    changed = np.any(out != src, axis=2)
+    return float((changed & inner).sum() / inner.sum())
+
+
+def frame_metrics(out: np.ndarray, drawn: np.ndarray | None, gt, src) -> dict[str, float]:
+    """Every per-frame key for one output frame against its ground truth (``FigureFrame``s)."""
+    clothes = cv2.dilate((gt.garment | src.garment).astype(np.uint8), np.ones((5, 5), np.uint8))
+    return {
+        "garment_iou": _iou(drawn, gt.garment),
+        "psnr_garment_db": _psnr(out, gt.image, gt.garment),
+        "ssim_garment": ssim_in(out, gt.image, gt.garment),
+        "shading_corr": shading_corr(out, gt.image, gt.garment),
+        "shading_corr_drawn": shading_corr(out, gt.image, gt.garment & (drawn > 0))
+        if drawn is not None
+        else 0.0,
+        "psnr_outside_db": _psnr(out, gt.image, clothes == 0),
+        "face_changed": face_changed(out, src.image, src.keep_out),
+    }
+
+
 def _pairs(family: str, clip: int, rng: np.random.Generator) -> tuple[str, str]:
     """Garment A (worn) and B (asked for). ``sleeve_change`` alternates long->short and
     short->long; the other families keep the sleeve length so they measure the pose."""
@@ -124,6 +170,122 @@ def _tile(img: np.ndarray, label: str, box: tuple[int, int, int, int], scale: fl
     return np.vstack([bar, t])
 
 
+def _render_clip(maker, garment, lead, inputs) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """A fresh session of ``maker`` on ``garment``: the lead-in frames seen, then the clip drawn;
+    (output images, garment masks drawn)."""
+    session = maker("eval-render", garment)
+    for frame in lead:  # the walk into the pose: seen, not measured
+        session.render(frame)
+    images, masks = [], []
+    for frame in inputs:
+        if hasattr(session, "render_detail"):
+            detail = session.render_detail(frame)
+            images.append(detail.frame.image_bgr)
+            masks.append(detail.garment)
+        else:
+            r = session.render(frame)[0]
+            images.append(r.image_bgr)
+            masks.append(r.drawn_mask)
+    return images, masks
+
+
+def _flicker(images: list[np.ndarray], clip, found: list[bool] | None = None) -> list[float]:
+    out = []
+    for i in range(clip.still_from + 1, len(images)):
+        sel = clip.truth[i].garment & clip.truth[i - 1].garment
+        if sel.any() and (found is None or (found[i] and found[i - 1])):
+            out.append(float(np.abs(images[i].astype(np.float32) - images[i - 1])[sel].mean()))
+    return out
+
+
+def _mean(values: list[float]) -> float:
+    return round(float(np.mean(values)), 4) if values else float("nan")
+
+
+def _summary(values: dict[str, list[float]]) -> dict[str, float]:
+    out = {k: _mean(values[k]) for k in KEYS}
+    out["face_changed_max"] = round(max(values["face_changed"], default=0.0), 4)
+    return out
+
+
+# the camera input of the per-garment clips: one worn garment per pose family, long and short
+# sleeves both (what the person wears decides where the old clothing is)
+BY_GARMENT_WORN = {
+    "front": "shirt-green-solid",
+    "side": "tee-red-solid",
+    "crossed_arms": "tee-white-solid",
+    "raised_arms": "shirt-blue-checks",
+    "hand_on_chest": "tee-navy-stripes",
+    "sleeve_change": "shirt-red-checks",
+}
+
+
+def by_garment(args, makers: dict) -> dict:
+    """Every catalogue garment as the target over one clip per pose family (the inputs shared)."""
+    from services.garments.catalogue import spec_by_id, starter_catalogue
+    from tools.eval.figure import POSES, make_eval_clip
+    from tools.samples import catalogue_garment, photographed_garment, preprocessed_frames
+
+    frames = args.garment_frames
+    inputs = []
+    for fi, family in enumerate(POSES):
+        seed = args.seed * 100 + 70 + fi
+        worn = spec_by_id(BY_GARMENT_WORN[family])
+        clip = make_eval_clip(family, seed, frames, worn, worn, lead_in=args.lead_in, contrast_with=(worn,))
+        fed = preprocessed_frames(clip.lead_in + [f.image for f in clip.inputs])
+        inputs.append((family, seed, worn, fed[: len(clip.lead_in)], fed[len(clip.lead_in) :], clip))
+    report: dict = {"by_garment": {}, "by_garment_baseline": {}}
+    sources = {"photo": photographed_garment, "source": catalogue_garment}
+    per_source: dict[str, dict[str, float]] = {"photo": {}, "source": {}}
+    from harness import progress
+
+    only = {g for g in args.garment_ids.split(",") if g}
+    specs = [spec for spec in starter_catalogue() if not only or spec.garment_id in only]
+    bar = progress.steps(len(specs), "eval render by garment", json=args.json, unit="garment")
+    for spec in specs:
+        gid = spec.garment_id
+        bar.update(1)
+        truths = [  # the same truth for every source and renderer
+            make_eval_clip(family, seed, frames, worn, spec, contrast_with=(worn,), truth_only=True).truth
+            for family, seed, worn, _, _, _ in inputs
+        ]
+        for source, get in sources.items():
+            garment = get(gid)
+            for name in ("current", "baseline") if source == "photo" else ("current",):
+                values: dict[str, list[float]] = {k: [] for k in KEYS}
+                for (_, _, _, lead, fed, clip), truth in zip(inputs, truths, strict=True):
+                    images, masks = _render_clip(makers[name], garment, lead, fed)
+                    for out, drawn, gt, src in zip(images, masks, truth, clip.inputs, strict=True):
+                        for k, v in frame_metrics(out, drawn, gt, src).items():
+                            values[k].append(v)
+                    values["temporal_flicker"] += _flicker(
+                        images, type(clip)(**{**clip.__dict__, "truth": truth})
+                    )
+                summary = _summary(values)
+                if source == "photo" and name == "current":
+                    report["by_garment"][gid] = summary
+                elif source == "photo":
+                    report["by_garment_baseline"][gid] = summary
+                if name == "current":
+                    per_source[source][gid] = summary["garment_iou"]
+    bar.close()
+    worst = min(report["by_garment"], key=lambda g: report["by_garment"][g]["garment_iou"])
+    report["worst_garment"] = {"id": worst, **report["by_garment"][worst]}
+    drops = {g: per_source["source"][g] - per_source["photo"][g] for g in per_source["photo"]}
+    worst_drop = max(drops, key=lambda g: drops[g])
+    report["photo_vs_source"] = {
+        "garment_iou_photo": _mean(list(per_source["photo"].values())),
+        "garment_iou_source": _mean(list(per_source["source"].values())),
+        "worst_drop": {"id": worst_drop, "drop": round(drops[worst_drop], 4)},
+    }
+    base = report["by_garment_baseline"]
+    report["by_garment_means"] = {
+        "current": {k: _mean([v[k] for v in report["by_garment"].values()]) for k in KEYS},
+        "baseline": {k: _mean([v[k] for v in base.values()]) for k in KEYS},
+    }
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chameleon eval render", description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
@@ -133,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=15)
     parser.add_argument("--lead-in", type=int, default=4, help="unmeasured frames walking into the pose")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet PNG here")
+    parser.add_argument(
+        "--by-garment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="every catalogue garment as the target (photographed and source): by_garment, worst_garment",
+    )
+    parser.add_argument("--garment-frames", type=int, default=4, help="frames per clip in by_garment")
+    parser.add_argument("--garment-ids", default="", help="comma-separated: by_garment over these only")
     args = parser.parse_args(argv)
 
     from harness.quality import write_rows
@@ -144,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cv2.setNumThreads(1)
     t_start = time.perf_counter()
+
     names = {"both": ("current", "baseline"), "current": ("current",), "legacy": ("baseline",)}[args.renderer]
     makers = {"current": WarpRenderer, "baseline": LegacyWarpRenderer}
     per: dict[str, dict[str, dict[str, list[float]]]] = {
@@ -183,37 +354,17 @@ def main(argv: list[str] | None = None) -> int:
                     truth_flicker[family].append(float(d[m].mean()))
             outs = {}
             for name in names:
-                session = makers[name](f"eval-{seed}", garments[b_id])
-                for frame in lead:  # the walk into the pose: seen, not measured
-                    session.render(frame)
-                images = []
-                for frame, gt, src, hit in zip(inputs, clip.truth, clip.inputs, found, strict=True):
-                    if name == "current":
-                        detail = session.render_detail(frame)
-                        out, drawn = detail.frame.image_bgr, detail.garment
-                    else:
-                        r = session.render(frame)[0]
-                        out, drawn = r.image_bgr, r.drawn_mask
-                    images.append(out)
-                    m = per[name][family]
-                    m["garment_iou"].append(_iou(drawn, gt.garment))
-                    m["psnr_garment_db"].append(_psnr(out, gt.image, gt.garment))
-                    m["ssim_garment"].append(ssim_in(out, gt.image, gt.garment))
-                    m["shading_corr"].append(shading_corr(out, gt.image, gt.garment))
-                    clothes = cv2.dilate(
-                        (gt.garment | src.garment).astype(np.uint8), np.ones((5, 5), np.uint8)
-                    )
-                    m["psnr_outside_db"].append(_psnr(out, gt.image, clothes == 0))
-                    if hit:
-                        for k in KEYS[:-1]:
-                            hits[name][k].append(m[k][-1])
-                for i in range(clip.still_from + 1, args.frames):
-                    sel = clip.truth[i].garment & clip.truth[i - 1].garment
-                    if sel.any():
-                        d = np.abs(images[i].astype(np.float32) - images[i - 1])
-                        per[name][family]["temporal_flicker"].append(float(d[sel].mean()))
-                        if found[i] and found[i - 1]:
-                            hits[name]["temporal_flicker"].append(float(d[sel].mean()))
+                images, masks = _render_clip(makers[name], garments[b_id], lead, inputs)
+                m = per[name][family]
+                for out, drawn, gt, src, hit in zip(
+                    images, masks, clip.truth, clip.inputs, found, strict=True
+                ):
+                    for k, v in frame_metrics(out, drawn, gt, src).items():
+                        m[k].append(v)
+                        if hit:
+                            hits[name][k].append(v)
+                m["temporal_flicker"] += _flicker(images, clip)
+                hits[name]["temporal_flicker"] += _flicker(images, clip, found)
                 outs[name] = images
             if ci == 0 and args.sheet:
                 k = args.frames - 1
@@ -235,23 +386,22 @@ def main(argv: list[str] | None = None) -> int:
                 sheet_rows.append(np.hstack(tiles))
     clips_bar.close()
 
-    def mean(values: list[float]) -> float:
-        return round(float(np.mean(values)), 4) if values else float("nan")
-
     report: dict = {"renderers": {}}
     for name in names:
-        by_pose = {f: {k: mean(per[name][f][k]) for k in KEYS} for f in POSES}
-        overall = {k: mean([v for f in POSES for v in per[name][f][k]]) for k in KEYS}
-        detected_only = {k: mean(hits[name][k]) for k in KEYS}
+        by_pose = {f: _summary(per[name][f]) for f in POSES}
+        overall = _summary({k: [v for f in POSES for v in per[name][f][k]] for k in KEYS})
+        detected_only = _summary(hits[name])
         report["renderers"][name] = {"overall": overall, "by_pose": by_pose, "detected_only": detected_only}
     report["clips"] = clips
     report["frames"] = frames
     report["detected_frames"] = detected
     report["detected_by_pose"] = detected_by
     report["ground_truth"] = {
-        "temporal_flicker": mean([v for f in POSES for v in truth_flicker[f]]),
-        "by_pose": {f: {"temporal_flicker": mean(truth_flicker[f])} for f in POSES},
+        "temporal_flicker": _mean([v for f in POSES for v in truth_flicker[f]]),
+        "by_pose": {f: {"temporal_flicker": _mean(truth_flicker[f])} for f in POSES},
     }
+    if args.by_garment and "current" in names:
+        report.update(by_garment(args, makers))
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     if args.sheet and sheet_rows:
         write_rows(args.sheet, sheet_rows)
@@ -262,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = report["renderers"][name]["overall" if f == "overall" else "by_pose"]
                 vals = row if f == "overall" else row[f]
                 print(f"{name:9s} {f:14s} " + "  ".join(f"{k}={vals[k]}" for k in KEYS))
+        for gid, vals in report.get("by_garment", {}).items():
+            print(f"garment   {gid:24s} " + "  ".join(f"{k}={vals[k]}" for k in KEYS))
     print(json.dumps(report))
     return 0
 

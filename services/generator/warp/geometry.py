@@ -47,6 +47,50 @@ class Sleeve:
     axis: np.ndarray  # unit vector root -> cuff
     length: float
     half_width: float  # half the shoulder-armpit distance, with a margin
+    # the fabric across the sleeve, sampled along it (canvas px from the root), as its centre
+    # and half width measured along the sleeve's normal: a sleeve tapers to its cuff, and a
+    # texture sampled past the fabric would show the canvas' edge fill
+    along: np.ndarray | None = None
+    centre: np.ndarray | None = None
+    half: np.ndarray | None = None
+
+    def fabric(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(centre, half width) of the fabric across the sleeve at ``t`` canvas px from the root."""
+        if self.along is None or self.centre is None or self.half is None:
+            return np.zeros_like(t), np.full_like(t, self.half_width)
+        return (
+            np.interp(t, self.along, self.centre).astype(np.float32),
+            np.interp(t, self.along, self.half).astype(np.float32),
+        )
+
+
+def _sleeve_fabric(
+    alpha: np.ndarray, root: np.ndarray, axis: np.ndarray, length: float, half: float, outward: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The fabric's extent across the sleeve at 12 stations from root to cuff, from the garment's
+    alpha: per station, the run of opaque pixels along the normal nearest the axis."""
+    n = _sleeve_normal(axis, outward)
+    reach = np.linspace(-1.6 * half, 1.6 * half, 65)
+    stations = np.linspace(0.1 * length, length, 12)
+    centres, halves = [], []
+    h, w = alpha.shape
+    for t in stations:
+        pts = root + axis * t + reach[:, None] * n
+        xs = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
+        ys = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
+        on = alpha[ys, xs] > 127
+        if not on.any():
+            return None
+        idx = np.flatnonzero(on)
+        mid = int(idx[np.argmin(np.abs(reach[idx]))])
+        lo = hi = mid
+        while lo > 0 and on[lo - 1]:
+            lo -= 1
+        while hi < len(on) - 1 and on[hi + 1]:
+            hi += 1
+        centres.append((reach[lo] + reach[hi]) / 2)
+        halves.append(max((reach[hi] - reach[lo]) / 2, 1.0))
+    return stations, np.array(centres), np.array(halves)
 
 
 @dataclass(frozen=True)
@@ -62,11 +106,17 @@ class GarmentGeometry:
     torso: np.ndarray  # (n, 2) convex torso polygon on the canvas, margin included
     sleeves: dict[str, Sleeve]
     long_sleeves: bool
+    # the width the garment is laid on the shoulders by: its shoulder seams, or, where its
+    # shoulders are narrow straps (sleeveless), the chest at its armpits
+    seam_width: float = 0.0
+    sleeveless: bool = False  # no cuff found on either side: the arms come out of armholes
 
     @classmethod
     def from_keypoints(
-        cls, keypoints: dict[str, tuple[float, float, float]], category: str
+        cls, keypoints: dict[str, tuple[float, float, float]], category: str, alpha: np.ndarray | None = None
     ) -> GarmentGeometry:
+        """``alpha`` (the canvas' garment coverage, uint8), when given, measures each sleeve's
+        fabric across its length."""
         kp = {name: np.array(v[:2], dtype=np.float64) for name, v in keypoints.items()}
         missing = {"collar", "shoulder_left", "shoulder_right", "armpit_left", "armpit_right",
                    "sleeve_left", "sleeve_right", "hem_left", "hem_right"} - set(kp)  # fmt: skip
@@ -89,18 +139,31 @@ class GarmentGeometry:
             nl + up, sl + up, al, (hl[0] - m, hl[1] + m), (hr[0] + m, hr[1] + m), ar, sr + up, nr + up,
         ])  # fmt: skip
         sleeves = {}
-        for side, _, _ in SIDES:
+        for side, _, outward in SIDES:
             s, a, cuff = kp[f"shoulder_{side}"], kp[f"armpit_{side}"], kp[f"sleeve_{side}"]
             root = (s + a) / 2
-            sleeves[side] = Sleeve(
-                root,
-                _unit(cuff - root),
-                float(np.hypot(*(cuff - root))),
-                0.58 * float(np.hypot(*(s - a))) + m,
+            axis, sleeve_len = _unit(cuff - root), float(np.hypot(*(cuff - root)))
+            half = 0.58 * float(np.hypot(*(s - a))) + m
+            fabric = (
+                _sleeve_fabric(alpha, root, axis, sleeve_len, half, outward) if alpha is not None else None
             )
+            sleeves[side] = Sleeve(root, axis, sleeve_len, half, *(fabric or (None, None, None)))
         ratio = (sleeves["left"].length + sleeves["right"].length) / 2 / width
+        chest = float(abs(kp["armpit_right"][0] - kp["armpit_left"][0]))
+        sleeveless = all(len(keypoints[f"sleeve_{side}"]) > 2 and keypoints[f"sleeve_{side}"][2] < 1.0
+                         for side in ("left", "right"))  # fmt: skip
         return cls(
-            category, kp, centre_x, shoulder_y, width, length, torso, sleeves, ratio > SLEEVE_LONG_RATIO
+            category,
+            kp,
+            centre_x,
+            shoulder_y,
+            width,
+            length,
+            torso,
+            sleeves,
+            ratio > SLEEVE_LONG_RATIO and not sleeveless,
+            max(width, chest),
+            sleeveless,
         )
 
     @property

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from services.generator.warp.filters import gaussian
 from shared.body import LM
 
 LUMA_BGR = np.array([0.114, 0.587, 0.299], np.float32)  # Y of a BGR colour (as YCrCb's)
@@ -29,17 +30,24 @@ class RegionConfig:
     forearm_width: float = 0.44
     hand_width: float = 0.16  # the capsules from the wrist to the finger landmarks
     hand_reach: float = 0.3  # body scales: the farthest a knuckle landmark is taken from the wrist
-    hand_start: float = 0.35  # how far from the wrist towards the knuckles the hand begins
+    hand_start: float = 0.15  # how far from the wrist towards the knuckles the hand begins
+    hand_past: float = 0.5  # body scales past the wrist, along the forearm, that skin is hand
+    hand_past_width: float = 0.32  # body scales: that band's width
+    hand_area: float = 0.2  # body scales squared: a piece of skin this small, apart from the head, is a hand
     hand_min_skin: float = 0.02  # a hand zone with less skin than this is on clothing: not a hand
     hand_skin_shape: float = 0.3  # ... with at least this much, the skin's own shape is the hand
     hand_skin_grow: float = 0.06  # body scales the skin is grown by to make that shape
     torso_margin: float = 0.16  # the torso zone reaches this far outside the shoulder/hip joints
     torso_min_half: float = 0.46  # ... and at least this far from its centre line (turned bodies)
+    turned_half: float = 0.4  # torso lengths: ... and at least this far (a side view's depth)
     neck_above: float = 0.16  # how far above the shoulder line clothing may reach
-    hem_band: tuple[float, float] = (0.72, 1.18)  # torso lengths: where the top may end (by colour)
+    hem_band: tuple[float, float] = (0.72, 1.45)  # torso lengths: where the top may end (by colour)
     skin_tolerance: float = 2.6  # chroma distance to the skin colour, in the face's spreads
     skin_min_spread: float = 4.0  # CrCb units: the face's spread is never taken below this
     skin_min_blob: float = 0.1  # body scales: skin-coloured areas narrower than this are pattern
+    head_min: float = 0.3  # torso lengths: the smallest a head is taken to be (turned heads)
+    glove_contrast: float = 22.0  # Lab distance between a skinless hand zone and the clothing
+    # around it above which it is a glove or something held, not clothing the hand points hit
     skin_guard: float = 0.5  # more of the torso than this looks like skin: skin-coloured clothes
     edge_band: float = 0.08  # body scales inside the person mask's edge checked against the background
     edge_sigma: float = 0.12  # body scales: the neighbourhood of the local colours
@@ -78,12 +86,14 @@ def body_in_roi(px: np.ndarray, facing: float = 1.0) -> Body:
 
 @dataclass
 class SkinModel:
-    """The wearer's skin colour (YCrCb chroma), learned from the face once per session."""
+    """The wearer's skin colour (YCrCb chroma at the face's luma), learned from the face once per
+    session."""
 
     cr: float
     cb: float
     spread: float
     bgr: tuple[int, int, int]
+    y: float = 128.0  # the face's luma: chroma elsewhere is compared as if lit like the face
 
     @classmethod
     def from_face(
@@ -113,15 +123,27 @@ class SkinModel:
         pixels, luma = patch.reshape(-1, 3)[skin], ycc[skin, 0]
         lit = pixels[np.argsort(luma, kind="stable")[len(luma) // 2 :]]
         med = np.median(lit, axis=0)
-        return cls(cr, cb, spread, (int(med[0]), int(med[1]), int(med[2])))
+        y = float(np.median(ycc[:, 0]))
+        return cls(cr, cb, spread, (int(med[0]), int(med[1]), int(med[2])), y)
 
     def mask(self, patch_bgr: np.ndarray, tolerance: float) -> np.ndarray:
-        """uint8 0/255: pixels whose chroma is within ``tolerance`` spreads of the skin's."""
+        """uint8 0/255: pixels whose chroma is within ``tolerance`` spreads of the skin's, once
+        brought to the face's light: a shadow scales a colour's chroma with its luma, and a hand
+        in shadow is still skin."""
         ycc = cv2.cvtColor(patch_bgr, cv2.COLOR_BGR2YCrCb)
-        t = tolerance * self.spread
-        lo = np.array([25, max(0, self.cr - t), max(0, self.cb - t)])
-        hi = np.array([255, min(255, self.cr + t), min(255, self.cb + t)])
-        return cv2.inRange(ycc, lo, hi)
+        y = ycc[..., 0].astype(np.float32)
+        gain = np.sqrt(np.clip((np.float32(self.y) + 16.0) / (y + 16.0), 0.6, 1.8))
+        cr = (ycc[..., 1].astype(np.float32) - 128.0) * gain
+        cb = (ycc[..., 2].astype(np.float32) - 128.0) * gain
+        t = np.float32(tolerance * self.spread)
+        scr, scb = np.float32(self.cr - 128.0), np.float32(self.cb - 128.0)
+        inside = (np.abs(cr - scr) <= t) & (np.abs(cb - scb) <= t) & (y >= 25)
+        # and coloured the skin's way: the tolerance box can reach grey, and a black suit's
+        # shadows (chroma ~0) read as skin in dark blots
+        norm = float(scr * scr + scb * scb)
+        if norm > 1.0:
+            inside &= (cr * scr + cb * scb) >= np.float32(0.1 * norm)
+        return inside.astype(np.uint8) * 255
 
 
 def _pt(p: np.ndarray) -> tuple[int, int]:
@@ -136,29 +158,109 @@ def capsule(mask: np.ndarray, a: np.ndarray, b: np.ndarray, thickness: float, va
     cv2.circle(mask, _pt(b), t // 2, value, -1)
 
 
-def torso_zone(b: Body, shape: tuple[int, int], cfg: RegionConfig, hem: float) -> np.ndarray:
+def torso_zone(
+    b: Body, shape: tuple[int, int], cfg: RegionConfig, hem: float, flare: float = 0.0
+) -> np.ndarray:
     """The band the torso's clothing may occupy: shoulders (a little above) to ``hem`` torso
-    lengths below them, wide enough for a turned body."""
-    half = max(b.shoulder_half + cfg.torso_margin * b.scale, cfg.torso_min_half * b.scale)
+    lengths below them, wide enough for a turned body, and at the bottom at least ``flare`` body
+    scales either side of the centre line (a skirt)."""
+    half = max(
+        b.shoulder_half + cfg.torso_margin * b.scale,
+        cfg.torso_min_half * b.scale,
+        cfg.turned_half * b.torso_len,  # a turned torso is about as deep as this
+    )
     top = b.centre - b.ey * cfg.neck_above * b.scale
     bottom = b.centre + b.ey * hem * b.torso_len
     hip_c = (b.px[LM.LEFT_HIP] + b.px[LM.RIGHT_HIP]) / 2
     hip_half = max(abs(float(np.dot(b.px[LM.LEFT_HIP] - hip_c, b.ex))) + cfg.torso_margin * b.scale, half)
     bottom = bottom + b.ex * float(np.dot(hip_c - b.centre, b.ex))  # follow a leaning torso
     zone = np.zeros(shape, np.uint8)
-    pts = np.array([top - b.ex * half, top + b.ex * half, bottom + b.ex * hip_half, bottom - b.ex * hip_half])
-    cv2.fillConvexPoly(zone, np.round(pts).astype(np.int32), 255)
+    pts = [top - b.ex * half, top + b.ex * half]
+    low = max(hip_half, flare * b.scale + cfg.torso_margin * b.scale)
+    if hem > 1.0 and low > hip_half:  # the hips, then the flare down to the hem
+        hips = b.centre + b.ey * b.torso_len + b.ex * float(np.dot(hip_c - b.centre, b.ex))
+        pts += [hips + b.ex * hip_half, bottom + b.ex * low, bottom - b.ex * low, hips - b.ex * hip_half]
+    else:
+        pts += [bottom + b.ex * hip_half, bottom - b.ex * hip_half]
+    cv2.fillPoly(zone, [np.round(np.clip(np.array(pts), -1e5, 1e5)).astype(np.int32)], 255)
     return zone
 
 
+def strip(b: Body, shape: tuple[int, int], half: float) -> np.ndarray:
+    """uint8 0/255: the band ``half`` pixels either side of the torso's centre line, all along it."""
+    far = 4.0 * (shape[0] + shape[1])
+    hip_c = (b.px[LM.LEFT_HIP] + b.px[LM.RIGHT_HIP]) / 2
+    axis = hip_c - b.centre
+    n = max(float(np.hypot(*axis)), 1e-6)
+    d = axis / n
+    side = np.array([d[1], -d[0]]) * half
+    a, e = b.centre - d * far, b.centre + d * far
+    out = np.zeros(shape, np.uint8)
+    pts = np.array([a - side, a + side, e + side, e - side])
+    cv2.fillConvexPoly(out, np.round(np.clip(pts, -1e6, 1e6)).astype(np.int32), 255)
+    return out
+
+
+def below(b: Body, shape: tuple[int, int], v: float) -> np.ndarray:
+    """uint8 0/255: the pixels more than ``v`` torso lengths below the shoulder line (along the
+    torso's axis)."""
+    far = 4.0 * (shape[0] + shape[1])
+    line = b.centre + b.ey * v * b.torso_len
+    pts = np.array(
+        [line - b.ex * far, line + b.ex * far, line + b.ex * far + b.ey * far, line - b.ex * far + b.ey * far]
+    )
+    out = np.zeros(shape, np.uint8)
+    cv2.fillConvexPoly(out, np.round(np.clip(pts, -1e6, 1e6)).astype(np.int32), 255)
+    return out
+
+
+def is_greyscale(patch_bgr: np.ndarray, tolerance: float = 3.0) -> bool:
+    """Whether the picture carries no colour (a black-and-white photo or camera): then skin cannot
+    be told from clothing by its chroma, and the skin test must not run (it would find skin
+    everywhere)."""
+    small = patch_bgr[::4, ::4]
+    if small.size == 0:
+        return False
+    ycc = cv2.cvtColor(np.ascontiguousarray(small), cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.int16)
+    dev = np.maximum(np.abs(ycc[:, 1] - 128), np.abs(ycc[:, 2] - 128))
+    return float(np.percentile(dev, 98)) <= tolerance
+
+
+def head_zone(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> np.ndarray:
+    """The head (face, hair, ears) and chin, from the face landmarks, sized so that a turned head
+    is covered too: the ear distance collapses in a side view, and so does the shoulder width,
+    so the size is never under ``head_min`` torso lengths (a head is about a third of one)."""
+    px = b.px
+    mask = np.zeros(shape, np.uint8)
+    face = px[: LM.MOUTH_RIGHT + 1]
+    ears = float(np.hypot(*(px[LM.LEFT_EAR] - px[LM.RIGHT_EAR])))
+    shoulders = float(np.hypot(*(px[LM.LEFT_SHOULDER] - px[LM.RIGHT_SHOULDER])))
+    size = max(ears, 0.45 * shoulders, cfg.head_min * b.torso_len, 4.0)
+    centre = face.mean(axis=0)
+    mouth = (px[LM.MOUTH_LEFT] + px[LM.MOUTH_RIGHT]) / 2
+    down = mouth - px[LM.NOSE]
+    angle = float(np.degrees(np.arctan2(down[0], down[1]))) * -1 if np.hypot(*down) > 1e-6 else 0.0
+    cv2.ellipse(mask, _pt(centre), (int(size * 0.75), int(size * 1.0)), angle, 0, 360, 255, -1)
+    # the chin sits about one nose-to-mouth distance below the mouth; cover it
+    nm = float(np.hypot(*down))
+    chin = mouth + (down / nm * max(nm, 0.06 * b.torso_len) * 1.2 if nm > 1e-6 else 0.0)
+    cv2.circle(mask, _pt(chin), int(size * 0.35), 255, -1)
+    return mask
+
+
 def hands_mask(
-    b: Body, shape: tuple[int, int], cfg: RegionConfig, skin: np.ndarray | None = None
+    b: Body,
+    shape: tuple[int, int],
+    cfg: RegionConfig,
+    skin: np.ndarray | None = None,
+    patch: np.ndarray | None = None,
 ) -> np.ndarray:
     """Both hands: the hull from just past the wrist (a cuff at the wrist is sleeve, not hand)
     to a little past the knuckle landmarks, and capsules along the fingers. With ``skin`` (the
     skin-colour mask), a hand whose zone holds almost no skin is left out: the tracker's hand
     points have wandered onto clothing (crossed arms, hands up at the shoulders), and the
-    clothing there must not be cut out with it."""
+    clothing there must not be cut out with it; unless (with ``patch``) its colour stands out
+    from what is around it: a gloved hand, or something held, is not clothing either."""
     keep = np.zeros(shape, np.uint8)
     t = cfg.hand_width * b.scale
     for hand in HAND_POINTS:
@@ -179,16 +281,141 @@ def hands_mask(
         if skin is not None:
             area = cv2.countNonZero(one)
             found = cv2.countNonZero(cv2.bitwise_and(one, skin))
-            if area and found < cfg.hand_min_skin * area:
+            if (
+                area
+                and found < cfg.hand_min_skin * area
+                and not (
+                    patch is not None
+                    and _stands_out(patch, one, cfg.hand_width * b.scale, cfg.glove_contrast)
+                )
+            ):
                 continue
             if area and found >= cfg.hand_skin_shape * area:
                 # the skin test sees this hand well: its shape, a little grown, is the hand, and
                 # the clothing around it inside the zone (under crossed forearms) stays
                 k = max(3, int(cfg.hand_skin_grow * b.scale) | 1)
-                grown = cv2.dilate(skin, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
-                one = cv2.bitwise_and(one, grown)
+                x, y, w, h = cv2.boundingRect(one)
+                zone = (slice(y, y + h), slice(x, x + w))
+                one[zone] = cv2.bitwise_and(one[zone], _dilate_in(skin, zone, k))
         keep |= one
     return keep
+
+
+def _dilate_in(mask: np.ndarray, zone: tuple[slice, slice], k: int) -> np.ndarray:
+    """``mask`` dilated by a ``k``-pixel disc, read only over ``zone`` (worked on the zone and
+    the ``k // 2`` around it that can reach into it, not the whole ROI)."""
+    r = k // 2
+    ys, xs = zone
+    y0, x0 = max(0, ys.start - r), max(0, xs.start - r)
+    y1, x1 = min(mask.shape[0], ys.stop + r), min(mask.shape[1], xs.stop + r)
+    grown = cv2.dilate(mask[y0:y1, x0:x1], cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    return grown[ys.start - y0 : ys.stop - y0, xs.start - x0 : xs.stop - x0]
+
+
+def _stands_out(patch: np.ndarray, zone: np.ndarray, ring: float, contrast: float) -> bool:
+    """Whether the mean colour (Lab) of ``zone`` differs by more than ``contrast`` from the mean
+    colour of a ring ``ring`` pixels wide around it."""
+    box = cv2.boundingRect(zone)
+    r = max(2, int(ring))
+    x, y, w, h = box
+    x0, y0 = max(0, x - r), max(0, y - r)
+    x1, y1 = min(zone.shape[1], x + w + r), min(zone.shape[0], y + h + r)
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return False
+    z = zone[y0:y1, x0:x1]
+    # the ring by distance (a disc of a hand's width as a dilation costs tens of ms on a close-up)
+    around = (cv2.distanceTransform(cv2.bitwise_not(z), cv2.DIST_L2, 3) <= r).view(np.uint8)
+    around[z > 0] = 0
+    if cv2.countNonZero(around) < 8 or cv2.countNonZero(z) < 8:
+        return False
+    lab = cv2.cvtColor(np.ascontiguousarray(patch[y0:y1, x0:x1]), cv2.COLOR_BGR2LAB).astype(np.float32)
+    inner = lab[z > 0].mean(axis=0)
+    outer = lab[around > 0].mean(axis=0)
+    return float(np.linalg.norm(inner - outer)) > contrast
+
+
+def past_wrists(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> np.ndarray:
+    """uint8 0/255: beyond each wrist, along its forearm, as far as a hand reaches."""
+    out = np.zeros(shape, np.uint8)
+    for _, el, wr in ARMS:
+        d = b.px[wr] - b.px[el]
+        n = float(np.hypot(*d))
+        if n < 1e-6:
+            continue
+        end = b.px[wr] + d / n * cfg.hand_past * b.scale
+        capsule(out, b.px[wr], end, cfg.hand_past_width * b.scale)
+    return out
+
+
+def forearm_skin(b: Body, skin: np.ndarray, cfg: RegionConfig) -> list[np.ndarray]:
+    """Per arm (image-left first), uint8 0/255: the pieces of skin that its forearm, and the hand
+    past it, lie on: a bare forearm and its hand, wherever the hand rests (on the chest, on the
+    other elbow). A band along the shoulders is cut out first, so that skin reaching from a bare
+    arm over the shoulders to the neck (a tank top) is not one piece with the arm."""
+    shape = skin.shape
+    cut = skin.copy()
+    upper = np.zeros(shape, np.uint8)
+    top = b.centre - b.ey * 0.5 * b.torso_len
+    low = b.centre + b.ey * 0.12 * b.torso_len
+    half = b.ex * (b.shoulder_half + 0.35 * b.scale)
+    cv2.fillConvexPoly(
+        upper, np.round(np.array([top - half, top + half, low + half, low - half])).astype(np.int32), 255
+    )
+    cut[upper > 0] = 0
+    n, labels = cv2.connectedComponents(cut, connectivity=8)
+    out = []
+    for _, el, wr in ARMS:
+        fore = np.zeros(shape, np.uint8)
+        d = b.px[wr] - b.px[el]
+        n_d = max(float(np.hypot(*d)), 1e-6)
+        capsule(fore, b.px[el], b.px[wr] + d / n_d * cfg.hand_past * b.scale, cfg.forearm_width * b.scale)
+        ids = np.unique(labels[(fore > 0) & (cut > 0)])
+        ids = ids[ids > 0]
+        out.append(
+            np.where(np.isin(labels, ids), 255, 0).astype(np.uint8) if n > 1 and ids.size else fore * 0
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class SkinPieces:
+    """The connected pieces of a skin mask, found once and read by several rules."""
+
+    labels: np.ndarray  # int32, 0: not skin
+    areas: np.ndarray  # pixels per label
+
+    @classmethod
+    def of(cls, skin: np.ndarray) -> SkinPieces:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(skin, connectivity=8)
+        return cls(labels, stats[:, cv2.CC_STAT_AREA])
+
+    def select(self, keep: np.ndarray) -> np.ndarray:
+        """uint8 0/255: the pieces whose label ``keep`` (bool per label) marks."""
+        lut = np.where(keep, 255, 0).astype(np.uint8)
+        lut[0] = 0
+        if not lut.any():
+            return np.zeros(self.labels.shape, np.uint8)
+        return lut[self.labels]
+
+    def count_in(self, mask: np.ndarray) -> np.ndarray:
+        """Pixels of each piece inside ``mask``."""
+        return np.bincount(self.labels[mask > 0], minlength=len(self.areas))
+
+
+def lone_hands(b: Body, pieces: SkinPieces, head: np.ndarray, cfg: RegionConfig) -> np.ndarray:
+    """uint8 0/255: pieces of skin no bigger than a hand and apart from the head and neck: hands
+    at the end of sleeves, wherever they are (a tracker's wrists on crossed arms can sit a hand's
+    length from them)."""
+    small = pieces.areas <= cfg.hand_area * b.scale * b.scale
+    small &= pieces.count_in(head) == 0
+    return pieces.select(small)
+
+
+def skin_off_arm(pieces: SkinPieces, arm: np.ndarray, share: float = 0.5) -> np.ndarray:
+    """uint8 0/255: the pieces of skin less than ``share`` of which lie in the arm's capsule: not
+    this arm's skin, though some of it crosses the arm (the other forearm and hand on its elbow)."""
+    on_arm = pieces.count_in(arm)
+    return pieces.select((on_arm > 0) & (on_arm < share * pieces.areas))
 
 
 def arm_masks(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> list[np.ndarray]:
@@ -213,12 +440,13 @@ def hem_by_colour(
     arms: np.ndarray | None = None,
     person: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Where the top ends: in the band where a top may end, just below the lowest row (along the
-    torso axis) where most pixels are nearer one of the top's two colours (a pattern's darker and
-    lighter half) than the colour below the band (trousers, skirt, under the hips) and the
+    """Where the old top ends: in the band where a top may end, just below the lowest row (along
+    the torso axis) where most pixels are nearer one of the top's two colours (a pattern's darker
+    and lighter half) than the colour below the band (trousers, skirt, under the hips) and the
     background beside the hips. Rows, counted from the bottom, so a pattern's dark squares higher
-    up never end the top. The last rows are decided pixel by pixel, and trouser pixels joined to
-    those below the cut are taken out (hips wider than the hem). ``clothing`` is modified and
+    up never end the top. The new garment does not follow it (it has a hem of its own); it
+    tells the old top's sleeves from the trousers beside a hanging hand, and the old clothing
+    (for shading statistics and measures) from what is below. ``clothing`` is modified and
     returned with the cut (torso lengths), averaged with ``previous`` so the hem of a still
     person holds still. Sleeves hanging below the hem (in ``arms``) stay clothing where their
     colour is nearer the top's than the trousers'."""
@@ -278,20 +506,6 @@ def hem_by_colour(
             # dark stripe or check higher up never ends the top early
             top_like = seen & (top_votes >= 0.5 * counts)
             cut_at = float(rows[np.nonzero(top_like)[0].max()] + step) if top_like.any() else lo
-            # the last rows mix top and trousers (a hem is not straight): decide pixel by pixel
-            edge = (clothing > 0) & (v > cut_at - 6 * step) & (v <= cut_at)
-            if edge.any():
-                px = smooth[edge]
-                trousers = _d2(px, below_c) < _d2(px, tops)
-                drop = np.zeros(clothing.shape, bool)
-                drop[edge] = trousers
-                clothing[drop] = 0
-            cols = np.nonzero(clothing.any(axis=0))[0]
-            if cols.size:
-                c0, c1 = max(0, int(cols[0]) - 4), min(w, int(cols[-1]) + 5)
-                sub = (slice(None), slice(c0, c1))
-                joined = _joined_to_below(smooth[sub], v[sub], cut_at, tops, below_c)
-                clothing[:, c0:c1][joined] = 0
     if previous is not None:
         cut_at = rate * cut_at + (1 - rate) * previous
     below = v > cut_at
@@ -301,6 +515,8 @@ def hem_by_colour(
         if sleeve.any():
             px = smooth[sleeve]
             below[sleeve] = _d2(px, below_c) < _d2(px, tops)
+    elif arms is not None:  # no colour tells the sleeves from what is below: they stay sleeves
+        below &= arms == 0
     clothing[below] = 0
     return clothing, cut_at
 
@@ -314,47 +530,13 @@ def _d2(px: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return d.min(axis=1).reshape(px.shape[:-1])
 
 
-def _joined_to_below(
-    smooth: np.ndarray,
-    v: np.ndarray,
-    cut_at: float,
-    tops: np.ndarray,
-    below_c: np.ndarray,
-    reach: float = 0.35,
-) -> np.ndarray:
-    """Bool mask: the trousers (or skirt) where they reach up beside the top, above the hem
-    (hips wider than the top's hem, a waistband): pixels clearly nearer the trousers' colour than
-    the top's, up to ``reach`` torso lengths above the cut, in one 4-connected piece with such
-    pixels just below it. Connection, not colour alone, so a dark check or stripe higher up in
-    the top stays clothing."""
-    band = (v > cut_at - reach) & (v <= cut_at + 0.1)
-    rows = np.nonzero(band.any(axis=1))[0]
-    out = np.zeros(v.shape, bool)
-    if rows.size == 0:
-        return out
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    px = smooth[r0:r1]
-    d_top = _d2(px, tops)
-    d_below = _d2(px, below_c)
-    like = band[r0:r1] & (4.0 * d_below < d_top)  # at least twice as near the trousers
-    if not like.any():
-        return out
-    _, labels = cv2.connectedComponents(like.astype(np.uint8), connectivity=4)
-    seeds = like & (v[r0:r1] > cut_at)
-    joined = np.unique(labels[seeds])
-    joined = joined[joined > 0]
-    if joined.size:
-        out[r0:r1] = np.isin(labels, joined) & (v[r0:r1] <= cut_at)
-    return out
-
-
 def _masked_mean_colour(small: np.ndarray, weight: np.ndarray, sigma: float) -> np.ndarray:
     """Local mean colour over ``weight`` (Gaussian), from the reduced ``small`` colour image and
     a full-size weight; at ``small``'s size, float32 hxwx3."""
     wt = cv2.resize(weight, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_AREA)
     s = max(0.8, sigma)
-    den = cv2.GaussianBlur(wt, (0, 0), s)
-    num = cv2.GaussianBlur(small * wt[..., None], (0, 0), s)
+    den = gaussian(wt, s)
+    num = gaussian(small * wt[..., None], s)
     return num / np.maximum(den, 1e-3)[..., None]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -23,10 +24,11 @@ import numpy as np
 from runtime.lru import LRU
 from services.generator.rendering import AtCapacity, FrameInput, Garment, RenderedFrame
 from services.generator.warp import mapping, region
+from services.generator.warp.fit import Fit, FitConfig, facing_width, fit_garment
 from services.generator.warp.geometry import GarmentGeometry
 from services.generator.warp.region import ARMS, RegionConfig, SkinModel
-from services.generator.warp.shading import ShadingConfig, shading_gain
-from shared.body import LM, head_mask
+from services.generator.warp.shading import Materials, ShadingConfig, shading_gain
+from shared.body import LM
 
 
 @dataclass(frozen=True)
@@ -48,38 +50,48 @@ class WarpConfig:
     skin_settle: int = 5  # ... but every frame for the first few (a first detection's face is rough)
     edge_sigma: float = 1.0  # px: the soft edge's Gaussian (the ramp is about 4 sigma wide)
     outside_alpha: float = 0.45  # the most garment a pixel outside the person mask may get
-    short_sleeve_scale: float = 1.2  # canvas sleeve length / garment width -> body scales
-    sleeve_width: float = 0.38  # body scales: a sleeve's thickness on the body (arm + cloth)
-    cuff_past_wrist: float = 0.12  # body scales a long sleeve's band reaches past the wrist
     bare_width: float = 0.3  # body scales: a bare forearm's thickness where it crosses the torso
     wide_arm: float = 0.7  # body scales: how far across an arm its old sleeve may be found
     behind_z: float = 0.35  # body scales of depth: a shoulder this much farther is behind
+    neck_margin: float = 0.1  # body scales below the garment's collar that skin is still neck
+    turned_spread: float = 0.7  # shoulders closer than this share of a facing width: turned
     facing_margin: float = 0.2  # torso lengths of shoulder spread before facing may flip
     region: RegionConfig = field(default_factory=RegionConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
     shading: ShadingConfig = field(default_factory=ShadingConfig)
 
 
 @dataclass(frozen=True)
 class RenderDetail:
     """What one render drew, for tests and evaluations: the garment's coverage (without the
-    repainted skin) and everything the pipeline found, all full-frame uint8 0/255."""
+    repainted skin) and everything the pipeline found, all full-frame uint8 0/255; with
+    ``render_detail(measure=True)``, per part (``torso``, ``sleeve_left``, ``sleeve_right``) the
+    garment's scale there: the median of the canvas pixels per body pixel along the least
+    squeezed direction (a pattern's period on the body is its period on the canvas over it)."""
 
     frame: RenderedFrame
     garment: np.ndarray | None = None  # where the new garment's alpha is at least 0.5
     clothing: np.ndarray | None = None  # the old clothing found in the frame
     skin: np.ndarray | None = None  # arm repainted as skin (a short sleeve over a long one)
+    scales: dict[str, float] = field(default_factory=dict)
+
+
+_DISC5 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+_DISC7 = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))  # a soft edge's reach (sigma 1 px)
+ARM_POINTS = ([13, 15, 17, 19, 21], [14, 16, 18, 20, 22])  # per arm: elbow, wrist, hand
 
 
 def _bleed(texture: np.ndarray) -> np.ndarray:
-    """BGR: the transparent canvas filled with nearby garment colour, so sampling at (or past)
-    the garment's edge never mixes in the canvas' black. Sleeves and a silhouette-fitted torso
-    sample a little outside the garment, so the fill reaches the whole canvas."""
+    """BGRA: the transparent canvas filled with nearby garment colour, so sampling at (or past)
+    the garment's edge never mixes in the canvas' black (sleeves and a silhouette-fitted torso
+    sample a little outside the garment, so the fill reaches the whole canvas); the alpha stays
+    the garment's own, so its outline (neckline, hem) can be sampled too."""
     colour = texture[..., :3].astype(np.float32)
     # the antialiased rim mixes in the photo's background: treat it as transparent too
     core = cv2.erode((texture[..., 3] > 250).astype(np.uint8), np.ones((5, 5), np.uint8))
     alpha = core.astype(np.float32)[..., None]
     if alpha.sum() < 1:
-        return np.ascontiguousarray(texture[..., :3])
+        return np.ascontiguousarray(texture)
     filled = np.empty_like(colour)
     filled[:] = (colour * alpha).reshape(-1, 3).sum(axis=0) / alpha.sum()  # the garment's mean colour
     for sigma in (24, 6):  # wide first, then the near edge overrides where it has support
@@ -87,7 +99,7 @@ def _bleed(texture: np.ndarray) -> np.ndarray:
         den = cv2.GaussianBlur(alpha, (0, 0), sigma)[..., None]
         filled = np.where(den > 0.02, num / np.maximum(den, 1e-4), filled)
     mixed = colour * alpha + filled * (1 - alpha)  # keep the garment's own colours where it is opaque
-    return np.clip(mixed, 0, 255).astype(np.uint8)
+    return np.dstack([np.clip(mixed, 0, 255).astype(np.uint8), texture[..., 3]])
 
 
 def _band(mask: np.ndarray, a: np.ndarray, b: np.ndarray, width: float) -> None:
@@ -102,8 +114,11 @@ def _band(mask: np.ndarray, a: np.ndarray, b: np.ndarray, width: float) -> None:
 
 
 def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
-    a = mask.astype(np.float32) * (1 / 255)
-    return cv2.GaussianBlur(a, (0, 0), sigma) if sigma > 0 else a
+    """The mask (uint8 0/255) as a float32 0-1 coverage with a soft edge: blurred as uint8 (a
+    256th of coverage is far below what shows, and it is several times faster than float)."""
+    if sigma > 0:
+        mask = cv2.GaussianBlur(mask, (0, 0), sigma)
+    return mask.astype(np.float32) * np.float32(1 / 255)
 
 
 def _open_blobs(mask: np.ndarray, k: int) -> np.ndarray:
@@ -166,6 +181,7 @@ class WarpRenderer:
         self._facing = 1.0  # +1: the image-left shoulder is MediaPipe's right (facing the camera)
         self._skin: SkinModel | None = None
         self._skin_seen = 0  # estimates since the reference was cleared
+        self._materials: Materials | None = None  # the person's materials (shading), re-learned with the skin
         self._reschedule(garment)
 
     # -- the swap: the paper's three operations ----------------------------------------------------
@@ -192,6 +208,8 @@ class WarpRenderer:
         self.withdraw_history()
         self._skin = None
         self._skin_seen = 0
+        self._materials = None
+        self._facing_w: float | None = None  # px: the wearer's facing shoulder width, held
 
     def _refresh_garment(self, garment: Garment) -> None:
         self.texture, self.geometry = self._prepared.get(garment)
@@ -221,15 +239,16 @@ class WarpRenderer:
     # -- per frame -----------------------------------------------------------------------------------
     def render(self, frame: FrameInput) -> list[RenderedFrame]:
         """One frame in, one frame out. Without a person, landmarks or region: the input as is."""
-        return [self.render_detail(frame).frame]
+        return [self.render_detail(frame, masks=False).frame]
 
-    def render_detail(self, frame: FrameInput) -> RenderDetail:
+    def render_detail(self, frame: FrameInput, measure: bool = False, masks: bool = True) -> RenderDetail:
         """``render`` with the masks it drew (tests, evaluations). Never raises on bad input: a
         frame the renderer cannot use comes back unchanged, with the history withdrawn.
 
         A tracker that loses the person for a frame or two (no landmarks) while the frame is
         otherwise fine gets the last landmarks (and person mask, if that is missing too) for up
-        to ``hold_frames`` frames: a still person's garment does not blink off and on."""
+        to ``hold_frames`` frames: a still person's garment does not blink off and on. With
+        ``masks=False`` (``render``) only the frame is filled in: no full-size masks to build."""
         self.frames += 1
         held = False
         if frame.landmarks is None and self._last is not None and self._held < self.config.hold_frames:
@@ -242,7 +261,7 @@ class WarpRenderer:
             held = True
         # points from one detection only are a rough fit: the tracker's next frame replaces them
         try:
-            detail = self._render(frame, refit=self._fits == 1 and not held)
+            detail = self._render(frame, refit=self._fits == 1 and not held, measure=measure, masks=masks)
         except (ValueError, cv2.error, FloatingPointError, IndexError):
             detail = None
         if detail is None:
@@ -296,6 +315,13 @@ class WarpRenderer:
             ) * scale:
                 self._holding = True
                 self._rate = 0.0
+                if not still:
+                    # the torso holds still; an arm moving on its own (a hand raised to the chest)
+                    # is not held with it: the median point above hides one arm's motion
+                    for arm in ARM_POINTS:
+                        if float(np.max(np.hypot(*(px[arm] - self._points[arm]).T))) > c.release * scale:
+                            self._points = self._points.copy()
+                            self._points[arm] = px[arm]
                 return self._points
             self._holding = False
             if float(np.max(steps)) <= c.snap_fraction * scale:
@@ -335,7 +361,9 @@ class WarpRenderer:
                 return None
         return person
 
-    def _render(self, frame: FrameInput, refit: bool = False) -> RenderDetail | None:
+    def _render(
+        self, frame: FrameInput, refit: bool = False, measure: bool = False, masks: bool = True
+    ) -> RenderDetail | None:
         c, rc = self.config, self.config.region
         person_full = self._usable(frame)
         if person_full is None:
@@ -351,15 +379,27 @@ class WarpRenderer:
             self._facing = 1.0 if across > 0 else -1.0
         whole = region.body_in_roi(px, self._facing)
         s = whole.scale
-        # the ROI: the upper body and where a hem or a sleeve may reach
+        g = self.geometry
+        # the wearer's facing shoulder width: followed while the person faces the camera, held
+        # while turned (a side view's landmarks shrink it; the garment on it should not shrink)
+        seen = facing_width(whole, c.fit)
+        across = float(np.hypot(*(px[LM.LEFT_SHOULDER] - px[LM.RIGHT_SHOULDER])))
+        turned = across < c.turned_spread * c.fit.facing_ratio * whole.torso_len
+        if self._facing_w is None:
+            self._facing_w = seen
+        elif turned:
+            self._facing_w = max(self._facing_w, seen)
+        else:  # as fast as the torso outline follows: held with the body points (a still person)
+            self._facing_w += self._rate * (seen - self._facing_w)
+        whole_fit = fit_garment(g, whole, _chains(whole), c.fit, self._facing_w)
+        # the ROI: the upper body, where the old top may end, and where this garment's hem and
+        # sleeves reach
+        hem_v = max(whole_fit.hem_v, rc.hem_band[1])
         pts = px[[11, 12, 13, 14, 15, 16, 23, 24]]
         pts = np.vstack([pts, px[11:13] - whole.ey * 0.3 * s])
-        hem = (
-            2.4
-            if self.geometry.category == "dress"
-            else (1.35 if self.geometry.category == "jacket" else rc.hem_band[1])
-        )
-        pts = np.vstack([pts, whole.centre + whole.ey * (hem + 0.05) * whole.torso_len])
+        bottom = whole.centre + whole.ey * (hem_v + 0.05) * whole.torso_len
+        flare = max(whole_fit.hem_half, 1.0) * s
+        pts = np.vstack([pts, bottom - whole.ex * flare, bottom + whole.ex * flare])
         pad = 0.35 * s
         x0, y0 = np.floor(np.clip(pts.min(axis=0) - pad, 0, (w, h))).astype(int)
         x1, y1 = np.ceil(np.clip(pts.max(axis=0) + pad, 0, (w, h))).astype(int)
@@ -369,67 +409,113 @@ class WarpRenderer:
         patch = img[y0:y1, x0:x1]
         person = person_full[y0:y1, x0:x1]
         b = region.body_in_roi(px - (x0, y0), self._facing)
+        fit = fit_garment(g, b, _chains(b), c.fit, self._facing_w)
         landmarks_only = frame.person_mask is None and frame.garment_mask is None
 
-        if self._skin is None or self._skin_seen < c.skin_settle or self.frames % c.skin_every == 0:
-            skin_model = SkinModel.from_face(img, px, rc.skin_min_spread, s)
+        relearn = self._skin_due()
+        if relearn:
+            skin_model = (
+                None if region.is_greyscale(patch) else SkinModel.from_face(img, px, rc.skin_min_spread, s)
+            )
             if skin_model is not None or self._skin is None:
                 self._skin = skin_model
             self._skin_seen += 1
-        zone = region.torso_zone(b, shape, rc, hem)
+        old_zone = region.torso_zone(b, shape, rc, rc.hem_band[1])
         arms = region.arm_masks(b, shape, rc)
+        arms_any = cv2.bitwise_or(arms[0], arms[1])
         lm_roi = np.zeros((33, 4), np.float32)
         lm_roi[:, :2] = (px - (x0, y0)) / (shape[1], shape[0])
-        head = head_mask(lm_roi, shape[1], shape[0])
+        head = region.head_zone(b, shape, rc)
         raw_skin = self._skin.mask(patch, rc.skin_tolerance) if self._skin is not None else None
-        hands = region.hands_mask(b, shape, rc, raw_skin)
+        hands = region.hands_mask(b, shape, rc, raw_skin, patch)
         blocked = cv2.bitwise_or(head, hands)
-        body_zone = cv2.bitwise_or(zone, cv2.bitwise_or(arms[0], arms[1]))
+        body_zone = cv2.bitwise_or(old_zone, arms_any)
+        # where this garment lies on the torso: down to its own hem (and below the hips by its own
+        # outline, hanging over the gap between the legs)
+        zone = region.torso_zone(b, shape, rc, fit.hem_v + 0.02, fit.hem_half)
+        hanging = region.below(b, shape, 1.0)  # below the hips: the garment hangs by its own outline
         if landmarks_only:
             person = body_zone.copy()
+        else:  # the segmentation runs a few pixels wide: its rim is trimmed once, for every use
+            person = region.trim_to_silhouette(
+                patch,
+                person,
+                cv2.bitwise_and(person, cv2.bitwise_or(body_zone, zone)),
+                s,
+                rc.edge_band,
+                rc.edge_sigma,
+            )
         candidate = cv2.bitwise_and(person, body_zone)
         candidate[blocked > 0] = 0
+        skin = None
         if raw_skin is not None:
-            skin = raw_skin
             # skin comes in blobs (arms, neck); skin-like specks are a pattern's squares or dots
-            skin = _open_blobs(skin, max(3, int(rc.skin_min_blob * s) | 1))
-            in_torso = cv2.bitwise_and(candidate, zone)
+            skin = _open_blobs(raw_skin, max(3, int(rc.skin_min_blob * s) | 1))
+            in_torso = cv2.bitwise_and(candidate, old_zone)
             torso_px = cv2.countNonZero(in_torso)
             if torso_px and cv2.countNonZero(cv2.bitwise_and(skin, in_torso)) > rc.skin_guard * torso_px:
-                skin[zone > 0] = 0  # the clothes are skin-coloured: trust the zone on the torso
+                skin[old_zone > 0] = 0  # the clothes are skin-coloured: trust the zone on the torso
             clothing = cv2.bitwise_and(candidate, cv2.bitwise_not(skin))
         else:
             clothing = candidate
-        k3 = np.ones((3, 3), np.uint8)
-        if not landmarks_only:
-            clothing = region.trim_to_silhouette(patch, person, clothing, s, rc.edge_band, rc.edge_sigma)
-        clothing = cv2.morphologyEx(clothing, cv2.MORPH_OPEN, k3)
-        if self.geometry.category != "dress":
-            clothing, self._hem = region.hem_by_colour(
-                patch, b, clothing, rc, zone, self._hem, self._rate, cv2.bitwise_or(arms[0], arms[1]), person
-            )
-        torso = cv2.bitwise_and(clothing, zone)
-        if cv2.countNonZero(torso) < 30:
+        clothing = cv2.morphologyEx(clothing, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        clothing, self._hem = region.hem_by_colour(
+            patch, b, clothing, rc, old_zone, self._hem, self._rate, arms_any, person
+        )
+        if cv2.countNonZero(cv2.bitwise_and(clothing, old_zone)) < 30:
             return None
 
-        # the torso's outline without the arms beside it (they would widen the garment)
-        arms_any = cv2.bitwise_or(arms[0], arms[1])
-        own = cv2.bitwise_and(torso, cv2.bitwise_not(arms_any))
+        # the torso's garment: the person in the zone, less the head, the hands and bare arms in
+        # front
+        surface = cv2.bitwise_and(zone, cv2.bitwise_or(person, hanging))
+        others: list[np.ndarray] | None = None
+        if skin is not None:
+            # skin past the wrist, along the forearm, is the hand: a tracker often puts the wrist
+            # short of it (crossed arms, a hand on the other elbow)
+            hand_skin = cv2.bitwise_and(skin, region.past_wrists(b, shape, rc))
+            pieces = region.SkinPieces.of(skin)
+            hand_skin = cv2.bitwise_or(hand_skin, region.lone_hands(b, pieces, head, rc))
+            # skin above the garment's collar is the neck: as out of bounds as the head (cut out
+            # after the soft edges too); bare arms in front of the torso stay in front
+            collar_v = (float(fit.canvas_v(g, g.keypoints["collar"][1])) + c.neck_margin * s) / b.torso_len
+            neck = cv2.bitwise_and(skin, cv2.bitwise_not(region.below(b, shape, collar_v)))
+            neck = cv2.bitwise_and(neck, region.strip(b, shape, 0.5 * b.scale))
+            # closed and grown a little: the skin test misses a few pixels of a hand or a neck
+            # (a shadow, a highlight), and a soft edge must not reach into them
+            kept = cv2.morphologyEx(cv2.bitwise_or(hand_skin, neck), cv2.MORPH_CLOSE, _DISC5)
+            blocked = cv2.bitwise_or(blocked, cv2.dilate(kept, _DISC5))
+            # skin in the arms' capsules is an arm in front of the torso (a bare forearm across
+            # it), and so is the skin a forearm and its hand lie on (a hand resting on the
+            # chest or the other elbow, where the tracker's wrist falls short); other skin on the
+            # torso (an old V-neck's chest) is covered
+            arm_skin = region.forearm_skin(b, skin, rc)
+            surface[cv2.bitwise_and(skin, arms_any) > 0] = 0
+            # a margin as wide as the soft edge's tail: the garment's edge must not reach the hand
+            surface[cv2.dilate(cv2.bitwise_or(*arm_skin), _DISC7) > 0] = 0
+            # a sleeve covers its own arm's skin (a long sleeve over a bare forearm), never skin
+            # lying mostly off its arm: the other arm's forearm and hand across it (crossed arms)
+            others = [cv2.dilate(region.skin_off_arm(pieces, arms[i]), _DISC7) for i in (0, 1)]
+        surface[blocked > 0] = 0
+        # the torso's outline without arms hanging beside it (they would widen the garment); an
+        # arm over the torso (crossed arms, a side view's near arm) is within the torso's outline
+        beside = cv2.bitwise_and(arms_any, cv2.bitwise_not(region.strip(b, shape, b.shoulder_half + 0.1 * s)))
+        own = cv2.bitwise_and(surface, cv2.bitwise_not(beside))
         profile = mapping.measure_profile(
-            b, own if cv2.countNonZero(own) > 0.3 * cv2.countNonZero(torso) else torso
+            b, own if cv2.countNonZero(own) > 0.3 * cv2.countNonZero(surface) else surface, g, fit
         )
         if profile is None:
             return None
         profile = profile.blend(self._profile, self._rate)
         self._profile = profile
 
-        gain, _ = shading_gain(patch, clothing, s, c.shading)
+        shade_on = cv2.bitwise_and(person, cv2.bitwise_or(candidate, surface))
+        gain, self._materials = shading_gain(patch, shade_on, s, c.shading, self._materials, relearn)
         colour = np.zeros((*shape, 3), np.float32)
         alpha = np.zeros(shape, np.float32)
         garment_alpha = np.zeros(shape, np.float32)
         skin_drawn = np.zeros(shape, np.uint8)
 
-        def stack(mask: np.ndarray, texel: np.ndarray | tuple, is_garment: bool) -> None:
+        def stack(mask: np.ndarray, texel: Callable | tuple, is_garment: bool) -> None:
             box = _bbox(mask, 4)
             if box is None:
                 return
@@ -437,10 +523,13 @@ class WarpRenderer:
             sub = (slice(by0, by1), slice(bx0, bx1))
             a = _soft(mask[sub], c.edge_sigma)
             if callable(texel):
-                layer = texel(box)  # float32, ours to change
-                layer *= gain[sub][..., None]
+                layer, cover = texel(box)  # float32, ours to change; the garment's own coverage
+                if cover is not None:
+                    a *= cover
             else:
-                layer = gain[sub][..., None] * np.asarray(texel, np.float32)
+                layer = np.empty((by1 - by0, bx1 - bx0, 3), np.float32)
+                layer[:] = texel
+            # albedos are stacked; the light (one gain for every layer) multiplies them once, below
             # "over", in place: c += a (layer - c); alpha += a (1 - alpha)
             layer -= colour[sub]
             layer *= a[..., None]
@@ -451,22 +540,32 @@ class WarpRenderer:
             else:
                 garment_alpha[sub] *= 1.0 - a
 
-        arm_layers = self._arm_layers(b, person, clothing, blocked, zone, lm)
+        scales: dict[str, float] = {}
+
+        def torso_texel(box: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+            maps = mapping.torso_map(g, fit, b, profile, box)
+            if measure:
+                scales["torso"] = mapping.pattern_scale(maps, surface[box[1] : box[3], box[0] : box[2]])
+            sampled = mapping.remap(self.texture, maps)
+            return sampled[..., :3].astype(np.float32), sampled[..., 3].astype(np.float32) * np.float32(
+                1 / 255
+            )
+
+        arm_layers = self._arm_layers(
+            b, fit, person, clothing, blocked, zone, lm, others, scales if measure else None
+        )
         for layer in (item for item in arm_layers if item[0]):
             stack(*layer[1:])
-        stack(
-            torso,
-            lambda box: mapping.remap(self.texture, mapping.torso_map(self.geometry, b, profile, box)),
-            True,
-        )
+        stack(surface, torso_texel, True)
         for layer in (item for item in arm_layers if not item[0]):
             stack(*layer[1:])
             if not layer[3]:
                 skin_drawn |= layer[1]
 
         # one factor: head and hands stay in front (soft edge included); outside the person mask
-        # the coverage is capped below a half. Only over the box the layers drew in: on a
-        # close-up the ROI is most of the frame, and most of it is untouched.
+        # the coverage is capped below a half, except where the garment hangs by its own outline
+        # (below the hips). Only over the box the layers drew in: on a close-up the ROI is most
+        # of the frame, and most of it is untouched.
         painted = _bbox((alpha > 0).view(np.uint8), 0)
         if painted is None:
             return None
@@ -474,9 +573,9 @@ class WarpRenderer:
         box = (slice(py0, py1), slice(px0, px1))
         a_box = alpha[box]
         factor = np.minimum(1.0, np.float32(c.outside_alpha) / np.maximum(a_box, 1e-6))
-        factor[person[box] > 0] = 1.0
+        factor[(person[box] > 0) | (cv2.bitwise_and(hanging, zone)[box] > 0)] = 1.0
         factor[blocked[box] > 0] = 0.0
-        colour[box] *= factor[..., None]
+        colour[box] *= (gain[box] * factor)[..., None]
         a_box *= factor
         garment_alpha[box] *= factor
         drawn_roi = alpha >= 0.5 / 255
@@ -496,62 +595,82 @@ class WarpRenderer:
             f[y0:y1, x0:x1] = m
             return f
 
+        rendered = RenderedFrame(frame.seq, out, self.garment_id, full(drawn_roi.view(np.uint8) * 255))
+        if not masks:
+            return RenderDetail(rendered)
         return RenderDetail(
-            RenderedFrame(frame.seq, out, self.garment_id, full(drawn_roi.astype(np.uint8) * 255)),
+            rendered,
             garment=full((garment_alpha >= 0.5).astype(np.uint8) * 255),
             clothing=full(clothing),
             skin=full(skin_drawn),
+            scales=scales,
         )
+
+    def _skin_due(self) -> bool:
+        c = self.config
+        return self._skin is None or self._skin_seen < c.skin_settle or self.frames % c.skin_every == 0
 
     def _arm_layers(
         self,
         b: region.Body,
+        fit: Fit,
         person: np.ndarray,
         clothing: np.ndarray,
         blocked: np.ndarray,
         zone: np.ndarray,
         lm: np.ndarray,
+        others: list[np.ndarray] | None = None,
+        scales: dict[str, float] | None = None,
     ) -> list[tuple]:
         """Per arm, in draw order: (behind the torso?, mask, texel source, is garment) for its
-        sleeve and, where the old clothing runs past the new sleeve, its repainted skin."""
+        sleeve and, where the old clothing runs past the new sleeve, its repainted skin. A sleeve
+        is as long as the garment's own, at the torso's scale, and as wide as its flat-lay says
+        (a flattened tube), within the person; where the old clothing is wider (a loose coat's
+        sleeve) it covers that too, up to where it ends."""
         c, g = self.config, self.geometry
         shape = person.shape
         s = b.scale
         items = []
-        for (sh, el, wr), (side, outward) in zip(ARMS, (("left", 1.0), ("right", -1.0)), strict=True):
-            chain = [b.px[sh], b.px[el], b.px[wr]]
+        for index, (chain, side, outward) in enumerate(
+            zip(_chains(b), ("left", "right"), (1.0, -1.0), strict=True)
+        ):
             upper = float(np.hypot(*(chain[1] - chain[0])))
             fore = float(np.hypot(*(chain[2] - chain[1])))
-            if g.long_sleeves:
-                reach = upper + fore
-            else:
-                reach = min(g.sleeves[side].length / g.width * c.short_sleeve_scale * s, 0.9 * upper)
+            reach = fit.reach[side]
+            half = fit.sleeve_half[side]
+            on_arm = min(reach, upper + fore)
             ends = [chain[0]]
-            if reach <= upper:
-                ends.append(chain[0] + (chain[1] - chain[0]) * (reach / max(upper, 1e-6)))
+            if on_arm <= 0.0:  # sleeveless: the whole arm comes out of the armhole
+                rest = [chain[0], chain[1], chain[2]]
+            elif on_arm <= upper:
+                ends.append(chain[0] + (chain[1] - chain[0]) * (on_arm / max(upper, 1e-6)))
                 rest = [ends[-1], chain[1], chain[2]]
             else:
                 ends += [
                     chain[1],
-                    chain[1] + (chain[2] - chain[1]) * min(1.0, (reach - upper) / max(fore, 1e-6)),
+                    chain[1] + (chain[2] - chain[1]) * min(1.0, (on_arm - upper) / max(fore, 1e-6)),
                 ]
                 rest = [ends[-1], chain[2]]
             sleeve = np.zeros(shape, np.uint8)
             wide = np.zeros(shape, np.uint8)
             for i, (a, e) in enumerate(itertools.pairwise(ends)):
-                if g.long_sleeves and i == len(ends) - 2:  # flat at the wrist: no round cap on the hand
-                    _band(sleeve, a, e, c.sleeve_width * s)
-                    cv2.circle(sleeve, region._pt(a), round(c.sleeve_width * s / 2), 255, -1)
+                if i == len(ends) - 2:  # flat at the cuff (a sleeve ends there, and a long one at the hand)
+                    _band(sleeve, a, e, 2 * half)
+                    cv2.circle(sleeve, region._pt(a), round(half), 255, -1)
                 else:
-                    region.capsule(sleeve, a, e, c.sleeve_width * s)
+                    region.capsule(sleeve, a, e, 2 * half)
                 _band(wide, a, e, c.wide_arm * s)
             cv2.circle(wide, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
-            if g.long_sleeves:  # a cuff reaches a little past the wrist landmark, over clothing only:
-                d = chain[2] - chain[1]  # past the wrist, what is not clothing is the hand
-                cuff = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * c.cuff_past_wrist * s
-                _band(wide, chain[2], cuff, c.sleeve_width * s)
+            if reach > upper + fore:  # a cuff past the wrist covers old clothing only, never the hand
+                d = chain[2] - chain[1]
+                cuff = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * (reach - upper - fore)
+                _band(wide, chain[2], cuff, 2 * half)
             sleeve = cv2.bitwise_or(cv2.bitwise_and(sleeve, person), cv2.bitwise_and(wide, clothing))
+            if on_arm <= 0.0:
+                sleeve[:] = 0
             sleeve[blocked > 0] = 0
+            if others is not None:  # skin that is not this arm's stays in front of its sleeve
+                sleeve[others[index] > 0] = 0
             beyond = np.zeros(shape, np.uint8)
             beyond_wide = np.zeros(shape, np.uint8)
             for a, e in itertools.pairwise(rest):
@@ -559,23 +678,34 @@ class WarpRenderer:
                 region.capsule(beyond_wide, a, e, c.wide_arm * s)
             beyond |= cv2.bitwise_and(beyond_wide, cv2.bitwise_not(zone))
             bare = cv2.bitwise_and(cv2.bitwise_and(beyond, clothing), cv2.bitwise_not(sleeve))
+            bare[blocked > 0] = 0
             # an old sleeve is as wide as the arm: a thin ring of clothing around a bare forearm
             # (crossed in front of the torso) is the torso's, not a sleeve to repaint as skin
             bare = _open_blobs(bare, max(3, int(0.5 * c.bare_width * s) | 1))
+            sh = ARMS[0][0] if side == "left" else ARMS[1][0]
+            wr = ARMS[0][2] if side == "left" else ARMS[1][2]
             other = LM.LEFT_SHOULDER if sh == LM.RIGHT_SHOULDER else LM.RIGHT_SHOULDER
             behind = (float(lm[sh, 2]) - float(lm[other, 2])) * person.shape[1] > c.behind_z * s
             depth = float(lm[wr, 2])
             skin = self._skin.bgr if self._skin is not None else (120, 140, 180)
             skin_gain = tuple(v / c.shading.exposure for v in skin)
-            half = c.sleeve_width * s / 2
 
-            def texel(box, side=side, outward=outward, chain=chain, reach=reach, half=half):
-                maps = mapping.sleeve_map(g, side, outward, chain, reach, half, box)
-                return mapping.remap(self.texture, maps)
+            def texel(box, side=side, outward=outward, chain=chain, half=half, sleeve=sleeve):
+                maps = mapping.sleeve_map(g, side, outward, chain, fit.k, half, box)
+                if scales is not None:
+                    scales[f"sleeve_{side}"] = mapping.pattern_scale(
+                        maps, sleeve[box[1] : box[3], box[0] : box[2]]
+                    )
+                return mapping.remap(self.texture, maps)[..., :3].astype(np.float32), None
 
             items.append((depth, behind, [(behind, sleeve, texel, True), (behind, bare, skin_gain, False)]))
         items.sort(key=lambda item: -item[0])  # the farther wrist first, the nearer on top
         return [layer for _, _, layers in items for layer in layers]
+
+
+def _chains(b: region.Body) -> list[list[np.ndarray]]:
+    """Shoulder, elbow, wrist per image side: the image-left arm (the garment's left sleeve) first."""
+    return [[b.px[sh], b.px[el], b.px[wr]] for sh, el, wr in ARMS]
 
 
 class PreparedGarments:
@@ -593,7 +723,10 @@ class PreparedGarments:
         key = (garment.garment_id, hashlib.blake2b(np.ascontiguousarray(tex), digest_size=12).digest())
         item = self._items.get(key)
         if item is None:
-            item = (_bleed(tex), GarmentGeometry.from_keypoints(garment.keypoints, garment.category))
+            item = (
+                _bleed(tex),
+                GarmentGeometry.from_keypoints(garment.keypoints, garment.category, tex[..., 3]),
+            )
             self._items.put(key, item)
         return item
 
