@@ -14,6 +14,9 @@ from enum import Enum
 
 DEFAULT_PREFIX = "chameleon"
 SERVICE_TOKEN = "_svc"
+# Where a client the server refused asks the auth service why (docs/security.md, "Why a connect
+# was refused"). Outside every prefix: the client asks before it knows anything of the deployment.
+AUTH_EXPLAIN_SUBJECT = "_CHAMELEON.auth.explain"
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
