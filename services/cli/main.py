@@ -470,7 +470,8 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
         )
         return 2
     try:
-        token = mint(AuthKeys.load(keys_file).token_seed, args.session, args.ttl)
+        keys = AuthKeys.load(keys_file)
+        token = mint(keys.token_seed, args.session, args.ttl)
     except (KeysError, InvalidSessionId, ValueError) as exc:
         print(f"chameleon session: {exc}", file=sys.stderr)
         return 2
@@ -480,6 +481,9 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
             record = json.loads((data_dir / UP_RECORD).read_text())
             url = url or record["nats_url"]
             ws_url = ws_url or record.get("ws_url") or ""
+    if url and (refusal := _token_refused(url, token, keys.token_public, keys_file)):
+        print(f"chameleon session: {refusal}", file=sys.stderr)
+        return 2
     expires = datetime.fromtimestamp(read_token(token).expires_at, timezone.utc)
     result = {
         "session_id": args.session,
@@ -495,6 +499,29 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
         if url:
             print(f"export NATS_URL={url}")
     return 0
+
+
+def _token_refused(url: str, token: str, ours: str, keys_file: Path) -> str:
+    """Why the server at ``url`` would refuse a token just minted from ``keys_file``, with the fix,
+    when its keys are not those of that server; empty otherwise. Asked of the deployment's auth
+    service (``shared.client.explain_token``): a server that cannot be asked gets a note on
+    stderr and the token (it may be meant for later)."""
+    from shared.client import explain_token
+
+    verdict = asyncio.run(explain_token(url, token, timeout_s=connect_timeout_s()))
+    if not verdict.asked:
+        print(f"chameleon session: the token is not checked against {url}: {verdict.note}", file=sys.stderr)
+        return ""
+    if verdict.auth_error.startswith("bad token signature"):
+        theirs = verdict.auth_error.rpartition(" ")[2]
+        return (
+            f"the server at {url} refuses tokens signed with the keys in {keys_file} (token key "
+            f"{ours[:12]}…; it expects {theirs[:12]}…): pass the --data-dir of the `chameleon up` that "
+            f"runs it (its first JSON line names it), or point NATS_URL at the server of {keys_file.parent}"
+        )
+    if verdict.auth_error:  # the session is at its connection limit, say: the token itself is good
+        print(f"chameleon session: note: {url} would refuse it now: {verdict.auth_error}", file=sys.stderr)
+    return ""
 
 
 def add_auth(p: argparse.ArgumentParser) -> None:

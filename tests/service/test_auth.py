@@ -618,3 +618,22 @@ async def test_a_refused_client_is_told_why(
     fine = await explain_token(secure_nats.url, mint(keys.token_seed, "kim", 60))
     assert fine.asked and fine.admitted
     assert auth_service.authorizer.explaining.count("") <= 1  # explain connections end, and are counted
+
+
+async def test_session_create_refuses_keys_that_are_not_the_servers(
+    secure_nats: EmbeddedNats, auth_service: AuthHandlers, tmp_path: Path
+) -> None:
+    """``up --data-dir D`` runs, and ``session create`` reads another data dir's keys (the default
+    one, from an earlier run): it refuses, with the fix, instead of printing a token the server
+    would refuse with a bare "Authorization Violation"."""
+    stale = tmp_path / "earlier-run"
+    AuthKeys.load_or_create(stale / KEYS_FILE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_URL", "CHAMELEON_"))}
+    env["NATS_URL"] = secure_nats.url
+    cmd = [sys.executable, "-m", "services.cli.main", "session", "create", "lee", "--data-dir", str(stale)]
+    made = await asyncio.to_thread(
+        subprocess.run, cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
+    assert made.returncode == 2 and made.stdout == "", made.stdout
+    assert f"refuses tokens signed with the keys in {stale / KEYS_FILE}" in made.stderr, made.stderr
+    assert "pass the --data-dir of the `chameleon up` that runs it" in made.stderr
