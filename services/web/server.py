@@ -102,6 +102,7 @@ class WebServer:
             "secure": self.broker.secure,
             "sessions_created": self.broker.created,
             "sessions_refused": self.broker.refused,
+            "sessions_refused_by_scope": dict(self.broker.refused_by_scope),
         }
 
     def metrics(self) -> bytes:
@@ -155,8 +156,8 @@ class WebServer:
         try:
             session = self.broker.create(client)
         except RateLimited as exc:
-            self._lines.warning("session_rate_limited", key="rate", client=client)
-            body = {"error": "rate_limited", "retry_after_s": round(exc.retry_after_s, 1)}
+            self._lines.warning("session_rate_limited", key=exc.scope, client=client, scope=exc.scope)
+            body = {"error": "rate_limited", "scope": exc.scope, "retry_after_s": round(exc.retry_after_s, 1)}
             return web.json_response(body, status=429, headers={"Retry-After": f"{exc.retry_after_s:.0f}"})
         log.info("session_created", session_id=session["session_id"], client=client)
         return web.json_response(session, headers={"Cache-Control": "no-store"})
