@@ -123,32 +123,51 @@ class FleetMember:
         compare-and-set, and this worker stops serving it as soon as the new owner holds it."""
         assert self.view is not None
         self.draining = True
-        with contextlib.suppress(Exception):
-            await self._renew()
-        for session_id in list(self.serving):
-            held = self.view.owner(self.stage, session_id)
-            if held is None or held[0].worker_id != self.worker_id:
-                continue
-            chosen = place(
-                session_id,
-                self.view.workers(self.stage),
-                self.view.owned(self.stage),
-                time.time_ns(),
-                backend=self.backend,
-                exclude=(self.worker_id,),
-            )
-            if (
-                chosen is None
-                or await assign(self.view, self.stage, session_id, chosen.worker_id, "drain", held) is None
-            ):
-                await unassign(self.view, self.stage, session_id, self.worker_id)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._settled(), timeout_s)
-
-    async def _settled(self) -> None:
-        while self.serving or not self._changes.empty() or self._busy:
+        with contextlib.suppress(Exception):  # bounded: a renewal that hangs must not hold the exit
+            await asyncio.wait_for(self._renew(), self.lease_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # what the records give this worker, not only what it serves: a session handed here
+            # meanwhile by a worker draining at the same moment is passed on too
+            for session_id in self.view.sessions_of(self.stage, self.worker_id):
+                await self._hand_over(session_id)
+            if self._is_settled() or time.monotonic() >= deadline:
+                return
+            self.view.changed.clear()
             self._emptied.clear()
-            await self._emptied.wait()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.view.changed, self._emptied)]
+            await asyncio.wait(waits, timeout=min(0.25, deadline - time.monotonic()))
+            for w in waits:
+                w.cancel()
+
+    async def _hand_over(self, session_id: str) -> None:
+        """Re-place one of this worker's sessions elsewhere (never here), or give it up."""
+        assert self.view is not None
+        held = self.view.owner(self.stage, session_id)
+        if held is None or held[0].worker_id != self.worker_id:
+            return
+        chosen = place(
+            session_id,
+            self.view.workers(self.stage),
+            self.view.owned(self.stage),
+            time.time_ns(),
+            backend=self.backend,
+            exclude=(self.worker_id,),
+        )
+        if (
+            chosen is None
+            or await assign(self.view, self.stage, session_id, chosen.worker_id, "drain", held) is None
+        ):
+            await unassign(self.view, self.stage, session_id, self.worker_id)
+
+    def _is_settled(self) -> bool:
+        assert self.view is not None
+        return (
+            not self.serving
+            and self._changes.empty()
+            and not self._busy
+            and not self.view.sessions_of(self.stage, self.worker_id)
+        )
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -123,7 +123,10 @@ class SessionControl:
                         ),
                     )
                     self._failing.pop(session_id, None)
-                    await self._consume(psub)
+                    try:
+                        await self._consume(psub)
+                    finally:
+                        await _unsubscribe(psub)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # disconnected, consumer deleted, node lost …: bind again
@@ -321,3 +324,11 @@ class SessionControl:
     def _store(self) -> SessionStore:
         assert self.sessions.store is not None
         return self.sessions.store
+
+
+async def _unsubscribe(psub) -> None:  # type: ignore[no-untyped-def]
+    """Let a pull subscription go at once, its queue with it. Never leave one to the connection's
+    drain: nats-py's ``fetch`` takes expired pulls' status messages off the queue without marking
+    them done, so draining it waits for ever (the drain timeout, then a traceback on stderr)."""
+    with contextlib.suppress(Exception):
+        await psub.unsubscribe()

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import os
 import signal
 import time
@@ -124,7 +125,9 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def fleet(nats_url: str, conditioning, workers: int = 2, **env: str) -> AsyncIterator[Fleet]:  # type: ignore[no-untyped-def]
+async def fleet(
+    nats_url: str, conditioning, workers: int = 2, log_dir=None, **env: str
+) -> AsyncIterator[Fleet]:  # type: ignore[no-untyped-def]
     prefix = f"fl{uuid.uuid4().hex[:10]}"
     subjects = Subjects(prefix)
     stack_env = {
@@ -135,7 +138,9 @@ async def fleet(nats_url: str, conditioning, workers: int = 2, **env: str) -> As
         **env,
     }
     stack = await asyncio.to_thread(
-        Stack(["garments", "generator"], nats_url=nats_url, env=stack_env, workers=workers).start
+        Stack(
+            ["garments", "generator"], nats_url=nats_url, env=stack_env, workers=workers, log_dir=log_dir
+        ).start
     )
     nc = await connect(nats_url, "fleet-test")
     view = await open_view(nc.jetstream(), subjects)
@@ -324,3 +329,33 @@ async def test_a_cluster_losing_a_node_keeps_the_session_and_its_swaps(nats_clus
         after = await sending
         await until(lambda: f.answered("n").get(after) == "swap_applied", timeout=30, what=f.answered("n"))
         await until(lambda: w.frames[-1].meta.garment_id == "tee-yellow-dots")
+
+
+async def test_a_stack_with_sessions_stops_at_once_and_writes_only_json(
+    nats_url, conditioning, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Stopping a fleet whose workers serve sessions and consume their control: every process
+    exits by itself (no SIGKILL from the supervisor, which waits 10 s, while a drain may wait 20 s)
+    and writes nothing but JSON lines (no asyncio traceback from nats-py's subscription drain)."""
+    logs = tmp_path / "logs"
+    async with fleet(
+        nats_url, conditioning, log_dir=logs, CHAMELEON_DRAIN_TIMEOUT_S="20", CHAMELEON_LOG_LEVEL="info"
+    ) as f:
+        watchers = {s: await f.watch(s) for s in ("q1", "q2")}
+        for s in watchers:
+            f.stream(s)
+        await until(lambda: all(len(w.frames) >= 3 for w in watchers.values()))
+        swaps = [await f.swap(s, "tee-yellow-dots") for s in watchers]
+        await until(lambda: all(e in f.answered(s) for s, e in zip(watchers, swaps, strict=True)))
+        await asyncio.sleep(3.0)  # control idle a while: expired pulls leave status messages behind
+        for task in f.streams:
+            task.cancel()
+        procs = {c.worker_id: c.proc for c in f.stack.children}
+        await asyncio.to_thread(f.stack.stop, 10.0)
+    assert {w: p.returncode for w, p in procs.items()} == dict.fromkeys(procs, 0)
+    lines = [line for log in sorted(logs.iterdir()) for line in log.read_text().splitlines() if line.strip()]
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not_json == [], not_json[:10]
+    events = [json.loads(line)["event"] for line in lines]
+    assert "drain_timed_out" not in events
+    assert events.count("service_stopped") == len(procs)
