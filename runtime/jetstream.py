@@ -7,7 +7,7 @@ from __future__ import annotations
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, ObjectStoreConfig
 from nats.js.errors import BucketNotFoundError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from nats.js.object_store import ObjectStore
 
 from runtime.logging import get_logger
@@ -40,3 +40,21 @@ async def object_store(js: JetStreamContext, config: ObjectStoreConfig) -> Objec
     except (BucketNotFoundError, NotFoundError):
         # nats-py overwrites ``config.bucket`` with its ``bucket`` argument, so pass both
         return await js.create_object_store(config.bucket, config=config)
+
+
+async def leader_get(js: JetStreamContext, bucket: str, key: str) -> KeyValue.Entry | None:
+    """The newest value of ``key`` as the bucket's stream leader has it (None: no such key, or
+    deleted). Never a direct get, which any replica may answer, a lagging follower included,
+    whatever the bucket was created with (``nats kv add`` turns direct gets on): the reads that
+    decide an owner change or resume a session must see every acknowledged write (docs/fleet.md,
+    "Reads on a cluster"). With no leader (an election) it raises, rather than answer stale."""
+    stream, subject = Subjects.kv_stream(bucket), Subjects.kv_stream_subject(bucket, key)
+    try:
+        msg = await js.get_msg(stream, subject=subject, direct=False)
+    except NotFoundError:
+        return None
+    if msg.headers and msg.headers.get(KV_OP) in (KV_DEL, KV_PURGE):
+        return None
+    return KeyValue.Entry(
+        bucket=bucket, key=key, value=msg.data, revision=msg.seq, delta=None, created=None, operation=None
+    )

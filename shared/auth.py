@@ -321,16 +321,17 @@ def _allow(items: tuple[str, ...]) -> str:
 
 
 # -- what each service user may do ----------------------------------------------------------------
-def _stream_use(stream: str) -> list[str]:
-    """Read a stream and run consumers on it: stream info, direct and API gets (KV reads),
-    consumers (KV watches, object reads, a durable control consumer), acks and flow control in
-    both of the server's reply formats (v1 ``$JS.ACK.<stream>``, v2 ``$JS.ACK.<domain>.<hash>.<stream>``)."""
+def _stream_use(stream: str, direct: bool = True) -> list[str]:
+    """Read a stream and run consumers on it: stream info, API gets (KV reads; direct gets, which
+    any replica may answer, only where ``direct``), consumers (KV watches, object reads, a durable
+    control consumer), acks and flow control in both of the server's reply formats (v1
+    ``$JS.ACK.<stream>``, v2 ``$JS.ACK.<domain>.<hash>.<stream>``)."""
     api = "$JS.API"
+    gets = [f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"] if direct else []
     return [
         f"{api}.STREAM.INFO.{stream}",
         f"{api}.STREAM.MSG.GET.{stream}",
-        f"{api}.DIRECT.GET.{stream}",
-        f"{api}.DIRECT.GET.{stream}.>",
+        *gets,
         f"{api}.CONSUMER.CREATE.{stream}",
         f"{api}.CONSUMER.CREATE.{stream}.>",
         f"{api}.CONSUMER.DURABLE.CREATE.{stream}.>",
@@ -350,16 +351,23 @@ def _stream_own(stream: str, purge: bool = False) -> list[str]:
     return [*own, f"$JS.API.STREAM.PURGE.{stream}"] if purge else own
 
 
-def _kv(bucket: str, write: bool = True) -> list[str]:
+def _kv(bucket: str, write: bool = True, direct: bool = True) -> list[str]:
     stream = Subjects.kv_stream(bucket)
-    return [*_stream_use(stream), *_stream_own(stream), *([f"$KV.{bucket}.>"] if write else [])]
+    return [*_stream_use(stream, direct), *_stream_own(stream), *([f"$KV.{bucket}.>"] if write else [])]
+
+
+def _fleet_kv(bucket: str) -> list[str]:
+    """A bucket whose reads decide ownership or resume a session (leases, owners, session state,
+    stops): no direct gets, so every read the server lets through is the leader's (docs/fleet.md,
+    "Reads on a cluster"); watches and compare-and-set writes as usual."""
+    return _kv(bucket, direct=False)
 
 
 def service_permissions(role: str, subjects: Subjects) -> Permissions:
     """The allow lists of service user ``role``. What none has: deleting a stream or bucket; what
     only the garment service has: writing the garment index and object store."""
     s = subjects
-    fleet = [*_kv(s.worker_bucket), *_kv(s.owner_bucket)]
+    fleet = [*_fleet_kv(s.worker_bucket), *_fleet_kv(s.owner_bucket)]
     js_base = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
     events = s.all_sessions(Channel.EVENTS)
     inbox = "_INBOX.>"
@@ -367,7 +375,7 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
         # the control stream's stops through its own durable consumer (docs/security.md)
         control = [*_stream_use(s.control_stream), *_stream_own(s.control_stream)]
         return Permissions(
-            publish=(*js_base, *_kv(s.revocation_bucket), *control),
+            publish=(*js_base, *_fleet_kv(s.revocation_bucket), *control),
             subscribe=(AUTH_REQUEST_SUBJECT, AUTH_EXPLAIN_SUBJECT, s.all_sessions(Channel.CONTROL), inbox),
             allow_responses=True,
         )
@@ -391,8 +399,8 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
                 s.garments("list"),
                 *js_base,
                 *control,
-                *_kv(s.session_bucket),
-                *_kv(s.revocation_bucket),  # keeps a stop before purging the session's history
+                *_fleet_kv(s.session_bucket),
+                *_fleet_kv(s.revocation_bucket),  # keeps a stop before purging the session's history
                 *fleet,
             ),
             # the viewers' receiver reports: a session's output quality (services/generator/downlink.py)
