@@ -163,7 +163,9 @@ async def test_a_token_opens_its_session_and_nothing_else(
 ) -> None:
     url = secure_nats.url
     admin = await open_client(url, keys.credentials(ADMIN_USER))
-    alice = await open_client(url, token(keys, "alice"))
+    # named after another session: the permissions come from the token, never from what the
+    # client calls itself
+    alice = await open_client(url, token(keys, "alice"), name="bob")
     try:
         # its own camera reaches the services; its own output and events reach it
         cameras = S.all_sessions(Channel.CAMERA)

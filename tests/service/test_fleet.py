@@ -359,3 +359,55 @@ async def test_a_stack_with_sessions_stops_at_once_and_writes_only_json(
     events = [json.loads(line)["event"] for line in lines]
     assert "drain_timed_out" not in events
     assert events.count("service_stopped") == len(procs)
+
+
+async def test_swaps_queued_while_the_owner_cannot_take_them_are_coalesced(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+    """Three swaps stored while the session's only worker is stopped (SIGSTOP, past its pull
+    request's expiry): it takes them as one batch when it resumes, renders only the newest and
+    answers each older one ``swap_superseded`` naming it, so every swap gets its answer."""
+    async with fleet(nats_url, conditioning, workers=1) as f:
+        w = await f.watch("co")
+        f.stream("co")
+        await until(lambda: len(w.frames) >= 3)
+        owner = f.owner("co")
+        os.kill(owner.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.5)  # its outstanding pull request expires: nothing is delivered to it
+            sent = [
+                await f.swap("co", g) for g in ("shirt-blue-checks", "tee-yellow-dots", "tee-navy-stripes")
+            ]
+        finally:
+            os.kill(owner.proc.pid, signal.SIGCONT)
+        await until(lambda: all(e in f.answered("co") for e in sent), what=f.answered("co"))
+        assert [f.answered("co")[e] for e in sent] == ["swap_superseded", "swap_superseded", "swap_applied"]
+        superseded_by = {
+            str(e.data.get("event_id")): e.data.get("superseded_by")
+            for e in f.events["co"]
+            if e.code == "swap_superseded"
+        }
+        assert superseded_by == {sent[0]: sent[2], sent[1]: sent[2]}
+        await until(lambda: w.frames[-1].meta.garment_id == "tee-navy-stripes")
+
+
+async def test_an_older_swap_reaching_a_new_owner_after_a_failover_is_refused(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+    """The swap in effect was published at t; after its owner dies, a swap published before t (a
+    client's delayed retry, a redelivery) reaches the new owner: it is answered ``swap_superseded``
+    and the newer garment stays. The new owner knows t only from the stored state."""
+    async with fleet(nats_url, conditioning) as f:
+        w = await f.watch("late")
+        f.stream("late")
+        await until(lambda: len(w.frames) >= 3)
+        newer = control.swap("late", "shirt-blue-checks")
+        await control.publish_control(f.nc, f.subjects, newer)  # type: ignore[arg-type]
+        await until(lambda: f.answered("late").get(newer.event_id) == "swap_applied")
+        owner, old_epoch = f.owner("late"), f.epoch("late")
+        os.kill(owner.proc.pid, signal.SIGKILL)
+        await until(lambda: w.frames and w.frames[-1].meta.epoch > old_epoch, timeout=10)
+        older = dataclasses.replace(
+            control.swap("late", "tee-navy-stripes"), published_ns=newer.published_ns - 1_000_000_000
+        )
+        await control.publish_control(f.nc, f.subjects, older)  # type: ignore[arg-type]
+        await until(lambda: older.event_id in f.answered("late"), what=f.answered("late"))
+        assert f.answered("late")[older.event_id] == "swap_superseded"
+        await asyncio.sleep(0.5)
+        assert {r.meta.garment_id for r in w.frames[-5:]} == {"shirt-blue-checks"}
