@@ -129,10 +129,11 @@ class Subjects:
         return f"{self.stream_token}_OWNERS"
 
     @staticmethod
-    def control_consumer(stage: str, session_id: str) -> str:
-        """The durable consumer of one session's control subject, bound by whichever worker of
-        ``stage`` owns the session: a new owner resumes where the old one acknowledged."""
-        return f"{stage}-{validate_session_id(session_id)}"
+    def control_consumer(stage: str, worker_id: str) -> str:
+        """The consumer of every session's control subject that one worker of ``stage`` reads
+        (it applies what its own sessions get; a new owner reads a session's earlier control from
+        the stream itself, docs/fleet.md)."""
+        return f"{stage}-{validate_session_id(worker_id)}"
 
     @property
     def revocation_bucket(self) -> str:

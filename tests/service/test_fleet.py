@@ -241,16 +241,24 @@ async def test_sigterm_hands_the_session_over_without_a_long_gap(nats_url, condi
         assert gap_s < 1.0, gap_s
 
 
-async def test_a_deleted_control_consumer_is_reported_and_recreated(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+async def test_a_deleted_control_consumer_is_recreated_and_nothing_sent_meanwhile_is_lost(
+    nats_url, conditioning
+) -> None:  # type: ignore[no-untyped-def]
+    """The worker's one consumer of every session's control is deleted (by hand, or lost with a
+    node): it binds a new one within seconds, and reads from the stream what its sessions were
+    sent while there was none."""
     async with fleet(nats_url, conditioning, workers=1) as f:
         w = await f.watch("c")
         f.stream("c")
         await until(lambda: len(w.frames) >= 3)
         js = f.nc.jetstream()  # type: ignore[attr-defined]
-        await js.delete_consumer(f.subjects.control_stream, Subjects.control_consumer("generator", "c"))
-        await asyncio.sleep(3.5)  # the worker notices within a few seconds and binds a new one
-        swap = await f.swap("c", "tee-yellow-dots")
-        await until(lambda: f.answered("c").get(swap) == "swap_applied", timeout=10)
+        consumer = Subjects.control_consumer("generator", f.owner("c").worker_id)
+        await js.delete_consumer(f.subjects.control_stream, consumer)
+        meanwhile = await f.swap("c", "tee-yellow-dots")  # delivered to nobody: in the stream only
+        await until(lambda: f.answered("c").get(meanwhile) == "swap_applied", timeout=10)
+        later = await f.swap("c", "tee-navy-stripes")
+        await until(lambda: f.answered("c").get(later) == "swap_applied", timeout=10)
+        assert (await js.consumer_info(f.subjects.control_stream, consumer)).name == consumer
 
 
 async def test_ingest_admits_once_and_answers_a_full_fleet_before_decoding(nats_url, bus_photo) -> None:  # type: ignore[no-untyped-def]
