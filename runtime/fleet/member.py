@@ -20,6 +20,7 @@ from runtime.logging import get_logger
 from shared.subjects import Subjects
 
 log = get_logger("fleet")
+SWEEP_PARALLEL = 16  # owner records written at once by one failover sweep
 
 
 class WorkerSettings(Protocol):
@@ -74,6 +75,7 @@ class FleetMember:
         self._busy = False  # a serve/unserve callback is running
         self._renew_failed = False
         self._sweep_after = 0.0  # monotonic time before which this worker re-places nothing
+        self._orphaned_since: dict[str, float] = {}  # session -> when this worker saw it orphaned
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -265,25 +267,54 @@ class FleetMember:
                 log.warning("fleet_sweep_failed", error=str(exc) or type(exc).__name__)
 
     async def _sweep(self) -> None:
+        """One pass: the sessions of lapsed workers (each lapse confirmed once, from the bucket's
+        leader), re-placed by the worker that placement gives them to, in parallel.
+
+        Why each takes its own share: a worker with hundreds of sessions leaves hundreds of
+        orphans, and every survivor walking all of them one by one, racing the others on each
+        compare-and-set, took seconds per hundred. Every survivor computes the same placement (same
+        records, sorted), so each claims only what lands on itself, all at once; a session nobody
+        claimed within a lease (the views differed) is re-placed by whichever worker sees it."""
         assert self.view is not None
-        now = time.time_ns()
-        for (stage, session_id), held in list(self.view.owners.items()):
-            if stage != self.stage or self.view.owner_alive(stage, session_id, now):
+        now, mono = time.time_ns(), time.monotonic()
+        stage = self.stage
+        lapsed: dict[str, bool] = {}
+        orphans: list[tuple[str, tuple[Ownership, int]]] = []
+        for (s, session_id), held in sorted(self.view.owners.items()):
+            if s != stage or self.view.owner_alive(stage, session_id, now):
                 continue
-            if not await self.view.confirm_lapsed(stage, held[0].worker_id):
-                continue  # the watch was behind: that worker is alive
-            owned = self.view.owned(stage)
-            chosen = place(session_id, self.view.workers(stage), owned, now, backend=self.backend)
+            worker = held[0].worker_id
+            if worker not in lapsed:  # the watch may be behind: that worker may be alive
+                lapsed[worker] = await self.view.confirm_lapsed(stage, worker)
+            if lapsed[worker]:
+                orphans.append((session_id, held))
+        seen = {session_id for session_id, _ in orphans}
+        self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in seen}
+        owned = self.view.owned(stage)
+        workers = self.view.workers(stage)
+        claims: list[tuple[str, str, tuple[Ownership, int]]] = []
+        for session_id, held in orphans:
+            since = self._orphaned_since.setdefault(session_id, mono)
+            chosen = place(session_id, workers, owned, now, backend=self.backend)
             if chosen is None:
                 continue  # nobody has room: the session waits (its camera gets at_capacity at ingest)
-            record = await assign(self.view, stage, session_id, chosen.worker_id, "failover", held)
+            owned[chosen.worker_id] += 1  # the next orphan sees this one placed
+            if chosen.worker_id == self.worker_id or mono - since > self.lease_s:
+                claims.append((session_id, chosen.worker_id, held))
+        gate = asyncio.Semaphore(SWEEP_PARALLEL)
+
+        async def claim(session_id: str, worker: str, held: tuple[Ownership, int]) -> None:
+            async with gate:
+                record = await assign(self.view, stage, session_id, worker, "failover", held)  # type: ignore[arg-type]
             if record is not None:
-                log.info(
-                    "session_failed_over",
-                    session_id=session_id,
-                    to=chosen.worker_id,
-                    previous=held[0].worker_id,
-                )
+                log.info("session_failed_over", session_id=session_id, to=worker, previous=held[0].worker_id)
+
+        results = await asyncio.gather(*(claim(*c) for c in claims), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:  # the next sweep tries them again
+            log.warning(
+                "fleet_sweep_failed", claims=len(failed), error=str(failed[0]) or type(failed[0]).__name__
+            )
 
     async def _mark_ready(self, session_id: str) -> None:
         """Tell the placer this worker now takes the session's frames (compare-and-set: if the
