@@ -44,12 +44,13 @@ scrape to the last over the messages sent (``log_lines_per_message``).
 
 Then the **connection flood** (``flood``, ``--flood`` attempts, 0: none): that many connection
 attempts from one other address (``127.0.0.2``, raw TCP speaking the NATS protocol: INFO,
-CONNECT with a token, PING), each with one of ``--flood-tokens`` valid session tokens, in waves
-of ``FLOOD_PARALLEL``; every admitted connection is held open until the phase ends, as a client
-hoarding connections would. Meanwhile the good session streams on (``neighbour_fps_ratio``:
-its fps during the flood over before it) and ``FLOOD_GOOD_SESSIONS`` other sessions connect from
-``127.0.0.1`` with their own tokens: every one must get in. The auth service's refusals by limit
-(session, address) come from its ``/healthz``. The JSON report is the LAST line printed.
+CONNECT with a token, PING), each with one of ``--flood-tokens`` valid session tokens, at
+``--flood-rate`` a second (at most ``FLOOD_PARALLEL`` in flight); every admitted connection is
+held open until the phase ends, as a client hoarding connections would. Meanwhile the good
+session streams on (``neighbour_fps_ratio``: its fps during the flood over before it) and
+``FLOOD_GOOD_SESSIONS`` other sessions connect from ``127.0.0.1`` with their own tokens: every
+one must get in. The auth service's refusals by limit (session, address) come from its
+``/healthz``. The JSON report is the LAST line printed.
 """
 
 from __future__ import annotations
@@ -628,18 +629,23 @@ class Flood:
             self.failed[answer[:40].decode(errors="replace").strip()] += 1
             writer.close()
 
-    async def run(self, url: str, tokens: Sequence[str], attempts: int, source: str) -> None:
+    async def run(
+        self, url: str, tokens: Sequence[str], attempts: int, source: str, rate: float = 0.0
+    ) -> None:
+        """``attempts`` connects, ``rate`` a second (0: as fast as ``FLOOD_PARALLEL`` at once go)."""
         from urllib.parse import urlsplit
 
         where = urlsplit(url.split(",")[0])
         host, port = where.hostname or "127.0.0.1", where.port or 4222
         gate = asyncio.Semaphore(FLOOD_PARALLEL)
+        t0 = time.monotonic()
 
         async def one(i: int) -> None:
+            if rate > 0:
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
             async with gate:
                 await self.attempt(host, port, tokens[i % len(tokens)], source)
 
-        t0 = time.monotonic()
         await asyncio.gather(*(one(i) for i in range(attempts)))
         self.seconds = time.monotonic() - t0
 
@@ -662,7 +668,7 @@ def flood_worker() -> None:
 
     async def go() -> None:
         flood = Flood()
-        await flood.run(orders["url"], orders["tokens"], orders["attempts"], orders["source"])
+        await flood.run(orders["url"], orders["tokens"], orders["attempts"], orders["source"], orders["rate"])
         figures = {"attempts": flood.attempts, "admitted": flood.admitted, "refused": flood.refused}
         figures.update(failed=dict(flood.failed), seconds=flood.seconds)
         print(json.dumps(figures), flush=True)
@@ -729,6 +735,7 @@ async def connection_flood(
     )
     assert worker.stdin is not None and worker.stdout is not None
     orders = {"url": stack.url, "tokens": tokens, "attempts": args.flood, "source": FLOOD_SOURCE}
+    orders["rate"] = args.flood_rate
     cpu_pids = [c.proc.pid for c in stack.children if c.name == "auth"]
     cpu_before = (cpu_total(cpu_pids), cpu_total(child_pids("nats-server")))
     t0 = time.time_ns()
@@ -1218,6 +1225,12 @@ def _parser() -> argparse.ArgumentParser:
         help="connection attempts of the flood phase from one address (0: none)",
     )
     p.add_argument("--flood-tokens", type=int, default=125, help="session tokens the flood cycles through")
+    p.add_argument(
+        "--flood-rate",
+        type=float,
+        default=100.0,
+        help="connection attempts a second (0: as fast as they go); the neighbour is measured throughout",
+    )
     p.add_argument(
         "--flood-hold",
         type=float,
