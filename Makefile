@@ -14,9 +14,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(DEPS_STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q $(PIP_EXTRA) '$(TORCH_SPEC)'
-	$(PY) -m pip install -q $(PIP_EXTRA) -e '.[serve,gpu,dev]'
+# constraints.txt: the versions the project is tested with, as the Dockerfile installs them
+$(DEPS_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q $(PIP_EXTRA) -c constraints.txt '$(TORCH_SPEC)'
+	$(PY) -m pip install -q $(PIP_EXTRA) -c constraints.txt -e '.[serve,gpu,dev]'
 	touch $@
 
 setup: $(DEPS_STAMP) web

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 
 from nats.aio.msg import Msg
 
@@ -71,14 +72,31 @@ class Recorder:
         return [e for e in self.events if e.code == code]
 
 
+CATALOGUE_GROUP = "chameleon.catalogue"  # entry point ``photos``: the photographed starter catalogue
+
+
+def catalogue_photos_source():  # type: ignore[no-untyped-def]
+    """The starter catalogue as a shop would photograph it (``tools.product_photos``, found by its
+    entry point: neither the CLI nor the harness imports a tool); None in a build without the
+    tools, and then the generated flat-lays are loaded."""
+    for ep in entry_points(group=CATALOGUE_GROUP):
+        if ep.name == "photos":
+            try:
+                return ep.load()
+            except ModuleNotFoundError:
+                return None
+    return None
+
+
 async def starter_colours(nc, subjects: Subjects) -> dict[str, list[tuple[int, int, int]]]:  # type: ignore[no-untyped-def]
-    """Add the starter catalogue (idempotent) and return each garment's dominant colours."""
+    """Add the starter catalogue, photographed (idempotent), and return each garment's dominant
+    colours."""
     from services.garments.starter import add_starter_garments
     from shared.garment_client import GarmentClient
 
     client = GarmentClient(nc, subjects, timeout_s=30)
     colours = {}
-    for reply in await add_starter_garments(client):
+    for reply in await add_starter_garments(client, photos=catalogue_photos_source()):
         asset = await client.get(reply.garment_id)
         colours[reply.garment_id] = [tuple(int(v) for v in c["bgr"]) for c in asset.dominant_colours]
     return colours

@@ -58,10 +58,46 @@ SERVICE_MODULES: dict[str, str] = {
 SCALED_SERVICES = ("preprocess", "generator")
 MAX_JS_REPLICAS = 3
 KEYS_FILE = "auth-keys.json"  # in the data dir, beside the JetStream store
+# ``metrics_port_base``: service k of SERVICE_MODULES (in that order) serves its worker i's
+# /metrics and /healthz on base + PORT_STRIDE * k + (i - 1), whichever services run: stable
+# across restarts and runs, so a Prometheus outside the stack can scrape it
+PORT_STRIDE = 10
 
 
 class StackError(RuntimeError):
-    """A service did not become healthy."""
+    """A service did not become healthy, or the stack cannot start as asked (a port taken)."""
+
+
+def stable_port(base: int, name: str, index: int) -> int:
+    """Worker ``index`` (from 1) of service ``name``'s health port under ``metrics_port_base``."""
+    if not 1 <= index <= PORT_STRIDE:
+        raise StackError(f"with a metrics port base, at most {PORT_STRIDE} workers per service")
+    return base + PORT_STRIDE * list(SERVICE_MODULES).index(name) + index - 1
+
+
+def stable_port_span() -> int:
+    """How many ports from the base ``metrics_port_base`` may use."""
+    return PORT_STRIDE * len(SERVICE_MODULES)
+
+
+def reserve(port: int, what: str) -> socket.socket:
+    """``reserve_port`` for one given port; a one-line ``StackError`` naming ``what`` (the flag that
+    chooses it) when something else has it."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        probe_sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:  # SO_REUSEADDR lets us bind beside a listener: is anything listening there?
+            probe_sock.settimeout(0.5)
+            if probe_sock.connect_ex(("127.0.0.1", port)) == 0:
+                raise OSError(f"something is listening on {port}")
+        finally:
+            probe_sock.close()
+    except OSError:
+        sock.close()
+        raise StackError(f"port {port} is taken by another program: choose another with {what}") from None
+    return sock
 
 
 def _exists(module: str) -> bool:
@@ -127,6 +163,7 @@ class Stack:
     keys: AuthKeys | None = None  # secure: given, else DATA_DIR/auth-keys.json, else fresh ones
     web_port: int = 0  # the page's port when "web" runs; 0: a free one (``web_url`` says which)
     web_host: str = "127.0.0.1"
+    metrics_port_base: int = 0  # 0: each child's health port is a free one; else ``stable_port``
     nats: EmbeddedNats | EmbeddedCluster | None = None
     children: list[Child] = field(default_factory=list)
 
@@ -168,8 +205,18 @@ class Stack:
         if websocket and not self.web_port:  # held until the web service listens on it
             self._web_reservation = reserve_port()
             self.web_port = self._web_reservation.getsockname()[1]
-        # browsers may reach the WebSocket listener from the page only, not from any site they visit
-        origins = (f"http://{self.web_host}:{self.web_port}",) if websocket else ()
+        elif websocket:
+            self._web_reservation = reserve(self.web_port, "--web-port (0: a free one)")
+        # browsers may reach the WebSocket listener from the page only, not from any site they
+        # visit; the page is the same whether the browser calls this machine localhost or 127.0.0.1
+        origins = (
+            tuple(
+                f"http://{h}:{self.web_port}"
+                for h in dict.fromkeys((self.web_host, "localhost", "127.0.0.1"))
+            )
+            if websocket
+            else ()
+        )
         if not self.nats_url:
             if self.nats_cluster > 1:
                 self.nats = EmbeddedCluster(
@@ -270,17 +317,24 @@ class Stack:
             stderr=subprocess.STDOUT if log_file else None,
         )
 
+    def _reserve_health_port(self, name: str, worker_id: str) -> socket.socket:
+        if not self.metrics_port_base:
+            return reserve_port()
+        index = int(worker_id.rsplit("-", 1)[1])
+        return reserve(stable_port(self.metrics_port_base, name, index), "--metrics-port-base")
+
     def _spawn(self, name: str, worker_id: str) -> Child:
-        reservation = reserve_port()
+        reservation = self._reserve_health_port(name, worker_id)
         port = reservation.getsockname()[1]
         log_file = self._log_file(name, worker_id)
         proc = self._popen(name, worker_id, port, log_file)
         return Child(name, worker_id, proc, port, log_file, reservation)
 
     def _respawn(self, child: Child) -> None:
-        """Start an exited child again, on a freshly reserved port (its old one may be taken)."""
+        """Start an exited child again, on a freshly reserved port (its old one may be taken), or
+        its stable one under ``metrics_port_base``."""
         child.release_port()
-        child.reservation = reserve_port()
+        child.reservation = self._reserve_health_port(child.name, child.worker_id)
         child.health_port = child.reservation.getsockname()[1]
         child.proc = self._popen(child.name, child.worker_id, child.health_port, child.log)
         child.started_at = time.monotonic()
@@ -319,7 +373,12 @@ class Stack:
             now = time.monotonic()
             if child.restart_at is not None:
                 if now >= child.restart_at:
-                    self._respawn(child)
+                    try:
+                        self._respawn(child)
+                    except StackError as exc:  # its stable port is taken meanwhile: try again later
+                        self._schedule_restart(child, now)
+                        actions.append(f"{child.worker_id} not restarted: {exc}")
+                        continue
                     actions.append(f"{child.worker_id} restarted")
                 continue
             code = child.proc.poll()

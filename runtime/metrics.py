@@ -2,7 +2,9 @@
 log line per session per interval (never one per frame).
 
 Each service owns its own ``CollectorRegistry`` so several services can share a process (tests,
-benchmarks) without colliding metric names.
+benchmarks) without colliding metric names. Every registry also carries the process's own
+figures (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ``process_open_fds``
+…, from prometheus_client's ``ProcessCollector``): what an on-call engineer looks at first.
 """
 
 from __future__ import annotations
@@ -14,13 +16,50 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 from runtime.logging import get_logger
 
 log = get_logger("metrics")
 
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.033, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+# capture to a stage's publish: the stream's whole latency so far, tens to hundreds of ms
+GLASS_TO_GLASS_BUCKETS_S = (
+    0.02,
+    0.05,
+    0.075,
+    0.1,
+    0.125,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
+    5.0,
+)
+METRICS_PATH = "/metrics"
+HEALTH_PATH = "/healthz"
+
+
+def process_registry() -> CollectorRegistry:
+    """A registry that already holds this process's resource metrics (RSS, CPU seconds, open
+    fds, start time; the Python version): every service's starts from it."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
 
 
 class ServiceMetrics:
@@ -28,7 +67,7 @@ class ServiceMetrics:
 
     def __init__(self, service: str) -> None:
         self.service = service
-        self.registry = CollectorRegistry()
+        self.registry = process_registry()
         r = self.registry
         self.stage_latency = Histogram(
             "chameleon_stage_latency_seconds",
@@ -42,6 +81,14 @@ class ServiceMetrics:
             "Transport time from the previous stage to this one",
             ["service"],
             buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        ).labels(service)
+        self.glass_to_glass = Histogram(
+            "chameleon_glass_to_glass_seconds",
+            "Camera capture (Chameleon-Capture-Ns) to this stage's publish of the frame; the "
+            "generator's is the stream's glass-to-glass up to delivery (clocks: NTP across hosts)",
+            ["service"],
+            buckets=GLASS_TO_GLASS_BUCKETS_S,
             registry=r,
         ).labels(service)
         self.frames_in = Counter(
@@ -151,10 +198,10 @@ class HealthServer:
             while (await asyncio.wait_for(reader.readline(), 5)) not in (b"\r\n", b"\n", b""):
                 pass
             parts = line.decode(errors="replace").split()
-            path = parts[1] if len(parts) > 1 else "/"
-            if path.startswith("/metrics"):
+            path = (parts[1] if len(parts) > 1 else "/").split("?", 1)[0]
+            if path == METRICS_PATH:  # exactly: /metricsXYZ is no metrics endpoint
                 status, ctype, body = 200, "text/plain; version=0.0.4", self.metrics.render()
-            elif path.startswith("/healthz"):
+            elif path == HEALTH_PATH:
                 h = self.health()
                 status = 200 if h.get("status") == "ok" else 503
                 ctype, body = "application/json", json.dumps(h).encode()

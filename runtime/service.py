@@ -56,6 +56,73 @@ class ServiceContext:
         return await subscribe_frames(self.nc, self.subjects.all_sessions(channel), self.subjects, slots)
 
 
+EXIT_HUNG = 70  # the watchdog's exit status: unhealthy or stuck for too long
+
+
+class Watchdog:
+    """A process's own hang detection, for a supervisor that restarts what exits but not what
+    hangs (compose's ``restart:`` policy, unlike ``chameleon up``).
+
+    A task on the event loop records every second whether the service is healthy; a thread checks
+    that record. Unhealthy for ``limit_s`` (NATS gone, a handler reporting trouble), or no record
+    at all for ``limit_s`` (the event loop stuck in a call), calls ``on_hung``: by default the
+    process exits with ``EXIT_HUNG`` at once, so it is restarted instead of serving nobody."""
+
+    def __init__(
+        self,
+        limit_s: float,
+        healthy: Callable[[], bool],
+        on_hung: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit_s = limit_s
+        self.healthy = healthy
+        self.on_hung = on_hung or self._exit
+        self.clock = clock
+        self.last_beat = self.last_ok = clock()
+        self.fired = False
+
+    def beat(self) -> None:
+        """On the event loop: the loop runs, and whether the service is healthy."""
+        now = self.clock()
+        self.last_beat = now
+        if self.healthy():
+            self.last_ok = now
+
+    def check(self) -> str | None:
+        """From the watching thread: why the process is hung, or None."""
+        now = self.clock()
+        if now - self.last_beat > self.limit_s:
+            return f"event loop stuck for {now - self.last_beat:.1f} s"
+        if now - self.last_ok > self.limit_s:
+            return f"unhealthy for {now - self.last_ok:.1f} s"
+        return None
+
+    async def run(self, interval_s: float = 1.0) -> None:
+        threading.Thread(target=self._watch, args=(interval_s,), name="watchdog", daemon=True).start()
+        while not self.fired:
+            self.beat()
+            await asyncio.sleep(interval_s)
+
+    def _watch(self, interval_s: float) -> None:
+        while not self.fired:
+            time.sleep(interval_s / 2)
+            reason = self.check()
+            if reason:
+                self.fired = True
+                self.on_hung(reason)
+
+    def stop(self) -> None:
+        """Shutting down: a drain may take a while, and is not a hang."""
+        self.fired = True
+
+    @staticmethod
+    def _exit(reason: str) -> None:
+        log.error("watchdog_exit", reason=reason, exit_code=EXIT_HUNG)
+        sys.stderr.flush()
+        os._exit(EXIT_HUNG)
+
+
 class Handlers(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
@@ -110,6 +177,11 @@ async def run_service(
         stack.callback(summary.cancel)
         await handlers.start()
         stack.push_async_callback(_timed, "handlers_s", handlers.stop, timings)
+        if settings.watchdog_s > 0:  # from here on: start-up time is the supervisor's start period
+            watchdog = Watchdog(settings.watchdog_s, lambda: health()["status"] == "ok")
+            watching = asyncio.create_task(watchdog.run())
+            stack.callback(watching.cancel)
+            stack.callback(watchdog.stop)
         await nc.flush()
         log.info("service_started", nats=settings.nats_url)
         if ready is not None:

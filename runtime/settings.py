@@ -2,6 +2,10 @@
 
 A field ``foo_bar`` of a settings class reads ``CHAMELEON_FOO_BAR``; ``nats_url`` also honours the
 conventional ``NATS_URL``. Nothing is read at import time: call ``from_env()`` in ``main``.
+
+``CHAMELEON_FOO_BAR_FILE`` names a file holding the value instead (its trailing newline dropped):
+how compose hands a container its secrets (``/run/secrets/<name>``) without putting them in the
+environment, where ``docker inspect`` and every child process would see them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,25 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 ENV_PREFIX = "CHAMELEON_"
+FILE_SUFFIX = "_FILE"
 S = TypeVar("S", bound="BaseSettings")
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The value in ``path`` (``<variable>_FILE``), without its trailing newline."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise SettingsError(f"{variable}{FILE_SUFFIX}={path!r}: cannot read it ({exc.strerror})") from None
+
+
+def env_value(env: Mapping[str, str], variable: str) -> str | None:
+    """``variable`` from ``env``, else the content of the file ``<variable>_FILE`` names, else None."""
+    if variable in env:
+        return env[variable]
+    path = env.get(variable + FILE_SUFFIX)
+    return read_secret_file(variable, path) if path else None
 
 
 class SettingsError(ValueError):
@@ -62,6 +84,9 @@ class BaseSettings:
     worker_id: str = ""  # this worker's name in the fleet; empty: <hostname>-<pid>
     lease_s: float = 1.0  # a worker's lease: sessions move elsewhere this long after it stops renewing
     js_replicas: int = 1  # JetStream replicas of the streams and buckets this process creates (3: R3)
+    # a process unhealthy (or its event loop stuck) this long exits, so a restart policy restarts it
+    # (compose restarts exited containers, never unhealthy ones); 0: off (`chameleon up` supervises)
+    watchdog_s: float = 0.0
 
     @property
     def nats_servers(self) -> list[str]:
@@ -78,9 +103,9 @@ class BaseSettings:
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
-            key = ENV_PREFIX + f.name.upper()
-            if key in env:
-                values[f.name] = _parse(f.name, env[key], hints[f.name])
+            raw = env_value(env, ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(f.name, raw, hints[f.name])
             elif f.name == "nats_url" and env.get("NATS_URL"):
                 values[f.name] = env["NATS_URL"]
         values.update(overrides)

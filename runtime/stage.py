@@ -190,7 +190,10 @@ class FrameStage:
             if not await publish_frame(self.ctx.nc, self.outbound(session_id), out.payload, out.meta):
                 self.drop(session_id, "disconnected")
                 continue
-            spent_s = (out.meta.trace[-1].ns - t_in) / 1e9
+            published_ns = out.meta.trace[-1].ns
+            spent_s = (published_ns - t_in) / 1e9
+            if out.meta.capture_ns:
+                self.ctx.metrics.glass_to_glass.observe(max(0.0, (published_ns - out.meta.capture_ns) / 1e9))
             self._through.add(session_id)
             stats.frames_out += 1
             stats.latency_ms.append(spent_s * 1e3)

@@ -94,6 +94,8 @@ class NatsCredentials:
     def from_env(cls, env: Mapping[str, str] | None = None) -> NatsCredentials:
         env = os.environ if env is None else env
         user, password = env.get(ENV_USER, ""), env.get(ENV_PASSWORD, "")
+        if not password and env.get(ENV_PASSWORD + "_FILE"):  # compose: /run/secrets/<user>_password
+            password = _read_secret(env[ENV_PASSWORD + "_FILE"])
         if user and not password and env.get(ENV_KEYS_FILE):
             passwords = read_keys_file(env[ENV_KEYS_FILE]).get("passwords", {})
             if not isinstance(passwords, dict) or user not in passwords:
@@ -120,6 +122,14 @@ class NatsCredentials:
 
 class KeysFileError(ValueError):
     """A keys file that cannot be read, or lacks what a process needs from it."""
+
+
+def _read_secret(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().rstrip("\r\n")
+    except OSError as exc:
+        raise KeysFileError(f"{ENV_PASSWORD}_FILE={path!r}: cannot read it ({exc.strerror})") from None
 
 
 def read_keys_file(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ answers in time). A process that only uses garments imports this, never the garm
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.errors
 import numpy as np
@@ -44,7 +44,9 @@ class GarmentAsset:
 
     ``texture`` is BGRA uint8 on the canonical canvas, its alpha the garment mask; ``keypoints``
     are named canvas pixel positions (image sides: left = smaller x) with ``keypoint_confidence``
-    next to them; ``dominant_colours`` are ``{"bgr", "fraction"}``, largest first.
+    next to them; ``dominant_colours`` are ``{"bgr", "fraction"}``, largest first; ``inferred``
+    is what the shape says (category, sleeve length and their confidences; see
+    ``GarmentAssetData``), ``thumbnail_jpeg`` the photo cropped to the garment.
     """
 
     garment_id: str
@@ -62,6 +64,14 @@ class GarmentAsset:
     canvas_rect: tuple[int, int, int, int]
     mask_source: str
     coverage: float
+    source_kind: str = "flatlay"
+    inferred: dict = field(default_factory=dict)
+    thumbnail_jpeg: bytes = b""
+
+    @property
+    def sleeve_length(self) -> str:
+        """``none``, ``short`` or ``long`` as inferred; empty for an asset older than inference."""
+        return str(self.inferred.get("sleeve_length", ""))
 
     @property
     def mask(self) -> np.ndarray:
@@ -95,6 +105,9 @@ class GarmentAsset:
             canvas_rect=tuple(data.canvas_rect),  # type: ignore[arg-type]
             mask_source=data.mask_source,
             coverage=data.coverage,
+            source_kind=data.source_kind,
+            inferred=dict(data.inferred),
+            thumbnail_jpeg=data.thumbnail_jpeg,
         )
 
 
@@ -108,11 +121,21 @@ class GarmentClient:
         self.encode_timeout_s = encode_timeout_s
 
     async def encode(
-        self, image: bytes, *, garment_id: str = "", name: str = "", category: str = "top"
+        self,
+        image: bytes,
+        *,
+        garment_id: str = "",
+        name: str = "",
+        category: str = "",
+        source: str = "flatlay",
     ) -> GarmentEncodeReply:
-        """Add (or re-add: idempotent) a garment image; the reply says what was stored."""
+        """Add (or re-add: idempotent) a garment image; the reply says what was stored.
+        ``category`` empty: inferred from the garment; ``source="person"``: the image is a photo
+        of someone wearing it."""
         try:
-            payload = GarmentEncodeRequest(image=image, garment_id=garment_id, name=name, category=category)
+            payload = GarmentEncodeRequest(
+                image=image, garment_id=garment_id, name=name, category=category, source=source
+            )
             payload.validate()
         except SchemaError as exc:
             code = (

@@ -110,7 +110,7 @@ def inspect(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m tools.inspect_attention",
+        prog="chameleon inspect attention",
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--config", default="tiny", choices=["tiny", "paper"])

@@ -18,6 +18,21 @@ def catalogue_garment(garment_id: str) -> Garment:
     return Garment(garment_id, spec.category, enc.texture, enc.keypoints, colours)
 
 
+def photographed_garment(garment_id: str, seed: int = 0, kind: str = "flatlay") -> Garment:
+    """A starter-catalogue garment as a shop would photograph it (``tools.product_photos``: a
+    flat-lay with folds, shadow, tilt and JPEG, or ``kind="ghost"``), encoded like an upload; the
+    same kind of object as ``catalogue_garment``. The category is the catalogue's (as
+    ``chameleon up`` loads it); ``garments add`` without one would infer it."""
+    from services.garments import catalogue, encoder
+    from tools.product_photos import flatlay_photo, ghost_photo
+
+    spec = catalogue.spec_by_id(garment_id)
+    photo = flatlay_photo(spec, seed) if kind == "flatlay" else ghost_photo(spec, seed)
+    enc = encoder.encode_garment(photo.data)
+    colours = [(int(c["bgr"][0]), int(c["bgr"][1]), int(c["bgr"][2])) for c in enc.dominant_colours]
+    return Garment(garment_id, spec.category, enc.texture, enc.keypoints, colours)
+
+
 def preprocessed_frames(frames: list[np.ndarray], warmup: int = 2, fps: float = 30.0) -> list[FrameInput]:
     """Each frame through one session of the real preprocessing (pose, masks, garment region).
 

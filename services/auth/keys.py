@@ -29,6 +29,12 @@ from shared.tokens import KeysError, keypair, new_seed, public_key
 
 KEYS_VERSION = 1
 USERS = (*SERVICE_ROLES, ADMIN_USER, SYSTEM_USER)
+SECRET_MODE = 0o440  # its owner (the one service that reads it) and that owner's group
+
+
+def password_file(user: str) -> str:
+    """The secret file of a user's password: ``ingest_password``, ``auth_sys_password`` …"""
+    return f"{user.replace('-', '_')}_password"
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,18 @@ class AuthKeys:
 
     def credentials(self, user: str) -> NatsCredentials:
         return NatsCredentials(user=user, password=self.passwords[user])
+
+    def secret_files(self) -> dict[str, str]:
+        """One file per secret, as a deployment hands each service only its own (compose
+        ``secrets:``): the issuer seed (auth), the token key's seed (whoever mints) and public half
+        (auth), one password per user."""
+        files = {
+            "issuer_seed": self.issuer_seed,
+            "token_seed": self.token_seed,
+            "token_public_key": self.token_public,
+        }
+        files.update({password_file(u): p for u, p in self.passwords.items()})
+        return files
 
     def server_auth(self, subjects: Subjects, limits: SessionLimits | None = None) -> ServerAuth:
         return build_server_auth(self.issuer_public, self.passwords, subjects, limits)
@@ -100,3 +118,18 @@ class AuthKeys:
             keys = cls(keys.issuer_seed, keys.token_seed, passwords)
             keys.save(path)
         return keys
+
+
+def write_secret(
+    path: Path, content: str, owner: tuple[int, int] | None = None, mode: int = SECRET_MODE
+) -> None:
+    """``content`` into ``path`` (replaced whole, never readable by others on the way), owned by
+    ``owner`` (uid, gid) when given: the one service user that reads it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(content if content.endswith("\n") else content + "\n")
+    if owner is not None:
+        os.chown(tmp, *owner)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)

@@ -94,33 +94,56 @@ def _backdrop(photo: np.ndarray, width: int, height: int) -> np.ndarray:
     return (blurred.astype(np.float32) * 0.55).astype(np.uint8)
 
 
-def video_frames(path: str, loop: bool = False) -> Iterator[np.ndarray]:
-    """Frames of a video file (optionally looping)."""
-    while True:
-        cap = cv2.VideoCapture(path)
-        if not cap.isOpened():
-            raise ValueError(f"cannot open video {path}")
-        got = False
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            got = True
-            yield frame
+class SourceError(ValueError):
+    """A frame source that cannot be opened: a missing or unreadable video, no such webcam."""
+
+
+def _opened(cap: cv2.VideoCapture, what: str) -> cv2.VideoCapture:
+    if not cap.isOpened():
         cap.release()
-        if not loop or not got:
-            return
+        raise SourceError(what)
+    return cap
+
+
+def video_frames(path: str, loop: bool = False) -> Iterator[np.ndarray]:
+    """Frames of a video file (optionally looping). The file is opened here, not at the first
+    frame, so a missing one is a ``SourceError`` before anything connects."""
+    first = _opened(cv2.VideoCapture(path), f"cannot open video {path}")
+
+    def frames() -> Iterator[np.ndarray]:
+        cap = first
+        while True:
+            got = False
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                got = True
+                yield frame
+            cap.release()
+            if not loop or not got:
+                return
+            cap = _opened(cv2.VideoCapture(path), f"cannot open video {path}")
+
+    return frames()
 
 
 def webcam_frames(index: int) -> Iterator[np.ndarray]:
-    cap = cv2.VideoCapture(index)
-    if not cap.isOpened():
-        raise ValueError(f"cannot open webcam {index}")
+    """Frames of webcam ``index``, opened here: no such camera is a ``SourceError`` at once."""
+    previous = cv2.setLogLevel(0)  # silent: OpenCV's own lines about a missing device
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                return
-            yield frame
+        cap = _opened(cv2.VideoCapture(index), f"cannot open webcam {index} (is a camera connected?)")
     finally:
-        cap.release()
+        cv2.setLogLevel(previous)
+
+    def frames() -> Iterator[np.ndarray]:
+        try:
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    return
+                yield frame
+        finally:
+            cap.release()
+
+    return frames()

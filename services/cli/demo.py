@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from harness import progress
 from harness.demo_metrics import demo_quality
 from harness.recorder import Recorder, starter_colours
 from harness.stack import Stack, available_services
@@ -178,6 +179,7 @@ async def _run(
         "latency_ms": summary["latency_ms"],
         "dropped": report.published - delivered,
         "camera_skipped": report.skipped,
+        "camera_link_dropped": report.link_dropped,  # of those, the link (its acknowledgements) had no room
         # sent by the demo; applied (a swap_applied event: a superseded one is not); measured for
         # ghosting (swap_details; swaps_unmeasured says why the others are not)
         "swaps_sent": swaps_sent,
@@ -222,7 +224,7 @@ def run(args: argparse.Namespace, settings: BaseSettings) -> int:
         log_dir=Path(args.logs) if args.logs else None,
         secure=not args.insecure and not settings.nats_url,  # an outside server's auth is its own
     )
-    with stack:
+    with stack, progress.elapsed("demo", args.frames / args.fps if args.fps else None, json=args.json):
         creds = stack.admin_credentials, stack.session_credentials(args.session)
         result = asyncio.run(_run(args, stack.url, Subjects(settings.subject_prefix), pipeline, *creds))
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -20,23 +20,26 @@ import contextlib
 import importlib.util
 import json
 import os
+import secrets
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from runtime.logging import configure_logging
 from runtime.service import cap_blas_threads
-from runtime.settings import BaseSettings, SettingsError
+from runtime.settings import BaseSettings, SettingsError, env_value
+from shared.auth import KeysFileError
 from shared.client import NatsUnavailable
 
 GARMENTS_HELP = "add, list and show garments; load the starter catalogue"
 TOOLS_GROUP = "chameleon.tools"  # entry points: ``<command>.<name>`` or ``<command>`` -> ``module:main``
 TOOL_COMMANDS = {
     "bench": "benchmarks: each prints one JSON object as its last line",
-    "eval": "quality evaluations: swap policies, the warp renderer, long-rollout drift",
+    "eval": "quality evaluations: swap policies, the warp renderer, real media, garments from photos, drift",
     "inspect": "look inside the student: where a new chunk attends",
     "train": "train the small student (docs/training.md)",
 }
@@ -49,8 +52,18 @@ EXIT_NO_NATS = 2
 def _nats_url_or_exit(settings: BaseSettings) -> str:
     url = settings.nats_url
     if not url:
-        sys.exit("set NATS_URL (or run `chameleon up` first, which prints it)")
+        raise UsageError("set NATS_URL (or run `chameleon up` first, which prints it)")
     return url
+
+
+def _existing_file(path: str, flag: str) -> str:
+    """``path`` if it is a readable file; else a one-line mistake naming ``flag``."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{flag} {path}: {'is a folder' if p.is_dir() else 'no such file'}")
+    if not os.access(p, os.R_OK):
+        raise UsageError(f"{flag} {path}: not readable")
+    return path
 
 
 def connect_timeout_s(env: Mapping[str, str] | None = None) -> float:
@@ -140,17 +153,22 @@ async def _session(args: argparse.Namespace, settings: BaseSettings, role: str):
 def cmd_camera(args: argparse.Namespace, settings: BaseSettings) -> int:
     _credentials(args, args.session)  # a wrong token fails before a camera opens
 
-    from runtime.media import read_image
+    from runtime.media import MediaError, read_image
     from services.camera.client import run_camera
-    from services.camera.source import Motion, MotionCamera, video_frames, webcam_frames
+    from services.camera.source import Motion, MotionCamera, SourceError, video_frames, webcam_frames
 
-    if args.video:
-        frames = video_frames(args.video, loop=args.loop)
-    elif args.webcam is not None:
-        frames = webcam_frames(args.webcam)
-    else:
-        motion = None if args.motion else Motion.still()
-        frames = MotionCamera(read_image(args.image), args.width, args.height, motion).frames()
+    _nats_url_or_exit(settings)  # before a webcam's light goes on
+    try:  # every source opens here: a missing file or camera is one line, before NATS
+        if args.video:
+            frames = video_frames(_existing_file(args.video, "--video"), loop=args.loop)
+        elif args.webcam is not None:
+            frames = webcam_frames(args.webcam)
+        else:
+            motion = None if args.motion else Motion.still()
+            photo = read_image(_existing_file(args.image, "--image"))
+            frames = MotionCamera(photo, args.width, args.height, motion).frames()
+    except (SourceError, MediaError) as exc:
+        raise UsageError(str(exc)) from None
 
     async def go() -> None:
         session = await _session(args, settings, "camera")
@@ -241,14 +259,25 @@ def add_up(p: argparse.ArgumentParser) -> None:
         default=int(os.environ.get("CHAMELEON_WEB_PORT") or 8080),
         help="the shopper page's port on 127.0.0.1 (0: a free one); the URL is printed",
     )
+    p.add_argument(
+        "--metrics-port-base",
+        type=int,
+        default=0,
+        metavar="PORT",
+        help="serve each service's /metrics and /healthz on a stable port from PORT on (service k, "
+        "worker i: PORT + 10*k + i - 1; the ports are printed); default: a free port each",
+    )
     _add_timeout(p)
 
 
 def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
-    from harness.stack import Stack, available_services, default_data_dir
+    from harness.natsserver import NatsServerError
+    from harness.stack import Stack, StackError, available_services, default_data_dir, stable_port_span
 
     if args.workers < 1 or args.nats_cluster < 1:
         raise UsageError("--workers and --nats-cluster must be at least 1")
+    if args.metrics_port_base and not 1024 <= args.metrics_port_base <= 65535 - stable_port_span():
+        raise UsageError(f"--metrics-port-base must be 1024 to {65535 - stable_port_span()}")
     if settings.nats_url and (args.nats_cluster > 1 or args.data_dir):
         print(
             "chameleon up: NATS_URL is set, so no embedded server: --nats-cluster/--data-dir unused",
@@ -278,6 +307,7 @@ def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
         hang_timeout_s=args.hang_timeout,
         secure=secure,
         web_port=args.web_port,
+        metrics_port_base=args.metrics_port_base,
     )
     stopped = False
 
@@ -285,7 +315,17 @@ def cmd_up(args: argparse.Namespace, settings: BaseSettings) -> int:
         nonlocal stopped
         stopped = True
 
-    stack.start()
+    try:
+        stack.start()
+    except NatsServerError as exc:
+        if "in use by another nats-server" in str(exc):
+            raise UsageError(
+                f"{stack.data_dir} is in use by another `chameleon up` (or nats-server): stop it, "
+                "or give this one its own --data-dir"
+            ) from None
+        raise UsageError(f"the embedded nats-server did not start: {str(exc).splitlines()[0]}") from None
+    except StackError as exc:
+        raise UsageError(str(exc)) from None
     try:
         if "garments" in names and not args.no_catalogue:
             starter = _add_starter_garments(
@@ -354,8 +394,10 @@ async def _add_starter_garments(
     from shared.subjects import Subjects
 
     nc = await connect(url, "up-catalogue", give_up_after_s=connect_timeout, credentials=credentials)
-    try:
-        await add_starter_garments(GarmentClient(nc, Subjects(subject_prefix), timeout_s=60))
+    try:  # the catalogue as a shop would photograph it, through the real `garments add` path
+        await add_starter_garments(
+            GarmentClient(nc, Subjects(subject_prefix), timeout_s=60), photos=_catalogue_photos()
+        )
     finally:
         await nc.drain()
 
@@ -369,7 +411,14 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace, settings: BaseSettings) -> int:
     from services.cli import demo
 
+    for flag in ("video", "image"):
+        if getattr(args, flag, None):
+            _existing_file(getattr(args, flag), f"--{flag}")
+
     return demo.run(args, settings)
+
+
+WRITES_CATALOGUE = ("add", "load-catalogue")
 
 
 def cmd_garments(argv: list[str]) -> int:
@@ -379,7 +428,16 @@ def cmd_garments(argv: list[str]) -> int:
     except ModuleNotFoundError as exc:
         print(f"the garment service is not available in this build ({exc})", file=sys.stderr)
         return 2
-    return int(cli.main(argv, connect_timeout_s=connect_timeout_s()) or 0)
+    from shared.auth import ADMIN_USER, ENV_TOKEN, ENV_USER
+
+    helping = "-h" in argv or "--help" in argv
+    if argv and argv[0] in WRITES_CATALOGUE and not helping and os.environ.get(ENV_TOKEN):
+        if os.environ.get(ENV_USER) != ADMIN_USER:  # the server would refuse the publish, silently
+            raise UsageError(
+                f"`garments {argv[0]}` needs the admin user ({ENV_USER}={ADMIN_USER} and its password); "
+                f"a session token ({ENV_TOKEN}) may only list and show garments"
+            )
+    return int(cli.main(argv, connect_timeout_s=connect_timeout_s(), photos=_catalogue_photos()) or 0)
 
 
 def add_swap(p: argparse.ArgumentParser) -> None:
@@ -460,28 +518,31 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
     from services.auth.keys import AuthKeys
     from shared.auth import read_token
     from shared.subjects import InvalidSessionId
-    from shared.tokens import KeysError, mint
+    from shared.tokens import KeysError, mint, public_key
 
     data_dir = args.data_dir or default_data_dir()
     keys_file = data_dir / KEYS_FILE
-    if not keys_file.exists():
+    seed = "" if args.data_dir else (env_value(os.environ, ENV_TOKEN_SEED) or "")  # compose: a secret file
+    if not seed and not keys_file.exists():
         print(
             f"chameleon session: no keys at {keys_file}: run `chameleon up` (secure) first", file=sys.stderr
         )
         return 2
     try:
-        keys = AuthKeys.load(keys_file)
-        token = mint(keys.token_seed, args.session, args.ttl)
+        token_seed = seed or AuthKeys.load(keys_file).token_seed
+        token = mint(token_seed, args.session, args.ttl)
     except (KeysError, InvalidSessionId, ValueError) as exc:
         print(f"chameleon session: {exc}", file=sys.stderr)
         return 2
-    url, ws_url = settings.nats_url, os.environ.get("CHAMELEON_WS_URL", "")
+    url, ws_url = advertised_urls(settings.nats_url, os.environ)
     if (data_dir / UP_RECORD).exists():
         with contextlib.suppress(OSError, ValueError, KeyError):
             record = json.loads((data_dir / UP_RECORD).read_text())
             url = url or record["nats_url"]
             ws_url = ws_url or record.get("ws_url") or ""
-    if url and (refusal := _token_refused(url, token, keys.token_public, keys_file)):
+    check_url = settings.nats_url or url  # the one this process reaches (compose: the internal name)
+    keys_source = ENV_TOKEN_SEED if seed else str(keys_file)
+    if check_url and (refusal := _token_refused(check_url, token, public_key(token_seed), keys_source)):
         print(f"chameleon session: {refusal}", file=sys.stderr)
         return 2
     expires = datetime.fromtimestamp(read_token(token).expires_at, timezone.utc)
@@ -501,8 +562,8 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
     return 0
 
 
-def _token_refused(url: str, token: str, ours: str, keys_file: Path) -> str:
-    """Why the server at ``url`` would refuse a token just minted from ``keys_file``, with the fix,
+def _token_refused(url: str, token: str, ours: str, keys_source: str) -> str:
+    """Why the server at ``url`` would refuse a token just minted from ``keys_source``, with the fix,
     when its keys are not those of that server; empty otherwise. Asked of the deployment's auth
     service (``shared.client.explain_token``): a server that cannot be asked gets a note on
     stderr and the token (it may be meant for later)."""
@@ -515,56 +576,126 @@ def _token_refused(url: str, token: str, ours: str, keys_file: Path) -> str:
     if verdict.auth_error.startswith("bad token signature"):
         theirs = verdict.auth_error.rpartition(" ")[2]
         return (
-            f"the server at {url} refuses tokens signed with the keys in {keys_file} (token key "
+            f"the server at {url} refuses tokens signed with the keys in {keys_source} (token key "
             f"{ours[:12]}…; it expects {theirs[:12]}…): pass the --data-dir of the `chameleon up` that "
-            f"runs it (its first JSON line names it), or point NATS_URL at the server of {keys_file.parent}"
+            "runs it (its first JSON line names it), or point NATS_URL at the server those keys are for"
         )
     if verdict.auth_error:  # the session is at its connection limit, say: the token itself is good
         print(f"chameleon session: note: {url} would refuse it now: {verdict.auth_error}", file=sys.stderr)
     return ""
 
 
+GRAFANA_PASSWORD = "grafana_admin_password"
+ENV_TOKEN_SEED = "CHAMELEON_TOKEN_SEED"  # the token key's seed for `session create` (or ..._FILE)
+
+
+def advertised_urls(nats_url: str, env: Mapping[str, str]) -> tuple[str, str]:
+    """The NATS and WebSocket URLs a client outside is told: ``CHAMELEON_PUBLIC_NATS_URL`` (else
+    ``NATS_URL``, which inside compose is an internal name) and ``CHAMELEON_WS_URL``, each with
+    ``{host}`` filled by the first of ``CHAMELEON_PUBLIC_HOSTS`` (compose: one setting for all)."""
+    from services.web.origins import choose_host, fill, parse_hosts
+
+    host = choose_host("", parse_hosts(env.get("CHAMELEON_PUBLIC_HOSTS", "")))
+    public = env.get("CHAMELEON_PUBLIC_NATS_URL", "")
+    return fill(public or nats_url, host), fill(env.get("CHAMELEON_WS_URL", ""), host)
+
+
 def add_auth(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True)
-    init = sub.add_parser("init", help="make (or keep) the keys and write nats.conf beside them")
-    init.add_argument("--out", type=Path, required=True, help="folder of auth-keys.json and nats.conf")
+    init = sub.add_parser(
+        "init",
+        help="make (or keep) the keys; write nats.conf and one file per secret beside them",
+        description="A deployment's keys (auth-keys.json, kept across runs), the nats-server config "
+        "that trusts them, and one file per secret (issuer_seed, token_seed, token_public_key, "
+        "<user>_password) for compose to hand each service only its own (docs/security.md).",
+    )
+    init.add_argument(
+        "--out", type=Path, required=True, help="folder of auth-keys.json, nats.conf, the secrets"
+    )
     init.add_argument("--listen", default="0.0.0.0:4222", help="client listener")
     init.add_argument("--http", default="0.0.0.0:8222", help="monitor (/healthz); empty: none")
     init.add_argument("--websocket", default="0.0.0.0:8443", help="browser listener; empty: none")
     init.add_argument(
         "--ws-origin", action="append", default=[], help="a page origin browsers may connect from (repeat)"
     )
+    init.add_argument(
+        "--public-hosts",
+        default=os.environ.get("CHAMELEON_PUBLIC_HOSTS", ""),
+        help="the host names browsers reach the page by, comma-separated (default: CHAMELEON_PUBLIC_HOSTS): "
+        "each gives the origins http://HOST:WEB_PORT and https://HOST",
+    )
+    init.add_argument("--web-port", type=int, default=8080, help="the page's port as browsers see it")
     init.add_argument("--store-dir", default="/data", help="JetStream store, as the server sees it")
-    init.add_argument("--owner", type=int, default=None, help="uid that owns both files (the services' user)")
+    init.add_argument(
+        "--owner",
+        action="append",
+        default=[],
+        metavar="NAME=UID[:GID]",
+        help="who owns a written file (nats.conf, a secret's name, or 'store' for --store-dir; "
+        "repeat), so each service's user can read its own secrets and nothing else; a bare UID: every file",
+    )
+
+
+def _owners(specs: list[str]) -> dict[str, tuple[int, int]]:
+    """``--owner`` values: ``{name: (uid, gid)}`` (``"*"`` for a bare UID: every file)."""
+    owners = {}
+    for spec in specs:
+        name, _, ids = spec.rpartition("=")
+        uid, _, gid = ids.partition(":")
+        try:
+            owners[name or "*"] = (int(uid), int(gid or uid))
+        except ValueError:
+            raise UsageError(f"--owner {spec!r}: not NAME=UID[:GID]") from None
+    return owners
 
 
 def cmd_auth(args: argparse.Namespace, settings: BaseSettings) -> int:
-    """``chameleon auth init --out DIR``: a deployment's keys file and the nats-server config that
-    trusts it (accounts, service users, the auth callout, a WebSocket listener), as ``chameleon up``
-    makes for its embedded server; compose runs it once into a volume (docs/security.md)."""
+    """``chameleon auth init --out DIR``: a deployment's keys file, the nats-server config that
+    trusts it (accounts, service users, the auth callout, a WebSocket listener admitting the page's
+    origins only), and one file per secret; compose runs it once (docs/security.md)."""
     from harness.natsserver import server_config
     from harness.stack import KEYS_FILE
-    from services.auth.keys import AuthKeys
+    from services.auth.keys import AuthKeys, write_secret
+    from services.web.origins import page_origins, parse_hosts
     from shared.subjects import Subjects
 
+    owners = _owners(args.owner)
+    args.out.mkdir(parents=True, exist_ok=True)
     keys_file, conf = args.out / KEYS_FILE, args.out / "nats.conf"
     created = not keys_file.exists()
     keys = AuthKeys.load_or_create(keys_file)  # kept across runs: tokens and passwords stay valid
+    hosts = parse_hosts(args.public_hosts)
+    origins = list(dict.fromkeys([*args.ws_origin, *(page_origins(hosts, args.web_port) if hosts else [])]))
     lines = server_config(
         args.listen,
         args.store_dir,
         http=args.http,
         websocket=args.websocket,
-        websocket_origins=tuple(args.ws_origin),
+        websocket_origins=tuple(origins),
         auth=keys.server_auth(Subjects(settings.subject_prefix)),
     )
-    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    if args.owner is not None:
-        for path in (keys_file, conf):
-            os.chown(path, args.owner, -1)
-    print(json.dumps({"keys_file": str(keys_file), "nats_conf": str(conf), "created": created}))
+    files = {"nats.conf": "\n".join(lines), **keys.secret_files()}
+    grafana = args.out / GRAFANA_PASSWORD  # the dashboards' admin: not a NATS user, made once and kept
+    files[GRAFANA_PASSWORD] = grafana.read_text().strip() if grafana.exists() else secrets.token_urlsafe(24)
+    unknown = set(owners) - {*files, "store", "*"}
+    if unknown:
+        raise UsageError(f"--owner {sorted(unknown)[0]}: no such file (one of: {', '.join(files)}, store)")
+    for name, content in files.items():
+        write_secret(args.out / name, content, owners.get(name, owners.get("*")))
+    if "store" in owners:  # the server's own user must write its JetStream store
+        Path(args.store_dir).mkdir(parents=True, exist_ok=True)
+        os.chown(args.store_dir, *owners["store"])
+    print(
+        json.dumps(
+            {
+                "keys_file": str(keys_file),
+                "nats_conf": str(conf),
+                "secrets": sorted(n for n in files if n != "nats.conf"),
+                "ws_origins": origins,
+                "created": created,
+            }
+        )
+    )
     return 0
 
 
@@ -643,8 +774,20 @@ def run_tool(command: str, argv: list[str]) -> int:
     return int(tool_main(rest) or 0)
 
 
+def version() -> str:
+    try:
+        return metadata.version("fashion-chameleon")
+    except metadata.PackageNotFoundError:  # a checkout run without installing it
+        return "unknown (not installed)"
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chameleon", description="FashionChameleon: real-time garment swapping")
+    p = argparse.ArgumentParser(
+        prog="chameleon",
+        description="FashionChameleon: real-time garment swapping",
+        epilog="`chameleon COMMAND --help` shows a command's options without running it.",
+    )
+    p.add_argument("--version", action="version", version=f"chameleon {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (line, add, _run) in COMMANDS.items():
         add(sub.add_parser(name, help=line, description=line))
@@ -655,6 +798,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv:  # the commands, not argparse's one-line complaint
+        parser().print_help(sys.stderr)
+        return 2
+    known = {*COMMANDS, "garments", *TOOL_COMMANDS}
+    if not argv[0].startswith("-") and argv[0] not in known:
+        print(f"chameleon: unknown command {argv[0]!r} (the commands: chameleon --help)", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         try:
             if argv and argv[0] == "garments":
@@ -671,8 +821,12 @@ def main(argv: list[str] | None = None) -> int:
         except NatsUnavailable as exc:  # one line, no traceback: the server is simply not there
             print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
             return EXIT_NO_NATS
-        except (SettingsError, UsageError) as exc:
+        except (SettingsError, UsageError, KeysFileError) as exc:
             print(f"chameleon {argv[0]}: {exc}", file=sys.stderr)
+            return 2
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"chameleon {argv[0]}: {exc.strerror or exc}{where}", file=sys.stderr)
             return 2
     return 130
 
@@ -683,6 +837,12 @@ def _start(command: str) -> BaseSettings:
     configure_logging(settings.log_level, settings.log_json, service=f"cli-{command}")
     cap_blas_threads()
     return settings
+
+
+def _catalogue_photos():  # type: ignore[no-untyped-def]
+    from harness.recorder import catalogue_photos_source
+
+    return catalogue_photos_source()
 
 
 if __name__ == "__main__":

@@ -26,6 +26,12 @@ def content_key(image: bytes, encoder_version: str) -> str:
     return h.hexdigest()[:40]
 
 
+def asset_key(image: bytes, encoder_version: str, source: str = "flatlay") -> str:
+    """The content key of ``image`` encoded as ``source`` shows it: a flat-lay's is the plain
+    content key (as before there were sources), a person photo's hashes the source in too."""
+    return content_key(image, encoder_version if source == "flatlay" else f"{encoder_version}|{source}")
+
+
 def asset_object(key: str) -> str:
     return f"asset/{key}"
 
@@ -58,4 +64,22 @@ def to_asset_data(enc: EncodedGarment, key: str) -> GarmentAssetData:
         canvas_rect=list(enc.fit.canvas_rect),
         mask_source=enc.mask_source,
         coverage=round(enc.coverage, 5),
+        source_kind=enc.source_kind,
+        rotation_deg=float(enc.rotation_deg),
+        source_to_canvas=[round(float(v), 6) for v in enc.fit.affine().ravel()],
+        inferred=inferred_dict(enc),
+        thumbnail_jpeg=enc.thumbnail,
     )
+
+
+def inferred_dict(enc: EncodedGarment) -> dict:
+    """``GarmentAssetData.inferred`` of an encoding (empty when nothing was inferred)."""
+    i = enc.inferred
+    if i is None:
+        return {}
+    return {
+        "category": i.category,
+        "category_confidence": float(i.category_confidence),
+        "sleeve_length": i.sleeve_length,
+        "sleeve_confidence": float(i.sleeve_confidence),
+    }

@@ -6,8 +6,14 @@ exact mask and the named keypoints (``KEYPOINT_NAMES``) in image pixels, so test
 encoder against ground truth. Pure: numpy + OpenCV only.
 
 Silhouettes are polygons in "body units" (half the body width is about 1, y grows downward from the
-top of the shoulders); every silhouette puts the shoulder point right above the armpit, which is
-how the encoder defines a shoulder.
+top of the shoulders); every sleeved silhouette puts the shoulder point right above the armpit,
+which is how the encoder defines a shoulder. A sleeveless one has an armhole curve instead of a
+sleeve: its shoulder is the strap's outer corner, its armpit the bottom of the armhole, and its
+sleeve point falls back to the shoulder (as the encoder's does).
+
+The catalogue is chosen to break things (``starter_catalogue``): black, white and skin-like beige
+garments, small high-contrast checks, large logos, sleeveless, cropped, a long dress, a long coat.
+The first 14 (``CLASSIC_IDS``) are the original set that training and the swap evals draw from.
 """
 
 from __future__ import annotations
@@ -35,10 +41,42 @@ class Silhouette:
     cuff_inner: tuple[float, float]
     armpit: tuple[float, float]
     hem: tuple[float, float]
+    sleeveless: bool = False  # cuff points unused: a concave armhole runs from shoulder to armpit
+
+    @property
+    def sleeve_class(self) -> str:
+        """``none``, ``short`` or ``long``: what the encoder should infer (sleeve length over the
+        shoulder width, with ``SLEEVE_LONG_RATIO`` 0.55 as the warp renderer reads it)."""
+        if self.sleeveless:
+            return "none"
+        kp = self.keypoints()
+        root = np.add(kp["shoulder_right"], kp["armpit_right"]) / 2
+        ratio = float(np.hypot(*np.subtract(kp["sleeve_right"], root))) / (2 * self.shoulder[0])
+        return "long" if ratio > 0.55 else "short"
 
     def outline(self) -> np.ndarray:
         """Closed polygon, clockwise in image coordinates (y down), starting at the right neck."""
-        right = [(self.neck_x, 0.0), self.shoulder, self.cuff_outer, self.cuff_inner, self.armpit, self.hem]
+        if self.sleeveless:  # a quadratic curve bowed in towards the body
+            (sx, sy), (ax, ay) = self.shoulder, self.armpit
+            ts = np.linspace(0.0, 1.0, 14)[1:-1]
+            cx, cy = sx + 0.08 * (ax - sx), ay - 0.05 * (ay - sy)
+            hole = [
+                (
+                    (1 - t) ** 2 * sx + 2 * (1 - t) * t * cx + t**2 * ax,
+                    (1 - t) ** 2 * sy + 2 * (1 - t) * t * cy + t**2 * ay,
+                )
+                for t in ts
+            ]
+            right = [(self.neck_x, 0.0), self.shoulder, *hole, self.armpit, self.hem]
+        else:
+            right = [
+                (self.neck_x, 0.0),
+                self.shoulder,
+                self.cuff_outer,
+                self.cuff_inner,
+                self.armpit,
+                self.hem,
+            ]
         left = [(-x, y) for x, y in reversed(right)]
         if self.v_neck:
             neckline = [(0.0, self.neck_depth)]
@@ -49,6 +87,8 @@ class Silhouette:
 
     def keypoints(self) -> dict[str, tuple[float, float]]:
         cuff = ((self.cuff_outer[0] + self.cuff_inner[0]) / 2, (self.cuff_outer[1] + self.cuff_inner[1]) / 2)
+        if self.sleeveless:
+            cuff = self.shoulder
         right = {
             "neck": (self.neck_x, 0.0),
             "shoulder": self.shoulder,
@@ -70,10 +110,25 @@ SILHOUETTES: dict[str, Silhouette] = {
     "shirt": Silhouette(0.30, 0.14, False, (1.0, 0.12), (1.8, 1.95), (1.48, 2.1), (1.0, 0.64), (1.0, 2.45)),
     "dress": Silhouette(0.38, 0.32, False, (0.82, 0.08), (1.2, 0.38), (1.0, 0.54), (0.82, 0.46), (1.45, 3.1)),
     "jacket": Silhouette(0.36, 0.85, True, (1.1, 0.14), (1.95, 2.0), (1.6, 2.16), (1.1, 0.72), (1.1, 2.6)),
+    "tank": Silhouette(0.30, 0.40, False, (0.58, 0.07), (0, 0), (0, 0), (0.90, 0.66), (0.95, 2.2), True),
+    "crop": Silhouette(
+        0.34, 0.22, False, (0.95, 0.14), (1.5, 0.55), (1.25, 0.78), (0.95, 0.54), (0.98, 1.35)
+    ),
+    "maxi": Silhouette(0.36, 0.30, False, (0.8, 0.08), (1.15, 0.36), (0.96, 0.52), (0.8, 0.46), (1.7, 4.2)),
+    "coat": Silhouette(0.36, 1.0, True, (1.12, 0.14), (2.12, 1.92), (1.8, 2.1), (1.12, 0.74), (1.25, 3.7)),
 }
 
-SILHOUETTE_CATEGORY = {"tee": "tshirt", "shirt": "shirt", "dress": "dress", "jacket": "jacket"}
-PATTERNS = ("solid", "stripes", "pinstripes", "checks", "dots", "print", "floral")
+SILHOUETTE_CATEGORY = {
+    "tee": "tshirt",
+    "shirt": "shirt",
+    "dress": "dress",
+    "jacket": "jacket",
+    "tank": "top",  # sleeveless
+    "crop": "top",  # cropped
+    "maxi": "dress",
+    "coat": "jacket",
+}
+PATTERNS = ("solid", "stripes", "pinstripes", "checks", "dots", "print", "floral", "minicheck", "logo")
 
 
 @dataclass(frozen=True)
@@ -89,6 +144,11 @@ class GarmentSpec:
     @property
     def category(self) -> str:
         return SILHOUETTE_CATEGORY[self.silhouette]
+
+    @property
+    def sleeve_length(self) -> str:
+        """``none``, ``short`` or ``long``."""
+        return SILHOUETTES[self.silhouette].sleeve_class
 
 
 @dataclass
@@ -123,13 +183,107 @@ CATALOGUE_JPEG_QUALITY = 92  # the starter catalogue travels as flat-lay JPEG ph
 
 
 def catalogue_photos(garment_ids: list[str] | None = None) -> list[tuple[GarmentSpec, bytes]]:
-    """The starter catalogue (or the named part of it) as flat-lay JPEG photos, ready to add."""
+    """The starter catalogue (or the named part of it) as clean generated flat-lays (JPEG), ready
+    to add. ``tools.product_photos`` makes the photographed versions the demo loads."""
     specs = starter_catalogue() if garment_ids is None else [spec_by_id(g) for g in garment_ids]
     return [(spec, render(spec).jpeg(CATALOGUE_JPEG_QUALITY)) for spec in specs]
 
 
 def starter_catalogue() -> list[GarmentSpec]:
-    """At least 12 garments: every silhouette and pattern, stable ids, fixed seeds."""
+    """Every garment (at least 30): every silhouette and pattern, stable ids, fixed seeds."""
+    return _classic() + _hard()
+
+
+CLASSIC_IDS = (
+    "tee-red-solid",
+    "tee-white-solid",
+    "tee-navy-stripes",
+    "tee-grey-print",
+    "tee-yellow-dots",
+    "shirt-blue-checks",
+    "shirt-white-pinstripes",
+    "shirt-green-solid",
+    "dress-black-dots",
+    "dress-floral-print",
+    "dress-red-solid",
+    "jacket-denim-solid",
+    "jacket-khaki-checks",
+    "shirt-red-checks",
+)
+
+
+def classic_catalogue() -> list[GarmentSpec]:
+    """The original 14 garments: what the training clips and the swap/drift evals draw from, so
+    their figures (and the checkpoint trained on them) stay comparable as the catalogue grows."""
+    return _classic()
+
+
+def _hard() -> list[GarmentSpec]:
+    """Garments chosen to break things: colours a mask or a skin test confuses, patterns that
+    alias or carry a logo, and shapes the keypoints and categories must cope with."""
+    black, white, navy = (25, 25, 25), (245, 245, 245), (90, 40, 20)
+    beige, tan = (150, 182, 218), (120, 160, 200)  # as close to a light and a medium skin as cloth gets
+    dark_bg = (70, 62, 58)
+    return [
+        GarmentSpec("tee-black-solid", "Black tee", "tee", "solid", (black,), seed=15),
+        GarmentSpec(
+            "shirt-white-solid", "White shirt", "shirt", "solid", (white,), background=dark_bg, seed=16
+        ),
+        GarmentSpec("tee-beige-solid", "Beige tee", "tee", "solid", (beige,), seed=17),
+        GarmentSpec("tank-beige-solid", "Beige tank top", "tank", "solid", (tan,), seed=18),
+        GarmentSpec(
+            "shirt-bw-minicheck",
+            "Black and white check shirt",
+            "shirt",
+            "minicheck",
+            (white, black),
+            (150, 140, 130),
+            seed=19,
+        ),
+        GarmentSpec("tee-white-logo", "White big-logo tee", "tee", "logo", (white, black), dark_bg, seed=20),
+        GarmentSpec("tee-black-logo", "Black big-logo tee", "tee", "logo", (black, (40, 200, 250)), seed=21),
+        GarmentSpec("tank-red-solid", "Red tank top", "tank", "solid", ((40, 30, 190),), seed=22),
+        GarmentSpec(
+            "tank-navy-stripes",
+            "Striped tank top",
+            "tank",
+            "stripes",
+            (navy, white),
+            (150, 140, 130),
+            seed=23,
+        ),
+        GarmentSpec("crop-pink-solid", "Pink crop top", "crop", "solid", ((180, 150, 240),), seed=24),
+        GarmentSpec(
+            "crop-navy-minicheck",
+            "Check crop top",
+            "crop",
+            "minicheck",
+            (navy, white),
+            (150, 140, 130),
+            seed=25,
+        ),
+        GarmentSpec(
+            "maxi-green-floral",
+            "Green floral maxi dress",
+            "maxi",
+            "floral",
+            ((70, 120, 50), (120, 200, 250), (200, 200, 240)),
+            seed=26,
+        ),
+        GarmentSpec("maxi-black-solid", "Black maxi dress", "maxi", "solid", (black,), seed=27),
+        GarmentSpec("coat-camel-solid", "Camel coat", "coat", "solid", ((90, 150, 195),), seed=28),
+        GarmentSpec(
+            "coat-grey-checks", "Grey check coat", "coat", "checks", ((120, 120, 125), (50, 50, 55)), seed=29
+        ),
+        GarmentSpec("jacket-black-solid", "Black jacket", "jacket", "solid", (black,), seed=30),
+        GarmentSpec(
+            "dress-white-solid", "White dress", "dress", "solid", (white,), background=dark_bg, seed=31
+        ),
+        GarmentSpec("shirt-black-solid", "Black shirt", "shirt", "solid", (black,), seed=32),
+    ]
+
+
+def _classic() -> list[GarmentSpec]:
     red, navy, white, black = (40, 40, 200), (90, 40, 20), (245, 245, 245), (30, 30, 30)
     return [
         GarmentSpec("tee-red-solid", "Red tee", "tee", "solid", (red,), seed=1),
@@ -234,7 +388,8 @@ def render(spec: GarmentSpec, width: int = 640, height: int = 720) -> RenderedGa
     names = list(sil.keypoints())
     pts = to_px(np.array([sil.keypoints()[n] for n in names]))
     keypoints = {n: (float(x), float(y)) for n, (x, y) in zip(names, pts, strict=True)}
-    return RenderedGarment(spec, image, alpha, keypoints, {"scale": scale, "centre_x": cx, "top": top})
+    extras = {"scale": scale, "centre_x": cx, "top": top, "texture": texture.astype(np.uint8)}
+    return RenderedGarment(spec, image, alpha, keypoints, extras)
 
 
 def _texture(
@@ -295,9 +450,29 @@ def _texture(
             max(2, int(unit / 40)),
             cv2.LINE_AA,
         )
+    elif spec.pattern == "minicheck":  # a hard two-colour checkerboard a few pixels a square
+        cell = max(2, round(unit * 0.035))
+        ys = (np.arange(h)[:, None] // cell) % 2
+        xs = (np.arange(w)[None, :] // cell) % 2
+        img[(ys ^ xs).astype(bool)] = accent
+    elif spec.pattern == "logo":  # one large high-contrast logo across most of the chest
+        centre = (int(cx), int(top + 1.05 * unit))
+        radius = int(0.62 * unit)
+        cv2.circle(img, centre, radius, accent, -1, cv2.LINE_AA)
+        cv2.circle(img, centre, int(radius * 0.78), base, max(3, radius // 10), cv2.LINE_AA)
+        cv2.putText(
+            img,
+            "FC",
+            (centre[0] - int(0.42 * unit), centre[1] + int(0.2 * unit)),
+            cv2.FONT_HERSHEY_DUPLEX,
+            unit / 55,
+            base,
+            max(3, int(unit / 22)),
+            cv2.LINE_AA,
+        )
     elif spec.pattern != "solid":
         raise ValueError(f"unknown pattern {spec.pattern!r}")
-    if spec.silhouette in ("shirt", "jacket"):  # a placket with buttons down the front
+    if spec.silhouette in ("shirt", "jacket", "coat"):  # a placket with buttons down the front
         x = int(cx)
         cv2.line(img, (x, int(top)), (x, h), _darker(base), max(1, int(unit / 60)), cv2.LINE_AA)
         for k in range(6):

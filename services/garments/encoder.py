@@ -1,10 +1,14 @@
 """Garment image -> everything a generator needs. Pure: numpy + OpenCV, no bus, no asyncio.
 
 Pipeline (``encode_garment``): check the bytes (format, byte and pixel limits, before decoding) ->
-decode -> garment mask (the alpha channel when it has one, else background removal by colour
-statistics of the image border) -> crop and fit on a square canonical canvas (RGBA; alpha is the
-mask) -> keypoints from the mask geometry -> dominant colours -> the student tensor from the
-pluggable hook named by the encoder version.
+decode -> garment mask (the alpha channel when it has one, else background removal that copes
+with shadows, textured tables and thin things in view: ``segment.py``; a photo of a person goes
+through ``person.py`` first, which cuts the garment out and lays it flat) -> refuse what cannot
+be used (no garment, several, cut off at the edge, too small) -> deskew (the tilt that makes
+the outline most symmetric) -> crop and fit on a square canonical canvas (RGBA; alpha is the
+mask) -> keypoints from the mask geometry -> category and sleeve length from the shape
+(``shape.py``) -> dominant colours -> a small thumbnail of the photo -> the student tensor from
+the pluggable hook named by the encoder version.
 
 Everything that changes the output is part of ``encoder_version``; the service stores encodings
 under a hash of (image bytes, encoder version), so bumping it re-encodes the catalogue.
@@ -20,13 +24,18 @@ import cv2
 import numpy as np
 
 from services.garments.keypoints import find_keypoints
+from services.garments.segment import check_usable, deskew_angle, flatlay_mask, rotation_about
+from services.garments.shape import Inferred, infer
 from shared.garment_client import GarmentError
 
-PIPELINE_VERSION = "g1"  # bump when mask, canvas, keypoint or colour logic changes
+PIPELINE_VERSION = "g2"  # bump when mask, canvas, keypoint, shape or colour logic changes
 DEFAULT_CANVAS = 256
 DEFAULT_STUDENT_ENCODER = "tex64-v1"
 WORK_MAX_SIDE = 1024  # masks are found on an image no larger than this
 CANVAS_MARGIN = 8
+DESKEW_MIN_DEG = 1.0  # a smaller tilt is left alone (rotating resamples the texture)
+THUMBNAIL_SIDE = 128
+THUMBNAIL_QUALITY = 80
 
 
 # -- the student hook ---------------------------------------------------------------------------
@@ -166,67 +175,65 @@ def decode_image(data: bytes, limits: ImageLimits) -> np.ndarray:
 
 # -- mask ---------------------------------------------------------------------------------------
 def garment_alpha(img: np.ndarray) -> tuple[np.ndarray, str]:
-    """Soft garment mask (uint8, 255 = garment) and where it came from ("alpha"/"background")."""
+    """Garment mask (uint8, 255 = garment) and where it came from ("alpha"/"background"); raises
+    ``GarmentError`` when no usable garment is there (see ``segment.check_usable``)."""
     if img.ndim == 3 and img.shape[2] == 4:
         alpha = img[..., 3]
         if int(alpha.min()) < 250:  # a real cut-out; an opaque alpha carries no information
-            mask = _clean_mask(alpha > 127)
+            mask, second = _largest_blob(alpha > 127)
+            check_usable(mask, second, edge_touch=0.0)  # a cut-out may be cropped to its edges
             return np.where(mask, alpha, 0).astype(np.uint8), "alpha"
         img = img[..., :3]
-    return background_mask(img), "background"
+    found = flatlay_mask(img)
+    check_usable(found.mask, found.second_blob, found.edge_touch)
+    return (found.mask * 255).astype(np.uint8), "background"
 
 
 def background_mask(bgr: np.ndarray) -> np.ndarray:
-    """Garment = pixels far (in Lab) from the background colour seen along the image border.
-
-    The threshold adapts to the border's own noise (JPEG, sensor, shading), the result keeps the
-    largest blob and fills its holes (prints or dots the colour of the background stay garment).
-    """
-    h, w = bgr.shape[:2]
-    lab = cv2.cvtColor(bgr, cv2.COLOR_BGR2LAB).astype(np.float32)
-    b = max(2, int(0.02 * min(h, w)))
-    border = np.concatenate(
-        [
-            lab[:b].reshape(-1, 3),
-            lab[-b:].reshape(-1, 3),
-            lab[:, :b].reshape(-1, 3),
-            lab[:, -b:].reshape(-1, 3),
-        ]
-    )
-    bg = np.median(border, axis=0)
-    border_dist = np.linalg.norm(border - bg, axis=1)
-    threshold = max(10.0, 2.0 * float(np.percentile(border_dist, 99)))
-    dist = np.linalg.norm(lab - bg, axis=2)
-    return (_clean_mask(dist > threshold) * 255).astype(np.uint8)
+    """The garment mask (uint8 0/255) of a flat-lay photo, unchecked (``segment.flatlay_mask``)."""
+    return (flatlay_mask(bgr).mask * 255).astype(np.uint8)
 
 
-def _clean_mask(fg: np.ndarray) -> np.ndarray:
+def _largest_blob(fg: np.ndarray) -> tuple[np.ndarray, float]:
+    """The largest blob with its holes filled, and the second largest's area over its own."""
     fg = fg.astype(np.uint8)
     k = max(3, (min(fg.shape) // 200) | 1)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, kernel)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     if n <= 1:
-        return np.zeros(fg.shape, bool)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    blob = (labels == largest).astype(np.uint8)
+        return np.zeros(fg.shape, bool), 0.0
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    order = np.argsort(-areas)
+    second = float(areas[order[1]]) / float(areas[order[0]]) if n > 2 else 0.0
+    blob = (labels == 1 + int(order[0])).astype(np.uint8)
     # fill holes: everything not reachable from outside the blob's bounding frame is garment
     padded = np.pad(blob, 1)
     outside = padded.copy()
     cv2.floodFill(outside, None, (0, 0), 2)
-    return outside[1:-1, 1:-1] != 2
+    return outside[1:-1, 1:-1] != 2, second
 
 
 # -- canvas -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CanvasFit:
-    source_bbox: tuple[int, int, int, int]  # x, y, w, h in the source image
-    canvas_rect: tuple[int, int, int, int]  # where that box lands on the canvas
+    """Where the garment went: its box in the source image, the box of the (deskewed) garment on
+    the canvas, and ``matrix``, the exact 2x3 affine map from source pixels to canvas pixels."""
 
-    def to_canvas(self, x: float, y: float) -> tuple[float, float]:
+    source_bbox: tuple[int, int, int, int]  # x, y, w, h in the source image
+    canvas_rect: tuple[int, int, int, int]  # where the garment's box lands on the canvas
+    matrix: tuple[float, ...] = ()  # 2x3 row-major; empty: the box-to-rect scaling
+
+    def affine(self) -> np.ndarray:
+        if self.matrix:
+            return np.array(self.matrix, np.float64).reshape(2, 3)
         sx, sy, sw, sh = self.source_bbox
         cx, cy, cw, ch = self.canvas_rect
-        return cx + (x - sx) * cw / sw, cy + (y - sy) * ch / sh
+        return np.array([[cw / sw, 0, cx - sx * cw / sw], [0, ch / sh, cy - sy * ch / sh]])
+
+    def to_canvas(self, x: float, y: float) -> tuple[float, float]:
+        m = self.affine()
+        return float(m[0, 0] * x + m[0, 1] * y + m[0, 2]), float(m[1, 0] * x + m[1, 1] * y + m[1, 2])
 
 
 def fit_canvas(bbox: tuple[int, int, int, int], canvas: int, margin: int = CANVAS_MARGIN) -> CanvasFit:
@@ -236,9 +243,9 @@ def fit_canvas(bbox: tuple[int, int, int, int], canvas: int, margin: int = CANVA
     return CanvasFit(bbox, ((canvas - cw) // 2, (canvas - ch) // 2, cw, ch))
 
 
-def to_canvas(bgr: np.ndarray, alpha: np.ndarray, fit: CanvasFit, canvas: int) -> np.ndarray:
-    """The garment cropped and scaled onto a transparent square canvas (BGRA, colour zero where
-    alpha is zero so the PNG stays small)."""
+def crop_to_canvas(bgr: np.ndarray, alpha: np.ndarray, fit: CanvasFit, canvas: int) -> np.ndarray:
+    """The garment cropped (``fit.source_bbox`` of this image) and scaled onto a transparent
+    square canvas (BGRA, colour zero where alpha is zero so the PNG stays small)."""
     x, y, w, h = fit.source_bbox
     cx, cy, cw, ch = fit.canvas_rect
     crop = np.dstack([bgr[y : y + h, x : x + w], alpha[y : y + h, x : x + w]])
@@ -248,6 +255,39 @@ def to_canvas(bgr: np.ndarray, alpha: np.ndarray, fit: CanvasFit, canvas: int) -
     out = np.zeros((canvas, canvas, 4), np.uint8)
     out[cy : cy + ch, cx : cx + cw] = small
     return out
+
+
+def to_canvas(bgr: np.ndarray, alpha: np.ndarray, fit: CanvasFit, canvas: int) -> np.ndarray:
+    """Any image of the source's size mapped onto the canvas the way the garment was (BGRA):
+    how a test puts ground truth next to the encoding."""
+    m = fit.affine()
+    src = np.dstack([bgr, alpha])
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))
+    if scale < 0.7:  # pre-shrink so a linear warp does not alias
+        f = min(1.0, scale * 1.5)
+        src = cv2.resize(src, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+        m = m @ np.array([[1 / f, 0, 0], [0, 1 / f, 0], [0, 0, 1]])
+    out = cv2.warpAffine(src, m, (canvas, canvas), flags=cv2.INTER_LINEAR)
+    out[out[..., 3] == 0, :3] = 0
+    return out
+
+
+def thumbnail(bgr: np.ndarray, bbox: tuple[int, int, int, int], side: int = THUMBNAIL_SIDE) -> bytes:
+    """The photo cropped to the garment's box (plus a margin), at most ``side`` px, as JPEG."""
+    x, y, w, h = bbox
+    m = round(0.06 * max(w, h))
+    H, W = bgr.shape[:2]
+    x0, y0, x1, y1 = max(0, x - m), max(0, y - m), min(W, x + w + m), min(H, y + h + m)
+    crop = bgr[y0:y1, x0:x1, :3]
+    f = side / max(crop.shape[:2])
+    if f < 1:
+        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * f)), max(1, round(crop.shape[0] * f))),
+                          interpolation=cv2.INTER_AREA)  # fmt: skip
+    for quality in (THUMBNAIL_QUALITY, 60, 40):
+        ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(crop), [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if ok and len(buf) <= 20_000:
+            return buf.tobytes()
+    return b""
 
 
 # -- colours ------------------------------------------------------------------------------------
@@ -308,6 +348,10 @@ class EncodedGarment:
     source_size: tuple[int, int]  # w, h
     mask_source: str
     coverage: float
+    inferred: Inferred | None = None
+    thumbnail: bytes = b""
+    rotation_deg: float = 0.0
+    source_kind: str = "flatlay"
     extras: dict = field(default_factory=dict)
 
     @property
@@ -319,8 +363,10 @@ def encode_image(
     img: np.ndarray,
     student: str = DEFAULT_STUDENT_ENCODER,
     canvas: int = DEFAULT_CANVAS,
+    source: str = "flatlay",
 ) -> EncodedGarment:
-    """Encode a decoded image (BGR or BGRA uint8)."""
+    """Encode a decoded image (BGR or BGRA uint8): a garment on its own, or (``source="person"``)
+    a person wearing it."""
     version = encoder_version(student, canvas)
     h, w = img.shape[:2]
     scale = min(1.0, WORK_MAX_SIDE / max(h, w))
@@ -329,25 +375,44 @@ def encode_image(
         if scale < 1
         else img
     )
-    alpha, source = garment_alpha(work)
-    coverage = float(np.count_nonzero(alpha > 127)) / alpha.size
-    if coverage < 0.01:
-        raise GarmentError("no_garment", "no garment found: nothing stands out from the background")
-    if coverage > 0.97:
-        raise GarmentError(
-            "no_garment", "no garment found: no background around it (use a flat-lay or a PNG cut-out)"
+    extras: dict = {}
+    person_sleeve = None
+    if source == "person":
+        from services.garments.person import garment_from_person  # MediaPipe: only when asked
+
+        cut = garment_from_person(work[..., :3])
+        thumb = thumbnail(work, cut.photo_bbox)
+        flat, alpha, mask_source = cut.bgra[..., :3], cut.bgra[..., 3], "person"
+        to_flat = np.vstack([cut.photo_to_flat, [0, 0, 1]])  # work -> flat (where it is defined)
+        extras["person"] = cut.report
+        person_sleeve = (cut.report["sleeve_length"], cut.report["sleeve_confidence"])
+    else:
+        alpha, mask_source = garment_alpha(work)
+        thumb = thumbnail(work, cv2.boundingRect((alpha > 127).astype(np.uint8)))
+        flat, to_flat = work[..., :3], np.eye(3)
+    source_bbox = tuple(round(v / scale) for v in cv2.boundingRect((alpha > 127).astype(np.uint8)))
+
+    angle = 0.0
+    if source != "person":  # the cut-out from a person is laid out upright already
+        angle, _ = deskew_angle(alpha > 127)
+        if abs(angle) < DESKEW_MIN_DEG:
+            angle = 0.0
+    if angle:
+        rot, size = rotation_about(
+            (flat.shape[1] / 2, flat.shape[0] / 2), angle, (flat.shape[1], flat.shape[0])
         )
+        flat = cv2.warpAffine(flat, rot, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        alpha = cv2.warpAffine(alpha, rot, size, flags=cv2.INTER_LINEAR)
+        alpha = np.where(alpha > 127, 255, 0).astype(np.uint8)
+        to_flat = np.vstack([rot, [0, 0, 1]]) @ to_flat
     bbox = cv2.boundingRect((alpha > 127).astype(np.uint8))
-    if min(bbox[2], bbox[3]) < 16:
-        raise GarmentError("no_garment", f"the garment found is only {bbox[2]}x{bbox[3]} pixels")
     fit = fit_canvas(bbox, canvas)
-    texture = to_canvas(work[..., :3], alpha, fit, canvas)
+    texture = crop_to_canvas(flat, alpha, fit, canvas)
     keypoints = find_keypoints(texture[..., 3] > 127)
-    inv = 1.0 / scale
-    source_fit = CanvasFit(
-        tuple(round(v * inv) for v in bbox),  # type: ignore[arg-type]
-        fit.canvas_rect,
-    )
+    box_to_canvas = np.vstack([fit.affine(), [0, 0, 1]])
+    work_scale = np.diag([scale, scale, 1.0])
+    matrix = (box_to_canvas @ to_flat @ work_scale)[:2]
+    source_fit = CanvasFit(source_bbox, fit.canvas_rect, tuple(float(v) for v in matrix.ravel()))  # type: ignore[arg-type]
     return EncodedGarment(
         texture=texture,
         keypoints=keypoints,
@@ -356,8 +421,13 @@ def encode_image(
         encoder_version=version,
         fit=source_fit,
         source_size=(w, h),
-        mask_source=source,
+        mask_source=mask_source,
         coverage=float(np.count_nonzero(texture[..., 3] > 127)) / (canvas * canvas),
+        inferred=infer(keypoints, texture[..., 3] > 127, person_sleeve),
+        thumbnail=thumb,
+        rotation_deg=round(angle, 3),
+        source_kind=source,
+        extras=extras,
     )
 
 
@@ -366,6 +436,7 @@ def encode_garment(
     limits: ImageLimits | None = None,
     student: str = DEFAULT_STUDENT_ENCODER,
     canvas: int = DEFAULT_CANVAS,
+    source: str = "flatlay",
 ) -> EncodedGarment:
     """Encode image bytes (PNG/JPEG). Raises ``GarmentError`` with a code for bad input."""
-    return encode_image(decode_image(data, limits or ImageLimits()), student, canvas)
+    return encode_image(decode_image(data, limits or ImageLimits()), student, canvas, source)

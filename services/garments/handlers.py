@@ -233,7 +233,7 @@ class GarmentHandlers:
         t0 = time.perf_counter()
         req = GarmentEncodeRequest.decode(msg.data)
         garment_id = req.garment_id or derive_garment_id(req.name, source_digest(req.image))
-        stored = await self.store.add(garment_id, req.name or garment_id, req.category, req.image)
+        stored = await self.store.add(garment_id, req.name or garment_id, req.category, req.image, req.source)
         return GarmentEncodeReply(
             ok=True,
             garment_id=garment_id,

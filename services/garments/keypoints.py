@@ -4,13 +4,19 @@ Definitions (they are what the warp renderer relies on, and what the catalogue g
 
 * ``collar``: the deepest point of the neckline — the convexity defect of the outline nearest the
   top centre; ``neck_left``/``neck_right`` are the two hull vertices that defect spans.
-* ``armpit_*``: the deepest convexity defect on each side, between the neck and the hem (the
-  concave corner where sleeve and body meet).
+* ``armpit_*``: the deepest convexity defect on each side, below the top few percent of the
+  garment and above the hem (the concave corner where sleeve and body meet; with an open front
+  it may lie above the collar).
 * ``shoulder_*``: the top of the outline right above the armpit.
+* sleeveless: when there is no cloth above that deepest point, it lies on an armhole, not in an
+  underarm corner: the armpit is then the armhole's lower end (where the side seam starts), the
+  shoulder its upper end (the strap's outer corner), and the sleeve falls back to the shoulder.
 * ``sleeve_*``: the middle of the cuff: the sleeve is what lies beyond the armpit's vertical, and
-  its cuff corners are the polygon vertex farthest from that line plus its farther neighbour.
-* ``hem_*``: the ends of the body's run of pixels on the bottom row (the run under the centre, so
-  a long sleeve that reaches down never counts as hem).
+  its cuff corners are the polygon vertex farthest from that line plus the neighbour whose edge
+  to it runs most across the sleeve (the cuff, not the sleeve's top or underside).
+* ``hem_*``: the ends of the body's run of columns whose lowest pixel is near the bottom (the run
+  under the centre, so a long sleeve that reaches down never counts as hem), each at its own
+  lowest pixel, so a hem a degree or two off level still ends at its corners.
 
 Every point carries a confidence: 1.0 found by its definition, 0.5 from a fallback (e.g. a
 sleeveless garment has no cuff, so the sleeve end falls back to the shoulder).
@@ -61,19 +67,25 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
             x = xc + sign * 0.1 * w
             kp[f"neck_{side}"] = (x, _top(m, round(x)), 0.5)
 
-    collar_y = kp["collar"][1]
     for side, sign in (("left", -1), ("right", 1)):
         cands = [
             d
             for d in defects
             if sign * (pts[d[2]][0] - xc) > 0.12 * w
-            and collar_y - 0.05 * h < pts[d[2]][1] < y1 - 0.1 * h
+            and y0 + 0.04 * h < pts[d[2]][1] < y1 - 0.1 * h
             and d[3] >= 1.0
         ]
         if cands:
             s, e, f, _ = max(cands, key=lambda d: d[3])
             armpit = (*pts[f], 1.0)
-        else:  # no concave corner (a tank top, a box): a third of the way down the outermost column
+            ax = round(pts[f][0])
+            if pts[f][1] - _top(m, ax) < 0.03 * h:  # nothing above it: an armhole (sleeveless)
+                upper, lower = sorted((pts[s], pts[e]), key=lambda p: p[1])
+                kp[f"armpit_{side}"] = (*lower, 1.0)
+                kp[f"shoulder_{side}"] = (*upper, 1.0)
+                kp[f"sleeve_{side}"] = (*upper, 0.5)
+                continue
+        else:  # no concave corner (a box): a third of the way down the outermost column
             x = x0 if sign < 0 else x0 + w - 1
             armpit = (float(x), y0 + h / 3.0, 0.5)
         kp[f"armpit_{side}"] = armpit
@@ -81,10 +93,12 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
         kp[f"shoulder_{side}"] = (float(ax), _top(m, ax), armpit[2])
         kp[f"sleeve_{side}"] = _sleeve_end(m, kp[f"shoulder_{side}"], armpit, sign)
 
-    band = m[y1 - max(2, round(0.02 * h)) : y1 + 1].any(axis=0)
+    cols = m.any(axis=0)
+    lowest = np.where(cols, m.shape[0] - 1 - np.argmax(m[::-1], axis=0), -1)
+    band = lowest >= y1 - max(2, round(0.04 * h))
     left_x, right_x = _run_around(band, round(xc), bridge=int(0.12 * w))
-    kp["hem_left"] = (float(left_x), float(y1), 1.0)
-    kp["hem_right"] = (float(right_x), float(y1), 1.0)
+    kp["hem_left"] = (float(left_x), float(lowest[left_x]), 1.0)
+    kp["hem_right"] = (float(right_x), float(lowest[right_x]), 1.0)
     return {name: tuple(round(float(v), 2) for v in kp[name]) for name in KEYPOINT_NAMES}  # type: ignore[misc]
 
 
@@ -166,7 +180,14 @@ def _sleeve_end(m: np.ndarray, shoulder: Point, armpit: Point, sign: int) -> Poi
     poly = cv2.approxPolyDP(contour, 0.02 * cv2.arcLength(contour, True), True)[:, 0, :].astype(np.float64)
     dist = sign * (poly[:, 0] - cut)
     i = int(np.argmax(dist))
-    nbrs = [(i - 1) % len(poly), (i + 1) % len(poly)]
-    j = max(nbrs, key=lambda k: dist[k])
+    root = np.array([cut, (shoulder[1] + armpit[1]) / 2.0])
+    axis = poly[i] - root
+    axis /= float(np.hypot(*axis)) or 1.0
+
+    def across(k: int) -> float:  # |cos| between the edge i-k and the sleeve's axis
+        edge = poly[k] - poly[i]
+        return abs(float(edge @ axis)) / (float(np.hypot(*edge)) or 1.0)
+
+    j = min([(i - 1) % len(poly), (i + 1) % len(poly)], key=across)
     mid = (poly[i] + poly[j]) / 2.0
     return (float(mid[0]), float(mid[1]), 1.0)

@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -25,7 +25,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from runtime.logging import get_logger
-from services.garments.assets import asset_object, content_key, source_digest, source_object, to_asset_data
+from services.garments.assets import asset_key, asset_object, source_digest, source_object, to_asset_data
 from services.garments.encoder import ImageLimits, encode_garment, encoder_version, inspect_image
 from services.garments.settings import GarmentSettings
 from shared.garment_client import GarmentError
@@ -65,6 +65,25 @@ def index_key(garment_id: str) -> str:
     return f"{INDEX_KEY_PREFIX}{garment_id}"
 
 
+@dataclass(frozen=True)
+class RecordMeta:
+    """What an encoding says about the garment, kept in its index entry (``GarmentRecord``)."""
+
+    source_kind: str = "flatlay"
+    sleeve_length: str = ""
+    inferred: dict = field(default_factory=dict)
+    thumbnail_jpeg: bytes = b""
+
+    @classmethod
+    def of(cls, asset: GarmentAssetData) -> RecordMeta:
+        inferred = asset.inferred or {}
+        return cls(asset.source_kind, inferred.get("sleeve_length", ""), inferred, asset.thumbnail_jpeg)
+
+    @classmethod
+    def from_record(cls, record: GarmentRecord) -> RecordMeta:
+        return cls(record.source_kind, record.sleeve_length, record.inferred, record.thumbnail_jpeg)
+
+
 def merged_record(
     current: GarmentRecord | None,
     *,
@@ -76,21 +95,28 @@ def merged_record(
     version: str,
     key: str,
     now_ns: int,
+    meta: RecordMeta | None = None,
 ) -> GarmentRecord | None:
     """The record that points ``garment_id`` at ``key`` for ``version``, or None when ``current``
     already says exactly that. Other versions survive only while the source image is the same:
-    they are encodings of that image, so a new image makes them wrong."""
+    they are encodings of that image, so a new image makes them wrong.
+
+    ``category`` empty: the inferred one (``meta.inferred``, else the current record's, else
+    ``top``). ``meta`` None: what the current record says about the same image, if anything."""
     same_source = current is not None and current.source_sha256 == source_sha256
     versions = {**current.versions, version: key} if current is not None and same_source else {version: key}
-    if (
-        current is not None
-        and same_source
-        and current.versions == versions
-        and current.name == name
-        and current.category == category
-    ):
-        return None
-    return GarmentRecord(
+    if meta is None:
+        meta = RecordMeta.from_record(current) if current is not None and same_source else RecordMeta()
+    category_source = "given"
+    if not category:
+        category_source = "inferred"
+        if meta.inferred.get("category"):
+            category = meta.inferred["category"]
+        elif current is not None and same_source:
+            category, category_source = current.category, current.category_source
+        else:
+            category = "top"
+    new = GarmentRecord(
         garment_id=garment_id,
         name=name,
         category=category,
@@ -99,7 +125,21 @@ def merged_record(
         versions=versions,
         created_ns=current.created_ns if current is not None else now_ns,
         updated_ns=now_ns,
+        source_kind=meta.source_kind,
+        category_source=category_source,
+        sleeve_length=meta.sleeve_length,
+        inferred=meta.inferred,
+        thumbnail_jpeg=meta.thumbnail_jpeg,
     )
+    if current is not None and same_source and _same(current, new):
+        return None
+    return new
+
+
+def _same(a: GarmentRecord, b: GarmentRecord) -> bool:
+    """Equal but for the timestamps."""
+    times = {"created_ns": 0, "updated_ns": 0}
+    return {**a.to_dict(), **times} == {**b.to_dict(), **times}
 
 
 @dataclass(frozen=True)
@@ -124,10 +164,10 @@ class EncoderPool:
         self._slots = asyncio.Semaphore(workers)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="garment-encode")
 
-    async def encode(self, image: bytes, key: str) -> GarmentAssetData:
+    async def encode(self, image: bytes, key: str, source: str = "flatlay") -> GarmentAssetData:
         async with self._slots:
             enc = await asyncio.get_running_loop().run_in_executor(
-                self._pool, encode_garment, image, self.limits, self.student_encoder, self.canvas_size
+                self._pool, encode_garment, image, self.limits, self.student_encoder, self.canvas_size, source
             )
         self.encodes += 1
         return to_asset_data(enc, key)
@@ -197,12 +237,19 @@ class GarmentStore:
         return records
 
     # -- add --------------------------------------------------------------------------------------
-    async def add(self, garment_id: str, name: str, category: str, image: bytes) -> Stored:
-        """Encode ``image`` (once per content key) and point ``garment_id`` at it."""
+    async def add(
+        self, garment_id: str, name: str, category: str, image: bytes, source: str = "flatlay"
+    ) -> Stored:
+        """Encode ``image`` (once per content key) and point ``garment_id`` at it; ``category``
+        empty: the one inferred from the garment's shape."""
         inspect_image(image, self.encoder.limits)  # cheap checks first: nothing is stored for a bad image
-        key = content_key(image, self.version)
-        created = await self._encode_once(key, image)
-        _, _, updated = await self._point(garment_id, name, category, image, key)
+        key = asset_key(image, self.version, source)
+        asset = await self._encode_once(key, image, source)
+        created = asset is not None
+        if asset is None and not category:  # inferring needs the encoding this add did not make
+            asset = GarmentAssetData.decode((await self.objects.get(asset_object(key))).data)
+        meta = RecordMeta.of(asset) if asset is not None else None
+        _, _, updated = await self._point(garment_id, name, category, image, key, meta)
         if created or updated:
             log.info(
                 "garment_stored", garment_id=garment_id, content_key=key, created=created, updated=updated
@@ -228,23 +275,25 @@ class GarmentStore:
             image = (await self.objects.get(source_object(record.source_sha256))).data
         except nats.js.errors.ObjectNotFoundError:
             raise GarmentError("internal", f"the source image of {record.garment_id!r} is missing") from None
-        key = content_key(image, self.version)
-        await self._encode_once(key, image)
+        key = asset_key(image, self.version, record.source_kind)
+        asset = await self._encode_once(key, image, record.source_kind)
         log.info("garment_reencoded", garment_id=record.garment_id, encoder_version=self.version)
-        new, revision, _ = await self._point(record.garment_id, record.name, record.category, image, key)
+        category = "" if record.category_source == "inferred" else record.category  # infer it anew
+        meta = RecordMeta.of(asset) if asset is not None else None
+        new, revision, _ = await self._point(record.garment_id, record.name, category, image, key, meta)
         return new, revision
 
-    async def _encode_once(self, key: str, image: bytes) -> bool:
-        """Make sure ``asset/<key>`` exists; True if this call ran the encoder. Concurrent calls
-        for one key in this replica share one encoding."""
+    async def _encode_once(self, key: str, image: bytes, source: str = "flatlay") -> GarmentAssetData | None:
+        """Make sure ``asset/<key>`` exists; the encoding if this call ran the encoder, else
+        None. Concurrent calls for one key in this replica share one encoding."""
         pending = self._inflight.get(key)
         if pending is not None:
             await asyncio.shield(pending)
-            return False
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            return None
+        fut: asyncio.Future[GarmentAssetData | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            created = await self._store_encoding(key, image)
+            created = await self._store_encoding(key, image, source)
             fut.set_result(created)
             return created
         except BaseException as exc:
@@ -254,18 +303,24 @@ class GarmentStore:
         finally:
             self._inflight.pop(key, None)
 
-    async def _store_encoding(self, key: str, image: bytes) -> bool:
+    async def _store_encoding(self, key: str, image: bytes, source: str) -> GarmentAssetData | None:
         if await self._has_object(asset_object(key)):
-            return False
-        data = await self.encoder.encode(image, key)
+            return None
+        data = await self.encoder.encode(image, key, source)
         digest = source_digest(image)
         if not await self._has_object(source_object(digest)):
             await self.objects.put(source_object(digest), image)
         await self.objects.put(asset_object(key), data.encode())
-        return True
+        return data
 
     async def _point(
-        self, garment_id: str, name: str, category: str, image: bytes, key: str
+        self,
+        garment_id: str,
+        name: str,
+        category: str,
+        image: bytes,
+        key: str,
+        meta: RecordMeta | None = None,
     ) -> tuple[GarmentRecord, int, bool]:
         """Point ``garment_id`` at ``key`` by compare-and-set; (record, revision, changed)."""
         digest = source_digest(image)
@@ -281,6 +336,7 @@ class GarmentStore:
                 version=self.version,
                 key=key,
                 now_ns=time.time_ns(),
+                meta=meta,
             )
             if new is None:  # the record already says so; a record read always has a revision
                 assert current is not None and revision is not None

@@ -46,3 +46,5 @@ class PassthroughHandlers:
         meta.stamp(STAGE, "in", t_in).stamp(STAGE, "out")
         if await publish_frame(self.ctx.nc, self.ctx.subjects.output(session_id), msg.data, meta):
             self.ctx.metrics.frames_out.inc()
+            if meta.capture_ns:
+                self.ctx.metrics.glass_to_glass.observe(max(0.0, (meta.trace[-1].ns - meta.capture_ns) / 1e9))

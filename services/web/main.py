@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from runtime.logging import configure_logging, get_logger
+from services.web.origins import parse_hosts
 from services.web.server import WebServer
 from services.web.sessions import SessionBroker
 from services.web.settings import WebSettings
@@ -66,7 +67,7 @@ async def serve(settings: WebSettings, stop: asyncio.Event | None = None) -> Non
         jpeg_quality=settings.web_jpeg_quality,
         min_jpeg_quality=settings.web_min_jpeg_quality,
     )
-    server = WebServer(page_root(settings), broker, demo_photo(settings))
+    server = WebServer(page_root(settings), broker, demo_photo(settings), parse_hosts(settings.public_hosts))
     port = await server.listen(settings.web_host, settings.web_port)
     if settings.metrics_port:
         await server.listen(settings.metrics_host, settings.metrics_port)

@@ -13,8 +13,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import HttpVersion10, web
+from prometheus_client import Counter, generate_latest
 
 from runtime.logging import RateLimitedLog, get_logger
+from runtime.metrics import process_registry
+from services.web import origins
 from services.web.sessions import RateLimited, SessionBroker
 
 log = get_logger("web")
@@ -54,16 +57,54 @@ def content_security_policy(ws_url: str) -> str:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+UNMATCHED = "unmatched"  # the route label of every path that is no route: bounded, unlike paths
+
+
+class WebMetrics:
+    """The web service's metrics on prometheus_client, as every other service's: requests by
+    route and status, sessions handed out and refused, and the process's own figures."""
+
+    def __init__(self) -> None:
+        self.registry = r = process_registry()
+        self.requests = Counter(
+            "chameleon_web_requests_total",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "chameleon_web_errors_total", "Requests that failed inside the service (answered 503)", registry=r
+        )
+        self.sessions_created = Counter(
+            "chameleon_web_sessions_created_total", "Sessions (and tokens) handed to pages", registry=r
+        )
+        self.sessions_refused = Counter(
+            "chameleon_web_sessions_refused_total",
+            "Session requests refused, by reason",
+            ["reason"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 class WebServer:
-    def __init__(self, root: Path, broker: SessionBroker, demo_photo: Path | None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        broker: SessionBroker,
+        demo_photo: Path | None,
+        public_hosts: tuple[str, ...] = (),
+    ) -> None:
         self.root = root
         self.broker = broker
         self.demo_photo = demo_photo
+        self.public_hosts = public_hosts
         self.requests = 0
         self.errors = 0
-        self._csp = content_security_policy(broker.ws_url)
+        self.prometheus = WebMetrics()
+        self._csp: dict[str, str] = {}  # by the host the page was loaded from (a bounded set)
         self._lines = RateLimitedLog(log, 1.0, burst=5)
         self.app = web.Application(
             middlewares=[self._every_response], handler_args={"max_headers": MAX_HEADERS}
@@ -106,17 +147,16 @@ class WebServer:
         }
 
     def metrics(self) -> bytes:
-        lines = [
-            "# TYPE chameleon_web_requests_total counter",
-            f"chameleon_web_requests_total {self.requests}",
-            "# TYPE chameleon_web_errors_total counter",
-            f"chameleon_web_errors_total {self.errors}",
-            "# TYPE chameleon_web_sessions_created_total counter",
-            f"chameleon_web_sessions_created_total {self.broker.created}",
-            "# TYPE chameleon_web_sessions_refused_total counter",
-            f"chameleon_web_sessions_refused_total {self.broker.refused}",
-        ]
-        return ("\n".join(lines) + "\n").encode()
+        return self.prometheus.render()
+
+    def host_of(self, request: web.Request) -> str:
+        """The host to give this page in its URLs (``services.web.origins``)."""
+        return origins.choose_host(origins.request_hostname(request.host), self.public_hosts)
+
+    def csp_for(self, host: str) -> str:
+        if host not in self._csp:
+            self._csp[host] = content_security_policy(",".join(origins.ws_urls(self.broker.ws_url, host)))
+        return self._csp[host]
 
     # -- routes ------------------------------------------------------------------------------------
     @web.middleware
@@ -124,10 +164,12 @@ class WebServer:
         """Counted, the page's security headers on every answer, and a bug costs one request
         (a 503), never the server."""
         self.requests += 1
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else UNMATCHED
         security = {
             "X-Content-Type-Options": "nosniff",
             "Referrer-Policy": "no-referrer",
-            "Content-Security-Policy": self._csp,
+            "Content-Security-Policy": self.csp_for(self.host_of(request)),
         }
         try:
             if request.version < HttpVersion10:  # a bare "GET /" line: no client of ours speaks 0.9
@@ -135,12 +177,15 @@ class WebServer:
             response = await handler(request)
         except web.HTTPException as exc:  # 404 and the like: answers too
             exc.headers.update(security)
+            self.prometheus.requests.labels(route, str(exc.status)).inc()
             raise
         except Exception as exc:
             self.errors += 1
+            self.prometheus.errors.inc()
             self._lines.exception("request_failed", key="error", error=f"{type(exc).__name__}: {exc}")
             response = web.Response(status=503, text="internal error\n")
         response.headers.update(security)
+        self.prometheus.requests.labels(route, str(response.status)).inc()
         return response
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -156,9 +201,13 @@ class WebServer:
         try:
             session = self.broker.create(client)
         except RateLimited as exc:
+            self.prometheus.sessions_refused.labels("rate_limited").inc()
             self._lines.warning("session_rate_limited", key=exc.scope, client=client, scope=exc.scope)
             body = {"error": "rate_limited", "scope": exc.scope, "retry_after_s": round(exc.retry_after_s, 1)}
             return web.json_response(body, status=429, headers={"Retry-After": f"{exc.retry_after_s:.0f}"})
+        self.prometheus.sessions_created.inc()
+        servers = origins.ws_urls(self.broker.ws_url, self.host_of(request))
+        session.update(ws_url=",".join(servers), ws_servers=servers)  # as this page's browser reaches them
         log.info("session_created", session_id=session["session_id"], client=client)
         return web.json_response(session, headers={"Cache-Control": "no-store"})
 

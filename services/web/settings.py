@@ -16,7 +16,10 @@ class WebSettings(BaseSettings):
     # signs the session tokens the page hands out (the token key's seed); empty: NATS is open and
     # the page gets sessions without a token
     web_token_seed: str = field(default="", repr=False)
-    ws_url: str = ""  # the NATS WebSocket URL(s) as a browser reaches them, comma-separated
+    # the NATS WebSocket URL(s) as a browser reaches them, comma-separated; ``{host}`` in one is
+    # replaced by the host the page was loaded from when it is a public host (services/web/origins.py)
+    ws_url: str = ""
+    public_hosts: str = ""  # the deployment's host names (comma-separated); empty: localhost, 127.0.0.1
     web_session_ttl_s: float = 900.0  # a page's token lifetime; the page asks again before it ends
     web_sessions_per_minute: int = 30  # new sessions per client address and minute (429 beyond)
     web_sessions_total_per_minute: int = 600  # new sessions per minute from every address together

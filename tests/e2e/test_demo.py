@@ -43,7 +43,10 @@ def test_demo_json_with_swaps(tmp_path: Path, bus_photo) -> None:
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("frames_in", "frames_out", "fps_out", "latency_ms", "dropped"):
         assert key in result, key
-    assert result["frames_in"] == 45
+    # the camera drops, never queues, a frame the link has no room for (docs/frontends.md): on a
+    # loaded machine its acknowledgements come late even on loopback, and a frame or two can go
+    assert result["frames_in"] + result["camera_skipped"] == 45
+    assert result["frames_in"] >= 40
     assert result["frames_out"] >= 20  # session start (MediaPipe graph) may supersede a few
     assert result["dropped"] == result["frames_in"] - result["frames_out"]
     assert set(result["latency_ms"]) == {"p50", "p95", "p99"}

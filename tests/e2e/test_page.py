@@ -35,12 +35,26 @@ def test_page_streams_and_swaps_in_chromium(tmp_path: Path, chromium: str, bus_p
     ):
         assert up.info["auth"] == "on" and up.info["ws_url"].startswith("ws://127.0.0.1:")
         page.goto(up.web_url)
+        page.wait_for_selector("#camera-toggle:not([disabled])", timeout=150_000)  # connected, catalogue in
+        page.wait_for_timeout(1500)
+        idle = harness.stats(page)
+        assert idle["camera"] == "off" and idle["source"] is None and idle["frames_sent"] == 0, idle
+        assert page.evaluate("() => document.getElementById('webcam').srcObject") is None  # never asked
+        assert page.get_attribute("#camera-toggle", "aria-pressed") == "false"
+        harness.start_camera(page)
+        assert page.get_attribute("#camera-toggle", "aria-pressed") == "true"
         harness.wait_for_frames(page, 10, timeout_s=150)
         before = harness.stats(page)
         assert before["source"] == "webcam", before  # the fake capture device, not the demo feed
         assert before["state"] == "live", before
         assert before["session_id"].startswith("web-")
-        assert len(before["garments"]) >= 10
+        assert len(before["garments"]) >= 30
+        # every card shows the garment's product photo: the thumbnail that came with the list
+        # (at most 128 px), not the 256 px canvas texture a card fetches when there is none
+        imgs = "[...document.querySelectorAll('button.garment img')]"
+        page.wait_for_function(f"() => {imgs}.every(i => i.complete && i.naturalWidth)", timeout=10_000)
+        cards = page.evaluate(f"() => {imgs}.map(i => [i.naturalWidth, i.naturalHeight])")
+        assert len(cards) >= 30 and all(0 < max(w, h) <= 128 for w, h in cards), cards
         start = before["garment_in_effect"]
         assert start is not None
         assert page.get_attribute(f'button[data-garment-id="{start}"]', "aria-pressed") == "true"
@@ -65,6 +79,11 @@ def test_page_streams_and_swaps_in_chromium(tmp_path: Path, chromium: str, bus_p
         assert re.fullmatch(r"\d+ ms", page.text_content(f"{card} .status") or ""), (
             "the card shows the swap's latency"
         )
+        # and a screen reader hears it: the catalogue's status region (polite), the notices' (alert)
+        label = page.text_content(f"{card} .label")
+        assert page.text_content("#catalogue-status") == f"Now wearing {label}"
+        assert page.get_attribute("#catalogue-status", "role") == "status"
+        assert page.get_attribute("#notice", "role") == "alert" and page.get_attribute("#state", "aria-live")
         page.wait_for_timeout(500)
         share_after = harness.colour_fraction(page, colour)
         # the new garment is drawn: the person fills little of this photo, so a few thousand pixels
@@ -85,6 +104,15 @@ def test_page_streams_and_swaps_in_chromium(tmp_path: Path, chromium: str, bus_p
         page.screenshot(path=str(ARTIFACTS / "page.png"))
         shutil.copy(tmp_path / "up.log", ARTIFACTS / "page-up.log")
 
+        page.click("#camera-toggle")  # Stop: the tracks end and nothing more goes out
+        page.wait_for_function("() => window.chameleon.stats().camera === 'off'", timeout=10_000)
+        assert page.evaluate("() => document.getElementById('webcam').srcObject") is None
+        page.wait_for_timeout(500)
+        sent = harness.stats(page)["frames_sent"]
+        page.wait_for_timeout(1500)
+        assert harness.stats(page)["frames_sent"] == sent
+        assert page.text_content("#camera-toggle") == "Start camera"
+
 
 def test_page_narrow_screen_keyboard_and_token_renewal(tmp_path: Path, chromium: str, bus_photo) -> None:
     """On a phone-sized screen the page has no horizontal overflow, and the catalogue is reachable
@@ -97,6 +125,7 @@ def test_page_narrow_screen_keyboard_and_token_renewal(tmp_path: Path, chromium:
         harness.browser_page(y4m, chromium, width=390, height=844) as page,
     ):
         page.goto(up.web_url)
+        harness.start_camera(page, 150)
         harness.wait_for_frames(page, 3, timeout_s=150)
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{overflow} px of horizontal overflow"
@@ -124,3 +153,21 @@ def test_page_narrow_screen_keyboard_and_token_renewal(tmp_path: Path, chromium:
         assert after["session_id"] != first["session_id"]
         assert after["garment_in_effect"] == focused, after  # the new session started with it
         assert after["state"] == "live", after
+
+
+def test_an_empty_catalogue_says_so(tmp_path: Path, chromium: str) -> None:
+    """A deployment whose catalogue is empty: the page says what is missing and how to add it,
+    instead of showing nothing."""
+    y4m = harness.fake_webcam(tmp_path / "webcam.y4m", frames=5)
+    extra = ("--no-catalogue", "--services", "garments,web")
+    with (
+        harness.Up(tmp_path / "nats", tmp_path / "up.log", extra=extra) as up,
+        harness.browser_page(y4m, chromium) as page,
+    ):
+        page.goto(up.web_url)
+        page.wait_for_function(
+            "() => window.chameleon && window.chameleon.stats().catalogue_empty", timeout=60_000
+        )
+        assert page.is_visible("#catalogue-empty")
+        assert "chameleon garments add" in (page.text_content("#catalogue-empty") or "")
+        assert harness.stats(page)["garments"] == []

@@ -82,7 +82,7 @@ def deployment(tmp_path: Path):
     assert written["created"] is True
     keys_file = Path(written["keys_file"])
     assert oct(keys_file.stat().st_mode & 0o777) == "0o600"
-    assert oct(Path(written["nats_conf"]).stat().st_mode & 0o777) == "0o600"
+    assert oct(Path(written["nats_conf"]).stat().st_mode & 0o777) == "0o440"  # its reader alone
     procs = [
         subprocess.Popen(
             [find_binary(), "-c", written["nats_conf"]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

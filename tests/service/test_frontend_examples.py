@@ -56,6 +56,9 @@ def test_the_documented_python_client_works(nats_url: str, tmp_path: Path, bus_p
         )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["frames_sent"] == 20
+    # a frame the link had no room for is dropped, never queued (its acknowledgements come late on a
+    # loaded machine even on loopback): every frame was sent or dropped, and most were sent
+    assert result["frames_sent"] + result["frames_dropped_by_link"] == 20
+    assert result["frames_sent"] >= 16
     assert result["frames_received"] >= 15, result
     assert 0 < result["latency_ms_p50"] < 2000

@@ -213,6 +213,42 @@ async def test_bad_inputs_get_coded_errors_store_nothing_and_keep_serving(nats_u
         assert good.created and (await client.get("ok")).content_key == good.content_key
 
 
+async def test_photos_infer_their_category_keep_a_thumbnail_and_refusals_store_nothing(
+    nats_url: str, prefix: str
+) -> None:
+    """A shop's photos through the service: a photographed flat-lay without a category, a photo
+    of someone wearing a tee (``source="person"``); two garments in one photo and a flat-lay sent
+    as a person photo are refused with their codes, and nothing of them is stored."""
+    from tools.product_photos import flatlay_photo, worn_photo
+
+    async with _service(nats_url, prefix), _client(nats_url, prefix) as client:
+        two = render(spec_by_id("tee-red-solid")).image, render(spec_by_id("tee-yellow-dots")).image
+        for data, source, code in (
+            (cv2.imencode(".jpg", np.hstack(two))[1].tobytes(), "flatlay", "several_garments"),
+            (flatlay_photo(spec_by_id("dress-red-solid"), 0).data, "person", "no_person"),
+        ):
+            with pytest.raises(GarmentError) as err:
+                await client.encode(data, garment_id="refused", source=source)
+            assert err.value.code == code, err.value
+        assert await client.list() == [] and await _stored_objects(nats_url, prefix) == []
+
+        await client.encode(flatlay_photo(spec_by_id("dress-red-solid"), 0).data, garment_id="dress")
+        worn = worn_photo(spec_by_id("tee-red-solid"), 0, "front").data
+        await client.encode(worn, garment_id="worn-tee", name="Worn tee", category="tshirt", source="person")
+        records = {r.garment_id: r for r in await client.list()}
+        asset = await client.get("worn-tee")
+    dress = records["dress"]
+    assert (dress.category, dress.category_source, dress.source_kind) == ("dress", "inferred", "flatlay")
+    assert dress.inferred["category"] == "dress" and dress.inferred["category_confidence"] > 0.6
+    assert dress.sleeve_length == "short" and dress.thumbnail_jpeg.startswith(b"\xff\xd8")
+    thumb = cv2.imdecode(np.frombuffer(dress.thumbnail_jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert max(thumb.shape[:2]) <= 128 and len(dress.thumbnail_jpeg) < 24 * 1024
+    tee = records["worn-tee"]
+    assert (tee.category, tee.category_source, tee.source_kind) == ("tshirt", "given", "person")
+    assert tee.sleeve_length == "short" and tee.thumbnail_jpeg
+    assert asset.source_kind == "person" and asset.sleeve_length == "short"
+
+
 async def test_no_service_running_is_unavailable(nats_url: str, prefix: str) -> None:
     async with _client(nats_url, prefix) as client:
         with pytest.raises(GarmentError) as err:

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from shared.bus import connect
 
+from runtime.bus import connect
 from services.camera.client import run_camera
 from services.camera.source import MotionCamera
 from shared.headers import FrameMeta

@@ -8,8 +8,8 @@ import asyncio
 import time
 
 import pytest
-from shared.bus import connect
 
+from runtime.bus import connect
 from tools.linksim.model import LinkSpec
 from tools.linksim.proxy import LinkProxy
 

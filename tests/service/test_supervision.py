@@ -222,3 +222,43 @@ def test_chameleon_up_restarts_a_killed_service_and_keeps_its_data_dir(tmp_path:
             except subprocess.TimeoutExpired:
                 up.kill()
                 up.wait()
+
+
+def _free_base(span: int) -> int:
+    """A base port with ``span`` free ports above it (checked, not guessed)."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randrange(20000, 60000 - span)
+        try:
+            held = []
+            for port in range(base, base + span):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+        return base
+    raise AssertionError("no free port range")
+
+
+def test_metrics_port_base_gives_stable_ports_that_survive_a_restart(
+    nats_url: str, stacks: list[Stack]
+) -> None:
+    base = _free_base(stack_module.stable_port_span())
+    stack = Stack(["passthrough"], nats_url=nats_url, metrics_port_base=base, restart_min_s=0.1)
+    stacks.append(stack)
+    stack.start()
+    child = stack.children[0]
+    expected = base + stack_module.PORT_STRIDE * list(stack_module.SERVICE_MODULES).index("passthrough")
+    assert child.health_port == expected
+    assert stack_module.stable_port(base, "generator", 2) == base + 10 * 4 + 1
+    child.proc.kill()
+    _supervise_until(
+        stack, lambda: child.restarts == 1 and child.healthy_at is not None and stack._probe(child)
+    )
+    assert child.health_port == expected  # a scraper outside finds it where it was

@@ -246,6 +246,14 @@ def colour_fraction(page: Any, channel: str) -> float:
     )
 
 
+def start_camera(page: Any, timeout_s: float = 60.0) -> None:
+    """Press the page's "Start camera" once it is ready (nothing is captured before, as for a
+    shopper), and wait until the camera runs."""
+    page.wait_for_selector("#camera-toggle:not([disabled])", timeout=timeout_s * 1000)
+    page.click("#camera-toggle")
+    page.wait_for_function("() => window.chameleon.stats().camera === 'on'", timeout=timeout_s * 1000)
+
+
 def click_garment(page: Any, garment_id: str) -> None:
     page.click(f'button[data-garment-id="{garment_id}"]')
 
@@ -366,6 +374,7 @@ def run_case(page: Any, url: str, proxy: ProxyThread, case: Case, warmup_s: floa
     """A fresh page load (a new session) on ``case.link``, measured for ``case.seconds``."""
     proxy.reshape(case.link)
     page.goto(url)
+    start_camera(page, 120)
     wait_for_frames(page, 15, 120)
     page.wait_for_timeout(warmup_s * 1000)
     garments = stats(page)["garments"]

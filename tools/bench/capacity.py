@@ -415,8 +415,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    measured = measure_pipeline(args)
-    tiny = None if args.skip_student else measure_tiny(args.engine_iters)
+    from harness import progress
+
+    with progress.elapsed("bench capacity", json=args.json):
+        measured = measure_pipeline(args)
+        tiny = None if args.skip_student else measure_tiny(args.engine_iters)
     report = summarise(measured, tiny, args)
     return emit(report, args.json, width=30)
 

@@ -227,7 +227,7 @@ def run_benchmark(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m tools.bench.engine",
+        prog="chameleon bench engine",
         description="Benchmark the generation engine.",
     )
     p.add_argument("--config", default="tiny", choices=["tiny", "paper"])

@@ -615,7 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [p for p in phases if p not in PHASES]
     if unknown:
         _parser().error(f"unknown phase {unknown[0]!r}; one of {', '.join(PHASES)}")
-    results = {phase: run_stack_phase(phase, args) for phase in phases}
+    from harness import progress
+
+    with progress.elapsed(f"bench failover ({', '.join(phases)})", json=args.json):
+        results = {phase: run_stack_phase(phase, args) for phase in phases}
     report = summarise(results, args)
     return emit(report, args.json)
 

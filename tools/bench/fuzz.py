@@ -1245,7 +1245,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.messages < 1 or args.rate <= 0 or args.fps <= 0:
         _parser().error("--messages, --rate and --fps must be positive")
-    report = run(args)
+    from harness import progress
+
+    with progress.elapsed("bench fuzz", args.messages / args.rate, json=args.json):
+        report = run(args)
     return emit(report, args.json)
 
 

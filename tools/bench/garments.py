@@ -2,7 +2,8 @@
 
 Starts an embedded nats-server unless ``NATS_URL`` is set, runs the garment service in this
 process under a private subject prefix (fresh buckets, so every encode is real), loads the starter
-catalogue one garment at a time (``encode_ms``: request to reply, encoder included), then measures
+catalogue one garment at a time, photographed as ``chameleon up`` loads it (``tools.product_photos``;
+``--clean``: the generated flat-lays) (``encode_ms``: request to reply, encoder included), then measures
 ``get`` from ANOTHER process: a subprocess client that fetches every garment once (warm-up) and
 then ``--rounds`` times round-robin. ``fetch_cached_ms`` is request to a received, schema-checked
 reply (``GarmentClient.get_reply``); ``decode_ms`` is turning it into arrays
@@ -33,6 +34,7 @@ from services.garments.handlers import GarmentHandlers
 from services.garments.settings import GarmentSettings
 from shared.garment_client import GarmentAsset, GarmentClient
 from shared.subjects import Subjects
+from tools.product_photos import catalogue_product_photos
 
 GOAL_FETCH_P95_MS = 10.0
 
@@ -78,11 +80,11 @@ def _run_fetch_process(url: str, prefix: str, ids: list[str], rounds: int) -> di
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-async def _bench(url: str, rounds: int) -> dict:
+async def _bench(url: str, rounds: int, clean: bool = False) -> dict:
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     settings = GarmentSettings.from_env(nats_url=url, subject_prefix=prefix, summary_interval_s=3600.0)
     specs = starter_catalogue()
-    images = catalogue_photos([s.garment_id for s in specs])
+    images = (catalogue_photos if clean else catalogue_product_photos)([s.garment_id for s in specs])
     encode_ms, service_ms = [], []
     async with serve_in_task("garments", settings, lambda ctx: GarmentHandlers(ctx, settings)):
         nc = await connect(url, "bench-garments")
@@ -111,6 +113,8 @@ async def _bench(url: str, rounds: int) -> dict:
     return {
         "bench": "garments",
         "garments": len(ids),
+        "images": "clean" if clean else "photographed",
+        "image_bytes_mean": sum(len(image) for _, image in images) // len(images),
         "encode_ms": {**percentiles(encode_ms, (50, 95)), "max": round(max(encode_ms), 2)},
         "encode_service_ms": percentiles(service_ms, (50, 95)),
         "fetch_cached_ms": {**fetch, "max": round(max(fetched["fetch"]), 3)},
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="chameleon bench garments", description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=500, help="cached fetches measured")
     p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--clean", action="store_true", help="the clean generated flat-lays, not photographed")
     p.add_argument("--fetch-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         server = EmbeddedNats().start()
         url = server.url
     try:
-        result = asyncio.run(_bench(url, args.rounds))
+        result = asyncio.run(_bench(url, args.rounds, args.clean))
     finally:
         if server:
             server.close()

@@ -471,7 +471,7 @@ def summarize(out_dir: Path, exit_codes: dict[str, int], seconds: float | None =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.bench.gpu", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="chameleon bench gpu", description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--smoke", action="store_true", help="every section on the CPU at tiny sizes")
     p.add_argument("--budget-s", type=float, help="seconds for all sections (default 170)")

@@ -629,7 +629,10 @@ def main(argv: list[str] | None = None) -> int:
         _parser().error("--kill-worker needs --workers 2 or more")
     if args.kill_worker and (args.workers - 1) * args.capacity < args.sessions + args.place:
         _parser().error("--kill-worker: the surviving workers' --capacity cannot hold every session")
-    report = run(args)
+    from harness import progress
+
+    with progress.elapsed("bench load", json=args.json):
+        report = run(args)
     return emit(report, args.json)
 
 

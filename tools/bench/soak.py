@@ -248,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.frames < 10 or args.fps <= 0 or not 0 < args.warmup_share < 1:
         _parser().error("--frames must be at least 10, --fps positive, --warmup-share within (0, 1)")
-    report = run(args)
+    from harness import progress
+
+    with progress.elapsed("bench soak", args.frames / args.fps, json=args.json):
+        report = run(args)
     return emit(report, args.json, width=30)
 
 

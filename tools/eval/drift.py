@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from services.garments.catalogue import GarmentSpec, starter_catalogue
+from services.garments.catalogue import GarmentSpec, classic_catalogue
 from services.generator.engine.conditioning import pixel_frames_in_chunk
 from services.generator.engine.config import EngineConfig, get_config
 from services.generator.engine.session import Engine
@@ -187,7 +187,7 @@ def _next_garment(
 ) -> GarmentSpec:
     """A catalogue garment whose worn colour is at least ``min_gap`` from the previous one's
     (deterministic per clip and swap), else the farthest: the ghost ratio needs distinct colours."""
-    specs = starter_catalogue()
+    specs = classic_catalogue()
     order = np.random.default_rng([seed, swap]).permutation(len(specs))
     old = _garment_colour(seed, previous, size)
     best, best_gap = previous, -1.0
@@ -215,7 +215,7 @@ def make_drift_clip(
     """
     motion = settings.motion_frames
     first = make_clip(seed, motion, size=size, swap_frame=motion, min_colour_gap=settings.min_colour_gap)
-    specs = {s.garment_id: s for s in starter_catalogue()}
+    specs = {s.garment_id: s for s in classic_catalogue()}
     worn = [specs[first.garment_a], specs[first.garment_b]]
     while len(worn) < len(swaps) + 1:
         if settings.garments == "alternate":
@@ -386,7 +386,7 @@ def evaluate_drift(
 
 def main(argv: list[str] | None = None) -> int:
     defaults = DriftSettings()
-    p = argparse.ArgumentParser(prog="python -m tools.eval.drift", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="chameleon eval drift", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="only the JSON report (always the last line)")
     p.add_argument("--weights", help="checkpoint (default: the packaged one; 'random' for random init)")
     p.add_argument("--config", default="tiny")

@@ -156,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     clips = frames = detected = 0
     sheet_rows = []
+    from harness import progress
+
+    clips_bar = progress.steps(len(POSES) * args.clips_per_pose, "eval render", json=args.json, unit="clip")
     for fi, family in enumerate(POSES):
         for ci in range(args.clips_per_pose):
+            clips_bar.update(1)
             a_id, b_id = _pairs(family, ci, rng)
             seed = args.seed * 100 + fi * 10 + ci
             clip = make_eval_clip(
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     np.pad(t, ((0, hgt - t.shape[0]), (0, 4), (0, 0)), constant_values=255) for t in tiles
                 ]
                 sheet_rows.append(np.hstack(tiles))
+    clips_bar.close()
 
     def mean(values: list[float]) -> float:
         return round(float(np.mean(values)), 4) if values else float("nan")

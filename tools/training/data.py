@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from services.garments.catalogue import GarmentSpec, render, starter_catalogue
+from services.garments.catalogue import GarmentSpec, classic_catalogue, render
 from services.generator.rendering import FrameInput
 from services.generator.student_backend import conditioning_maps
 
@@ -243,7 +243,7 @@ def make_clip(
     full swap rebuilds its reference from, right before the stream restarts in garment B.
     """
     rng = np.random.default_rng(seed)
-    specs = catalogue or starter_catalogue()
+    specs = catalogue or classic_catalogue()
     body = _random_body(rng)
     a = specs[rng.integers(len(specs))]
     if swap_frame is None and rng.random() < SAME_GARMENT_P:

@@ -297,7 +297,7 @@ def save_plot(path: Path, report: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.training.evaluate", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="chameleon eval swap", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print the report as one JSON line (always last)")
     p.add_argument("--weights", help="checkpoint (default: the packaged one; 'random' for random init)")
     p.add_argument("--config", default="tiny")

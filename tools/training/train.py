@@ -81,9 +81,7 @@ def _flag_type(hint: Any) -> Callable[[str], Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per ``TrainConfig`` field, parsed into that field (``dest`` = field name)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m tools.training.train", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="chameleon train", description=__doc__.splitlines()[0])
     hints = typing.get_type_hints(TrainConfig)
     for option in dataclasses.fields(TrainConfig):
         flag = cli_flag(option)

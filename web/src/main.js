@@ -1,5 +1,6 @@
 // The shopper page: asks the web service for a session, connects to NATS over WebSocket, sends
-// the webcam (or the demo feed), draws the dressed stream, and swaps garments on click.
+// the webcam (or the demo feed) once the shopper starts it, draws the dressed stream, and swaps
+// garments on click. Nothing is captured or sent before "Start camera" is pressed.
 // Everything it measures is in `window.chameleon.stats()` (the tests and `chameleon bench
 // browser` read it there).
 import { ChameleonSession } from "./client.js";
@@ -40,6 +41,8 @@ const page = {
   events: [],
   errors: [],
   demo: false,
+  cameraOn: false, // the shopper pressed "Start camera" (and has not stopped it)
+  catalogueEmpty: false,
   source: null, // {draw(ctx, w, h, i)}
   renewals: 0, // sessions that took over from an expiring one
   renewTimer: 0,
@@ -53,12 +56,18 @@ function setState(state, text) {
   el.textContent = text;
 }
 
+/** The notice over the output: an alert region that stays in the document, so each change is read. */
 function setNotice(text) {
   page.notice = text || "";
-  const el = $("notice");
-  el.textContent = page.notice;
-  el.hidden = !page.notice;
+  $("notice").textContent = page.notice;
 }
+
+/** What happened to a garment card, for screen readers (a polite status region). */
+function announce(text) {
+  $("catalogue-status").textContent = text;
+}
+
+const garmentName = (id) => page.garments.get(id)?.record.name || id;
 
 // -- session -------------------------------------------------------------------------------------
 async function requestSession() {
@@ -112,6 +121,8 @@ function onEvent(ev) {
 function renderCatalogue(items) {
   const list = $("garments");
   list.replaceChildren();
+  page.catalogueEmpty = items.length === 0;
+  $("catalogue-empty").hidden = !page.catalogueEmpty;
   for (const rec of items) {
     const li = document.createElement("li");
     const button = document.createElement("button");
@@ -121,6 +132,10 @@ function renderCatalogue(items) {
     button.setAttribute("aria-pressed", "false");
     const img = document.createElement("img");
     img.alt = "";
+    // the product photo, cropped to the garment: it comes with the list (older records have none)
+    if (rec.thumbnail_jpeg?.length) {
+      img.src = URL.createObjectURL(new Blob([rec.thumbnail_jpeg], { type: "image/jpeg" }));
+    }
     const label = document.createElement("span");
     label.className = "label";
     label.textContent = rec.name || rec.garment_id;
@@ -132,7 +147,7 @@ function renderCatalogue(items) {
     list.append(li);
     page.garments.set(rec.garment_id, { record: rec, button, img, status });
   }
-  loadImages(items.map((r) => r.garment_id));
+  loadImages(items.filter((r) => !r.thumbnail_jpeg?.length).map((r) => r.garment_id));
 }
 
 async function loadImages(ids) {
@@ -164,12 +179,14 @@ async function swapTo(garmentId) {
   g.button.classList.add("pending");
   g.button.classList.remove("failed");
   g.status.textContent = "switching…";
+  announce(`Switching to ${garmentName(garmentId)}…`);
   try {
     await page.client.swap(garmentId);
   } catch (err) {
     g.button.classList.remove("pending");
     g.button.classList.add("failed");
     g.status.textContent = "failed";
+    announce(`Could not switch to ${garmentName(garmentId)}`);
     page.errors.push(String(err.message || err));
   }
 }
@@ -184,6 +201,7 @@ function markApplied(garmentId, eventLatencyMs, firstSeq) {
   g.applied = true;
   const ms = page.swaps.lastFor === garmentId ? page.swaps.last : eventLatencyMs;
   g.status.textContent = ms != null ? `${Math.round(ms)} ms` : "";
+  if (g.button.getAttribute("aria-pressed") !== "true") announce(`Now wearing ${garmentName(garmentId)}`);
   showInEffect(garmentId);
 }
 
@@ -271,7 +289,8 @@ async function webcamSource(width, height) {
       ctx.drawImage(video, 0, 0, w, h);
     },
     stop() {
-      for (const t of stream.getTracks()) t.stop();
+      for (const t of stream.getTracks()) t.stop(); // the camera's light goes off
+      video.srcObject = null;
     },
   };
 }
@@ -318,6 +337,36 @@ async function chooseSource(demo) {
     }
   }
   page.demo = page.source.name === "demo";
+}
+
+/** The shopper's "Start camera": only now is the webcam asked for (or the demo feed started). */
+async function startCamera() {
+  const button = $("camera-toggle");
+  button.disabled = true;
+  try {
+    await chooseSource($("demo-feed").checked);
+  } finally {
+    button.disabled = false;
+  }
+  setCamera(Boolean(page.source));
+  if (page.cameraOn && page.state !== "live") setState("waiting", "Waiting for the stream…");
+}
+
+/** "Stop camera": the tracks end (the light goes off) and nothing more is sent. */
+function stopCamera() {
+  page.source?.stop();
+  page.source = null;
+  page.demo = false;
+  setCamera(false);
+  setNotice("");
+  setState("ready", "Camera off: nothing is being sent");
+}
+
+function setCamera(on) {
+  page.cameraOn = on;
+  const button = $("camera-toggle");
+  button.setAttribute("aria-pressed", String(on));
+  button.textContent = on ? "Stop camera" : "Start camera";
 }
 
 function encodeJpeg(canvas, quality) {
@@ -431,6 +480,8 @@ function stats() {
   return {
     state: page.state,
     notice: page.notice,
+    camera: page.cameraOn ? "on" : "off",
+    catalogue_empty: page.catalogueEmpty,
     session_id: page.session?.session_id ?? null,
     renewals: page.renewals,
     source: page.source?.name ?? null,
@@ -486,7 +537,7 @@ function updateOverlay() {
     ? `${Math.round(send.frame_bytes / 1000)} KB · ${send.fps.toFixed(1)} fps · ${(send.kbps / 1000).toFixed(1)} Mbit/s`
     : "–";
   $("m-size").textContent = send ? `${send.width}×${send.height} q${Math.round(send.quality * 100)}` : "–";
-  if (page.state === "live" && now - page.lastDrawMs > NO_OUTPUT_MS) {
+  if (page.state === "live" && page.cameraOn && now - page.lastDrawMs > NO_OUTPUT_MS) {
     setState("waiting", "Waiting for the stream…");
   }
 }
@@ -558,11 +609,19 @@ async function main() {
     const { width, height, fps } = session;
     await client.start({ garmentId: items[0]?.garment_id ?? null, width, height, fps });
     scheduleRenewal();
+    const button = $("camera-toggle");
+    button.addEventListener("click", () => (page.cameraOn ? stopCamera() : startCamera()));
+    $("demo-feed").addEventListener("change", (e) => {
+      if (page.cameraOn) chooseSource(e.target.checked); // else: what Start will use
+    });
+    button.disabled = false;
     const demo = new URLSearchParams(location.search).has("demo");
     $("demo-feed").checked = demo;
-    await chooseSource(demo);
-    $("demo-feed").addEventListener("change", (e) => chooseSource(e.target.checked));
-    setState("waiting", "Waiting for the stream…");
+    if (demo) {
+      await startCamera(); // the demo feed captures nothing of the shopper
+    } else {
+      setState("ready", "Ready: press Start camera to try garments on (nothing is captured before)");
+    }
     window.addEventListener("pagehide", () => {
       page.leaving = true;
       page.client?.close();

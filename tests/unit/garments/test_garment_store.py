@@ -13,9 +13,10 @@ import pytest
 
 from services.garments.assets import asset_object, content_key, source_digest
 from services.garments.settings import GarmentSettings
-from services.garments.store import EncoderPool, GarmentStore, index_key, merged_record
+from services.garments.store import EncoderPool, GarmentStore, RecordMeta, index_key, merged_record
 from shared.garment_client import GarmentError
-from shared.garment_schemas import GarmentRecord
+from shared.garment_schemas import GarmentEncodeRequest, GarmentRecord
+from shared.schemas import SchemaError
 from shared.subjects import Subjects
 
 pytestmark = pytest.mark.unit
@@ -180,3 +181,68 @@ async def test_a_record_that_keeps_changing_is_unavailable_not_lost(encoder: Enc
     with pytest.raises(GarmentError) as err:
         await _store(kv, encoder, changed).add("tee", "Tee", "tshirt", IMAGE)
     assert err.value.code == "unavailable" and changed == []
+
+
+# -- what the shape says, kept in the record -------------------------------------------------------
+INFERRED = {
+    "category": "dress",
+    "category_confidence": 0.91,
+    "sleeve_length": "short",
+    "sleeve_confidence": 0.97,
+}
+
+
+def test_an_empty_category_takes_the_inferred_one_and_says_so() -> None:
+    meta = RecordMeta("flatlay", "short", INFERRED, b"\xff\xd8thumb")
+    new = _merge(None, category="", meta=meta)
+    assert new is not None
+    assert (new.category, new.category_source, new.sleeve_length) == ("dress", "inferred", "short")
+    assert new.inferred == INFERRED and new.thumbnail_jpeg == b"\xff\xd8thumb"
+    given = _merge(None, category="jacket", meta=meta)
+    assert given is not None and (given.category, given.category_source) == ("jacket", "given")
+    assert given.inferred == INFERRED  # what the shape said is kept beside what was given
+    assert _merge(new, category="", meta=meta) is None  # the same add again changes nothing
+    # a re-add without an encoding at hand keeps what the record knows about the same image
+    assert _merge(new, category="") is None
+
+
+def test_a_record_without_the_newer_fields_still_decodes() -> None:
+    """The wire stays backward compatible: a record written before inference had no
+    source_kind, category_source, sleeve_length, inferred or thumbnail."""
+    old = {k: v for k, v in _record().to_dict().items() if k not in (
+        "source_kind", "category_source", "sleeve_length", "inferred", "thumbnail_jpeg")}  # fmt: skip
+    record = GarmentRecord.from_dict(old)
+    assert (record.source_kind, record.category_source, record.sleeve_length) == ("flatlay", "given", "")
+    assert record.inferred == {} and record.thumbnail_jpeg == b""
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"source_kind": "catalogue"},
+        {"category_source": "guessed"},
+        {"sleeve_length": "three-quarter"},
+        {
+            "inferred": {
+                "category": "socks",
+                "category_confidence": 0.5,
+                "sleeve_length": "none",
+                "sleeve_confidence": 0.5,
+            }
+        },
+        {"inferred": {**INFERRED, "category_confidence": 1.5}},
+        {"thumbnail_jpeg": b"GIF89a"},
+        {"thumbnail_jpeg": b"\xff\xd8" + b"0" * 30_000},
+    ],
+)
+def test_the_newer_record_fields_are_validated(bad: dict) -> None:
+    with pytest.raises(SchemaError):
+        GarmentRecord.decode(_record(**bad).encode())
+
+
+def test_an_encode_request_may_leave_the_category_to_the_service() -> None:
+    req = GarmentEncodeRequest.decode(GarmentEncodeRequest(image=b"x", source="person").encode())
+    assert (req.category, req.source) == ("", "person")
+    for bad in ({"category": "socks"}, {"source": "drawing"}):
+        with pytest.raises(SchemaError):
+            GarmentEncodeRequest.decode(GarmentEncodeRequest(image=b"x", **bad).encode())
