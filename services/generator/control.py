@@ -69,12 +69,12 @@ class ControlMessage:
 
 
 class Follower:
-    """One owned session's control: its place in the stream and what arrived while it was being
-    read from there."""
+    """One owned session's control: its place in the stream, and a wake-up for each message the
+    consumer delivered for it since it was last read."""
 
     def __init__(self) -> None:
         self.cursor = 0  # the stream sequence of the last message applied
-        self.queue: asyncio.Queue[ControlMessage] = asyncio.Queue()
+        self.woken: asyncio.Queue[int] = asyncio.Queue()  # delivered sequences: read the stream again
         self.task: asyncio.Task[None] | None = None
         self.caught_up = asyncio.Event()  # what the stream held when it was taken is applied
 
@@ -195,7 +195,7 @@ class SessionControl:
             self._failing_since = None
             if bound_before:  # what arrived while there was no consumer is in the stream
                 for follower in self._following.values():
-                    follower.queue.put_nowait(ControlMessage("", b"", -1))  # "read the stream again"
+                    follower.woken.put_nowait(0)
             bound_before = True
             try:
                 await self._route(psub)
@@ -225,17 +225,18 @@ class SessionControl:
                 except InvalidSessionId:
                     session_id = ""
                 follower = self._following.get(session_id)
-                if follower is not None:
-                    seq = msg.metadata.sequence.stream if msg.metadata else 0
-                    follower.queue.put_nowait(ControlMessage(msg.subject, msg.data, seq))
+                if follower is not None:  # what the message says is read from the stream, in order
+                    follower.woken.put_nowait(msg.metadata.sequence.stream if msg.metadata else 0)
                 elif not session_id:  # no session to answer: the subject itself is bad
                     with contextlib.suppress(Exception):
                         await self.on_message(ControlMessage(msg.subject, msg.data))
             await _ack_all(msgs)
 
     async def _session_loop(self, session_id: str, follower: Follower) -> None:
-        """One owned session: its control from the stream first, then as routed, in stream order;
-        what is already applied (by sequence) is skipped."""
+        """One owned session: its control read from the stream after the stored ``control_seq``,
+        then again each time the consumer delivers one of its messages. The stream, not the
+        delivery, says what and in which order: a delivery lost with a node, or redelivered after
+        a later one, cannot reorder or skip anything (the message is read in its place)."""
         with structlog.contextvars.bound_contextvars(session_id=session_id):
             try:
                 known = await self.sessions.known(session_id)
@@ -244,14 +245,17 @@ class SessionControl:
             finally:
                 follower.caught_up.set()
             while True:
-                batch = [await follower.queue.get()]
-                while not follower.queue.empty():
-                    batch.append(follower.queue.get_nowait())
-                if any(m.seq < 0 for m in batch):  # the consumer was lost meanwhile
+                newest = await follower.woken.get()
+                while not follower.woken.empty():
+                    newest = max(newest, follower.woken.get_nowait())
+                if newest and newest <= follower.cursor:
+                    continue  # already read in its place (the stream read ran ahead of delivery)
+                try:
                     await self._read_stream(session_id, follower)
-                fresh = sorted((m for m in batch if m.seq > follower.cursor), key=lambda m: m.seq)
-                if fresh:
-                    await self._apply_ordered(session_id, follower, fresh)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never lose the session's control over one bad read
+                    log.exception("control_read_failed")
 
     async def _read_stream(self, session_id: str, follower: Follower) -> None:
         """Every stored control message of the session after ``follower.cursor``, applied as one
