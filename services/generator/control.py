@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ FAILING_UNHEALTHY_S = 3.0
 CATCH_UP_WAIT_S = 2.0  # the longest a taken session's first frame waits for its stored control
 
 Rerender = Callable[[ServedSession], Awaitable[None]]
+# what an action returns: whether it was a duplicate, and what to store once the lock is let go
+Applied = tuple[bool, Callable[[], Awaitable[None]] | None]
 Release = Callable[[str], Awaitable[None]]
 
 
@@ -349,7 +352,9 @@ class SessionControl:
                 # being drawn: a swap does not wait for the frame in flight
                 apply = {"start": self._start, "swap": self._swap, "stop": self._stop}[control.action]
                 async with self.sessions.lock(session_id):
-                    duplicate = await apply(control, received, msg.seq)
+                    duplicate, persist = await apply(control, received, msg.seq)
+                if persist is not None:  # stored outside the session's lock: a bucket between
+                    await persist()  # leaders (seconds) must never hold back the session's frames
                 self.total.labels(self.ctx.name, action, "duplicate" if duplicate else "applied").inc()
             except (SchemaError, CodedError) as exc:
                 code = exc.code if isinstance(exc, CodedError) else "bad_control"
@@ -384,12 +389,12 @@ class SessionControl:
             superseded_by=newer,
         )
 
-    # -- the actions: each returns True for an event already applied --------------------------------
-    async def _start(self, control: Control, received_ns: int, seq: int = 0) -> bool:
+    # -- the actions: each returns (already applied?, what to store after the lock) -----------------
+    async def _start(self, control: Control, received_ns: int, seq: int = 0) -> Applied:
         sid, sessions = control.session_id, self.sessions
         known = await sessions.known(sid)
         if known is not None and known.is_duplicate(control.event_id):
-            return True
+            return True, None
         garment = await sessions.garments.get(control.garment_id or self.settings.default_garment)
         backend = sessions.backend_name(control.backend)
         served = known if isinstance(known, ServedSession) else None
@@ -399,13 +404,12 @@ class SessionControl:
         served = sessions.open(sid, garment, backend, state, previous=served)
         served.remember_event(control.event_id)
         served.control_seq = max(served.control_seq, seq)
-        await self._store.save(served)
         await self.events.emit(
             "session_started", sid, "started", garment_id=garment.garment_id, backend=backend
         )
-        return False
+        return False, functools.partial(self._store.save, served)
 
-    async def _swap(self, control: Control, received_ns: int, seq: int = 0) -> bool:
+    async def _swap(self, control: Control, received_ns: int, seq: int = 0) -> Applied:
         """The one swap path: the renderer's own ``swap`` (a fresh renderer, or the student's
         rescheduling queued for its next chunk), the newest frame drawn again at once, and the
         garment in effect stored."""
@@ -415,7 +419,7 @@ class SessionControl:
         if known is None:
             raise CodedError("unknown_session", f"no session {sid!r}: send start or frames first")
         if known.is_duplicate(control.event_id):
-            return True
+            return True, None
         if known.is_stale_swap(control):  # redelivered after a newer swap took effect
             in_effect = known.garment.garment_id if isinstance(known, ServedSession) else known.garment_id
             if isinstance(known, ServedSession):
@@ -423,7 +427,7 @@ class SessionControl:
             await self.answer_superseded(
                 sid, control.event_id, control.garment_id, f"the newer swap to {in_effect}"
             )
-            return True
+            return True, None
         garment = await sessions.garments.get(control.garment_id or "")
         renderer: Renderer | None = None
         if isinstance(known, ServedSession):
@@ -439,22 +443,24 @@ class SessionControl:
             await self.answer_superseded(sid, replaced.event_id, replaced.garment_id, control.event_id)
         served.control_seq = max(served.control_seq, seq)
         await self._rerender(served)  # first: the shopper sees the swap before we persist it
-        await self._store.save(served)
-        return False
+        return False, functools.partial(self._store.save, served)
 
-    async def _stop(self, control: Control, received_ns: int, seq: int = 0) -> bool:
+    async def _stop(self, control: Control, received_ns: int, seq: int = 0) -> Applied:
         sid = control.session_id
         known = await self.sessions.known(sid)
         if known is not None and known.is_duplicate(control.event_id):
-            return True
+            return True, None
         await self.sessions.end(sid, "stopped")
-        store = self._store
-        await store.keep_stop(sid, received_ns / 1e9)
-        await store.forget(sid)
-        task = asyncio.create_task(self.forget(sid), name=f"forget:{sid}")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return False
+
+        async def persist() -> None:
+            store = self._store
+            await store.keep_stop(sid, received_ns / 1e9)
+            await store.forget(sid)
+            task = asyncio.create_task(self.forget(sid), name=f"forget:{sid}")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        return False, persist
 
     @property
     def _store(self) -> SessionStore:
