@@ -90,7 +90,12 @@ class IngestHandlers:
         self._check_refused(session_id)
         try:
             placed = await self.admission.admit(session_id)
-        except CodedError:
+        except CodedError as exc:
+            if exc.code == "unavailable" and self.admission.has_owners(session_id):
+                # JetStream between leaders (a NATS node lost): a running session keeps its owners
+                # and its frames go on; an owner that really is gone fences itself, and the next
+                # frame asks again
+                return
             self._refused[session_id] = time.monotonic() + self.settings.admit_retry_s
             raise
         self._refused.pop(session_id, None)
