@@ -48,6 +48,7 @@ NOT_YET = (  # JetStream not answering yet: a cluster still forming or electing,
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
 )
 START_DEADLINE_S = 60.0
 
