@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -153,9 +153,10 @@ async def run_service(
     conn = ConnectionState()
     conn.listeners.append(lambda up: metrics.nats_connected.set(1 if up else 0))
     stats = SessionStats()
+    timings: dict[str, float] = {}
     async with contextlib.AsyncExitStack() as stack:
         nc = await connect(settings.nats_url, name, conn)
-        stack.push_async_callback(_drain, nc, settings.drain_timeout_s)
+        stack.push_async_callback(_drain, nc, settings.drain_timeout_s, timings)
         ctx = ServiceContext(name, nc, Subjects(settings.subject_prefix), metrics, stats, conn)
         handlers = make_handlers(ctx)
 
@@ -175,7 +176,7 @@ async def run_service(
         summary = asyncio.create_task(stats.summary_loop(settings.summary_interval_s))
         stack.callback(summary.cancel)
         await handlers.start()
-        stack.push_async_callback(handlers.stop)
+        stack.push_async_callback(_timed, "handlers_s", handlers.stop, timings)
         if settings.watchdog_s > 0:  # from here on: start-up time is the supervisor's start period
             watchdog = Watchdog(settings.watchdog_s, lambda: health()["status"] == "ok")
             watching = asyncio.create_task(watchdog.run())
@@ -188,18 +189,46 @@ async def run_service(
         await stop.wait()
         log.info("service_stopping")
         stats.log_summaries()
+    # how long each step of the stop took: a step that waits for a timeout shows here
+    log.info("service_stopped", **{k: round(v, 3) for k, v in timings.items()})
     for sig in installed:
         loop.remove_signal_handler(sig)
 
 
-async def _drain(nc: NATS, timeout_s: float) -> None:
+async def _timed(key: str, step: Callable[[], Awaitable[None]], timings: dict[str, float]) -> None:
+    started = time.monotonic()
+    try:
+        await step()
+    finally:
+        timings[key] = time.monotonic() - started
+
+
+async def _drain(nc: NATS, timeout_s: float, timings: dict[str, float] | None = None) -> None:
+    """Deliver what is in flight, then close; bounded. A drain that runs out of time is closed
+    and says so in one line (never asyncio's "exception was never retrieved" on stderr)."""
     if nc.is_closed:
         return
-    try:
-        await asyncio.wait_for(nc.drain(), timeout_s)
-    except Exception:
-        with contextlib.suppress(Exception):
-            await nc.close()
+    started = time.monotonic()
+    # Subscriptions read by pulling (JetStream pull consumers, ``next_msg``) have nobody left to
+    # read them now, and nats-py's ``fetch`` takes messages off their queue without marking them
+    # done, so a drain would wait on them for ever: they go first, their queues with them.
+    for sub in list(nc._subs.values()):
+        if sub._cb is None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+    draining = asyncio.ensure_future(nc.drain())
+    done, _ = await asyncio.wait({draining}, timeout=timeout_s)
+    if not done:
+        stuck = [sub.subject for sub in nc._subs.values() if sub._pending_queue._unfinished_tasks]
+        log.warning("drain_timed_out", timeout_s=timeout_s, subscriptions_waited_on=stuck[:5])
+        draining.cancel()
+        await asyncio.wait({draining})
+    if draining.done() and not draining.cancelled():
+        draining.exception()  # retrieved: a drain that failed is closed below, not printed
+    with contextlib.suppress(Exception):
+        await nc.close()
+    if timings is not None:
+        timings["drain_s"] = time.monotonic() - started
 
 
 def apply_niceness(increment: int) -> int:

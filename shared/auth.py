@@ -24,16 +24,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.subjects import Channel, Subjects, validate_session_id
+from shared.subjects import AUTH_EXPLAIN_SUBJECT, Channel, Subjects, validate_session_id
 
 APP_ACCOUNT = "APP"
 CLIENT_ACCOUNT = "CLIENTS"
 SYSTEM_ACCOUNT = "SYS"
+# where a refused client may ask why (``explain``): nothing there but the one request below
+EXPLAIN_ACCOUNT = "EXPLAIN"
 
 # nats-server's own subjects (not ours to choose): the callout request, and the system
 # account's per-server request that disconnects one client.
 AUTH_REQUEST_SUBJECT = "$SYS.REQ.USER.AUTH"
 AUTH_QUEUE_GROUP = "auth"
+# the server's own events on every client of an account connecting and leaving: how the auth
+# service learns that a connection it admitted is gone (its connection limits count live ones)
+CONNECT_EVENT = "$SYS.ACCOUNT.{account}.CONNECT"
+DISCONNECT_EVENT = "$SYS.ACCOUNT.{account}.DISCONNECT"
+CLIENT_INFO_HEADER = "Nats-Request-Info"  # the server's note of who sent a service request
+
+# A client the server refused ("Authorization Violation", the callout's reason stays in the
+# server's log) may connect once more with ``explain:<nonce>`` as its token: it lands in the
+# ``EXPLAIN`` account, may only request the reason for a token and read the answer on its own
+# inbox (``_INBOX_EXPLAIN.<nonce>``), and is disconnected after ``EXPLAIN_TTL_S``.
+EXPLAIN_TOKEN_PREFIX = "explain:"
+EXPLAIN_INBOX = "_INBOX_EXPLAIN"
+EXPLAIN_TTL_S = 10
 
 # Service users: one per service, each with the permissions of ``service_permissions``.
 SERVICE_ROLES = ("auth", "ingest", "preprocess", "generator", "garments", "passthrough")
@@ -53,6 +68,11 @@ TOKEN_SCHEME = "cht1"  # the session token's version tag: ``cht1.<claims>.<signa
 def kick_subject(server_id: str) -> str:
     """The system-account request that makes server ``server_id`` drop one client (by cid)."""
     return f"$SYS.REQ.SERVER.{server_id}.KICK"
+
+
+def explain_inbox_prefix(nonce: str) -> str:
+    """The reply inbox of one ``explain`` connection (the nonce is its own: no other reads it)."""
+    return f"{EXPLAIN_INBOX}.{nonce}"
 
 
 def session_inbox_prefix(session_id: str) -> str:
@@ -211,7 +231,8 @@ class SessionLimits:
 
     max_payload: int = 2 * 1024 * 1024
     max_subscriptions: int = 16
-    max_connections: int = 1024
+    max_connections: int = 1024  # all session clients together; per session and address: the auth service
+    max_explain_connections: int = 64  # refused clients asking why, all together
 
 
 @dataclass(frozen=True)
@@ -236,7 +257,7 @@ class ServerAuth:
         lines += self._users(APP_ACCOUNT)
         lines.append("    exports: [")
         lines += [f"      {{stream: {_q(x)}}}" for x in to_clients]
-        lines += [f"      {{service: {_q(x)}}}" for x in services]
+        lines += [f"      {{service: {_q(x)}}}" for x in [*services, AUTH_EXPLAIN_SUBJECT]]
         lines.append("    ]")
         lines.append("    imports: [")
         lines += [f"      {{stream: {{account: {CLIENT_ACCOUNT}, subject: {_q(x)}}}}}" for x in from_clients]
@@ -251,7 +272,17 @@ class ServerAuth:
         lines.append("    imports: [")
         lines += [f"      {{stream: {{account: {APP_ACCOUNT}, subject: {_q(x)}}}}}" for x in to_clients]
         lines += [f"      {{service: {{account: {APP_ACCOUNT}, subject: {_q(x)}}}}}" for x in services]
-        lines += ["    ]", "  }", f"  {SYSTEM_ACCOUNT} {{"]
+        lines += ["    ]", "  }", f"  {EXPLAIN_ACCOUNT} {{"]
+        lines.append(
+            f"    limits: {{max_payload: 4096, max_subscriptions: 2, "
+            f"max_connections: {lim.max_explain_connections}}}"
+        )
+        # share: the auth service sees the asking client's address (``Nats-Request-Info``)
+        lines.append(
+            f"    imports: [{{service: {{account: {APP_ACCOUNT}, subject: {_q(AUTH_EXPLAIN_SUBJECT)}}}, "
+            "share: true}]"
+        )
+        lines += ["  }", f"  {SYSTEM_ACCOUNT} {{"]
         lines += self._users(SYSTEM_ACCOUNT)
         lines += ["  }", "}", f"system_account: {SYSTEM_ACCOUNT}"]
         auth_users = ", ".join(_q(u.name) for u in self.users)
@@ -300,16 +331,17 @@ def _allow(items: tuple[str, ...]) -> str:
 
 
 # -- what each service user may do ----------------------------------------------------------------
-def _stream_use(stream: str) -> list[str]:
-    """Read a stream and run consumers on it: stream info, direct and API gets (KV reads),
-    consumers (KV watches, object reads, a durable control consumer), acks and flow control in
-    both of the server's reply formats (v1 ``$JS.ACK.<stream>``, v2 ``$JS.ACK.<domain>.<hash>.<stream>``)."""
+def _stream_use(stream: str, direct: bool = True) -> list[str]:
+    """Read a stream and run consumers on it: stream info, API gets (KV reads; direct gets, which
+    any replica may answer, only where ``direct``), consumers (KV watches, object reads, a durable
+    control consumer), acks and flow control in both of the server's reply formats (v1
+    ``$JS.ACK.<stream>``, v2 ``$JS.ACK.<domain>.<hash>.<stream>``)."""
     api = "$JS.API"
+    gets = [f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"] if direct else []
     return [
         f"{api}.STREAM.INFO.{stream}",
         f"{api}.STREAM.MSG.GET.{stream}",
-        f"{api}.DIRECT.GET.{stream}",
-        f"{api}.DIRECT.GET.{stream}.>",
+        *gets,
         f"{api}.CONSUMER.CREATE.{stream}",
         f"{api}.CONSUMER.CREATE.{stream}.>",
         f"{api}.CONSUMER.DURABLE.CREATE.{stream}.>",
@@ -329,16 +361,23 @@ def _stream_own(stream: str, purge: bool = False) -> list[str]:
     return [*own, f"$JS.API.STREAM.PURGE.{stream}"] if purge else own
 
 
-def _kv(bucket: str, write: bool = True) -> list[str]:
+def _kv(bucket: str, write: bool = True, direct: bool = True) -> list[str]:
     stream = Subjects.kv_stream(bucket)
-    return [*_stream_use(stream), *_stream_own(stream), *([f"$KV.{bucket}.>"] if write else [])]
+    return [*_stream_use(stream, direct), *_stream_own(stream), *([f"$KV.{bucket}.>"] if write else [])]
+
+
+def _fleet_kv(bucket: str) -> list[str]:
+    """A bucket whose reads decide ownership or resume a session (leases, owners, session state,
+    stops): no direct gets, so every read the server lets through is the leader's (docs/fleet.md,
+    "Reads on a cluster"); watches and compare-and-set writes as usual."""
+    return _kv(bucket, direct=False)
 
 
 def service_permissions(role: str, subjects: Subjects) -> Permissions:
     """The allow lists of service user ``role``. What none has: deleting a stream or bucket; what
     only the garment service has: writing the garment index and object store."""
     s = subjects
-    fleet = [*_kv(s.worker_bucket), *_kv(s.owner_bucket)]
+    fleet = [*_fleet_kv(s.worker_bucket), *_fleet_kv(s.owner_bucket)]
     js_base = ["$JS.API.INFO", "$JS.API.STREAM.NAMES"]
     events = s.all_sessions(Channel.EVENTS)
     inbox = "_INBOX.>"
@@ -346,8 +385,8 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
         # the control stream's stops through its own durable consumer (docs/security.md)
         control = [*_stream_use(s.control_stream), *_stream_own(s.control_stream)]
         return Permissions(
-            publish=(*js_base, *_kv(s.revocation_bucket), *control),
-            subscribe=(AUTH_REQUEST_SUBJECT, s.all_sessions(Channel.CONTROL), inbox),
+            publish=(*js_base, *_fleet_kv(s.revocation_bucket), *control),
+            subscribe=(AUTH_REQUEST_SUBJECT, AUTH_EXPLAIN_SUBJECT, s.all_sessions(Channel.CONTROL), inbox),
             allow_responses=True,
         )
     if role == "ingest":
@@ -370,8 +409,8 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
                 s.garments("list"),
                 *js_base,
                 *control,
-                *_kv(s.session_bucket),
-                *_kv(s.revocation_bucket),  # keeps a stop before purging the session's history
+                *_fleet_kv(s.session_bucket),
+                *_fleet_kv(s.revocation_bucket),  # keeps a stop before purging the session's history
                 *fleet,
             ),
             # the viewers' receiver reports: a session's output quality (services/generator/downlink.py)
@@ -394,8 +433,14 @@ def service_permissions(role: str, subjects: Subjects) -> Permissions:
 
 
 def system_permissions() -> Permissions:
-    """The auth service's system-account user: kick a client, read the answer; nothing else."""
-    return Permissions(publish=(kick_subject("*"),), subscribe=("_INBOX.>",))
+    """The auth service's system-account user: kick a client, read the answer, and hear session
+    and explain clients connect and leave (the connection limits count live ones); nothing else."""
+    events = [
+        event.format(account=account)
+        for account in (CLIENT_ACCOUNT, EXPLAIN_ACCOUNT)
+        for event in (CONNECT_EVENT, DISCONNECT_EVENT)
+    ]
+    return Permissions(publish=(kick_subject("*"),), subscribe=("_INBOX.>", *events))
 
 
 def server_auth(

@@ -21,6 +21,8 @@ import asyncio
 import contextlib
 import dataclasses
 import inspect
+import json
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -32,13 +34,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared import control
-from shared.auth import NatsCredentials
+from shared.auth import EXPLAIN_TOKEN_PREFIX, NatsCredentials, explain_inbox_prefix
 from shared.garment_client import GarmentClient
 from shared.garment_schemas import GarmentRecord
 from shared.headers import FrameMeta, HeaderError, now_ns
 from shared.pacing import PacerConfig, ProbeToken, SendPacer
 from shared.schemas import Control, Event, SchemaError
-from shared.subjects import DEFAULT_PREFIX, Channel, Subjects
+from shared.subjects import AUTH_EXPLAIN_SUBJECT, DEFAULT_PREFIX, Channel, Subjects
 
 RECONNECT_BUFFER_BYTES = 256 * 1024  # small: control messages only, frames are never buffered
 CAMERA_STAGE = "camera"
@@ -54,12 +56,72 @@ class NatsUnavailable(ConnectionError):
 
 
 class NatsRefused(NatsUnavailable):
-    """The server answered but refused the credentials (wrong, expired or revoked)."""
+    """The server answered but refused the credentials (wrong, expired or revoked).
+    ``auth_error``: why, as the deployment's auth service says (empty when it could not be asked):
+    the server itself tells a client no more than "Authorization Violation"."""
 
-    def __init__(self, urls: list[str], reason: str) -> None:
-        ConnectionError.__init__(self, f"NATS at {','.join(urls)} refused the credentials ({reason})")
+    def __init__(self, urls: list[str], reason: str, auth_error: str = "") -> None:
+        why = f"{reason}: {auth_error}" if auth_error else reason
+        ConnectionError.__init__(self, f"NATS at {','.join(urls)} refused the credentials ({why})")
         self.urls = urls
         self.waited_s = 0.0
+        self.auth_error = auth_error
+
+
+@dataclass(frozen=True)
+class TokenVerdict:
+    """What the deployment's auth service says of a token from this client's address:
+    ``asked`` False when nobody could be asked (``note`` says why); ``auth_error`` the reason it is
+    refused, empty when it would be admitted now."""
+
+    asked: bool
+    auth_error: str = ""
+    note: str = ""
+
+    @property
+    def admitted(self) -> bool:
+        return self.asked and not self.auth_error
+
+
+async def explain_token(url: str, token: str, timeout_s: float = 3.0) -> TokenVerdict:
+    """Ask the auth service why ``token`` would be refused (docs/security.md, "Why a connect was
+    refused"): a connection of its own with ``explain:<nonce>`` as its token, which the auth
+    service admits for ten seconds to the one request ``_CHAMELEON.auth.explain``."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    nonce = secrets.token_hex(8)
+    nc = NATS()
+
+    async def quiet(_exc: Exception) -> None:
+        return None
+
+    try:
+        await asyncio.wait_for(
+            nc.connect(
+                servers=servers,
+                name="explain",
+                token=f"{EXPLAIN_TOKEN_PREFIX}{nonce}",
+                inbox_prefix=explain_inbox_prefix(nonce),
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=timeout_s,
+                error_cb=quiet,
+            ),
+            timeout_s,
+        )
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await nc.close()
+        return TokenVerdict(False, note=f"cannot ask the auth service ({str(exc) or type(exc).__name__})")
+    try:
+        reply = await nc.request(AUTH_EXPLAIN_SUBJECT, token.encode(), timeout=timeout_s)
+        return TokenVerdict(True, str(json.loads(reply.data).get("auth_error") or ""))
+    except nats.errors.NoRespondersError:
+        return TokenVerdict(False, note="no auth service answers: this server does not check tokens")
+    except Exception as exc:
+        return TokenVerdict(False, note=f"the auth service did not answer ({str(exc) or type(exc).__name__})")
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
 
 
 Callback = Callable[[], Awaitable[None]]
@@ -131,7 +193,8 @@ async def connect(
             with contextlib.suppress(Exception):
                 await nc.close()
             if refused.done():
-                raise NatsRefused(servers, refused.result()) from failure
+                why = await explain_token(url, credentials.token) if credentials.token else None
+                raise NatsRefused(servers, refused.result(), why.auth_error if why else "") from failure
             if failure is None or isinstance(failure, (TimeoutError, OSError, nats.errors.NoServersError)):
                 raise NatsUnavailable(servers, give_up_after_s) from failure
             raise failure
@@ -418,9 +481,11 @@ __all__ = [
     "NatsRefused",
     "NatsUnavailable",
     "Session",
+    "TokenVerdict",
     "Watch",
     "camera_frame",
     "connect",
+    "explain_token",
     "publish_frame",
     "watch",
 ]

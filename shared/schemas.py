@@ -332,8 +332,8 @@ class Conditioning(Message):
 @dataclass(frozen=True)
 class SessionState(Message):
     """What survives a generator restart, kept in the KV bucket ``<P>_SESSIONS`` under the session
-    id by the session's one owner (a plain put, docs/fleet.md): the garment in effect, its backend,
-    and the ids of the last control events applied (idempotency)."""
+    id by the session's one owner (docs/fleet.md): the garment in effect, its backend, the ids of
+    the last control events applied (idempotency) and where in the control stream it stands."""
 
     TYPE: ClassVar[str] = "session_state"
     # written by earlier versions and read by none: the start's size and rate, and a change counter
@@ -348,3 +348,6 @@ class SessionState(Message):
     swap_published_ns: int = 0
     # the swap in effect but not yet shown (its swap_applied not yet sent): a new owner answers it
     pending_event_id: str = ""
+    # the control stream's sequence of the last control message applied to the session: a new
+    # owner reads the session's control from the stream after it (docs/fleet.md, "Control")
+    control_seq: int = 0

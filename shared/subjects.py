@@ -14,6 +14,9 @@ from enum import Enum
 
 DEFAULT_PREFIX = "chameleon"
 SERVICE_TOKEN = "_svc"
+# Where a client the server refused asks the auth service why (docs/security.md, "Why a connect
+# was refused"). Outside every prefix: the client asks before it knows anything of the deployment.
+AUTH_EXPLAIN_SUBJECT = "_CHAMELEON.auth.explain"
 _SESSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 
@@ -126,10 +129,11 @@ class Subjects:
         return f"{self.stream_token}_OWNERS"
 
     @staticmethod
-    def control_consumer(stage: str, session_id: str) -> str:
-        """The durable consumer of one session's control subject, bound by whichever worker of
-        ``stage`` owns the session: a new owner resumes where the old one acknowledged."""
-        return f"{stage}-{validate_session_id(session_id)}"
+    def control_consumer(stage: str, worker_id: str) -> str:
+        """The consumer of every session's control subject that one worker of ``stage`` reads
+        (it applies what its own sessions get; a new owner reads a session's earlier control from
+        the stream itself, docs/fleet.md)."""
+        return f"{stage}-{validate_session_id(worker_id)}"
 
     @property
     def revocation_bucket(self) -> str:

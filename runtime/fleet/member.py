@@ -16,10 +16,12 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from runtime.fleet.records import Ownership, WorkerLease, lease_key, owner_key, place, safe_worker_id
 from runtime.fleet.view import FleetView, assign, open_view, unassign
+from runtime.jetstream import NOT_YET, START_DEADLINE_S
 from runtime.logging import get_logger
 from shared.subjects import Subjects
 
 log = get_logger("fleet")
+SWEEP_PARALLEL = 16  # owner records written at once by one failover sweep
 
 
 class WorkerSettings(Protocol):
@@ -74,6 +76,7 @@ class FleetMember:
         self._busy = False  # a serve/unserve callback is running
         self._renew_failed = False
         self._sweep_after = 0.0  # monotonic time before which this worker re-places nothing
+        self._orphaned_since: dict[str, float] = {}  # session -> when this worker saw it orphaned
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
@@ -106,7 +109,18 @@ class FleetMember:
     async def start(self) -> None:
         self.view = await open_view(self.js, self.subjects, self.replicas)
         self.view.listeners.append(self._on_owner_change)
-        await self._renew()
+        give_up = time.monotonic() + START_DEADLINE_S
+        while True:  # a cluster still electing leaders at start: ask again, do not exit
+            try:
+                await self._renew()
+                break
+            except NOT_YET as exc:
+                if time.monotonic() > give_up:
+                    raise
+                log.warning(
+                    "lease_not_written_yet", worker=self.worker_id, error=str(exc) or type(exc).__name__
+                )
+                await asyncio.sleep(0.5)
         self._tasks = [
             asyncio.create_task(self._apply_changes(), name="fleet:changes"),
             asyncio.create_task(self._renew_loop(), name="fleet:lease"),
@@ -123,32 +137,51 @@ class FleetMember:
         compare-and-set, and this worker stops serving it as soon as the new owner holds it."""
         assert self.view is not None
         self.draining = True
-        with contextlib.suppress(Exception):
-            await self._renew()
-        for session_id in list(self.serving):
-            held = self.view.owner(self.stage, session_id)
-            if held is None or held[0].worker_id != self.worker_id:
-                continue
-            chosen = place(
-                session_id,
-                self.view.workers(self.stage),
-                self.view.owned(self.stage),
-                time.time_ns(),
-                backend=self.backend,
-                exclude=(self.worker_id,),
-            )
-            if (
-                chosen is None
-                or await assign(self.view, self.stage, session_id, chosen.worker_id, "drain", held) is None
-            ):
-                await unassign(self.view, self.stage, session_id, self.worker_id)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._settled(), timeout_s)
-
-    async def _settled(self) -> None:
-        while self.serving or not self._changes.empty() or self._busy:
+        with contextlib.suppress(Exception):  # bounded: a renewal that hangs must not hold the exit
+            await asyncio.wait_for(self._renew(), self.lease_s)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # what the records give this worker, not only what it serves: a session handed here
+            # meanwhile by a worker draining at the same moment is passed on too
+            for session_id in self.view.sessions_of(self.stage, self.worker_id):
+                await self._hand_over(session_id)
+            if self._is_settled() or time.monotonic() >= deadline:
+                return
+            self.view.changed.clear()
             self._emptied.clear()
-            await self._emptied.wait()
+            waits = [asyncio.ensure_future(e.wait()) for e in (self.view.changed, self._emptied)]
+            await asyncio.wait(waits, timeout=min(0.25, deadline - time.monotonic()))
+            for w in waits:
+                w.cancel()
+
+    async def _hand_over(self, session_id: str) -> None:
+        """Re-place one of this worker's sessions elsewhere (never here), or give it up."""
+        assert self.view is not None
+        held = self.view.owner(self.stage, session_id)
+        if held is None or held[0].worker_id != self.worker_id:
+            return
+        chosen = place(
+            session_id,
+            self.view.workers(self.stage),
+            self.view.owned(self.stage),
+            time.time_ns(),
+            backend=self.backend,
+            exclude=(self.worker_id,),
+        )
+        if (
+            chosen is None
+            or await assign(self.view, self.stage, session_id, chosen.worker_id, "drain", held) is None
+        ):
+            await unassign(self.view, self.stage, session_id, self.worker_id)
+
+    def _is_settled(self) -> bool:
+        assert self.view is not None
+        return (
+            not self.serving
+            and self._changes.empty()
+            and not self._busy
+            and not self.view.sessions_of(self.stage, self.worker_id)
+        )
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -246,25 +279,54 @@ class FleetMember:
                 log.warning("fleet_sweep_failed", error=str(exc) or type(exc).__name__)
 
     async def _sweep(self) -> None:
+        """One pass: the sessions of lapsed workers (each lapse confirmed once, from the bucket's
+        leader), re-placed by the worker that placement gives them to, in parallel.
+
+        Why each takes its own share: a worker with hundreds of sessions leaves hundreds of
+        orphans, and every survivor walking all of them one by one, racing the others on each
+        compare-and-set, took seconds per hundred. Every survivor computes the same placement (same
+        records, sorted), so each claims only what lands on itself, all at once; a session nobody
+        claimed within a lease (the views differed) is re-placed by whichever worker sees it."""
         assert self.view is not None
-        now = time.time_ns()
-        for (stage, session_id), held in list(self.view.owners.items()):
-            if stage != self.stage or self.view.owner_alive(stage, session_id, now):
+        now, mono = time.time_ns(), time.monotonic()
+        stage = self.stage
+        lapsed: dict[str, bool] = {}
+        orphans: list[tuple[str, tuple[Ownership, int]]] = []
+        for (s, session_id), held in sorted(self.view.owners.items()):
+            if s != stage or self.view.owner_alive(stage, session_id, now):
                 continue
-            if not await self.view.confirm_lapsed(stage, held[0].worker_id):
-                continue  # the watch was behind: that worker is alive
-            owned = self.view.owned(stage)
-            chosen = place(session_id, self.view.workers(stage), owned, now, backend=self.backend)
+            worker = held[0].worker_id
+            if worker not in lapsed:  # the watch may be behind: that worker may be alive
+                lapsed[worker] = await self.view.confirm_lapsed(stage, worker)
+            if lapsed[worker]:
+                orphans.append((session_id, held))
+        seen = {session_id for session_id, _ in orphans}
+        self._orphaned_since = {k: v for k, v in self._orphaned_since.items() if k in seen}
+        owned = self.view.owned(stage)
+        workers = self.view.workers(stage)
+        claims: list[tuple[str, str, tuple[Ownership, int]]] = []
+        for session_id, held in orphans:
+            since = self._orphaned_since.setdefault(session_id, mono)
+            chosen = place(session_id, workers, owned, now, backend=self.backend)
             if chosen is None:
                 continue  # nobody has room: the session waits (its camera gets at_capacity at ingest)
-            record = await assign(self.view, stage, session_id, chosen.worker_id, "failover", held)
+            owned[chosen.worker_id] += 1  # the next orphan sees this one placed
+            if chosen.worker_id == self.worker_id or mono - since > self.lease_s:
+                claims.append((session_id, chosen.worker_id, held))
+        gate = asyncio.Semaphore(SWEEP_PARALLEL)
+
+        async def claim(session_id: str, worker: str, held: tuple[Ownership, int]) -> None:
+            async with gate:
+                record = await assign(self.view, stage, session_id, worker, "failover", held)  # type: ignore[arg-type]
             if record is not None:
-                log.info(
-                    "session_failed_over",
-                    session_id=session_id,
-                    to=chosen.worker_id,
-                    previous=held[0].worker_id,
-                )
+                log.info("session_failed_over", session_id=session_id, to=worker, previous=held[0].worker_id)
+
+        results = await asyncio.gather(*(claim(*c) for c in claims), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:  # the next sweep tries them again
+            log.warning(
+                "fleet_sweep_failed", claims=len(failed), error=str(failed[0]) or type(failed[0]).__name__
+            )
 
     async def _mark_ready(self, session_id: str) -> None:
         """Tell the placer this worker now takes the session's frames (compare-and-set: if the

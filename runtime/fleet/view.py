@@ -15,7 +15,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from runtime.fleet.records import Ownership, WorkerLease, lease_key, next_epoch, owner_key
-from runtime.jetstream import key_value
+from runtime.jetstream import key_value, leader_get
 from runtime.logging import get_logger
 from shared.schemas import SchemaError
 from shared.subjects import Subjects
@@ -41,6 +41,7 @@ def registry_configs(subjects: Subjects, replicas: int = 1) -> tuple[KeyValueCon
         history=1,
         storage=StorageType.MEMORY,
         replicas=replicas,
+        direct=False,  # reads that decide come from the leader (docs/fleet.md, "Reads on a cluster")
         description="fleet registry: <stage>.<worker> -> WorkerLease",
     )
     owners = KeyValueConfig(
@@ -48,6 +49,7 @@ def registry_configs(subjects: Subjects, replicas: int = 1) -> tuple[KeyValueCon
         history=1,
         storage=StorageType.FILE,
         replicas=replicas,
+        direct=False,
         description="session ownership: <stage>.<session> -> Ownership",
     )
     return workers, owners
@@ -62,9 +64,12 @@ class FleetView:
     ``ready`` is set once both have delivered what the buckets held; listeners hear every change
     of an owner record (``stage, session_id, record or None``)."""
 
-    def __init__(self, workers: KeyValue, owners: KeyValue) -> None:
+    def __init__(self, workers: KeyValue, owners: KeyValue, js: JetStreamContext | None = None) -> None:
         self.workers_kv = workers
         self.owners_kv = owners
+        # leader reads (``confirm_lapsed``); nats-py's KeyValue keeps its bucket and context private
+        self.js = js if js is not None else workers._js
+        self.workers_bucket = workers._name
         self.leases: dict[tuple[str, str], WorkerLease] = {}
         self.lease_seen: dict[tuple[str, str], float] = {}  # when each lease last changed (monotonic)
         self.owners: dict[tuple[str, str], tuple[Ownership, int]] = {}
@@ -198,13 +203,13 @@ class FleetView:
     async def confirm_lapsed(self, stage: str, worker_id: str) -> bool:
         """Read a lease straight from the bucket before acting on its lapse: the watch may be
         stale (a lost node), and re-placing a live worker's session makes two owners fight."""
-        try:
-            entry = await self.workers_kv.get(lease_key(stage, worker_id))
-        except KeyNotFoundError:
+        try:  # the leader's copy: a follower that lags would show a live worker as lapsed
+            entry = await leader_get(self.js, self.workers_bucket, lease_key(stage, worker_id))
+        except Exception:
+            return False  # cannot tell (no leader yet): do nothing now, the next sweep looks again
+        if entry is None:
             self.leases.pop((stage, worker_id), None)
             return True
-        except Exception:
-            return False  # cannot tell: do nothing now, the next sweep looks again
         if not entry.value:
             return True
         try:
@@ -236,7 +241,7 @@ async def open_view(js: JetStreamContext, subjects: Subjects, replicas: int = 1)
     workers_cfg, owners_cfg = registry_configs(subjects, replicas)
     workers = await key_value(js, workers_cfg)
     owners = await key_value(js, owners_cfg)
-    return await FleetView(workers, owners).start()
+    return await FleetView(workers, owners, js).start()
 
 
 async def assign(

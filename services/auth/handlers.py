@@ -2,8 +2,14 @@
 
 - ``$SYS.REQ.USER.AUTH`` (queue group ``auth``): every connect attempt that is not a configured
   service user. A valid session token gets a user JWT for that session alone, placed in the
-  ``CLIENTS`` account and expiring with the token (the server disconnects it then); anything else
-  gets an error, and the server refuses the connection.
+  ``CLIENTS`` account and expiring with the token (the server disconnects it then), unless its
+  session or its address already holds the most live connections allowed; anything else gets an
+  error, and the server refuses the connection. A token ``explain:<nonce>`` (a refused client
+  asking why) gets ten seconds in the ``EXPLAIN`` account, where it may only ask the next one.
+- ``_CHAMELEON.auth.explain``: the reason a token is refused from the asking client's address
+  (the server tells the client only "Authorization Violation").
+- ``$SYS.ACCOUNT.{CLIENTS,EXPLAIN}.{CONNECT,DISCONNECT}`` (the system user): which admitted
+  connections are up and which have gone, so the limits count live connections only.
 - ``<p>.*.control``: a ``stop`` revokes the session's tokens issued so far and kicks its connected
   clients through the system account (``$SYS.REQ.SERVER.<id>.KICK``), so their reconnects are
   refused too. Every running replica hears each stop on the subject at once.
@@ -37,13 +43,26 @@ from runtime.bus import connect
 from runtime.jetstream import control_stream
 from runtime.logging import RateLimitedLog, get_logger
 from runtime.service import ServiceContext
-from services.auth.authorizer import Authorizer, Connection
-from services.auth.callout import CalloutError, decode_request, response_jwt, user_jwt
-from services.auth.permissions import session_permissions, session_user_name
+from services.auth.authorizer import Authorizer, Connection, ConnectionLimits
+from services.auth.callout import AuthRequest, CalloutError, decode_request, response_jwt, user_jwt
+from services.auth.permissions import explain_permissions, session_permissions, session_user_name
 from services.auth.settings import AuthSettings
-from shared.auth import AUTH_QUEUE_GROUP, AUTH_REQUEST_SUBJECT, NatsCredentials, SessionLimits, kick_subject
+from shared.auth import (
+    AUTH_QUEUE_GROUP,
+    AUTH_REQUEST_SUBJECT,
+    CLIENT_ACCOUNT,
+    CLIENT_INFO_HEADER,
+    CONNECT_EVENT,
+    DISCONNECT_EVENT,
+    EXPLAIN_ACCOUNT,
+    EXPLAIN_TOKEN_PREFIX,
+    EXPLAIN_TTL_S,
+    NatsCredentials,
+    SessionLimits,
+    kick_subject,
+)
 from shared.control import control_for
-from shared.subjects import Channel
+from shared.subjects import AUTH_EXPLAIN_SUBJECT, Channel
 from shared.tokens import TokenError, keypair, verify_key
 
 log = get_logger("auth")
@@ -65,8 +84,12 @@ class AuthHandlers:
         self.limits = limits or SessionLimits()
         self.issuer: nkeys.KeyPair = keypair(settings.auth_issuer_seed)
         verify_key(settings.auth_token_public_key, nkeys.PREFIX_BYTE_OPERATOR)  # a typo fails at start
-        self.authorizer = Authorizer(settings.auth_token_public_key)
+        self.authorizer = Authorizer(
+            settings.auth_token_public_key,
+            ConnectionLimits(settings.max_connections_per_session, settings.max_connections_per_address),
+        )
         self.kicked = 0
+        self.explained = 0
         self._subs: list[Subscription] = []
         self._sys: NATS | None = None
         self._revocations: KeyValue | None = None
@@ -82,9 +105,17 @@ class AuthHandlers:
                 user=self.settings.auth_sys_user, password=self.settings.auth_sys_password
             )
             self._sys = await connect(self.settings.nats_url, "auth-sys", credentials=creds)
+            for account in (CLIENT_ACCOUNT, EXPLAIN_ACCOUNT):
+                for event, cb in ((CONNECT_EVENT, self.on_connect_event), (DISCONNECT_EVENT, self.on_left)):
+                    await self._sys.subscribe(event.format(account=account), cb=cb)
+            await self._sys.flush()
+        else:  # nothing says when a connection leaves: counting would lock sessions out for good
+            self.authorizer.limits = None
+            log.warning("connection_limits_off", reason="no system user (CHAMELEON_AUTH_SYS_USER)")
         await self._restore_revocations()
         self._subs = [
             await nc.subscribe(AUTH_REQUEST_SUBJECT, queue=AUTH_QUEUE_GROUP, cb=self.on_request),
+            await nc.subscribe(AUTH_EXPLAIN_SUBJECT, queue=AUTH_QUEUE_GROUP, cb=self.on_explain),
             await nc.subscribe(subjects.all_sessions(Channel.CONTROL), cb=self.on_control),
         ]
         await self._follow_stored_stops()
@@ -193,7 +224,14 @@ class AuthHandlers:
 
     def health(self) -> dict:
         a = self.authorizer
-        return {"admitted": a.admitted_total, "refused": a.refused_total, "kicked": self.kicked}
+        return {
+            "admitted": a.admitted_total,
+            "refused": a.refused_total,
+            "refused_for_limits": dict(a.refused_for_limits),
+            "connections": len(a.ledger),
+            "explained": self.explained,
+            "kicked": self.kicked,
+        }
 
     async def on_request(self, msg: Msg) -> None:
         try:
@@ -202,8 +240,11 @@ class AuthHandlers:
             self._refusals.warning("auth_request_invalid", error=str(exc))
             return
         now = time.time()
+        if request.token.startswith(EXPLAIN_TOKEN_PREFIX):
+            await self._admit_explain(msg, request, now)
+            return
         try:
-            claims = self.authorizer.authorize(request.token, now)
+            claims = self.authorizer.authorize(request.token, now, request.host)
         except TokenError as exc:
             self._refusals.info(
                 "auth_refused", reason=str(exc), client=request.client_name, host=request.host
@@ -220,11 +261,50 @@ class AuthHandlers:
             max_payload=self.limits.max_payload,
             max_subscriptions=self.limits.max_subscriptions,
         )
-        self.authorizer.admitted(claims, request.server_id, request.client_id, now)
+        self.authorizer.admitted(claims, request.server_id, request.client_id, now, request.host)
         log.info(
             "auth_admitted", session_id=claims.session_id, client=request.client_name, cid=request.client_id
         )
         await msg.respond(response_jwt(self.issuer, request, jwt=jwt))
+
+    async def _admit_explain(self, msg: Msg, request: AuthRequest, now: float) -> None:
+        """A refused client asking why: ten seconds in the ``EXPLAIN`` account, allowed only to
+        ask (``on_explain``) and to read the answer on its own inbox."""
+        nonce = request.token[len(EXPLAIN_TOKEN_PREFIX) :]
+        expires = int(now) + EXPLAIN_TTL_S
+        try:
+            permissions = explain_permissions(nonce)
+            self.authorizer.admit_explain(request.server_id, request.client_id, request.host, now, expires)
+        except (TokenError, ValueError) as exc:
+            self._refusals.info("explain_refused", reason=str(exc), host=request.host)
+            await msg.respond(response_jwt(self.issuer, request, error=str(exc)))
+            return
+        jwt = user_jwt(self.issuer, request, EXPLAIN_ACCOUNT, "explain", permissions, expires)
+        await msg.respond(response_jwt(self.issuer, request, jwt=jwt))
+
+    async def on_explain(self, msg: Msg) -> None:
+        """Why the token in the request is refused from the asking client's address (the
+        server's note of the requester, ``Nats-Request-Info``): ``{"auth_error": reason}``, an
+        empty reason when it would be admitted now."""
+        if not msg.reply:
+            return
+        host = ""
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            host = str(json.loads((msg.headers or {}).get(CLIENT_INFO_HEADER, "{}")).get("host") or "")
+        token = msg.data[:4096].decode("utf-8", "replace").strip()
+        reason = self.authorizer.explain(token, time.time(), host)
+        self.explained += 1
+        await msg.respond(json.dumps({"auth_error": reason}).encode())
+
+    async def on_connect_event(self, msg: Msg) -> None:
+        server_id, client_id = _event_client(msg.data)
+        if server_id:
+            self.authorizer.connected(server_id, client_id)
+
+    async def on_left(self, msg: Msg) -> None:
+        server_id, client_id = _event_client(msg.data)
+        if server_id:
+            self.authorizer.disconnected(server_id, client_id)
 
     async def on_control(self, msg: Msg) -> None:
         """A ``stop`` on a session's control subject (the subject names the session: only its own
@@ -266,3 +346,12 @@ class AuthHandlers:
             log.info("kick_failed", session_id=session_id, cid=connection.client_id, error=str(error))
         else:
             self.kicked += 1
+
+
+def _event_client(data: bytes) -> tuple[str, int]:
+    """``(server id, client id)`` of a server's connect or disconnect event; ``("", 0)`` if unreadable."""
+    try:
+        event = json.loads(data)
+        return str(event["server"]["id"]), int(event["client"]["id"])
+    except (ValueError, KeyError, TypeError):
+        return "", 0

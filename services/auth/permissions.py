@@ -10,8 +10,12 @@ object store to reach anyway.
 
 from __future__ import annotations
 
-from shared.auth import Permissions, session_inbox_prefix
-from shared.subjects import Subjects
+import re
+
+from shared.auth import Permissions, explain_inbox_prefix, session_inbox_prefix
+from shared.subjects import AUTH_EXPLAIN_SUBJECT, Subjects
+
+_NONCE = re.compile(r"^[A-Za-z0-9]{8,32}$")
 
 
 def session_permissions(subjects: Subjects, session_id: str) -> Permissions:
@@ -34,3 +38,11 @@ def session_permissions(subjects: Subjects, session_id: str) -> Permissions:
 def session_user_name(session_id: str) -> str:
     """The name the server shows for a session's connections (connz, logs)."""
     return f"session:{session_id}"
+
+
+def explain_permissions(nonce: str) -> Permissions:
+    """A refused client asking why: the one request, and the answer on an inbox its nonce makes
+    its own. ``ValueError`` for a nonce that is not 8-32 letters and digits."""
+    if not _NONCE.match(nonce):
+        raise ValueError("explain: the nonce must be 8-32 letters and digits")
+    return Permissions(publish=(AUTH_EXPLAIN_SUBJECT,), subscribe=(f"{explain_inbox_prefix(nonce)}.>",))

@@ -17,3 +17,7 @@ class AuthSettings(BaseSettings):
     auth_sys_password: str = field(default="", repr=False)
     auth_client_account: str = CLIENT_ACCOUNT  # where session clients are placed
     auth_kick_timeout_s: float = 2.0
+    # live connections one session token / one client address may hold (0: no limit); counted by
+    # this service from the server's connect and disconnect events (needs the system user)
+    max_connections_per_session: int = 4
+    max_connections_per_address: int = 64

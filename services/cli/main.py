@@ -518,7 +518,7 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
     from services.auth.keys import AuthKeys
     from shared.auth import read_token
     from shared.subjects import InvalidSessionId
-    from shared.tokens import KeysError, mint
+    from shared.tokens import KeysError, mint, public_key
 
     data_dir = args.data_dir or default_data_dir()
     keys_file = data_dir / KEYS_FILE
@@ -529,7 +529,8 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
         )
         return 2
     try:
-        token = mint(seed or AuthKeys.load(keys_file).token_seed, args.session, args.ttl)
+        token_seed = seed or AuthKeys.load(keys_file).token_seed
+        token = mint(token_seed, args.session, args.ttl)
     except (KeysError, InvalidSessionId, ValueError) as exc:
         print(f"chameleon session: {exc}", file=sys.stderr)
         return 2
@@ -539,6 +540,11 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
             record = json.loads((data_dir / UP_RECORD).read_text())
             url = url or record["nats_url"]
             ws_url = ws_url or record.get("ws_url") or ""
+    check_url = settings.nats_url or url  # the one this process reaches (compose: the internal name)
+    keys_source = ENV_TOKEN_SEED if seed else str(keys_file)
+    if check_url and (refusal := _token_refused(check_url, token, public_key(token_seed), keys_source)):
+        print(f"chameleon session: {refusal}", file=sys.stderr)
+        return 2
     expires = datetime.fromtimestamp(read_token(token).expires_at, timezone.utc)
     result = {
         "session_id": args.session,
@@ -554,6 +560,29 @@ def cmd_session(args: argparse.Namespace, settings: BaseSettings) -> int:
         if url:
             print(f"export NATS_URL={url}")
     return 0
+
+
+def _token_refused(url: str, token: str, ours: str, keys_source: str) -> str:
+    """Why the server at ``url`` would refuse a token just minted from ``keys_source``, with the fix,
+    when its keys are not those of that server; empty otherwise. Asked of the deployment's auth
+    service (``shared.client.explain_token``): a server that cannot be asked gets a note on
+    stderr and the token (it may be meant for later)."""
+    from shared.client import explain_token
+
+    verdict = asyncio.run(explain_token(url, token, timeout_s=connect_timeout_s()))
+    if not verdict.asked:
+        print(f"chameleon session: the token is not checked against {url}: {verdict.note}", file=sys.stderr)
+        return ""
+    if verdict.auth_error.startswith("bad token signature"):
+        theirs = verdict.auth_error.rpartition(" ")[2]
+        return (
+            f"the server at {url} refuses tokens signed with the keys in {keys_source} (token key "
+            f"{ours[:12]}…; it expects {theirs[:12]}…): pass the --data-dir of the `chameleon up` that "
+            "runs it (its first JSON line names it), or point NATS_URL at the server those keys are for"
+        )
+    if verdict.auth_error:  # the session is at its connection limit, say: the token itself is good
+        print(f"chameleon session: note: {url} would refuse it now: {verdict.auth_error}", file=sys.stderr)
+    return ""
 
 
 GRAFANA_PASSWORD = "grafana_admin_password"

@@ -7,9 +7,10 @@
   an ending session publishes what its renderer held back. All three go out through ``publish``,
   which also answers ``swap_applied`` with the first frame a swap shows.
 
-Each of the rest has its module: ``control`` (the per-session JetStream consumer; start, swap,
-stop), ``sessions`` (the served sessions, their backends and garments), ``state`` (the stored state,
-kept stops), ``lifecycle`` (every decision, pure).
+Each of the rest has its module: ``control`` (the worker's JetStream consumer of every session's
+control, and each owned session's control read from the stream; start, swap, stop), ``sessions``
+(the served sessions, their backends and garments), ``state`` (the stored state, kept stops),
+``lifecycle`` (every decision, pure).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from shared.schemas import Conditioning, ReceiverReport, SchemaError
 from shared.subjects import Channel, InvalidSessionId
 
 log = get_logger("generator")
+JS_TIMEOUT_S = 2.0
 Rendered = list[tuple[RenderedFrame, bytes]]  # frames and their JPEGs, encoded on the drawing thread
 
 
@@ -84,7 +86,8 @@ class GeneratorHandlers:
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         ctx, settings = self.ctx, self.settings
-        js = self.control.js = ctx.nc.jetstream()
+        # 2 s per JetStream request: during an election a quick retry beats a 5 s wait
+        js = self.control.js = ctx.nc.jetstream(timeout=JS_TIMEOUT_S)
         await control_stream(js, ctx.subjects, settings.js_replicas)
         self.sessions.store = await SessionStore.open(js, ctx.subjects, settings.js_replicas)
         backend = resolve(settings.backend, settings)
@@ -101,6 +104,7 @@ class GeneratorHandlers:
             free_slots=self.sessions.backends[backend].free_slots,
         )
         self.stage.owner = self.fleet
+        self.control.start(js, self.fleet.worker_id)
         await ctx.nc.subscribe(ctx.subjects.all_sessions(Channel.FEEDBACK), cb=self.on_receiver_report)
         await self.stage.start(all_sessions=False)
         await self.fleet.start()
@@ -170,6 +174,7 @@ class GeneratorHandlers:
         except SchemaError as exc:
             raise CodedError("bad_conditioning", str(exc)) from None
         sessions = self.sessions
+        await self.control.caught_up(session_id)  # a swap stored before this worker took it comes first
         async with sessions.lock(session_id):
             served = sessions.table.get(session_id) or await sessions.implicit_start(session_id)
             if served.renderer is None:

@@ -58,6 +58,7 @@ class ControlMemory:
 
     applied_events: list[str]
     swap_published_ns: int
+    control_seq: int  # the control stream's sequence of the last message applied
 
     def is_duplicate(self, event_id: str) -> bool:
         return event_id in self.applied_events
@@ -75,10 +76,12 @@ class StoredSession(ControlMemory):
     state: SessionState
     applied_events: list[str] = field(init=False)
     swap_published_ns: int = field(init=False)
+    control_seq: int = field(init=False)
 
     def __post_init__(self) -> None:
         self.applied_events = list(self.state.applied_events)
         self.swap_published_ns = self.state.swap_published_ns
+        self.control_seq = self.state.control_seq
 
     @property
     def garment_id(self) -> str:
@@ -91,6 +94,7 @@ class ServedSession(ControlMemory):
     garment: Garment
     backend: str
     swap_published_ns: int = 0  # when the swap in effect was published (0: none yet)
+    control_seq: int = 0  # the control stream's sequence of the last message applied
     renderer: Renderer | None = None
     in_flight: list[Renderer] = field(default_factory=list)  # renderers drawing on a worker thread
     pending_swap: PendingSwap | None = None
@@ -181,6 +185,7 @@ class ServedSession(ControlMemory):
             updated_ns=time.time_ns(),
             swap_published_ns=self.swap_published_ns,
             pending_event_id=self.pending_swap.event_id if self.pending_swap else "",
+            control_seq=self.control_seq,
         )
 
     def close(self) -> None:
@@ -244,6 +249,7 @@ class SessionTable:
         if state is not None:
             served.applied_events = list(state.applied_events)
             served.swap_published_ns = state.swap_published_ns
+            served.control_seq = state.control_seq
             if state.pending_event_id:  # a swap the last owner applied but never showed
                 now = time.time_ns()
                 served.pending_swap = PendingSwap(
@@ -252,6 +258,7 @@ class SessionTable:
         if previous is not None:
             served.applied_events = list(previous.applied_events)
             served.swap_published_ns = previous.swap_published_ns
+            served.control_seq = previous.control_seq
         self._sessions[session_id] = served
         return served
 

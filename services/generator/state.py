@@ -15,11 +15,10 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from runtime import revocations
-from runtime.jetstream import key_value
+from runtime.jetstream import key_value, leader_get
 from runtime.logging import RateLimitedLog, get_logger
 from services.generator.lifecycle import ServedSession, StoredSession
 from shared.schemas import SchemaError, SessionState
@@ -36,9 +35,10 @@ NO_LEADER = (  # the bucket's stream is between leaders (a node lost): seconds, 
 
 
 class SessionStore:
-    def __init__(self, kv: KeyValue, revoked: KeyValue | None) -> None:
+    def __init__(self, kv: KeyValue, revoked: KeyValue | None, js: JetStreamContext, bucket: str) -> None:
         self.kv = kv
         self.revoked = revoked
+        self.js, self.bucket = js, bucket
         self._lines = RateLimitedLog(log, burst=3)
 
     @classmethod
@@ -46,7 +46,11 @@ class SessionStore:
         kv = await key_value(
             js,
             KeyValueConfig(
-                bucket=subjects.session_bucket, history=1, storage=StorageType.FILE, replicas=replicas
+                bucket=subjects.session_bucket,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=replicas,
+                direct=False,  # read from the leader (``load``)
             ),
         )
         try:  # where a stop is kept for the auth service: its history here is purged on stop
@@ -54,18 +58,18 @@ class SessionStore:
         except Exception as exc:  # an auth-less deployment may not allow it: stops still end sessions
             log.warning("revocations_not_kept", error=f"{type(exc).__name__}: {exc}")
             revoked = None
-        return cls(kv, revoked)
+        return cls(kv, revoked, js, subjects.session_bucket)
 
     async def load(self, sid: str) -> StoredSession | None:
-        """The session as stored; None when there is none, or it cannot be read (logged)."""
+        """The session as stored, read from the bucket's leader: a new owner after a failover
+        must see the garment, applied ids and swap time the last owner acknowledged, not a
+        follower's older copy; None when there is none, or it cannot be read (logged)."""
         try:
-            entry = await self.kv.get(sid)
-        except KeyNotFoundError:
-            return None
+            entry = await leader_get(self.js, self.bucket, sid)
         except Exception as exc:
-            log.warning("session_state_unavailable", error=str(exc))
+            log.warning("session_state_unavailable", error=str(exc) or type(exc).__name__)
             return None
-        if not entry.value:
+        if entry is None or not entry.value:
             return None
         try:
             return StoredSession(SessionState.decode(entry.value))

@@ -37,6 +37,10 @@ class Admission:
             for stage in self.stages
         )
 
+    def has_owners(self, session_id: str) -> bool:
+        """An owner record in every stage (alive or not): a session placed before."""
+        return all(self.view.owner(stage, session_id) is not None for stage in self.stages)
+
     async def admit(self, session_id: str, backend: str = "") -> dict[str, Ownership]:
         """Owners for every stage (existing live ones are kept); raises ``CodedError`` (also
         ``unavailable`` when JetStream cannot be reached, e.g. during a leader election).

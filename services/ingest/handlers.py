@@ -59,6 +59,7 @@ class IngestHandlers:
         self.view: FleetView | None = None
         self.admission: Admission | None = None
         self._refused: dict[str, float] = {}  # session -> monotonic time it may try again
+        self._readmitting: set[str] = set()
         self._background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -74,6 +75,8 @@ class IngestHandlers:
     async def stop(self) -> None:
         for sub in self._subs:
             await sub.unsubscribe()
+        for task in list(self._background):
+            task.cancel()
         await self.stage.close()
         if self.view is not None:
             await self.view.close()
@@ -87,7 +90,17 @@ class IngestHandlers:
         (``at_capacity`` with ``retry_after_s``) and, until that time, drops its frames unread."""
         if self.admission is None or self.admission.admitted(session_id):
             return
+        if self.admission.has_owners(session_id):
+            # placed before and its owners look gone, or the registry is between leaders (a NATS
+            # node lost: seconds): its frames go on to the owners on record while it is placed
+            # again in the background; a frame must never wait on an election
+            self._readmit_in_background(session_id)
+            return
         self._check_refused(session_id)
+        await self._admit_now(session_id)
+
+    async def _admit_now(self, session_id: str) -> None:
+        assert self.admission is not None
         try:
             placed = await self.admission.admit(session_id)
         except CodedError:
@@ -97,6 +110,26 @@ class IngestHandlers:
         log.info(
             "session_admitted", session_id=session_id, owners={s: o.worker_id for s, o in placed.items()}
         )
+
+    def _readmit_in_background(self, session_id: str) -> None:
+        """One re-admission at a time per session, at most one per ``admit_retry_s``; a refusal
+        is answered on the session's events as at its start."""
+        until = self._refused.get(session_id)
+        if session_id in self._readmitting or (until is not None and time.monotonic() < until):
+            return
+
+        async def readmit() -> None:
+            try:
+                await self._admit_now(session_id)
+            except CodedError as exc:
+                await self.stage.reject(session_id, exc.code, exc.message, **exc.data)
+            finally:
+                self._readmitting.discard(session_id)
+
+        self._readmitting.add(session_id)
+        task = asyncio.create_task(readmit(), name=f"readmit:{session_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _check_refused(self, session_id: str) -> None:
         until = self._refused.get(session_id)

@@ -58,6 +58,7 @@ async def serve(settings: WebSettings, stop: asyncio.Event | None = None) -> Non
         token_seed=settings.web_token_seed,
         ttl_s=settings.web_session_ttl_s,
         per_minute=settings.web_sessions_per_minute,
+        total_per_minute=settings.web_sessions_total_per_minute,
         fps=settings.web_fps,
         width=settings.web_width,
         height=settings.web_height,

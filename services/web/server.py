@@ -143,6 +143,7 @@ class WebServer:
             "secure": self.broker.secure,
             "sessions_created": self.broker.created,
             "sessions_refused": self.broker.refused,
+            "sessions_refused_by_scope": dict(self.broker.refused_by_scope),
         }
 
     def metrics(self) -> bytes:
@@ -201,8 +202,8 @@ class WebServer:
             session = self.broker.create(client)
         except RateLimited as exc:
             self.prometheus.sessions_refused.labels("rate_limited").inc()
-            self._lines.warning("session_rate_limited", key="rate", client=client)
-            body = {"error": "rate_limited", "retry_after_s": round(exc.retry_after_s, 1)}
+            self._lines.warning("session_rate_limited", key=exc.scope, client=client, scope=exc.scope)
+            body = {"error": "rate_limited", "scope": exc.scope, "retry_after_s": round(exc.retry_after_s, 1)}
             return web.json_response(body, status=429, headers={"Retry-After": f"{exc.retry_after_s:.0f}"})
         self.prometheus.sessions_created.inc()
         servers = origins.ws_urls(self.broker.ws_url, self.host_of(request))

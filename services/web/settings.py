@@ -22,6 +22,7 @@ class WebSettings(BaseSettings):
     public_hosts: str = ""  # the deployment's host names (comma-separated); empty: localhost, 127.0.0.1
     web_session_ttl_s: float = 900.0  # a page's token lifetime; the page asks again before it ends
     web_sessions_per_minute: int = 30  # new sessions per client address and minute (429 beyond)
+    web_sessions_total_per_minute: int = 600  # new sessions per minute from every address together
     web_fps: float = 15.0  # what the page publishes at
     web_width: int = 640
     web_height: int = 480

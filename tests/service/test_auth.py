@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -34,7 +35,7 @@ from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
 from shared import control
 from shared.auth import ADMIN_USER, SYSTEM_USER, NatsCredentials
-from shared.client import NatsRefused
+from shared.client import NatsRefused, explain_token
 from shared.subjects import Channel, Subjects
 from shared.tokens import mint
 
@@ -102,7 +103,7 @@ class Client:
         raise AssertionError(f"no permissions violation for {subject}; errors: {self.errors}")
 
 
-async def open_client(url: str, creds: NatsCredentials, reconnect: bool = False) -> Client:
+async def open_client(url: str, creds: NatsCredentials, reconnect: bool = False, name: str = "") -> Client:
     client = Client(nc=NATS())
 
     async def on_error(exc: Exception) -> None:
@@ -119,6 +120,7 @@ async def open_client(url: str, creds: NatsCredentials, reconnect: bool = False)
         max_reconnect_attempts=3,
         reconnect_time_wait=0.1,
         connect_timeout=2,
+        name=name or None,
         **creds.connect_options(),
     )
     return client
@@ -161,7 +163,9 @@ async def test_a_token_opens_its_session_and_nothing_else(
 ) -> None:
     url = secure_nats.url
     admin = await open_client(url, keys.credentials(ADMIN_USER))
-    alice = await open_client(url, token(keys, "alice"))
+    # named after another session: the permissions come from the token, never from what the
+    # client calls itself
+    alice = await open_client(url, token(keys, "alice"), name="bob")
     try:
         # its own camera reaches the services; its own output and events reach it
         cameras = S.all_sessions(Channel.CAMERA)
@@ -530,3 +534,108 @@ async def test_a_stop_another_replica_kept_is_applied_here_and_kicks_what_it_cov
     finally:
         for c in (ivan, judy, admin):
             await c.nc.close()
+
+
+async def _attempts(url: str, creds: NatsCredentials, n: int) -> tuple[list[Client], list[str]]:
+    """``n`` connects at once with ``creds``: the clients admitted, the errors of the others."""
+    results = await asyncio.gather(*(open_client(url, creds) for _ in range(n)), return_exceptions=True)
+    admitted = [r for r in results if isinstance(r, Client)]
+    return admitted, [str(r) for r in results if not isinstance(r, Client)]
+
+
+async def test_one_token_gets_its_share_of_connections_and_a_freed_one_is_reused(
+    secure_nats: EmbeddedNats, keys: AuthKeys, auth_service: AuthHandlers
+) -> None:
+    """50 connects on one token: 4 admitted (CHAMELEON_MAX_CONNECTIONS_PER_SESSION), the rest
+    refused, and told why when they ask; another session still connects; a connection closed
+    frees its place (the server's disconnect event reaches the auth service)."""
+    greedy = token(keys, "greedy")
+    admitted, errors = await _attempts(secure_nats.url, greedy, 50)
+    other = None
+    try:
+        assert len(admitted) == 4, errors[:3]
+        assert len(errors) == 46 and all("authorization violation" in e.lower() for e in errors), errors[:3]
+        why = await explain_token(secure_nats.url, greedy.token)
+        assert "session greedy already has 4 connections" in why.auth_error, why
+        assert "CHAMELEON_MAX_CONNECTIONS_PER_SESSION=4" in why.auth_error
+        other = await open_client(secure_nats.url, token(keys, "neighbour"))
+        await admitted.pop().nc.close()
+        again = None
+        for _ in range(int(WAIT_S / 0.1)):  # the disconnect event comes within milliseconds
+            with contextlib.suppress(Exception):
+                again = await open_client(secure_nats.url, greedy)
+                break
+            await asyncio.sleep(0.1)
+        assert again is not None, "a freed connection was never available again"
+        admitted.append(again)
+        assert auth_service.authorizer.ledger.count("greedy") == 4
+    finally:
+        for c in [*admitted, *([other] if other else [])]:
+            await c.nc.close()
+
+
+async def test_one_address_gets_its_share_of_connections(
+    secure_nats: EmbeddedNats, keys: AuthKeys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = dataclasses.replace(
+        await _auth_settings(secure_nats, keys, monkeypatch), max_connections_per_address=6
+    )
+    async with serve_in_task("auth", settings, lambda ctx: AuthHandlers(ctx, settings)):
+        admitted: list[Client] = []
+        try:
+            for session in ("addr-a", "addr-b"):
+                got, _errors = await _attempts(secure_nats.url, token(keys, session), 4)
+                admitted += got
+            assert len(admitted) == 6
+            with pytest.raises(NatsRefused) as refused:
+                await connect(
+                    secure_nats.url, "seventh", give_up_after_s=WAIT_S, credentials=token(keys, "c")
+                )
+            assert "address 127.0.0.1 already has 6 connections" in refused.value.auth_error
+        finally:
+            for c in admitted:
+                await c.nc.close()
+
+
+async def test_a_refused_client_is_told_why(
+    secure_nats: EmbeddedNats, keys: AuthKeys, auth_service: AuthHandlers
+) -> None:
+    """The server says "Authorization Violation" and nothing more; the thin client asks the auth
+    service and puts its reason in the error (``auth_error``)."""
+    other = AuthKeys.generate()
+    cases = {
+        "forged": (
+            mint(other.token_seed, "kim", 60),
+            f"bad token signature: this deployment's token key is {keys.token_public}",
+        ),
+        "expired": (mint(keys.token_seed, "kim", 5, now=time.time() - 60), "token expired"),
+    }
+    for why, (tok, reason) in cases.items():
+        with pytest.raises(NatsRefused) as refused:
+            await connect(
+                secure_nats.url, why, give_up_after_s=WAIT_S, credentials=NatsCredentials(token=tok)
+            )
+        assert refused.value.auth_error == reason, why
+        assert reason in str(refused.value)
+    fine = await explain_token(secure_nats.url, mint(keys.token_seed, "kim", 60))
+    assert fine.asked and fine.admitted
+    assert auth_service.authorizer.explaining.count("") <= 1  # explain connections end, and are counted
+
+
+async def test_session_create_refuses_keys_that_are_not_the_servers(
+    secure_nats: EmbeddedNats, auth_service: AuthHandlers, tmp_path: Path
+) -> None:
+    """``up --data-dir D`` runs, and ``session create`` reads another data dir's keys (the default
+    one, from an earlier run): it refuses, with the fix, instead of printing a token the server
+    would refuse with a bare "Authorization Violation"."""
+    stale = tmp_path / "earlier-run"
+    AuthKeys.load_or_create(stale / KEYS_FILE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_URL", "CHAMELEON_"))}
+    env["NATS_URL"] = secure_nats.url
+    cmd = [sys.executable, "-m", "services.cli.main", "session", "create", "lee", "--data-dir", str(stale)]
+    made = await asyncio.to_thread(
+        subprocess.run, cmd, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT
+    )
+    assert made.returncode == 2 and made.stdout == "", made.stdout
+    assert f"refuses tokens signed with the keys in {stale / KEYS_FILE}" in made.stderr, made.stderr
+    assert "pass the --data-dir of the `chameleon up` that runs it" in made.stderr

@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 from harness.natsserver import EmbeddedCluster, reserve_port
 from runtime.bus import ConnectionState, connect
 from runtime.jetstream import control_stream, key_value, object_store
+from runtime.jetstream import leader_get as runtime_leader_get
 from services.garments.store import blobs_config, index_config
 from shared import control
 from shared.subjects import Subjects
@@ -295,3 +296,83 @@ async def test_an_existing_stream_that_cannot_grow_replicas_does_not_stop_start_
             await control.ensure_control_stream(js, Subjects("growfail2"), replicas=3)
     finally:
         await nc.close()
+
+
+async def test_the_reads_that_decide_come_from_the_leader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """docs/fleet.md, "Reads on a cluster": on a secure three-node cluster (service users as
+    ``chameleon up`` makes them, R3 buckets), a write through one node is what the reads that
+    decide return through another, every time: a new owner's session state, a lease's liveness,
+    a kept stop. The services may not use direct gets on those buckets at all (any replica may
+    answer one, a lagging follower too), and with no leader the read fails instead of answering."""
+    from runtime import revocations
+    from runtime.fleet.records import WorkerLease, lease_key
+    from runtime.fleet.view import open_view
+    from services.auth.keys import AuthKeys
+    from services.generator.state import SessionStore
+    from shared.auth import NatsCredentials
+    from shared.schemas import SessionState
+
+    s = Subjects()
+    keys = AuthKeys.generate()
+    cluster = EmbeddedCluster(3, store_dir=tmp_path / "cluster", auth=keys.server_auth(s)).start()
+    clients: list[NATS] = []
+    violations: list[str] = []
+
+    async def user(node: int, role: str) -> NATS:
+        async def on_error(exc: Exception) -> None:
+            violations.append(str(exc))
+
+        creds: NatsCredentials = keys.credentials(role)
+        nc = await nats.connect(cluster.nodes[node].url, error_cb=on_error, **creds.connect_options())
+        clients.append(nc)
+        return nc
+
+    try:
+        near = await user(0, "generator")
+        writer = near.jetstream(timeout=3)
+        store_near = await SessionStore.open(writer, s, 3)
+        leader = cluster.node_of((await writer.stream_info(f"KV_{s.session_bucket}")).cluster.leader)
+        follower = next(i for i in (2, 1, 0) if i != leader)  # reads through a follower of the bucket
+        far = await user(follower, "generator")
+        reader = far.jetstream(timeout=3)
+        store_far = await SessionStore.open(reader, s, 3)
+        view_far = await open_view(reader, s, 3)
+        workers_near = await writer.key_value(s.worker_bucket)
+        for i in range(20):
+            state = SessionState("s1", f"garment-{i}", applied_events=[f"e{i}"], swap_published_ns=i + 1)
+            await store_near.kv.put("s1", state.encode())
+            loaded = await store_far.load("s1")
+            assert loaded is not None and (loaded.garment_id, loaded.swap_published_ns) == (
+                f"garment-{i}",
+                i + 1,
+            )
+            renewed = time.time_ns() if i % 2 else time.time_ns() - 10**10  # alive, then lapsed 10 s ago
+            lease = WorkerLease("w1", "generator", 4, renewed, 1000)
+            await workers_near.put(lease_key("generator", "w1"), lease.encode())
+            assert await view_far.confirm_lapsed("generator", "w1") is (i % 2 == 0), i
+        stops_near = await revocations.open_bucket(writer, s, 3)
+        stops_far = await revocations.open_bucket(reader, s, 3)
+        await revocations.keep(stops_near, "s1", 200.0)
+        await revocations.keep(stops_far, "s1", 100.0)  # an earlier stop heard later never wins
+        await revocations.keep(stops_far, "s2", 50.0)
+        assert revocations.stopped_at((await stops_near.get("s1")).value) == 200.0
+        # a direct get, which a follower may answer, is not the generator's to make
+        inbox = far.new_inbox()
+        await far.publish(
+            f"$JS.API.DIRECT.GET.KV_{s.session_bucket}.$KV.{s.session_bucket}.s1", b"", reply=inbox
+        )
+        await far.flush()
+        await asyncio.sleep(0.2)
+        assert any("permissions violation" in v.lower() and "direct.get" in v.lower() for v in violations)
+        # no leader (the leader and the other node gone): the follower's read fails, never stale
+        for i in range(3):
+            if i != follower:
+                cluster.kill_node(i)
+        with pytest.raises(Exception):  # noqa: B017  (a timeout or no responders, either is right)
+            await runtime_leader_get(far.jetstream(timeout=2), s.session_bucket, "s1")
+        assert await store_far.load("s1") is None  # unavailable: logged, nothing stale returned
+    finally:
+        for nc in clients:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        cluster.close()

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import functools
 import itertools
+import json
 import os
 import signal
 import time
@@ -124,7 +125,9 @@ class Fleet:
 
 
 @contextlib.asynccontextmanager
-async def fleet(nats_url: str, conditioning, workers: int = 2, **env: str) -> AsyncIterator[Fleet]:  # type: ignore[no-untyped-def]
+async def fleet(
+    nats_url: str, conditioning, workers: int = 2, log_dir=None, **env: str
+) -> AsyncIterator[Fleet]:  # type: ignore[no-untyped-def]
     prefix = f"fl{uuid.uuid4().hex[:10]}"
     subjects = Subjects(prefix)
     stack_env = {
@@ -135,7 +138,9 @@ async def fleet(nats_url: str, conditioning, workers: int = 2, **env: str) -> As
         **env,
     }
     stack = await asyncio.to_thread(
-        Stack(["garments", "generator"], nats_url=nats_url, env=stack_env, workers=workers).start
+        Stack(
+            ["garments", "generator"], nats_url=nats_url, env=stack_env, workers=workers, log_dir=log_dir
+        ).start
     )
     nc = await connect(nats_url, "fleet-test")
     view = await open_view(nc.jetstream(), subjects)
@@ -236,16 +241,24 @@ async def test_sigterm_hands_the_session_over_without_a_long_gap(nats_url, condi
         assert gap_s < 1.0, gap_s
 
 
-async def test_a_deleted_control_consumer_is_reported_and_recreated(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+async def test_a_deleted_control_consumer_is_recreated_and_nothing_sent_meanwhile_is_lost(
+    nats_url, conditioning
+) -> None:  # type: ignore[no-untyped-def]
+    """The worker's one consumer of every session's control is deleted (by hand, or lost with a
+    node): it binds a new one within seconds, and reads from the stream what its sessions were
+    sent while there was none."""
     async with fleet(nats_url, conditioning, workers=1) as f:
         w = await f.watch("c")
         f.stream("c")
         await until(lambda: len(w.frames) >= 3)
         js = f.nc.jetstream()  # type: ignore[attr-defined]
-        await js.delete_consumer(f.subjects.control_stream, Subjects.control_consumer("generator", "c"))
-        await asyncio.sleep(3.5)  # the worker notices within a few seconds and binds a new one
-        swap = await f.swap("c", "tee-yellow-dots")
-        await until(lambda: f.answered("c").get(swap) == "swap_applied", timeout=10)
+        consumer = Subjects.control_consumer("generator", f.owner("c").worker_id)
+        await js.delete_consumer(f.subjects.control_stream, consumer)
+        meanwhile = await f.swap("c", "tee-yellow-dots")  # delivered to nobody: in the stream only
+        await until(lambda: f.answered("c").get(meanwhile) == "swap_applied", timeout=10)
+        later = await f.swap("c", "tee-navy-stripes")
+        await until(lambda: f.answered("c").get(later) == "swap_applied", timeout=10)
+        assert (await js.consumer_info(f.subjects.control_stream, consumer)).name == consumer
 
 
 async def test_ingest_admits_once_and_answers_a_full_fleet_before_decoding(nats_url, bus_photo) -> None:  # type: ignore[no-untyped-def]
@@ -324,3 +337,85 @@ async def test_a_cluster_losing_a_node_keeps_the_session_and_its_swaps(nats_clus
         after = await sending
         await until(lambda: f.answered("n").get(after) == "swap_applied", timeout=30, what=f.answered("n"))
         await until(lambda: w.frames[-1].meta.garment_id == "tee-yellow-dots")
+
+
+async def test_a_stack_with_sessions_stops_at_once_and_writes_only_json(
+    nats_url, conditioning, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Stopping a fleet whose workers serve sessions and consume their control: every process
+    exits by itself (no SIGKILL from the supervisor, which waits 10 s, while a drain may wait 20 s)
+    and writes nothing but JSON lines (no asyncio traceback from nats-py's subscription drain)."""
+    logs = tmp_path / "logs"
+    async with fleet(
+        nats_url, conditioning, log_dir=logs, CHAMELEON_DRAIN_TIMEOUT_S="20", CHAMELEON_LOG_LEVEL="info"
+    ) as f:
+        watchers = {s: await f.watch(s) for s in ("q1", "q2")}
+        for s in watchers:
+            f.stream(s)
+        await until(lambda: all(len(w.frames) >= 3 for w in watchers.values()))
+        swaps = [await f.swap(s, "tee-yellow-dots") for s in watchers]
+        await until(lambda: all(e in f.answered(s) for s, e in zip(watchers, swaps, strict=True)))
+        await asyncio.sleep(3.0)  # control idle a while: expired pulls leave status messages behind
+        for task in f.streams:
+            task.cancel()
+        procs = {c.worker_id: c.proc for c in f.stack.children}
+        await asyncio.to_thread(f.stack.stop, 10.0)
+    assert {w: p.returncode for w, p in procs.items()} == dict.fromkeys(procs, 0)
+    lines = [line for log in sorted(logs.iterdir()) for line in log.read_text().splitlines() if line.strip()]
+    not_json = [line for line in lines if not line.startswith("{")]
+    assert not_json == [], not_json[:10]
+    events = [json.loads(line)["event"] for line in lines]
+    assert "drain_timed_out" not in events
+    assert events.count("service_stopped") == len(procs)
+
+
+async def test_swaps_queued_while_the_owner_cannot_take_them_are_coalesced(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+    """Three swaps stored while the session's only worker is stopped (SIGSTOP, past its pull
+    request's expiry): it takes them as one batch when it resumes, renders only the newest and
+    answers each older one ``swap_superseded`` naming it, so every swap gets its answer."""
+    async with fleet(nats_url, conditioning, workers=1) as f:
+        w = await f.watch("co")
+        f.stream("co")
+        await until(lambda: len(w.frames) >= 3)
+        owner = f.owner("co")
+        os.kill(owner.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(1.5)  # its outstanding pull request expires: nothing is delivered to it
+            sent = [
+                await f.swap("co", g) for g in ("shirt-blue-checks", "tee-yellow-dots", "tee-navy-stripes")
+            ]
+        finally:
+            os.kill(owner.proc.pid, signal.SIGCONT)
+        await until(lambda: all(e in f.answered("co") for e in sent), what=f.answered("co"))
+        assert [f.answered("co")[e] for e in sent] == ["swap_superseded", "swap_superseded", "swap_applied"]
+        superseded_by = {
+            str(e.data.get("event_id")): e.data.get("superseded_by")
+            for e in f.events["co"]
+            if e.code == "swap_superseded"
+        }
+        assert superseded_by == {sent[0]: sent[2], sent[1]: sent[2]}
+        await until(lambda: w.frames[-1].meta.garment_id == "tee-navy-stripes")
+
+
+async def test_an_older_swap_reaching_a_new_owner_after_a_failover_is_refused(nats_url, conditioning) -> None:  # type: ignore[no-untyped-def]
+    """The swap in effect was published at t; after its owner dies, a swap published before t (a
+    client's delayed retry, a redelivery) reaches the new owner: it is answered ``swap_superseded``
+    and the newer garment stays. The new owner knows t only from the stored state."""
+    async with fleet(nats_url, conditioning) as f:
+        w = await f.watch("late")
+        f.stream("late")
+        await until(lambda: len(w.frames) >= 3)
+        newer = control.swap("late", "shirt-blue-checks")
+        await control.publish_control(f.nc, f.subjects, newer)  # type: ignore[arg-type]
+        await until(lambda: f.answered("late").get(newer.event_id) == "swap_applied")
+        owner, old_epoch = f.owner("late"), f.epoch("late")
+        os.kill(owner.proc.pid, signal.SIGKILL)
+        await until(lambda: w.frames and w.frames[-1].meta.epoch > old_epoch, timeout=10)
+        older = dataclasses.replace(
+            control.swap("late", "tee-navy-stripes"), published_ns=newer.published_ns - 1_000_000_000
+        )
+        await control.publish_control(f.nc, f.subjects, older)  # type: ignore[arg-type]
+        await until(lambda: older.event_id in f.answered("late"), what=f.answered("late"))
+        assert f.answered("late")[older.event_id] == "swap_superseded"
+        await asyncio.sleep(0.5)
+        assert {r.meta.garment_id for r in w.frames[-5:]} == {"shirt-blue-checks"}

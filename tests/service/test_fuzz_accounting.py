@@ -34,6 +34,7 @@ from runtime.service import ServiceContext, serve_in_task
 from services.auth.handlers import AuthHandlers
 from services.auth.keys import AuthKeys
 from services.auth.settings import AuthSettings
+from services.generator.control import ControlMessage
 from services.generator.handlers import GeneratorHandlers
 from services.generator.settings import GeneratorSettings
 from services.ingest.handlers import IngestHandlers
@@ -221,7 +222,7 @@ async def test_junk_control_is_answered_one_event_each_and_logged_a_few_lines(na
     with capture_logs() as logs:
         for i in range(n):
             data = rng.bytes(int(rng.integers(1, 500))) if i % 2 else control.stop("someone-else").encode()
-            await handlers.control.on_message(FakeMsg(SUBJ.control("junk"), data))
+            await handlers.control.on_message(ControlMessage(SUBJ.control("junk"), data))
     elapsed = time.monotonic() - t0
     await until(lambda: len(events.received) == n)
     assert all(e.kind == "error" and "event_id" in e.data for e in events.received)  # each answered

@@ -397,3 +397,33 @@ async def test_a_stop_is_kept_for_the_auth_service_before_its_history_is_purged(
                 break
             await asyncio.sleep(0.05)
         assert kept is not None and before - 1 <= kept <= time.time() + 1
+
+
+async def test_a_slow_state_store_never_holds_back_the_sessions_frames(nats_url: str, conditioning) -> None:
+    """Storing a swap's state waits seconds while the sessions bucket elects a leader (a NATS node
+    lost): the session's frames keep coming meanwhile, with the new garment, and the state is
+    stored when the bucket answers."""
+    async with (
+        rig(nats_url, conditioning) as r,
+        generator(nats_url, r.subjects.prefix, backend="warp") as handlers,
+    ):
+        v = await r.viewer("slow")
+        await r.stream("slow", range(3))
+        await until(lambda: len(v.frames) >= 3)
+        store = handlers.sessions.store
+        real_save, stored = store.save, asyncio.Event()
+
+        async def between_leaders(served) -> None:  # type: ignore[no-untyped-def]
+            await asyncio.sleep(3.0)
+            await real_save(served)
+            stored.set()
+
+        store.save = between_leaders  # type: ignore[method-assign]
+        await r.control(control.swap("slow", "shirt-blue-checks"))
+        await r.stream("slow", range(3, 25))  # 1.5 s at 15 fps, all of it before the state is stored
+        await asyncio.sleep(0.2)
+        assert not stored.is_set()
+        during = [m for m, _ in v.frames if m.seq >= 3]
+        assert len(during) >= 15, len(during)
+        assert during[-1].garment_id == "shirt-blue-checks"
+        await asyncio.wait_for(stored.wait(), 5.0)

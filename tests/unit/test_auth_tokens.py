@@ -12,7 +12,7 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from services.auth.authorizer import Authorizer
+from services.auth.authorizer import Authorizer, ConnectionLimits
 from services.auth.callout import (
     CalloutError,
     decode_jwt,
@@ -22,7 +22,7 @@ from services.auth.callout import (
     user_jwt,
 )
 from services.auth.keys import USERS, AuthKeys
-from services.auth.permissions import session_permissions
+from services.auth.permissions import explain_permissions, session_permissions
 from shared.auth import (
     SERVICE_ROLES,
     NatsCredentials,
@@ -195,6 +195,8 @@ def test_the_server_config_has_the_callout_users_and_session_limits(keys: AuthKe
     assert auth_publish and all(any(o in p for o in ours) or p in js_info for p in auth_publish), auth_publish
     assert not any(p.startswith(S.prefix) for p in auth_publish)
     assert "system_account: SYS" in text and "account: APP" in text
+    # a refused client may ask why, in an account of its own that can reach nothing else
+    assert 'imports: [{service: {account: APP, subject: "_CHAMELEON.auth.explain"}, share: true}]' in text
 
 
 # -- the callout ---------------------------------------------------------------------------------------
@@ -331,3 +333,57 @@ def test_a_stop_learned_late_kicks_only_the_tokens_it_covers(keys: AuthKeys) -> 
     auth.revoke("alice", NOW + 1)  # an earlier stop, heard later still
     assert auth.revoked["alice"] == NOW + 2
     assert auth.authorize(mint(keys.token_seed, "alice", 60, NOW + 3), NOW + 6).session_id == "alice"
+
+
+# -- connection limits --------------------------------------------------------------------------------
+def test_a_session_and_an_address_hold_at_most_their_share_of_live_connections(keys: AuthKeys) -> None:
+    auth = Authorizer(keys.token_public, ConnectionLimits(per_session=2, per_address=3))
+    alice = mint(keys.token_seed, "alice", 60, NOW)
+    for cid in (1, 2):
+        auth.admitted(auth.authorize(alice, NOW, "10.0.0.1"), "N", cid, NOW, "10.0.0.1")
+        auth.connected("N", cid)
+    with pytest.raises(TokenError, match="session alice already has 2 connections"):
+        auth.authorize(alice, NOW, "10.0.0.2")  # per session, from any address
+    bob = mint(keys.token_seed, "bob", 60, NOW)
+    auth.admitted(auth.authorize(bob, NOW, "10.0.0.1"), "N", 3, NOW, "10.0.0.1")
+    with pytest.raises(TokenError, match=r"address 10\.0\.0\.1 already has 3 connections"):
+        auth.authorize(mint(keys.token_seed, "carol", 60, NOW), NOW, "10.0.0.1")
+    auth.authorize(mint(keys.token_seed, "carol", 60, NOW), NOW, "10.0.0.2")  # another address
+    assert auth.disconnected("N", 1) is not None  # the server's disconnect event frees a place
+    auth.admitted(auth.authorize(alice, NOW, "10.0.0.2"), "N", 4, NOW, "10.0.0.2")
+    assert auth.refused_for_limits == {"session": 1, "address": 1}
+    assert "already has 2 connections" in auth.explain(alice, NOW, "10.0.0.9")
+    assert auth.refused_for_limits == {"session": 1, "address": 1}  # asking why is not a refusal
+
+
+def test_an_admission_the_server_never_confirms_stops_counting(keys: AuthKeys) -> None:
+    """The server may still refuse a client after the callout admitted it (its account is full):
+    no connect event then, nor a disconnect one; the place is given back after ``confirm_s``."""
+    auth = Authorizer(keys.token_public, ConnectionLimits(per_session=1, confirm_s=5.0))
+    alice = mint(keys.token_seed, "alice", 60, NOW)
+    auth.admitted(auth.authorize(alice, NOW), "N", 1, NOW)
+    with pytest.raises(TokenError):
+        auth.authorize(alice, NOW + 4)
+    auth.admitted(auth.authorize(alice, NOW + 6), "N", 2, NOW + 6)
+    assert auth.connected("N", 2)
+    with pytest.raises(TokenError):
+        auth.authorize(alice, NOW + 60)  # confirmed: it counts until it leaves
+
+
+def test_a_refused_client_may_ask_why_a_few_times_per_address(keys: AuthKeys) -> None:
+    auth = Authorizer(keys.token_public, ConnectionLimits())
+    for cid in range(4):
+        auth.admit_explain("N", cid, "10.0.0.1", NOW, int(NOW) + 10)
+    with pytest.raises(TokenError, match="explain connections"):
+        auth.admit_explain("N", 9, "10.0.0.1", NOW, int(NOW) + 10)
+    auth.admit_explain("N", 10, "10.0.0.2", NOW, int(NOW) + 10)
+    auth.disconnected("N", 0)
+    auth.admit_explain("N", 11, "10.0.0.1", NOW, int(NOW) + 10)
+    other = AuthKeys.generate()
+    assert auth.explain(mint(other.token_seed, "x", 60, NOW), NOW) == (
+        f"bad token signature: this deployment's token key is {keys.token_public}"
+    )
+    assert auth.explain(mint(keys.token_seed, "x", 60, NOW), NOW) == ""
+    with pytest.raises(ValueError):
+        explain_permissions("short")
+    assert explain_permissions("abcdef0123456789").subscribe == ("_INBOX_EXPLAIN.abcdef0123456789.>",)

@@ -139,5 +139,53 @@ def test_goals_judge_rate_spread_rejections_and_starvation() -> None:
     assert all(load.goals(report, fps=15.0, extra_asked=4).values())
     starved = {**report, "admitted_starved": 1, "fps_out": {"p05": 0.0}}
     verdict = load.goals(starved, fps=15.0, extra_asked=4)
-    assert not verdict["none_admitted_and_starved"] and not verdict["fps_out_p05_ge_fps_minus_1"]
+    assert not verdict["none_admitted_and_starved"] and not verdict["fps_out_p05_ge_0_9_fps"]
     assert not load.goals({**report, "rejected_at_capacity": 3}, 15.0, 4)["extra_rejected_at_capacity"]
+
+
+def test_the_fps_goal_is_a_ratio_that_fails_at_low_rates_too() -> None:
+    """At 1 fps, "p05 >= fps - 1" held at 0.47 fps; 0.9 x fps does not."""
+    report = {
+        "fps_out": {"p05": 0.47},
+        "placement": {"max_per_worker": 1, "min_per_worker": 1},
+        "rejected_at_capacity": 0,
+        "rejected_other": {},
+        "admitted_starved": 0,
+    }
+    assert not load.goals(report, fps=1.0, extra_asked=0)["fps_out_p05_ge_0_9_fps"]
+    assert load.goals({**report, "fps_out": {"p05": 0.9}}, fps=1.0, extra_asked=0)["fps_out_p05_ge_0_9_fps"]
+
+
+def test_failover_figures_resume_stale_frames_and_their_goals() -> None:
+    kill = 10 * S
+    frames = {
+        "a": [(9 * S, 5), (int(11.5 * S), 7), (12 * S, 7)],  # resumed 1.5 s after the kill
+        "b": [(9 * S, 5), (int(10.5 * S), 5)],  # only the old owner's epoch after the kill: never
+        "c": [(9 * S, 8), (int(10.2 * S), 9), (int(10.4 * S), 8)],  # a frame of an older owner after
+    }
+    resumed = load.resume_times(frames, {"a": 5, "b": 5}, kill)
+    assert resumed == {"a": pytest.approx(1.5), "b": None}
+    assert load.stale_frames(frames) == 1
+    assert load.per_thousand(3.0, 2000) == pytest.approx(1.5)
+    failover = {
+        "orphaned": 2,
+        "not_resumed": 0,
+        "resume_s": {"p95": 2.9},
+        "lost_swaps": 0,
+        "swaps_sent": 2,
+        "stale_frames": 0,
+    }
+    report = {
+        "fps_out": {"p05": 1.0},
+        "placement": {"max_per_worker": 1, "min_per_worker": 1},
+        "rejected_at_capacity": 0,
+        "rejected_other": {},
+        "admitted_starved": 0,
+        "failover": failover,
+        "placement_ms": {"p95": 120.0, "placed": 20, "refused": 0},
+    }
+    assert all(load.goals(report, 1.0, 0).values())
+    for key, bad in (("not_resumed", 1), ("lost_swaps", 1), ("stale_frames", 1), ("resume_s", {"p95": 3.1})):
+        assert not all(load.goals({**report, "failover": {**failover, key: bad}}, 1.0, 0).values()), key
+    slow = {**report, "placement_ms": {"p95": 151.0, "placed": 20, "refused": 0}}
+    assert not load.goals(slow, 1.0, 0)["placement_p95_le_150_ms"]

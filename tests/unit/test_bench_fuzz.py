@@ -3,6 +3,7 @@ ratio, the goals, and the message plan."""
 
 from __future__ import annotations
 
+import asyncio
 import mmap
 import os
 from collections import Counter
@@ -14,10 +15,12 @@ from runtime.media import encode_jpeg
 from shared.headers import H_CAPTURE_NS, now_ns
 from tools.bench.fuzz import (
     ROUTE_WEIGHTS,
+    Flood,
     Material,
     Probe,
     count_lines,
     delta,
+    flood_goals,
     fps_between,
     goals,
     metric_by,
@@ -29,6 +32,47 @@ from tools.bench.fuzz import (
 )
 
 pytestmark = pytest.mark.unit
+
+
+def test_the_flood_goals_can_fail() -> None:
+    good = {
+        "neighbour_fps_ratio": 0.95,
+        "good_sessions_connected": 8,
+        "good_sessions_tried": 8,
+        "admitted": 64,
+        "address_limit": 64,
+    }
+    assert all(flood_goals(good).values())
+    for key, bad in (("neighbour_fps_ratio", 0.89), ("good_sessions_connected", 7), ("admitted", 65)):
+        assert not all(flood_goals({**good, key: bad}).values()), key
+    assert not all(flood_goals({**good, "good_sessions_tried": 0, "good_sessions_connected": 0}).values())
+
+
+async def test_a_flood_attempt_reads_the_servers_answer() -> None:
+    """The flood's raw client against a stand-in that answers like nats-server: PONG admits (the
+    connection is held), -ERR 'Authorization Violation' refuses, anything else is a failure."""
+    answers = iter([b"PONG\r\n", b"-ERR 'Authorization Violation'\r\n", b"-ERR 'Unknown'\r\n"])
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b'INFO {"server_id":"x"}\r\n')
+        seen.append(await reader.readline())
+        await reader.readline()  # PING
+        writer.write(next(answers))
+        await writer.drain()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    flood = Flood()
+    try:
+        for _ in range(3):
+            await flood.attempt("127.0.0.1", port, "cht1.a.b", "127.0.0.1")
+    finally:
+        flood.release()
+        server.close()
+    assert (flood.attempts, flood.admitted, flood.refused, sum(flood.failed.values())) == (3, 1, 1, 1)
+    assert b'"auth_token": "cht1.a.b"' in seen[0]
+
 
 EXPOSITION = """\
 # HELP chameleon_frames_rejected_total Frames rejected as invalid

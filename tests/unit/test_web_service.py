@@ -56,6 +56,21 @@ def test_sessions_are_rate_limited_per_address() -> None:
     assert (b.created, b.refused) == (4, 1)
 
 
+def test_sessions_are_rate_limited_in_total_and_a_refused_visitor_spends_nothing() -> None:
+    b = SessionBroker(ws_url=WS, subject_prefix="chameleon", per_minute=2, total_per_minute=5)
+    for client in ("10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2"):
+        b.create(client)
+    for _ in range(10):  # over its own limit: refused, and the total is not charged for it
+        with pytest.raises(RateLimited) as own:
+            b.create("10.0.0.1")
+        assert own.value.scope == "address"
+    b.create("10.0.0.3")  # the fifth of the minute
+    with pytest.raises(RateLimited) as total:
+        b.create("10.0.0.4")  # a new visitor, but every address together has had its share
+    assert total.value.scope == "total" and 0 < total.value.retry_after_s <= 12
+    assert b.refused_by_scope == {"address": 10, "total": 1}
+
+
 def test_token_bucket_refills() -> None:
     bucket = TokenBucket(per_minute=60)
     for _ in range(60):

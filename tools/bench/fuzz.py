@@ -40,8 +40,17 @@ Every message ends in exactly one place:
 
 Also reported: service processes that died (``crashes``), the good session's fps during over
 before (``neighbour_fps_ratio``), and the lines written to the service log files from the first
-scrape to the last over the messages sent (``log_lines_per_message``). The JSON report is the LAST
-line printed.
+scrape to the last over the messages sent (``log_lines_per_message``).
+
+Then the **connection flood** (``flood``, ``--flood`` attempts, 0: none): that many connection
+attempts from one other address (``127.0.0.2``, raw TCP speaking the NATS protocol: INFO,
+CONNECT with a token, PING), each with one of ``--flood-tokens`` valid session tokens, at
+``--flood-rate`` a second (at most ``FLOOD_PARALLEL`` in flight); every admitted connection is
+held open until the phase ends, as a client hoarding connections would. Meanwhile the good
+session streams on (``neighbour_fps_ratio``: its fps during the flood over before it) and
+``FLOOD_GOOD_SESSIONS`` other sessions connect from ``127.0.0.1`` with their own tokens: every
+one must get in. The auth service's refusals by limit (session, address) come from its
+``/healthz``. The JSON report is the LAST line printed.
 """
 
 from __future__ import annotations
@@ -49,9 +58,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import shutil
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,7 +74,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from harness import probe
 from harness.session import open_session
-from tools.bench.common import emit, provenance
+from tools.bench.common import child_pids, cpu_total, emit, provenance
 from tools.samples import with_sof_size
 
 SERVICES = ["garments", "ingest", "preprocess", "generator"]  # + auth: a secure stack starts it
@@ -73,6 +84,10 @@ NO_CREDENTIAL_BATCH = 50  # messages meant for one refused connection attempt
 CREDENTIAL_VARIANTS = ("none", "garbage_token", "expired_token", "foreign_key_token")
 KEEPALIVE_SEQ = 10**9  # the fuzz session's valid frames: a seq range no fuzz frame uses
 GOALS = {"crashes": 0, "unaccounted": 0, "neighbour_fps_ratio": 0.9, "log_lines_per_message": 0.1}
+FLOOD_SOURCE = "127.0.0.2"  # the flood's own address on loopback: the good sessions use 127.0.0.1
+FLOOD_PARALLEL = 50  # connection attempts in flight at once
+FLOOD_GOOD_SESSIONS = 8
+FLOOD_TIMEOUT_S = 5.0
 
 
 # -- the arithmetic (pure) ----------------------------------------------------------------------------
@@ -133,11 +148,26 @@ def count_lines(data: bytes) -> int:
 
 
 def goals(report: Mapping[str, Any]) -> dict[str, bool]:
-    return {
+    out = {
         "no_crashes": report["crashes"] == GOALS["crashes"],
         "none_unaccounted": report["unaccounted"] == GOALS["unaccounted"],
         "neighbour_fps_ratio_ge_0_9": report["neighbour_fps_ratio"] >= GOALS["neighbour_fps_ratio"],
         "log_lines_per_message_le_0_1": report["log_lines_per_message"] <= GOALS["log_lines_per_message"],
+    }
+    flood = report.get("flood")
+    if flood:
+        out.update(flood_goals(flood))
+    return out
+
+
+def flood_goals(flood: Mapping[str, Any]) -> dict[str, bool]:
+    """The flood's goals: the neighbour keeps 0.9 of its fps, every good session gets in, and the
+    flood holds no more than one address may (``CHAMELEON_MAX_CONNECTIONS_PER_ADDRESS``)."""
+    return {
+        "flood_neighbour_fps_ratio_ge_0_9": flood["neighbour_fps_ratio"] >= GOALS["neighbour_fps_ratio"],
+        "flood_every_good_session_connects": flood["good_sessions_connected"] == flood["good_sessions_tried"]
+        and flood["good_sessions_tried"] > 0,
+        "flood_held_at_most_the_address_limit": flood["admitted"] <= flood["address_limit"],
     }
 
 
@@ -556,6 +586,204 @@ def bad_tokens(token_seed: str, session_id: str) -> dict[str, str]:
     }
 
 
+# -- the connection flood -------------------------------------------------------------------------------
+@dataclass
+class Flood:
+    """Connection attempts of the flood, and the connections it holds."""
+
+    attempts: int = 0
+    admitted: int = 0
+    refused: int = 0
+    failed: Counter[str] = field(default_factory=Counter)  # neither admitted nor refused: why
+    held: list[asyncio.StreamWriter] = field(default_factory=list)
+    seconds: float = 0.0
+
+    async def attempt(self, host: str, port: int, token: str, source: str) -> None:
+        """One connect as a raw client from ``source``: PONG admitted, -ERR refused."""
+        self.attempts += 1
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, local_addr=(source, 0)), FLOOD_TIMEOUT_S
+            )
+            info = await asyncio.wait_for(reader.readline(), FLOOD_TIMEOUT_S)
+            if not info.startswith(b"INFO"):
+                raise ConnectionError(f"no INFO: {info[:40]!r}")
+            connect = {"verbose": False, "pedantic": False, "auth_token": token, "name": "flood"}
+            connect.update(lang="raw", version="0", protocol=1, headers=True, no_responders=True)
+            writer.write(f"CONNECT {json.dumps(connect)}\r\nPING\r\n".encode())
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readline(), FLOOD_TIMEOUT_S)
+        except Exception as exc:
+            self.failed[type(exc).__name__] += 1
+            if writer is not None:
+                writer.close()
+            return
+        if answer.startswith(b"PONG"):
+            self.admitted += 1
+            self.held.append(writer)  # held until the flood ends
+        elif answer.startswith(b"-ERR") and b"authorization violation" in answer.lower():
+            self.refused += 1
+            writer.close()
+        else:
+            self.failed[answer[:40].decode(errors="replace").strip()] += 1
+            writer.close()
+
+    async def run(
+        self, url: str, tokens: Sequence[str], attempts: int, source: str, rate: float = 0.0
+    ) -> None:
+        """``attempts`` connects, ``rate`` a second (0: as fast as ``FLOOD_PARALLEL`` at once go)."""
+        from urllib.parse import urlsplit
+
+        where = urlsplit(url.split(",")[0])
+        host, port = where.hostname or "127.0.0.1", where.port or 4222
+        gate = asyncio.Semaphore(FLOOD_PARALLEL)
+        t0 = time.monotonic()
+
+        async def one(i: int) -> None:
+            if rate > 0:
+                await asyncio.sleep(max(0.0, t0 + i / rate - time.monotonic()))
+            async with gate:
+                await self.attempt(host, port, tokens[i % len(tokens)], source)
+
+        await asyncio.gather(*(one(i) for i in range(attempts)))
+        self.seconds = time.monotonic() - t0
+
+    def release(self) -> None:
+        for writer in self.held:
+            writer.close()
+        self.held.clear()
+
+
+def flood_worker() -> None:
+    """The flood's own process (``python -c "from tools.bench.fuzz import flood_worker; ..."``): its
+    orders as one JSON line on stdin (url, tokens, attempts, source); one JSON line of figures on
+    stdout once every attempt is answered; it then holds what it got until stdin closes. Apart
+    from the measuring client, and at nice 19, as a client on another machine would be: its own
+    CPU is not the servers' cost."""
+    import sys
+
+    os.nice(19)
+    orders = json.loads(sys.stdin.readline())
+
+    async def go() -> None:
+        flood = Flood()
+        await flood.run(orders["url"], orders["tokens"], orders["attempts"], orders["source"], orders["rate"])
+        figures = {"attempts": flood.attempts, "admitted": flood.admitted, "refused": flood.refused}
+        figures.update(failed=dict(flood.failed), seconds=flood.seconds)
+        print(json.dumps(figures), flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until released
+        flood.release()
+
+    asyncio.run(go())
+
+
+async def good_sessions_connect(stack: Any, prefix: str, n: int) -> tuple[int, list[str]]:
+    """``n`` new sessions connect from 127.0.0.1 with their own tokens: (connected, errors)."""
+    from shared.client import connect
+
+    connected, errors = 0, []
+    for i in range(n):
+        try:
+            nc = await connect(
+                stack.url,
+                f"good-{i}",
+                credentials=stack.session_credentials(f"{prefix}-{i}"),
+                give_up_after_s=10,
+            )
+        except Exception as exc:
+            errors.append(str(exc)[:200])
+            continue
+        connected += 1
+        await nc.close()
+    return connected, errors
+
+
+def auth_health(stack: Any) -> dict[str, Any]:
+    child = next((c for c in stack.children if c.name == "auth"), None)
+    if child is None:
+        return {}
+    try:
+        return probe.get_json(child.health_port)
+    except (OSError, ValueError):
+        return {}
+
+
+async def connection_flood(
+    stack: Any, subjects: Any, live: Any, frames: Any, first_seq: int, fps_before: float, args: Any
+) -> dict[str, Any]:
+    """Phase C (see the module docstring): the flood from ``FLOOD_SOURCE`` while the good session
+    streams and new good sessions connect; its figures and goals."""
+    from services.auth.settings import AuthSettings
+    from services.camera.client import run_camera
+    from shared.tokens import mint
+
+    tokens = [mint(stack.keys.token_seed, f"flood-{i:04d}", 600) for i in range(max(1, args.flood_tokens))]
+    before = auth_health(stack).get("refused_for_limits", {})
+    stop = asyncio.Event()
+    session = live.client
+    cam = asyncio.create_task(
+        run_camera(session.nc, subjects, session.session_id, frames, args.fps, stop=stop, first_seq=first_seq)
+    )
+    await asyncio.sleep(1.0)  # the camera's first frames through before the window opens
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from tools.bench.fuzz import flood_worker; flood_worker()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert worker.stdin is not None and worker.stdout is not None
+    orders = {"url": stack.url, "tokens": tokens, "attempts": args.flood, "source": FLOOD_SOURCE}
+    orders["rate"] = args.flood_rate
+    cpu_pids = [c.proc.pid for c in stack.children if c.name == "auth"]
+    cpu_before = (cpu_total(cpu_pids), cpu_total(child_pids("nats-server")))
+    t0 = time.time_ns()
+    worker.stdin.write((json.dumps(orders) + "\n").encode())
+    await worker.stdin.drain()
+    await asyncio.sleep(0.2)  # the flood has begun: the good sessions connect while it runs
+    connected, errors = await good_sessions_connect(stack, "flood-good", FLOOD_GOOD_SESSIONS)
+    figures = json.loads(await asyncio.wait_for(worker.stdout.readline(), 300))
+    held_s = (time.time_ns() - t0) / 1e9
+    if held_s < args.flood_hold:  # the neighbour is measured over at least this long
+        await asyncio.sleep(args.flood_hold - held_s)
+    t1 = time.time_ns()
+    cpu_after = (cpu_total(cpu_pids), cpu_total(child_pids("nats-server")))
+    stop.set()
+    await cam
+    after = auth_health(stack).get("refused_for_limits", {})
+    worker.stdin.close()  # the worker lets its connections go and exits
+    await asyncio.wait_for(worker.wait(), 30)
+    arrivals = [(r.recv_ns, r.meta.seq) for r in live.watcher.frames]
+    fps_during = fps_between(arrivals, t0, t1)
+    window_s = (t1 - t0) / 1e9
+    report: dict[str, Any] = {
+        "attempts": figures["attempts"],
+        "admitted": figures["admitted"],
+        "refused": figures["refused"],
+        "failed": figures["failed"],
+        "refused_by_limit": delta(after, before),
+        "tokens": len(tokens),
+        "source": FLOOD_SOURCE,
+        "address_limit": AuthSettings.from_env().max_connections_per_address,
+        "attempts_per_s": round(figures["attempts"] / max(figures["seconds"], 1e-9), 1),
+        "flood_s": round(figures["seconds"], 2),
+        "window_s": round(window_s, 2),
+        "cpu_cores": {  # over the window: what answering the flood costs the servers
+            "auth": round((cpu_after[0] - cpu_before[0]) / window_s, 3),
+            "nats_server": round((cpu_after[1] - cpu_before[1]) / window_s, 3),
+        },
+        "good_sessions_tried": FLOOD_GOOD_SESSIONS,
+        "good_sessions_connected": connected,
+        "good_session_errors": errors[:3],
+        "neighbour_fps_before": round(fps_before, 2),
+        "neighbour_fps_during": round(fps_during, 2),
+        "neighbour_fps_ratio": round(ratio(fps_during, fps_before), 3),
+    }
+    report["goals"] = flood_goals(report)
+    return report
+
+
 # -- the stack's side ---------------------------------------------------------------------------------
 def scrape(stack: Any) -> dict[str, list[Sample]]:
     out = {}
@@ -840,6 +1068,13 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
     after = await asyncio.to_thread(scrape, stack)
     lines, by_event, raw_lines = log_written(log_dir, logs_before)
 
+    arrivals = [(r.recv_ns, r.meta.seq) for r in watcher.frames]
+    fps_before = fps_between(arrivals, t_a0, t_a1)
+    flood = None
+    if args.flood > 0:  # C: the connection flood, its own accounting (not messages)
+        first_c = first_b + report_b.published + report_b.skipped + 1
+        flood = await connection_flood(stack, subjects, live, frames, first_c, fps_before, args)
+
     crashed = [c.worker_id for c in stack.children if c.proc.poll() is not None]
     replaced = [c.worker_id for c in stack.children if pids_before.get(c.worker_id) != c.proc.pid]
     restarts = sum(c.restarts for c in stack.children)
@@ -850,8 +1085,6 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
         except Exception:
             await nc.close()
 
-    arrivals = [(r.recv_ns, r.meta.seq) for r in watcher.frames]
-    fps_before = fps_between(arrivals, t_a0, t_a1)
     fps_during = fps_between(arrivals, t_b0 + int(args.warmup * 1e9 / 4), t_b1)
 
     # the accounting
@@ -935,6 +1168,8 @@ async def measure(stack: Any, args: argparse.Namespace, log_dir: Path) -> dict[s
         "sender_max_late_s": round(sender.late_s, 2),
         "seed": args.seed,
     }
+    if flood is not None:
+        report["flood"] = flood
     report["goals"] = goals(report)
     return report
 
@@ -982,6 +1217,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--request-timeout", type=float, default=5.0, help="seconds a garment request may take")
     p.add_argument(
         "--settle-timeout", type=float, default=60.0, help="seconds to wait for the services to catch up"
+    )
+    p.add_argument(
+        "--flood",
+        type=int,
+        default=1000,
+        help="connection attempts of the flood phase from one address (0: none)",
+    )
+    p.add_argument("--flood-tokens", type=int, default=125, help="session tokens the flood cycles through")
+    p.add_argument(
+        "--flood-rate",
+        type=float,
+        default=100.0,
+        help="connection attempts a second (0: as fast as they go); the neighbour is measured throughout",
+    )
+    p.add_argument(
+        "--flood-hold",
+        type=float,
+        default=10.0,
+        help="seconds the neighbour's fps is measured during the flood",
     )
     p.add_argument("--logs", default="out/logs/fuzz", help="folder for the service logs (emptied first)")
     return p
