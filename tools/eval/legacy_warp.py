@@ -1,5 +1,5 @@
 """The first warp renderer (before issue 15), frozen as the baseline of ``chameleon eval render
---renderer legacy``, the real-photo sheet and ``tools.bench.warp --renderer legacy``: a
+--renderer legacy``, the real-photo sheet and ``chameleon bench warp``: a
 T-shirt-shaped mesh laid over the torso. An offline yardstick, never served: it keeps its own
 per-garment cache and edge fill instead of hooking into the serving renderer's.
 

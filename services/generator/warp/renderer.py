@@ -56,6 +56,11 @@ class WarpConfig:
     neck_margin: float = 0.1  # body scales below the garment's collar that skin is still neck
     turned_spread: float = 0.7  # shoulders closer than this share of a facing width: turned
     facing_margin: float = 0.2  # torso lengths of shoulder spread before facing may flip
+    # a garment magnified k times (body px per canvas px: k >= 2 on a close-up) is drawn on the
+    # frame shrunk floor(k / work_k) times and brought back to size: the canvas is still not
+    # minified there, so no texture detail is lost, and the cost stops growing with the person
+    work_k: float = 1.0
+    work_max: int = 3  # the most a frame is shrunk
     region: RegionConfig = field(default_factory=RegionConfig)
     fit: FitConfig = field(default_factory=FitConfig)
     shading: ShadingConfig = field(default_factory=ShadingConfig)
@@ -182,6 +187,7 @@ class WarpRenderer:
         self._skin: SkinModel | None = None
         self._skin_seen = 0  # estimates since the reference was cleared
         self._materials: Materials | None = None  # the person's materials (shading), re-learned with the skin
+        self._work = 1  # the frame is drawn shrunk this many times (a close-up), with hysteresis
         self._reschedule(garment)
 
     # -- the swap: the paper's three operations ----------------------------------------------------
@@ -261,6 +267,7 @@ class WarpRenderer:
             held = True
         # points from one detection only are a rough fit: the tracker's next frame replaces them
         try:
+            self._choose_work(frame)
             detail = self._render(frame, refit=self._fits == 1 and not held, measure=measure, masks=masks)
         except (ValueError, cv2.error, FloatingPointError, IndexError):
             detail = None
@@ -274,6 +281,40 @@ class WarpRenderer:
             self._fits += 1
             self._last = (frame.landmarks, frame.person_mask)
         return detail
+
+    def _choose_work(self, frame: FrameInput) -> None:
+        """How many times to shrink this frame: the garment's nominal magnification (its seams on
+        the shoulders, ``fit_garment``'s scale from the raw landmarks) over ``work_k``, held until
+        it is 10 % past the next step (a person stepping closer does not flip it to and fro).
+        On a change the pixel-valued history is brought to the new size."""
+        lm, img = frame.landmarks, frame.frame_bgr
+        if (
+            lm is None
+            or img is None
+            or img.ndim != 3
+            or lm.shape[0] < 33
+            or not np.all(np.isfinite(lm[:25, :2]))
+        ):
+            return
+        h, w = img.shape[:2]
+        px = lm[:25, :2].astype(np.float64) * (w, h)
+        across = float(np.hypot(*(px[LM.LEFT_SHOULDER] - px[LM.RIGHT_SHOULDER])))
+        torso = float(np.hypot(*((px[11] + px[12]) / 2 - (px[23] + px[24]) / 2)))
+        facing = max(across, self.config.fit.facing_ratio * torso)
+        g = self.geometry
+        k = self.config.fit.seam_width * facing / max(g.seam_width or g.width, 1.0)
+        steps = k / self.config.work_k
+        work = self._work
+        if steps >= (work + 1) * 1.1 or steps < work * 0.9:
+            work = int(np.clip(np.floor(steps), 1, self.config.work_max))
+        if work != self._work:
+            ratio = self._work / work
+            if self._points is not None:
+                self._points = self._points * ratio
+            if self._facing_w is not None:
+                self._facing_w *= ratio
+            self._last_grey = None
+            self._work = work
 
     def _still(self, img: np.ndarray, person: np.ndarray) -> bool:
         """Whether the person's pixels are the same as last frame's up to camera noise (mean
@@ -368,8 +409,15 @@ class WarpRenderer:
         person_full = self._usable(frame)
         if person_full is None:
             return None
+        source = frame.frame_bgr  # the frame as it came: what the output is composed on
+        source_person = person_full
+        work = self._work
+        if work > 1:
+            frame = _shrunk(frame, work)
+            person_full = _shrink_mask(person_full, frame.frame_bgr.shape[:2])
         img = frame.frame_bgr
         h, w = img.shape[:2]
+        self._small_size = (h, w)
         lm = frame.landmarks[:33]
         px = self._smoothed(lm[:, :2].astype(np.float64) * (w, h), self._still(img, person_full), refit)
         # facing the camera or away, with hysteresis: a side view's shoulders nearly overlap, and
@@ -521,7 +569,7 @@ class WarpRenderer:
                 return
             bx0, by0, bx1, by1 = box
             sub = (slice(by0, by1), slice(bx0, bx1))
-            a = _soft(mask[sub], c.edge_sigma)
+            a = _soft(mask[sub], c.edge_sigma / work)
             if callable(texel):
                 layer, cover = texel(box)  # float32, ours to change; the garment's own coverage
                 if cover is not None:
@@ -581,6 +629,26 @@ class WarpRenderer:
         drawn_roi = alpha >= 0.5 / 255
         if not drawn_roi[box].any():
             return None
+        if work > 1:
+            return self._compose_up(
+                frame.seq,
+                source,
+                (x0 + px0, y0 + py0, x0 + px1, y0 + py1),
+                colour[box],
+                a_box,
+                blocked[box],
+                None if landmarks_only else source_person,
+                (person[box] > 0) if landmarks_only else cv2.bitwise_and(hanging, zone)[box] > 0,
+                {
+                    "garment": (garment_alpha >= 0.5).view(np.uint8) * 255,
+                    "clothing": clothing,
+                    "skin": skin_drawn,
+                }
+                if masks
+                else None,
+                (x0, y0, x1, y1),
+                {k: v / work for k, v in scales.items()},
+            )
         blended = cv2.add(colour[box], patch[box].astype(np.float32) * (1.0 - a_box)[..., None])
         out = img.copy()
         # float -> uint8 with rounding and saturation in one cv2 call
@@ -603,6 +671,78 @@ class WarpRenderer:
             garment=full((garment_alpha >= 0.5).astype(np.uint8) * 255),
             clothing=full(clothing),
             skin=full(skin_drawn),
+            scales=scales,
+        )
+
+    def _compose_up(
+        self,
+        seq: int,
+        source: np.ndarray,
+        box: tuple[int, int, int, int],
+        colour: np.ndarray,
+        alpha: np.ndarray,
+        blocked: np.ndarray,
+        person: np.ndarray | None,
+        hanging: np.ndarray,
+        masks: dict[str, np.ndarray] | None,
+        roi: tuple[int, int, int, int],
+        scales: dict[str, float],
+    ) -> RenderDetail | None:
+        """The layers drawn on the shrunk frame, brought to the frame's own size and laid over it:
+        premultiplied colour and coverage resized bilinearly, then the rules that must hold at
+        full size applied again there: nothing on the head or hands (their mask grown by the
+        resize's reach), at most ``outside_alpha`` outside the person (the frame's own person
+        mask, ``person``) but where the garment hangs below the hips (``hanging``, over the
+        painted box of the shrunk frame; without segmentation, ``person`` is None and
+        ``hanging`` is the body zones standing in for it). ``box``: the painted box, ``roi`` the ROI, in the
+        shrunk frame's pixels."""
+        big_h, big_w = source.shape[:2]
+        small_h, small_w = self._small_size
+        sx, sy = big_w / small_w, big_h / small_h
+        bx0, by0 = int(np.floor(box[0] * sx)), int(np.floor(box[1] * sy))
+        bx1, by1 = min(big_w, int(np.ceil(box[2] * sx))), min(big_h, int(np.ceil(box[3] * sy)))
+        size = (bx1 - bx0, by1 - by0)
+        if size[0] < 1 or size[1] < 1:
+            return None
+        colour = cv2.resize(colour, size, interpolation=cv2.INTER_LINEAR)
+        alpha = cv2.resize(alpha, size, interpolation=cv2.INTER_LINEAR)
+        # the head and hands, grown by what the bilinear resize can carry into them
+        keep_out = cv2.resize(blocked, size, interpolation=cv2.INTER_LINEAR) > 0
+        inside = cv2.resize(hanging.view(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        if person is not None:
+            inside |= person[by0:by1, bx0:bx1] > 0
+        cap = np.where(inside, np.float32(1.0), np.float32(self.config.outside_alpha))
+        factor = np.minimum(1.0, cap / np.maximum(alpha, 1e-6)).astype(np.float32)
+        factor[keep_out] = 0.0
+        colour *= factor[..., None]
+        alpha *= factor
+        drawn = alpha >= 0.5 / 255
+        if not drawn.any():
+            return None
+        patch = source[by0:by1, bx0:bx1]
+        blended = cv2.add(colour, patch.astype(np.float32) * (1.0 - alpha)[..., None])
+        out = source.copy()
+        np.copyto(out[by0:by1, bx0:bx1], cv2.convertScaleAbs(blended), where=drawn[..., None])
+        drawn_full = np.zeros((big_h, big_w), np.uint8)
+        drawn_full[by0:by1, bx0:bx1] = drawn.view(np.uint8) * 255
+        rendered = RenderedFrame(seq, out, self.garment_id, drawn_full)
+        if masks is None:
+            return RenderDetail(rendered)
+
+        def full(m: np.ndarray) -> np.ndarray:
+            f = np.zeros((small_h, small_w), np.uint8)
+            f[roi[1] : roi[3], roi[0] : roi[2]] = m
+            return cv2.resize(f, (big_w, big_h), interpolation=cv2.INTER_NEAREST)
+
+        garment = full(masks["garment"])  # where the garment is, at least half covering
+        cover = np.zeros((big_h, big_w), bool)
+        cover[by0:by1, bx0:bx1] = alpha >= 0.5
+        garment[~cover] = 0
+        return RenderDetail(
+            rendered,
+            garment=garment,
+            clothing=full(masks["clothing"]),
+            skin=full(masks["skin"]),
             scales=scales,
         )
 
@@ -701,6 +841,27 @@ class WarpRenderer:
             items.append((depth, behind, [(behind, sleeve, texel, True), (behind, bare, skin_gain, False)]))
         items.sort(key=lambda item: -item[0])  # the farther wrist first, the nearer on top
         return [layer for _, _, layers in items for layer in layers]
+
+
+def _shrunk(frame: FrameInput, work: int) -> FrameInput:
+    """The frame and its masks ``work`` times smaller (landmarks are normalised: unchanged)."""
+    h, w = frame.frame_bgr.shape[:2]
+    size = (max(8, round(w / work)), max(8, round(h / work)))
+    img = cv2.resize(frame.frame_bgr, size, interpolation=cv2.INTER_AREA)
+    return replace(
+        frame,
+        frame_bgr=img,
+        person_mask=None if frame.person_mask is None else _shrink_mask(frame.person_mask, img.shape[:2]),
+        garment_mask=None if frame.garment_mask is None else _shrink_mask(frame.garment_mask, img.shape[:2]),
+    )
+
+
+def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A 0/255 mask at ``shape``: the share of each small pixel's area that is set, over a half."""
+    if mask.shape == shape:
+        return mask
+    small = cv2.resize(mask, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    return np.where(small >= 128, 255, 0).astype(np.uint8)
 
 
 def _chains(b: region.Body) -> list[list[np.ndarray]]:
