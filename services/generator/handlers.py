@@ -18,20 +18,20 @@ from __future__ import annotations
 import asyncio
 
 from nats.aio.msg import Msg
-from prometheus_client import Counter, Histogram
+from prometheus_client import Histogram
 
 from runtime.events import EventPublisher
 from runtime.fleet.member import FleetMember
 from runtime.fleet.records import Ownership
 from runtime.jetstream import control_stream
-from runtime.logging import RateLimitedLog, get_logger
+from runtime.logging import get_logger
 from runtime.media import encode_jpeg
 from runtime.metrics import LATENCY_BUCKETS_S
 from runtime.service import ServiceContext
 from runtime.stage import FrameDropped, FrameStage, StageOutput
 from services.generator.backends import resolve
 from services.generator.control import SessionControl
-from services.generator.downlink import OutputQuality
+from services.generator.downlink import Downlinks
 from services.generator.inputs import frame_input
 from services.generator.lifecycle import ServedSession
 from services.generator.rendering import AtCapacity, FrameInput, RenderedFrame, Renderer
@@ -40,8 +40,8 @@ from services.generator.settings import GeneratorSettings
 from services.generator.state import SessionStore
 from shared.errors import CodedError
 from shared.headers import FrameMeta, now_ns
-from shared.schemas import Conditioning, ReceiverReport, SchemaError
-from shared.subjects import Channel, InvalidSessionId
+from shared.schemas import Conditioning, SchemaError
+from shared.subjects import Channel
 
 log = get_logger("generator")
 JS_TIMEOUT_S = 2.0
@@ -73,13 +73,14 @@ class GeneratorHandlers:
             buckets=LATENCY_BUCKETS_S,
             registry=ctx.metrics.registry,
         ).labels(ctx.name)
-        self.receiver_reports = Counter(
-            "chameleon_receiver_reports_total",
-            "Viewers' receiver reports by outcome (a changed output quality, kept, not ours, bad)",
-            ["service", "outcome"],
-            registry=ctx.metrics.registry,
+        self.downlinks = Downlinks(
+            ctx.name,
+            ctx.subjects,
+            self.sessions.table,
+            settings.out_jpeg_quality,
+            settings.out_min_jpeg_quality,
+            ctx.metrics.registry,
         )
-        self._lines = RateLimitedLog(log, burst=3)
         self.fleet: FleetMember | None = None
         self._background: set[asyncio.Task[None]] = set()
 
@@ -216,7 +217,7 @@ class GeneratorHandlers:
         renderer = served.renderer
         if renderer is None or served.in_flight:
             return
-        t_in, quality = now_ns(), self._out_quality(served)
+        t_in, quality = now_ns(), self.downlinks.quality(served)
         try:
             rendered = await asyncio.to_thread(
                 lambda: [(f, encode_jpeg(f.image_bgr, quality)) for f in renderer.flush()]
@@ -260,7 +261,7 @@ class GeneratorHandlers:
         """Draw off the loop; None when the renderer was replaced meanwhile (then it is closed)."""
         served.in_flight.append(renderer)
         try:
-            rendered = await asyncio.to_thread(self._draw, renderer, inp, self._out_quality(served))
+            rendered = await asyncio.to_thread(self._draw, renderer, inp, self.downlinks.quality(served))
         finally:
             served.in_flight.remove(renderer)
         if served.renderer is not renderer:
@@ -276,34 +277,5 @@ class GeneratorHandlers:
 
     # -- the viewer's downlink ------------------------------------------------------------------
     async def on_receiver_report(self, msg: Msg) -> None:
-        """A viewer's receiver report fits its session's output quality (``downlink``); only the
-        session's owner keeps one, every other worker ignores it."""
-        try:
-            report = ReceiverReport.decode(msg.data)
-            if report.session_id != self.ctx.subjects.session_of(msg.subject):
-                raise SchemaError("receiver_report session_id differs from its subject")
-        except (SchemaError, InvalidSessionId) as exc:
-            self.receiver_reports.labels(self.ctx.name, "bad").inc()
-            self._lines.warning("receiver_report_rejected", key="bad_report", error=str(exc))
-            return
-        served = self.sessions.table.get(report.session_id)
-        if served is None:
-            self.receiver_reports.labels(self.ctx.name, "not_served").inc()
-            return
-        if served.output_quality is None:
-            served.output_quality = OutputQuality(
-                self.settings.out_jpeg_quality, self.settings.out_min_jpeg_quality
-            )
-        changed = served.output_quality.on_report(report)
-        self.receiver_reports.labels(self.ctx.name, "changed" if changed else "kept").inc()
-        if changed:
-            log.info(
-                "output_quality",
-                session_id=served.session_id,
-                quality=served.output_quality.quality,
-                queue_ms=report.queue_ms,
-            )
-
-    def _out_quality(self, served: ServedSession) -> int:
-        fit = served.output_quality
-        return fit.quality if fit is not None else self.settings.out_jpeg_quality
+        """A viewer's receiver report fits its session's output quality (``downlink``)."""
+        self.downlinks.take(msg.subject, msg.data)

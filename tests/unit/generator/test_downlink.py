@@ -61,3 +61,36 @@ def test_receiver_reports_are_validated() -> None:
         fields = {**r.to_dict(), **bad}
         with pytest.raises(SchemaError):
             ReceiverReport.from_dict(fields)
+
+
+def test_reports_off_the_bus_are_checked_counted_and_kept_for_served_sessions_only() -> None:
+    from dataclasses import dataclass
+
+    from prometheus_client import CollectorRegistry
+
+    from services.generator.downlink import Downlinks
+    from shared.subjects import Subjects
+
+    @dataclass
+    class Served:
+        session_id: str
+        output_quality: OutputQuality | None = None
+
+    subjects, registry = Subjects(), CollectorRegistry()
+    served = {"s1": Served("s1")}
+    links = Downlinks("generator-1", subjects, served, 95, 50, registry)
+    assert links.quality(served["s1"]) == 95  # before any report: the service's quality
+    assert links.take(subjects.feedback("s1"), report(400).encode()) == "changed"
+    assert links.quality(served["s1"]) == 85
+    assert links.take(subjects.feedback("s1"), report(5).encode()) == "kept"
+    assert links.take(subjects.feedback("s2"), report(400).encode()) == "bad"  # not its subject
+    assert links.take(subjects.feedback("s1"), b"\x00junk") == "bad"
+    other = ReceiverReport(session_id="s9", window_ms=1000.0, frames=15, bytes=1, queue_ms=400.0)
+    assert links.take(subjects.feedback("s9"), other.encode()) == "not_served"
+    counts = {
+        s.labels["outcome"]: s.value
+        for m in registry.collect()
+        for s in m.samples
+        if s.name == "chameleon_receiver_reports_total"
+    }
+    assert counts == {"changed": 1.0, "kept": 1.0, "bad": 2.0, "not_served": 1.0}
