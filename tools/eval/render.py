@@ -46,6 +46,10 @@ shared by all garments. ``{GARMENT: {KEYS}}`` for the current renderer, ``by_gar
 the legacy renderer's means over the same frames, ``worst_garment`` ``{"id", KEYS}`` (lowest
 ``garment_iou``), and ``photo_vs_source``: the same clips with every garment taken from its source
 image (``{"garment_iou_photo", "garment_iou_source", "worst_drop": {"id", "drop"}}``).
+Each garment's entry also has ``garment_iou_found``: the IoU over the frames where MediaPipe found
+the figure (a frame without a body passes through undrawn and scores 0 for every garment alike,
+which says nothing about the garment), with ``frames_found`` of ``frames``; and
+``worst_garment_found`` is the lowest of those.
 """
 
 from __future__ import annotations
@@ -253,15 +257,21 @@ def by_garment(args, makers: dict) -> dict:
             garment = get(gid)
             for name in ("current", "baseline") if source == "photo" else ("current",):
                 values: dict[str, list[float]] = {k: [] for k in KEYS}
+                found_iou: list[float] = []
                 for (_, _, _, lead, fed, clip), truth in zip(inputs, truths, strict=True):
                     images, masks = _render_clip(makers[name], garment, lead, fed)
-                    for out, drawn, gt, src in zip(images, masks, truth, clip.inputs, strict=True):
+                    for out, drawn, gt, src, inp in zip(images, masks, truth, clip.inputs, fed, strict=True):
                         for k, v in frame_metrics(out, drawn, gt, src).items():
                             values[k].append(v)
+                        if inp.landmarks is not None:
+                            found_iou.append(values["garment_iou"][-1])
                     values["temporal_flicker"] += _flicker(
                         images, type(clip)(**{**clip.__dict__, "truth": truth})
                     )
                 summary = _summary(values)
+                summary["garment_iou_found"] = _mean(found_iou)
+                summary["frames_found"] = len(found_iou)
+                summary["frames"] = len(values["garment_iou"])
                 if source == "photo" and name == "current":
                     report["by_garment"][gid] = summary
                 elif source == "photo":
@@ -271,6 +281,8 @@ def by_garment(args, makers: dict) -> dict:
     bar.close()
     worst = min(report["by_garment"], key=lambda g: report["by_garment"][g]["garment_iou"])
     report["worst_garment"] = {"id": worst, **report["by_garment"][worst]}
+    found = min(report["by_garment"], key=lambda g: report["by_garment"][g]["garment_iou_found"])
+    report["worst_garment_found"] = {"id": found, **report["by_garment"][found]}
     drops = {g: per_source["source"][g] - per_source["photo"][g] for g in per_source["photo"]}
     worst_drop = max(drops, key=lambda g: drops[g])
     report["photo_vs_source"] = {
@@ -283,6 +295,10 @@ def by_garment(args, makers: dict) -> dict:
         "current": {k: _mean([v[k] for v in report["by_garment"].values()]) for k in KEYS},
         "baseline": {k: _mean([v[k] for v in base.values()]) for k in KEYS},
     }
+    for name, entries in (("current", report["by_garment"]), ("baseline", base)):
+        report["by_garment_means"][name]["garment_iou_found"] = _mean(
+            [v["garment_iou_found"] for v in entries.values()]
+        )
     return report
 
 

@@ -201,3 +201,27 @@ def test_the_skin_colour_is_the_lit_skin_not_a_beard() -> None:
     beard = cv2.cvtColor(ycc, cv2.COLOR_YCrCb2BGR)[0, 0]
     cv2.rectangle(frame, (70, 93), (130, 115), beard.tolist(), -1)
     _assert_skin_is(face, frame, mouth_y=102, mouth_half=6, ear_half=28)
+
+
+def test_eval_render_judges_each_garment_over_all_frames_and_over_the_frames_with_a_body(capsys) -> None:
+    """`chameleon eval render`'s by_garment (docs/warp.md): a frame where MediaPipe finds no body
+    passes through undrawn and scores 0 for every garment alike, so each garment also gets its
+    IoU over the frames with a body (``garment_iou_found``, ``frames_found`` of ``frames``)."""
+    import json
+
+    from tools.eval import render
+
+    argv = ["--json", "--clips-per-pose", "1", "--frames", "2", "--lead-in", "2", "--garment-frames", "2"]
+    assert render.main([*argv, "--garment-ids", "tee-red-solid"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    entry = report["by_garment"]["tee-red-solid"]
+    assert entry["frames"] == 12  # 6 families x 2 frames
+    # the figure's sleeve-change clip at seed 0 is one MediaPipe never finds (docs/warp.md)
+    assert 0 < entry["frames_found"] < entry["frames"]
+    # an undrawn frame scores 0: the IoU summed over all frames is the sum over those found
+    total = entry["garment_iou"] * entry["frames"]
+    assert entry["garment_iou_found"] * entry["frames_found"] == pytest.approx(total, abs=0.01)
+    assert entry["garment_iou_found"] > entry["garment_iou"]
+    assert report["worst_garment_found"]["id"] == "tee-red-solid"
+    means = report["by_garment_means"]
+    assert means["current"]["garment_iou_found"] == entry["garment_iou_found"]
