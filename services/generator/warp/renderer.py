@@ -52,6 +52,10 @@ class WarpConfig:
     outside_alpha: float = 0.45  # the most garment a pixel outside the person mask may get
     bare_width: float = 0.3  # body scales: a bare forearm's thickness where it crosses the torso
     wide_arm: float = 0.7  # body scales: how far across an arm its old sleeve may be found
+    # a long sleeve (reaching this share of the arm, or more) also covers the old clothing up to
+    # cuff_past body scales past the wrist: an old cuff there, never the hand (blocked)
+    long_sleeve: float = 0.9
+    cuff_past: float = 0.25
     behind_z: float = 0.35  # body scales of depth: a shoulder this much farther is behind
     neck_margin: float = 0.1  # body scales below the garment's collar that skin is still neck
     turned_spread: float = 0.7  # shoulders closer than this share of a facing width: turned
@@ -801,10 +805,16 @@ class WarpRenderer:
                     region.capsule(sleeve, a, e, 2 * half)
                 _band(wide, a, e, c.wide_arm * s)
             cv2.circle(wide, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
-            if reach > upper + fore:  # a cuff past the wrist covers old clothing only, never the hand
+            past = reach - upper - fore
+            if reach >= c.long_sleeve * (upper + fore):
+                past = max(past, c.cuff_past * s)
+            if past > 0:  # a cuff past the wrist covers old clothing only, never the hand
                 d = chain[2] - chain[1]
-                cuff = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * (reach - upper - fore)
-                _band(wide, chain[2], cuff, 2 * half)
+                cuff = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * past
+                band = np.zeros(shape, np.uint8)
+                _band(band, chain[2], cuff, 2 * half)
+                band[cv2.dilate(blocked, _DISC7) > 0] = 0  # nor the soft edge's reach into it
+                wide |= band
             sleeve = cv2.bitwise_or(cv2.bitwise_and(sleeve, person), cv2.bitwise_and(wide, clothing))
             if on_arm <= 0.0:
                 sleeve[:] = 0

@@ -30,6 +30,7 @@ LEAD_IN = 4
 FIGURES = {
     "front": ("front", 1500, "shirt-green-solid", "tee-red-solid"),
     "raised": ("raised_arms", 1502, "tee-yellow-dots", "shirt-green-solid"),
+    "cuffs": ("front", 1500, "shirt-red-checks", "shirt-green-solid"),
 }
 
 
@@ -94,6 +95,28 @@ def test_sleeves_follow_bent_arms(figure_clips) -> None:
     truth = clip.truth[-1].garment
     drawn = detail.garment > 0
     assert (drawn & truth).sum() / truth.sum() >= 0.8
+
+
+def test_a_long_sleeve_covers_the_old_cuff_and_not_the_hand(figure_clips) -> None:
+    """A long-sleeved shirt over another: the old sleeve's cuff past the wrist landmark is
+    covered (``WarpConfig.cuff_past``), the hands stay as filmed."""
+    clip, frames, garment = figure_clips["cuffs"]
+    detail = _render_clip(frames, garment)
+    src = clip.inputs[-1]
+    h, w = src.image.shape[:2]
+    px = frames[-1].landmarks[:, :2] * (w, h)
+    scale = float(np.hypot(*(px[LM.LEFT_SHOULDER] - px[LM.RIGHT_SHOULDER])))
+    near = np.zeros((h, w), np.uint8)
+    for wrist in (LM.LEFT_WRIST, LM.RIGHT_WRIST):
+        x, y = round(float(px[wrist][0])), round(float(px[wrist][1]))
+        cv2.circle(near, (x, y), round(0.3 * scale), 255, -1)
+    old = src.garment & (near > 0) & ~src.keep_out
+    showing = old & ~(detail.garment > 0)
+    # 0.28 of the old sleeve round the wrists still shows (its edges beside the new sleeve);
+    # 0.44 when a long sleeve stopped at the wrist landmark and left the cuff
+    assert showing.sum() <= 0.36 * old.sum()
+    changed = np.abs(detail.frame.image_bgr.astype(int) - src.image.astype(int)).sum(axis=2) > 0
+    assert not (changed & src.keep_out).any()
 
 
 def test_the_old_clothings_folds_and_light_carry_over(figure_clips) -> None:
