@@ -10,7 +10,8 @@
 Each of the rest has its module: ``control`` (the worker's JetStream consumer of every session's
 control, and each owned session's control read from the stream; start, swap, stop), ``sessions``
 (the served sessions, their backends and garments), ``state`` (the stored state, kept stops),
-``lifecycle`` (every decision, pure).
+``lifecycle`` (every decision, pure), ``drawing`` (render and encode off the loop), ``downlink``
+(the viewer's receiver reports).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ from runtime.fleet.member import FleetMember
 from runtime.fleet.records import Ownership
 from runtime.jetstream import control_stream
 from runtime.logging import get_logger
-from runtime.media import encode_jpeg
 from runtime.metrics import LATENCY_BUCKETS_S
 from runtime.service import ServiceContext
 from runtime.stage import FrameDropped, FrameStage, StageOutput
 from services.generator.backends import resolve
 from services.generator.control import SessionControl
 from services.generator.downlink import Downlinks
+from services.generator.drawing import Rendered, draw, held_back
 from services.generator.inputs import frame_input
 from services.generator.lifecycle import ServedSession
-from services.generator.rendering import AtCapacity, FrameInput, RenderedFrame, Renderer
+from services.generator.rendering import AtCapacity, RenderedFrame
 from services.generator.sessions import Sessions
 from services.generator.settings import GeneratorSettings
 from services.generator.state import SessionStore
@@ -45,7 +46,6 @@ from shared.subjects import Channel
 
 log = get_logger("generator")
 JS_TIMEOUT_S = 2.0
-Rendered = list[tuple[RenderedFrame, bytes]]  # frames and their JPEGs, encoded on the drawing thread
 
 
 class GeneratorHandlers:
@@ -190,7 +190,7 @@ class GeneratorHandlers:
             served.keep_latest(inp, arrived)
             served.remember_meta(meta)
             renderer = served.renderer
-        rendered = await self._draw_for(served, renderer, inp)
+        rendered = await draw(served, renderer, inp, self.downlinks.quality(served))
         if rendered is None:  # swapped or stopped while drawing: this frame shows the old garment
             raise FrameDropped("swapped")
         await self.publish(served, rendered, t_in)
@@ -206,26 +206,17 @@ class GeneratorHandlers:
         inp, meta = latest
         t_in = now_ns()
         served.remember_meta(meta.stamp(self.ctx.name, "in", t_in))
-        rendered = await self._draw_for(served, renderer, inp)
+        rendered = await draw(served, renderer, inp, self.downlinks.quality(served))
         if rendered is not None:
             await self.publish(served, rendered, t_in)
 
     async def flush(self, served: ServedSession) -> None:
-        """Publish what the renderer still holds (the student's incomplete chunk) before its
-        session ends, so every frame it took comes out once. Not while a frame is drawing: that
-        thread owns the renderer, and its chunk is dropped with the session as before."""
-        renderer = served.renderer
-        if renderer is None or served.in_flight:
-            return
-        t_in, quality = now_ns(), self.downlinks.quality(served)
-        try:
-            rendered = await asyncio.to_thread(
-                lambda: [(f, encode_jpeg(f.image_bgr, quality)) for f in renderer.flush()]
-            )
-        except Exception as exc:  # the session ends regardless; its held-back frames are lost
-            log.warning("flush_failed", session_id=served.session_id, error=str(exc))
-            return
-        await self.publish(served, rendered, t_in)
+        """Publish what the renderer still holds before its session ends (``drawing.held_back``),
+        so every frame it took comes out once."""
+        t_in = now_ns()
+        rendered = await held_back(served, self.downlinks.quality(served))
+        if rendered:
+            await self.publish(served, rendered, t_in)
 
     async def publish(self, served: ServedSession, rendered: Rendered, t_in: int) -> None:
         """The one way out for rendered frames: matched back to their inputs' headers (a chunk
@@ -256,24 +247,6 @@ class GeneratorHandlers:
             task = asyncio.create_task(self.sessions.store.save_quietly(served))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-
-    async def _draw_for(self, served: ServedSession, renderer: Renderer, inp: FrameInput) -> Rendered | None:
-        """Draw off the loop; None when the renderer was replaced meanwhile (then it is closed)."""
-        served.in_flight.append(renderer)
-        try:
-            rendered = await asyncio.to_thread(self._draw, renderer, inp, self.downlinks.quality(served))
-        finally:
-            served.in_flight.remove(renderer)
-        if served.renderer is not renderer:
-            if renderer not in served.in_flight:
-                renderer.close()
-            return None
-        return rendered
-
-    def _draw(self, renderer: Renderer, inp: FrameInput, quality: int) -> Rendered:
-        """Render and encode in ONE worker-thread trip: each trip is a wake-up of the event loop
-        and of a pool thread, which on a busy machine costs more than the JPEG itself."""
-        return [(frame, encode_jpeg(frame.image_bgr, quality)) for frame in renderer.render(inp)]
 
     # -- the viewer's downlink ------------------------------------------------------------------
     async def on_receiver_report(self, msg: Msg) -> None:
