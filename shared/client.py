@@ -203,6 +203,18 @@ async def connect(
 
 
 # -- frames ---------------------------------------------------------------------------------------
+async def frame_slot(start: float, index: int, period: float) -> int:
+    """Wait for frame ``index`` of a schedule that began at ``start`` (``time.monotonic()``) with
+    one frame every ``period`` seconds. Returns how many frames to skip: 0 when on time, and when
+    more than one interval late the frames missed, so a client that fell behind skips ahead
+    instead of bursting them."""
+    delay = start + index * period - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+        return 0
+    return int(-delay / period) if -delay > period else 0
+
+
 async def publish_frame(nc: NATS, subject: str, payload: bytes, meta: FrameMeta) -> bool:
     """Publish a frame unless the connection is down (a frame is worthless once stale, and
     nats-py would replay it after a reconnect)."""

@@ -18,7 +18,7 @@ import numpy as np
 from nats.aio.client import Client as NATS
 
 from runtime.media import encode_jpeg
-from shared.client import PacedSender, camera_frame, publish_frame
+from shared.client import PacedSender, camera_frame, frame_slot, publish_frame
 from shared.headers import now_ns
 from shared.subjects import Subjects
 
@@ -67,15 +67,10 @@ async def run_camera(
             if item is None:
                 break
             jpeg, w, h = item
-            if period:
-                due = start + (seq - first_seq) * period
-                delay = due - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                elif -delay > period:  # behind by more than a frame: skip, do not burst
-                    missed = int(-delay / period)
-                    report.skipped += missed
-                    seq += missed
+            if period:  # behind by more than a frame: skip, do not burst
+                missed = await frame_slot(start, seq - first_seq, period)
+                report.skipped += missed
+                seq += missed
             if not sender.admit(len(jpeg)):
                 report.skipped += 1
                 report.link_dropped += 1

@@ -140,3 +140,16 @@ def test_coded_errors_carry_their_code_and_a_subclass_may_restrict_codes() -> No
     assert isinstance(GarmentError("unavailable", "x"), CodedError)
     with pytest.raises(ValueError, match="no_such_code"):
         GarmentError("no_such_code", "x")
+
+
+async def test_frame_slot_waits_for_a_frames_time_and_skips_ahead_when_late() -> None:
+    import time
+
+    from shared.client import frame_slot
+
+    start = time.monotonic()
+    assert await frame_slot(start, 2, 0.02) == 0
+    assert time.monotonic() - start >= 0.04  # slept until frame 2's time
+    late = time.monotonic() - 0.05  # frame 0 was due 50 ms ago: 2.5 intervals of 20 ms
+    assert await frame_slot(late, 0, 0.02) == 2
+    assert await frame_slot(time.monotonic() - 0.015, 0, 0.02) == 0  # under an interval: on time

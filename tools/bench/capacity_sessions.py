@@ -89,17 +89,14 @@ async def _camera(
 ) -> None:
     """Publish at ``fps`` from ``start`` (monotonic) until ``stop``; a frame more than one interval
     late is skipped, never bursted (as the camera client does)."""
-    from shared.client import camera_frame, publish_frame
+    from shared.client import camera_frame, frame_slot, publish_frame
 
     period = 1.0 / fps
     subject = subjects.camera(s.sid)
     seq = 0
     while not stop.is_set():
-        delay = start + seq * period - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        elif -delay > period:
-            missed = int(-delay / period)
+        missed = await frame_slot(start, seq, period)
+        if missed:
             s.skipped += missed
             seq += missed
             continue

@@ -255,20 +255,16 @@ class Publisher:
         offset_s: float,
         stop: asyncio.Event,
     ) -> None:
-        from shared.client import publish_frame
+        from shared.client import frame_slot, publish_frame
         from shared.headers import FrameMeta, now_ns
 
         period = 1.0 / fps
         start = time.monotonic() + offset_s
         seq = 0
         while not stop.is_set():
-            delay = start + seq * period - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay > period:
-                missed = int(-delay / period)
-                self.skipped += missed
-                seq += missed
+            missed = await frame_slot(start, seq, period)
+            self.skipped += missed
+            seq += missed
             cond = dataclasses.replace(recorded[seq % len(recorded)], session_id=session_id, seq=seq)
             meta = FrameMeta(session_id, seq, now_ns(), cond.width, cond.height).stamp("preprocess", "out")
             if await publish_frame(nc, subject, cond.encode(), meta):
