@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -20,6 +22,7 @@ from shared.control import ensure_control_stream
 from shared.subjects import Subjects
 
 log = get_logger("control")
+T = TypeVar("T")
 
 
 async def control_stream(
@@ -28,18 +31,13 @@ async def control_stream(
     """The control stream, made or brought to ``replicas``; an update the servers refuse is logged
     and the stream used as it is (a process must still start). Asked again while JetStream does
     not answer yet, as ``key_value`` does."""
-    give_up = time.monotonic() + (START_DEADLINE_S if deadline_s is None else deadline_s)
-    while True:
-        try:
-            refused = await ensure_control_stream(js, subjects, replicas)
-            break
-        except NOT_YET as exc:
-            if time.monotonic() > give_up:
-                raise
-            log.warning(
-                "jetstream_not_ready", stream=subjects.control_stream, error=str(exc) or type(exc).__name__
-            )
-            await asyncio.sleep(0.5)
+    refused = await until_answered(
+        lambda: ensure_control_stream(js, subjects, replicas),
+        START_DEADLINE_S if deadline_s is None else deadline_s,
+        log,
+        "jetstream_not_ready",
+        stream=subjects.control_stream,
+    )
     if refused:
         log.warning("control_stream_update_failed", stream=subjects.control_stream, error=refused)
 
@@ -53,6 +51,23 @@ NOT_YET = (  # JetStream not answering yet: a cluster still forming or electing,
 START_DEADLINE_S = 60.0
 
 
+async def until_answered(
+    ask: Callable[[], Awaitable[T]], deadline_s: float, logger: Any, event: str, **fields: Any
+) -> T:
+    """``ask()``, asked again every 0.5 s while JetStream does not answer yet (``NOT_YET``: a
+    cluster still electing, a loaded machine), each time a warning ``event``; after
+    ``deadline_s`` its error. A process that gave up on its first timeout exited at start."""
+    give_up = time.monotonic() + deadline_s
+    while True:
+        try:
+            return await ask()
+        except NOT_YET as exc:
+            if time.monotonic() > give_up:
+                raise
+            logger.warning(event, error=str(exc) or type(exc).__name__, **fields)
+            await asyncio.sleep(0.5)
+
+
 async def key_value(
     js: JetStreamContext, config: KeyValueConfig, deadline_s: float = START_DEADLINE_S
 ) -> KeyValue:
@@ -60,18 +75,14 @@ async def key_value(
     that does not answer yet (a three-node cluster starting while every service makes its buckets
     at once) is asked again until ``deadline_s``: a process that gave up on its first timeout
     exited at start, and a benchmark with it."""
-    give_up = time.monotonic() + deadline_s
-    while True:
+
+    async def get_or_create() -> KeyValue:
         try:
-            try:
-                return await js.key_value(config.bucket)
-            except BucketNotFoundError:
-                return await js.create_key_value(config)
-        except NOT_YET as exc:
-            if time.monotonic() > give_up:
-                raise
-            log.warning("jetstream_not_ready", bucket=config.bucket, error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(0.5)
+            return await js.key_value(config.bucket)
+        except BucketNotFoundError:
+            return await js.create_key_value(config)
+
+    return await until_answered(get_or_create, deadline_s, log, "jetstream_not_ready", bucket=config.bucket)
 
 
 async def object_store(js: JetStreamContext, config: ObjectStoreConfig) -> ObjectStore:

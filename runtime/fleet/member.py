@@ -16,7 +16,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from runtime.fleet.records import Ownership, WorkerLease, lease_key, owner_key, place, safe_worker_id
 from runtime.fleet.view import FleetView, assign, open_view, unassign
-from runtime.jetstream import NOT_YET, START_DEADLINE_S
+from runtime.jetstream import START_DEADLINE_S, until_answered
 from runtime.logging import get_logger
 from shared.subjects import Subjects
 
@@ -114,18 +114,10 @@ class FleetMember:
     async def start(self) -> None:
         self.view = await open_view(self.js, self.subjects, self.replicas)
         self.view.listeners.append(self._on_owner_change)
-        give_up = time.monotonic() + START_DEADLINE_S
-        while True:  # a cluster still electing leaders at start: ask again, do not exit
-            try:
-                await self._renew()
-                break
-            except NOT_YET as exc:
-                if time.monotonic() > give_up:
-                    raise
-                log.warning(
-                    "lease_not_written_yet", worker=self.worker_id, error=str(exc) or type(exc).__name__
-                )
-                await asyncio.sleep(0.5)
+        # a cluster still electing leaders at start: ask again, do not exit
+        await until_answered(
+            self._renew, START_DEADLINE_S, log, "lease_not_written_yet", worker=self.worker_id
+        )
         self._tasks = [
             asyncio.create_task(self._apply_changes(), name="fleet:changes"),
             asyncio.create_task(self._renew_loop(), name="fleet:lease"),

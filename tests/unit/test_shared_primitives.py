@@ -153,3 +153,30 @@ async def test_frame_slot_waits_for_a_frames_time_and_skips_ahead_when_late() ->
     late = time.monotonic() - 0.05  # frame 0 was due 50 ms ago: 2.5 intervals of 20 ms
     assert await frame_slot(late, 0, 0.02) == 2
     assert await frame_slot(time.monotonic() - 0.015, 0, 0.02) == 0  # under an interval: on time
+
+
+async def test_a_jetstream_that_does_not_answer_yet_is_asked_again_until_the_deadline() -> None:
+    import nats.errors
+
+    from runtime.jetstream import until_answered
+
+    calls: list[int] = []
+    warned: list[dict] = []
+
+    class Log:
+        def warning(self, event: str, **fields) -> None:
+            warned.append({"event": event, **fields})
+
+    async def ask() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise nats.errors.TimeoutError
+        return "stream"
+
+    assert await until_answered(ask, 10.0, Log(), "jetstream_not_ready", stream="s") == "stream"
+    assert len(calls) == 3 and [w["event"] for w in warned] == ["jetstream_not_ready"] * 2
+    assert warned[0]["stream"] == "s"
+    calls.clear()
+    with pytest.raises(nats.errors.TimeoutError):  # past the deadline: the error, not a hang
+        await until_answered(ask, 0.0, Log(), "jetstream_not_ready")
+    assert len(calls) == 1
