@@ -11,6 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from warp_testkit import synthetic_body
 
 from services.garments.catalogue import spec_by_id
 from services.generator.rendering import FrameInput
@@ -93,21 +94,12 @@ def test_bare_forearms_across_the_torso_are_not_repainted_around(rendered) -> No
     assert (drawn & truth.garment).sum() / (drawn | truth.garment).sum() >= 0.78
 
 
-def _body(h: int = 240, w: int = 200) -> region.Body:
-    px = np.zeros((33, 2))
-    px[LM.LEFT_SHOULDER], px[LM.RIGHT_SHOULDER] = (140, 60), (60, 60)
-    px[LM.LEFT_HIP], px[LM.RIGHT_HIP] = (130, 180), (70, 180)
-    px[[15, 17, 19, 21]] = [(150, 150), (155, 165), (150, 168), (145, 165)]  # image-right hand
-    px[[16, 18, 20, 22]] = [(50, 150), (45, 165), (50, 168), (55, 165)]  # image-left hand
-    return region.body_in_roi(px)
-
-
 def test_a_hand_zone_is_kept_dropped_or_shaped_by_its_skin() -> None:
     """Hand landmarks that wander onto clothing (crossed arms, hands up at the shoulders) must
     not cut the clothing out: a hand zone with (almost) no skin is dropped. One with a little
     skin (a hand in shadow, poorly seen by the skin test) is kept whole; one the skin test sees
     well (a hand on a bare forearm) is the skin's own shape, so the clothing beside it stays."""
-    b, shape, cfg = _body(), (240, 200), region.RegionConfig()
+    b, shape, cfg = synthetic_body(), (240, 200), region.RegionConfig()
     both = region.hands_mask(b, shape, cfg)
     zone = both[:, 100:] > 0  # the image-right hand's zone (about 750 px)
     assert both[162, 150] and both[162, 50]
@@ -203,7 +195,9 @@ def test_the_skin_colour_is_the_lit_skin_not_a_beard() -> None:
     _assert_skin_is(face, frame, mouth_y=102, mouth_half=6, ear_half=28)
 
 
-def test_eval_render_judges_each_garment_over_all_frames_and_over_the_frames_with_a_body(capsys) -> None:
+def test_eval_render_judges_each_garment_over_all_frames_and_over_the_frames_with_asynthetic_body(
+    capsys,
+) -> None:
     """`chameleon eval render`'s by_garment (docs/warp.md): a frame where MediaPipe finds no body
     passes through undrawn and scores 0 for every garment alike, so each garment also gets its
     IoU over the frames with a body (``garment_iou_found``, ``frames_found`` of ``frames``)."""

@@ -14,6 +14,7 @@ from dataclasses import replace
 import cv2
 import numpy as np
 import pytest
+from warp_testkit import synthetic_body
 
 from services.generator.warp import WarpRenderer, region
 from services.generator.warp.shading import ShadingConfig, shading_gain
@@ -57,20 +58,11 @@ def test_a_black_and_white_photo_is_dressed_without_a_skin_test(bus_frame, red_t
     assert drawn.sum() >= 0.9 * drawn_colour.sum()
 
 
-def _body(h: int = 240, w: int = 200) -> region.Body:
-    px = np.zeros((33, 2))
-    px[LM.LEFT_SHOULDER], px[LM.RIGHT_SHOULDER] = (140, 60), (60, 60)
-    px[LM.LEFT_HIP], px[LM.RIGHT_HIP] = (130, 180), (70, 180)
-    px[[15, 17, 19, 21]] = [(150, 150), (155, 165), (150, 168), (145, 165)]  # image-right hand
-    px[[16, 18, 20, 22]] = [(50, 150), (45, 165), (50, 168), (55, 165)]  # image-left hand
-    return region.body_in_roi(px)
-
-
 def test_a_gloved_hand_is_a_hand_the_tracker_on_clothing_is_not() -> None:
     """A hand zone without skin is either clothing the tracker's hand points wandered onto
     (crossed arms) or a glove or something held: it stays a hand when its colour stands out from
     what is around it."""
-    b, shape, cfg = _body(), (240, 200), region.RegionConfig()
+    b, shape, cfg = synthetic_body(), (240, 200), region.RegionConfig()
     no_skin = np.zeros(shape, np.uint8)
     coat = np.full((*shape, 3), (60, 70, 80), np.uint8)  # the hand points on the coat: not a hand
     assert not region.hands_mask(b, shape, cfg, no_skin, coat).any()
@@ -136,7 +128,7 @@ def test_a_hand_far_from_the_trackers_wrist_is_still_a_hand() -> None:
     """On crossed arms a tracker's wrists can sit a hand's length short of the hands: a piece of
     skin no bigger than a hand, apart from the head, is a hand wherever it is; the face and a
     bare arm are not."""
-    b, cfg = _body(), region.RegionConfig()
+    b, cfg = synthetic_body(), region.RegionConfig()
     skin = np.zeros((240, 200), np.uint8)
     cv2.circle(skin, (100, 40), 25, 255, -1)  # the face
     cv2.circle(skin, (60, 110), 9, 255, -1)  # a hand resting on the other elbow

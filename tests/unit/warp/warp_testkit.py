@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from services.generator.rendering import FrameInput
+from services.generator.warp import region
 from shared.body import LM
 
 
@@ -18,3 +19,14 @@ def inner_torso(frame: FrameInput, shrink: float = 0.8) -> np.ndarray:
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [inner.round().astype(np.int32)], 1)
     return (mask > 0) & (frame.person_mask > 0)
+
+
+def synthetic_body(h: int = 240, w: int = 200) -> region.Body:
+    """A front-facing body in a 200x240 ROI, hands at the hips: for the region rules on drawn
+    masks."""
+    px = np.zeros((33, 2))
+    px[LM.LEFT_SHOULDER], px[LM.RIGHT_SHOULDER] = (140, 60), (60, 60)
+    px[LM.LEFT_HIP], px[LM.RIGHT_HIP] = (130, 180), (70, 180)
+    px[[15, 17, 19, 21]] = [(150, 150), (155, 165), (150, 168), (145, 165)]  # image-right hand
+    px[[16, 18, 20, 22]] = [(50, 150), (45, 165), (50, 168), (55, 165)]  # image-left hand
+    return region.body_in_roi(px)
