@@ -775,6 +775,7 @@ class WarpRenderer:
         shape = person.shape
         s = b.scale
         items = []
+        near_blocked: np.ndarray | None = None  # the head and hands, and a soft edge's reach into them
         for index, (chain, side, outward) in enumerate(
             zip(_chains(b), ("left", "right"), (1.0, -1.0), strict=True)
         ):
@@ -813,7 +814,9 @@ class WarpRenderer:
                 cuff = chain[2] + d / max(float(np.hypot(*d)), 1e-6) * past
                 band = np.zeros(shape, np.uint8)
                 _band(band, chain[2], cuff, 2 * half)
-                band[cv2.dilate(blocked, _DISC7) > 0] = 0  # nor the soft edge's reach into it
+                if near_blocked is None:  # once a frame, for both arms
+                    near_blocked = cv2.dilate(blocked, _DISC7) > 0
+                band[near_blocked] = 0
                 wide |= band
             sleeve = cv2.bitwise_or(cv2.bitwise_and(sleeve, person), cv2.bitwise_and(wide, clothing))
             if on_arm <= 0.0:
