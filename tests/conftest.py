@@ -73,6 +73,12 @@ def zidane_photo() -> np.ndarray:
     return _photo("zidane.jpg")
 
 
+@pytest.fixture(scope="session")
+def cameraman_photo() -> np.ndarray:
+    """512x512 grey photo (read as BGR) of a man bent over a camera, filling the frame (scikit-image)."""
+    return _photo("camera.png")
+
+
 def _cuda_available() -> bool:
     try:
         import torch

@@ -72,6 +72,7 @@ class PreprocessConfig:
                 recreate_after_frames=s.pose_recreate_frames,
                 people_check_every=s.people_check_every,
                 max_side=s.pose_max_side,
+                retry_pad=s.pose_retry_pad,
             ),
             cadence=CadenceConfig(
                 max_interval=s.pose_every_max, travel_px=s.pose_travel_px, fast_px=s.pose_fast_px

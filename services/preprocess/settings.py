@@ -25,6 +25,7 @@ class PreprocessSettings(BaseSettings):
     min_person_area: float = 0.004  # mask components smaller than this fraction are not people
     people_check_every: int = 30  # full-frame segmentation for counting people every N frames; 0: off
     pose_max_side: int = 640  # MediaPipe runs on frames shrunk to this long side; 0: full size
+    pose_retry_pad: float = 0.25  # nobody found: try again zoomed out by this border; 0: off
     # -- pose cadence (landmarks carried by optical flow between pose runs) ------------------------
     pose_every_max: int = 6  # pose at least every N frames; 1: on every frame
     pose_travel_px: float = 8.0  # landmarks may travel about this far between two pose runs

@@ -8,6 +8,7 @@ import pytest
 
 from runtime.media import encode_jpeg
 from services.camera.source import Motion, MotionCamera
+from services.garments.catalogue import spec_by_id
 from services.preprocess import conditioning as cond
 from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
 from services.preprocess.pose import PoseConfig, PoseTracker
@@ -16,6 +17,7 @@ from shared.body import LM
 from shared.errors import CodedError
 from shared.masks import decode_rle
 from shared.schemas import Conditioning, unpack_array
+from tools.eval.figure import make_eval_clip
 from tools.eval.preprocess import detect_rate, follow_error_px, jitter_px, noisy_still_frames
 
 pytestmark = pytest.mark.unit
@@ -216,5 +218,51 @@ def test_a_large_frame_is_shrunk_for_mediapipe_and_its_masks_come_back_full_size
     assert out.scene_prob is not None and out.scene_prob.shape == (720, 1280)
     right = out.person_prob[:, 640:] > 0.5
     assert right.mean() > 2 * (out.person_prob[:, :640] > 0.5).mean()  # the man it tracks
-    with PoseTracker(PoseConfig(people_check_every=0, max_side=0)) as full:
+    with PoseTracker(PoseConfig(people_check_every=0, max_side=0, retry_pad=0)) as full:
         assert full.process(zidane_photo, 1000.0).landmarks is None  # why it is shrunk
+
+
+def test_a_person_the_detector_misses_is_found_zoomed_out(cameraman_photo) -> None:
+    """MediaPipe's detector finds nobody in camera.png at webcam framing (a man bent over a
+    tripod, filling the frame); on the frame padded by a quarter on every side it finds him, and
+    keeps tracking."""
+    frame = MotionCamera(cameraman_photo, 640, 480).frame(0)
+    with PoseTracker(PoseConfig(people_check_every=0, retry_pad=0)) as plain:
+        assert all(plain.process(frame, 1000 + i * FRAME_MS).landmarks is None for i in range(3))
+    with PoseTracker(PoseConfig(people_check_every=0)) as tracker:
+        outs = [tracker.process(frame, 1000 + i * FRAME_MS) for i in range(3)]
+    assert all(o.landmarks is not None for o in outs) and tracker.wide_finds == 1  # then it tracks
+    out = outs[-1]
+    assert out.person_prob is not None and out.person_prob.shape == frame.shape[:2]
+    h, w = frame.shape[:2]
+    person = out.person_prob > 0.5
+    nose = out.landmarks[LM.NOSE, :2] * (w, h)
+    assert _near_mask(person, nose)  # mapped back onto the frame, not onto the padded one
+    assert 0.35 * w < nose[0] < 0.6 * w and 0.2 * h < nose[1] < 0.4 * h  # at (0.48, 0.34)
+
+
+def test_an_empty_scene_costs_one_graph_run_a_frame_after_a_while() -> None:
+    blank = np.full((480, 640, 3), 90, np.uint8)
+    with PoseTracker(PoseConfig(people_check_every=0, retry_alone_after=4)) as tracker:
+        for i in range(10):
+            assert tracker.process(blank, 1000 + i * FRAME_MS).landmarks is None
+        assert tracker.graph_runs == 4 * 2 + 6  # both graphs, then one a frame, taking turns
+
+
+def test_zoomed_out_landmarks_and_mask_land_where_the_plain_graph_puts_them() -> None:
+    """On a frame both graphs see (the eval's drawn figure, one person), what the zoomed-out
+    graph finds is mapped back onto the plain graph's landmarks and mask."""
+    spec = spec_by_id("shirt-green-solid")
+    frame = make_eval_clip("front", 1501, 2, spec, spec).inputs[-1].image
+    h, w = frame.shape[:2]
+    rgb = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    with PoseTracker(PoseConfig(people_check_every=0)) as tracker:
+        tracker.process(frame, 1000.0)  # builds the graphs
+        plain = [tracker._plain(rgb) for _ in range(3)][-1]
+        wide = [tracker._zoomed_out(rgb) for _ in range(3)][-1]
+    assert plain[0] is not None and wide[0] is not None
+    upper = slice(0, LM.LEFT_HIP)
+    apart = np.linalg.norm((plain[0][upper, :2] - wide[0][upper, :2]) * (w, h), axis=1)
+    assert np.median(apart) < 0.01 * h  # 2.3 px
+    a, b = plain[1] > 0.5, wide[1] > 0.5
+    assert wide[1].shape == (h, w) and (a & b).sum() / (a | b).sum() > 0.9  # 0.96
