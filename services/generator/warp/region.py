@@ -31,7 +31,8 @@ class RegionConfig:
     hand_width: float = 0.16  # the capsules from the wrist to the finger landmarks
     hand_reach: float = 0.3  # body scales: the farthest a knuckle landmark is taken from the wrist
     hand_start: float = 0.15  # how far from the wrist towards the knuckles the hand begins
-    hand_past: float = 0.5  # body scales past the wrist, along the forearm, that skin is hand
+    hand_past: float = 0.7  # body scales past the wrist, along the forearm, that skin is hand (0.5
+    # left a hand on crossed arms, where the tracker puts the wrist well short of it, under a sleeve)
     hand_past_width: float = 0.32  # body scales: that band's width
     hand_area: float = 0.2  # body scales squared: a piece of skin this small, apart from the head, is a hand
     hand_min_skin: float = 0.02  # a hand zone with less skin than this is on clothing: not a hand
