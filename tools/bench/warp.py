@@ -1,13 +1,15 @@
 """Render-time benchmark of the warp backend: ``chameleon bench warp`` (``python -m tools.bench.warp``).
 
 Frames: the bus photo cropped to the front person's upper body (webcam framing: the torso about a
-third of the frame wide) and matplotlib's Grace Hopper portrait (a close-up: the person fills the
-frame; the renderer's cost grows with the person's size), each through a moving virtual camera at
-640x480, preprocessed once by the real MediaPipe pipeline (not timed). Timed: ``render`` alone,
-OpenCV on one thread (the serving worker renders one session per thread), cycling over those
-frames. ``--renderer both`` (the default) interleaves the current renderer and the legacy one
-(``tools/eval/legacy_warp.py``) render by render on the same frames, so both see the same moments
-of a shared machine's load: compare their ratio, not absolute times across runs.
+third of the frame wide), matplotlib's Grace Hopper portrait (a close-up: the person fills the
+frame; the renderer's cost grows with the person's size) and ``closeup_body``, the close-up of
+``bench capacity``: the man in the cream coat, head to thighs, filling the frame's height (his
+garment is not magnified there: only ``WarpConfig.pixel_budget`` shrinks his frames), each through
+a moving virtual camera at 640x480, preprocessed once by the real MediaPipe pipeline (not timed).
+Timed: ``render`` alone, OpenCV on one thread (the serving worker renders one session per thread),
+cycling over those frames. ``--renderer both`` (the default) interleaves the current renderer and
+the legacy one (``tools/eval/legacy_warp.py``) render by render on the same frames, so both see
+the same moments of a shared machine's load: compare their ratio, not absolute times across runs.
 
 Prints one JSON object: ``{"framings": {FRAMING: {RENDERER: {"render_ms": {"p50", "p95"},
 "cpu_ms_p50", "drawn_fraction_mean"}, "current_over_legacy_p50"}}, ...}``.
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 UPPER_BODY = (slice(380, 800), slice(0, 560))  # 4:3 box around the bus photo's front person
-FRAMINGS = ("upper_body", "closeup")
+FRAMINGS = ("upper_body", "closeup", "closeup_body")
 
 
 def _photo(framing: str) -> np.ndarray:
@@ -38,6 +40,10 @@ def _photo(framing: str) -> np.ndarray:
 
         path = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
         return read_image(str(path))
+    if framing == "closeup_body":
+        from tools.bench.capacity import closeup_photo
+
+        return closeup_photo(read_image(sample_photo("bus.jpg")))
     return read_image(sample_photo("bus.jpg"))[UPPER_BODY]
 
 

@@ -117,6 +117,7 @@ def test_without_a_usable_body_the_frame_passes_through(bus_frame, red_tee, chan
 
 def test_a_short_tracker_dropout_keeps_the_garment(bus_frame, red_tee) -> None:
     session = WarpRenderer("s", red_tee)
+    session.render(bus_frame)  # the first frame's ROI sets the work scale (WarpConfig.pixel_budget)
     first = session.render(bus_frame)[0]
     lost = replace(bus_frame, landmarks=None, person_mask=None, garment_mask=None)
     for _ in range(3):  # WarpConfig.hold_frames

@@ -274,7 +274,7 @@ def test_a_magnified_close_up_is_drawn_shrunk_and_matches_the_full_size_drawing(
     frames = preprocessed_frames([camera.frame(i) for i in range(6)])
     garment = catalogue_garment("shirt-blue-checks")
     shrunk = WarpRenderer("a", garment)
-    full = WarpRenderer("b", garment, WarpConfig(work_k=100.0))  # never shrunk
+    full = WarpRenderer("b", garment, WarpConfig(work_k=100.0, pixel_budget=0))  # never shrunk
     ious = []
     for frame in frames:
         a, b = shrunk.render_detail(frame), full.render_detail(frame)
@@ -288,3 +288,44 @@ def test_a_magnified_close_up_is_drawn_shrunk_and_matches_the_full_size_drawing(
     demo = WarpRenderer("c", garment)
     assert demo.render_detail(bus_frame).garment is not None
     assert demo._work == 1
+
+
+def test_an_roi_over_the_pixel_budget_is_drawn_shrunk_where_the_full_size_drawing_puts_it(bus_photo) -> None:
+    """A person whose garment ROI is over ``WarpConfig.pixel_budget`` frame pixels (the drawn
+    figure with raised arms: about 110,000) is drawn on the frame shrunk by a fraction, in
+    eighths: the garment where the full-size drawing puts it, as close to the ground truth, the
+    head untouched; under the budget (the demo's framing: the whole bus photo) nothing is."""
+    from services.camera.source import MotionCamera
+    from services.garments.catalogue import spec_by_id
+    from services.generator.warp.renderer import WarpConfig
+    from shared.body import head_mask
+    from tools.eval.figure import make_eval_clip
+
+    spec, ask = spec_by_id("shirt-blue-checks"), "shirt-green-solid"
+    clip = make_eval_clip("raised_arms", 1530, 4, spec, spec_by_id(ask), lead_in=4)
+    frames = preprocessed_frames(clip.lead_in + [f.image for f in clip.inputs])
+    garment = catalogue_garment(ask)
+    shrunk, full = WarpRenderer("a", garment), WarpRenderer("b", garment, WarpConfig(pixel_budget=0))
+    works = []
+    for i, frame in enumerate(frames):
+        a, b = shrunk.render_detail(frame), full.render_detail(frame)
+        works.append(shrunk._work)
+        if i == 0:
+            continue  # the first frame's ROI is not known before it is drawn: drawn at full size
+        ga, gb = a.garment > 0, b.garment > 0
+        assert (ga & gb).sum() / (ga | gb).sum() >= 0.95  # 0.96-0.97 (the frame after the change too)
+        if i >= 4:
+            truth = clip.truth[i - 4].garment
+            iou_a = (ga & truth).sum() / (ga | truth).sum()
+            iou_b = (gb & truth).sum() / (gb | truth).sum()
+            assert iou_a >= iou_b - 0.025  # 0.013-0.016 lower
+            head = head_mask(frame.landmarks, 640, 480) > 0
+            assert np.array_equal(a.frame.image_bgr[head], frame.frame_bgr[head])
+    # as the arms rise the ROI grows: the scale follows it up, and never flips back on its own
+    assert works[0] == 1 and works == sorted(works)
+    assert 1 < shrunk._work < 2 and shrunk._work * 8 == int(shrunk._work * 8) and full._work == 1
+    demo = WarpRenderer("c", garment)
+    camera = MotionCamera(bus_photo, 640, 480)
+    for frame in preprocessed_frames([camera.frame(i) for i in range(3)]):
+        demo.render_detail(frame)
+    assert demo._work == 1 and 0 < demo._roi_px < WarpConfig().pixel_budget
