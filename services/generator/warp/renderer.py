@@ -193,6 +193,7 @@ class WarpRenderer:
         self._rate = 1.0  # this frame's weight for the outline's and hem's averages
         self._facing = 1.0  # +1: the image-left shoulder is MediaPipe's right (facing the camera)
         self._skin: SkinModel | None = None
+        self._bare: tuple[int, int, int] | None = None  # a bare arm's colour: the face's, grey on grey
         self._skin_seen = 0  # estimates since the reference was cleared
         self._materials: Materials | None = None  # the person's materials (shading), re-learned with the skin
         self._work: float = 1  # the frame is drawn shrunk this many times (a close-up), with hysteresis
@@ -221,7 +222,7 @@ class WarpRenderer:
         """
         self._refresh_garment(garment)
         self.withdraw_history()
-        self._skin = None
+        self._skin = self._bare = None
         self._skin_seen = 0
         self._materials = None
         self._facing_w: float | None = None  # px: the wearer's facing shoulder width, held
@@ -249,7 +250,7 @@ class WarpRenderer:
     def close(self) -> None:
         self.closed = True
         self.withdraw_history()
-        self._skin = None
+        self._skin = self._bare = None
 
     # -- per frame -----------------------------------------------------------------------------------
     def render(self, frame: FrameInput) -> list[RenderedFrame]:
@@ -482,9 +483,12 @@ class WarpRenderer:
 
         relearn = self._skin_due()
         if relearn:
-            skin_model = (
-                None if region.is_greyscale(patch) else SkinModel.from_face(img, px, rc.skin_min_spread, s)
-            )
+            # on a grey frame every grey pixel would pass for skin: no skin test, but a bare arm
+            # is still the face's (grey) tone, not a default skin colour painted into the photo
+            face = SkinModel.from_face(img, px, rc.skin_min_spread, s)
+            skin_model = None if region.is_greyscale(patch) else face
+            if face is not None:
+                self._bare = face.bgr
             if skin_model is not None or self._skin is None:
                 self._skin = skin_model
             self._skin_seen += 1
@@ -856,7 +860,7 @@ class WarpRenderer:
             other = LM.LEFT_SHOULDER if sh == LM.RIGHT_SHOULDER else LM.RIGHT_SHOULDER
             behind = (float(lm[sh, 2]) - float(lm[other, 2])) * person.shape[1] > c.behind_z * s
             depth = float(lm[wr, 2])
-            skin = self._skin.bgr if self._skin is not None else (120, 140, 180)
+            skin = self._bare if self._bare is not None else (120, 140, 180)
             skin_gain = tuple(v / c.shading.exposure for v in skin)
 
             def texel(box, side=side, outward=outward, chain=chain, half=half, sleeve=sleeve):

@@ -148,3 +148,22 @@ def test_skin_lying_mostly_off_an_arm_is_not_that_arms() -> None:
     cv2.line(skin, (45, 70), (190, 90), 255, 18)  # the other forearm, its hand on this arm
     off = region.skin_off_arm(region.SkinPieces.of(skin), arm)
     assert off[80, 120] and off[72, 45] and not off[150, 40]
+
+
+def test_a_bare_arm_on_a_black_and_white_picture_is_grey(cameraman_photo) -> None:
+    """camera.png is grey: no skin test runs there, but a tee's bare forearms are painted in the
+    face's tone, grey, not in a default skin colour (brown arms on a black-and-white photo)."""
+    from services.camera.source import MotionCamera
+    from tools.samples import catalogue_garment, preprocessed_frames
+
+    camera = MotionCamera(cameraman_photo, 640, 480)
+    frames = preprocessed_frames([camera.frame(i) for i in range(3)])
+    assert frames[-1].landmarks is not None  # found zoomed out (docs/preprocess.md)
+    session = WarpRenderer("s", catalogue_garment("tee-navy-stripes"))
+    for frame in frames:
+        detail = session.render_detail(frame)
+    bare = detail.skin > 0
+    assert bare.sum() > 500  # his forearms, bare under the tee
+    out = detail.frame.image_bgr[bare].astype(np.float32)
+    tint = np.abs(out - out.mean(axis=1, keepdims=True)).max(axis=1)  # 0 on a grey pixel
+    assert np.percentile(tint, 90) <= 4  # 0 (the garment's edge tints the rim); 39 in brown
