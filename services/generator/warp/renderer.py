@@ -66,8 +66,8 @@ class WarpConfig:
     work_k: float = 1.0
     work_max: int = 3  # the most a frame is shrunk
     # the renderer's cost grows with its ROI (about 0.18 ms per 1,000 px on the 2-core VM): an ROI
-    # over this many frame pixels is drawn on the frame shrunk by sqrt(ROI / budget), in quarter
-    # steps, and brought back to size like a magnified one; 0: never for size alone
+    # over this many frame pixels is drawn on the frame shrunk by sqrt(ROI / budget), rounded up
+    # to an eighth, and brought back to size like a magnified one; 0: never for size alone
     pixel_budget: int = 64_000
     region: RegionConfig = field(default_factory=RegionConfig)
     fit: FitConfig = field(default_factory=FitConfig)
