@@ -35,6 +35,7 @@ class RegionConfig:
     # left a hand on crossed arms, where the tracker puts the wrist well short of it, under a sleeve)
     hand_past_width: float = 0.32  # body scales: that band's width
     hand_area: float = 0.2  # body scales squared: a piece of skin this small, apart from the head, is a hand
+    sliver_area: float = 0.004  # body scales squared: the least skin at the outline kept as a hand's sliver
     hand_min_skin: float = 0.02  # a hand zone with less skin than this is on clothing: not a hand
     hand_skin_shape: float = 0.3  # ... with at least this much, the skin's own shape is the hand
     hand_skin_grow: float = 0.06  # body scales the skin is grown by to make that shape
@@ -417,6 +418,57 @@ def skin_off_arm(pieces: SkinPieces, arm: np.ndarray, share: float = 0.5) -> np.
     this arm's skin, though some of it crosses the arm (the other forearm and hand on its elbow)."""
     on_arm = pieces.count_in(arm)
     return pieces.select((on_arm > 0) & (on_arm < share * pieces.areas))
+
+
+def skin_at_the_outline(
+    patch_bgr: np.ndarray,
+    model: SkinModel,
+    raw: np.ndarray,
+    skin: np.ndarray,
+    person: np.ndarray,
+    areas: tuple[float, float],
+) -> np.ndarray:
+    """uint8 0/255: pieces of skin colour the blob test dropped (``raw`` less ``skin``: thinner
+    than skin comes) that touch the person's outline, ``areas`` (least, most) pixels, and are
+    the skin's own colour, not merely within the test's tolerance (mean chroma within 1.75 of
+    the face's spreads, at least 0.4 of its luma), among clothing that is not: a sliver of a
+    hand showing past the other arm's elbow (crossed arms, the tracker's wrist far from it). A
+    pattern's squares, which the blob test is there for, pass the test only at its edge (a red
+    check's dark squares: about 2 spreads away, a sixth of the face's luma)."""
+    specks = cv2.bitwise_and(raw, cv2.bitwise_not(skin))
+    out = np.zeros_like(specks)
+    if not specks.any():
+        return out
+    rim = cv2.bitwise_and(person, cv2.bitwise_not(cv2.erode(person, np.ones((5, 5), np.uint8))))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(specks, connectivity=8)
+    touch = np.bincount(labels[rim > 0], minlength=n)
+    size = stats[:, cv2.CC_STAT_AREA]
+    keep = (touch > 0) & (size >= areas[0]) & (size <= areas[1])
+    keep[0] = False
+    if not keep.any():
+        return out
+    ycc = cv2.cvtColor(patch_bgr, cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.float64)
+    flat = labels.reshape(-1)
+    counts = np.maximum(np.bincount(flat, minlength=n), 1)
+    y, cr, cb = (np.bincount(flat, weights=ycc[:, i], minlength=n) / counts for i in range(3))
+    gain = np.sqrt(np.clip((model.y + 16.0) / (y + 16.0), 0.6, 1.8))
+    apart = np.maximum(
+        np.abs((cr - 128) * gain - (model.cr - 128)), np.abs((cb - 128) * gain - (model.cb - 128))
+    )
+    keep &= (apart <= 1.75 * model.spread) & (y >= 0.4 * model.y)
+    # and standing out from the person round it (skin-coloured clothing, bus.jpg's fleece, reads
+    # as skin round its own specks): under a third of a 3-pixel ring inside the person is skin
+    h, w = specks.shape
+    ring_k = np.ones((7, 7), np.uint8)
+    for i in np.flatnonzero(keep):
+        x, y0, bw, bh = (int(v) for v in stats[i, :4])
+        rows, cols = slice(max(0, y0 - 4), min(h, y0 + bh + 4)), slice(max(0, x - 4), min(w, x + bw + 4))
+        piece = (labels[rows, cols] == i).astype(np.uint8)
+        ring = (cv2.dilate(piece, ring_k) > 0) & (piece == 0) & (person[rows, cols] > 0)
+        if not ring.any() or 3 * np.count_nonzero(raw[rows, cols][ring]) >= np.count_nonzero(ring):
+            keep[i] = False
+    lut = np.where(keep, 255, 0).astype(np.uint8)
+    return lut[labels]
 
 
 def arm_masks(b: Body, shape: tuple[int, int], cfg: RegionConfig) -> list[np.ndarray]:

@@ -567,6 +567,13 @@ class WarpRenderer:
             # a sleeve covers its own arm's skin (a long sleeve over a bare forearm), never skin
             # lying mostly off its arm: the other arm's forearm and hand across it (crossed arms)
             others = [cv2.dilate(region.skin_off_arm(pieces, arms[i]), _DISC7) for i in (0, 1)]
+            # and a sliver of skin at the outline too thin for a blob is a hand peeking out
+            sliver = region.skin_at_the_outline(
+                patch, self._skin, raw_skin, skin, person, (rc.sliver_area * s * s, rc.hand_area * s * s)
+            )
+            if sliver.any():
+                sliver = cv2.dilate(sliver, _DISC5)
+                others = [cv2.bitwise_or(o, sliver) for o in others]
         surface[blocked > 0] = 0
         # the torso's outline without arms hanging beside it (they would widen the garment); an
         # arm over the torso (crossed arms, a side view's near arm) is within the torso's outline

@@ -167,3 +167,37 @@ def test_a_bare_arm_on_a_black_and_white_picture_is_grey(cameraman_photo) -> Non
     out = detail.frame.image_bgr[bare].astype(np.float32)
     tint = np.abs(out - out.mean(axis=1, keepdims=True)).max(axis=1)  # 0 on a grey pixel
     assert np.percentile(tint, 90) <= 4  # 0 (the garment's edge tints the rim); 39 in brown
+
+
+def test_skin_at_the_outline_is_a_hand_sliver_not_a_pattern_square_nor_skin_coloured_cloth() -> None:
+    """A thin piece of skin colour the blob test drops is a hand peeking out when it touches the
+    person's outline, is the face's own colour and light, and the clothing round it is not
+    skin-coloured; not a dark check square (at the test's edge), nor a piece of a coat that is
+    skin-coloured all round."""
+    model = region.SkinModel(cr=150.0, cb=110.0, spread=4.0, bgr=(120, 140, 180), y=150.0)
+
+    def bgr(y: float, cr: float, cb: float) -> tuple[int, int, int]:
+        px = cv2.cvtColor(np.array([[[y, cr, cb]]], np.uint8), cv2.COLOR_YCrCb2BGR)[0, 0]
+        return int(px[0]), int(px[1]), int(px[2])
+
+    person = np.zeros((80, 80), np.uint8)
+    person[10:70, 10:70] = 255
+    none = np.zeros_like(person)
+
+    def picked(colour: tuple[int, int, int], rows: slice, cols: slice, cloth_is_skin: bool = False) -> bool:
+        patch = np.full((80, 80, 3), (120, 40, 30), np.uint8)  # dark blue cloth
+        patch[rows, cols] = colour
+        raw = np.zeros_like(person)
+        if cloth_is_skin:
+            raw[person > 0] = 255
+            raw[rows.start - 1 : rows.stop + 1, cols.start - 1 : cols.stop + 1] = 0  # the piece apart
+        raw[rows, cols] = 255
+        out = region.skin_at_the_outline(patch, model, raw, none, person, (20.0, 1000.0))
+        return bool(out[rows, cols].all())
+
+    skin = bgr(150, 150, 110)
+    assert picked(skin, slice(30, 50), slice(10, 14))  # at the outline: a sliver of a hand
+    assert not picked(skin, slice(30, 50), slice(30, 34))  # inside the clothing
+    assert not picked(bgr(40, 144, 115), slice(30, 50), slice(10, 14))  # its chroma, in the dark
+    assert not picked(bgr(150, 158, 110), slice(30, 50), slice(10, 14))  # 2 spreads off the face's
+    assert not picked(skin, slice(30, 50), slice(10, 14), cloth_is_skin=True)  # fleece all round
