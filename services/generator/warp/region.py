@@ -445,28 +445,27 @@ def skin_at_the_outline(
     size = stats[:, cv2.CC_STAT_AREA]
     keep = (touch > 0) & (size >= areas[0]) & (size <= areas[1])
     keep[0] = False
-    if not keep.any():
-        return out
-    ycc = cv2.cvtColor(patch_bgr, cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.float64)
-    flat = labels.reshape(-1)
-    counts = np.maximum(np.bincount(flat, minlength=n), 1)
-    y, cr, cb = (np.bincount(flat, weights=ycc[:, i], minlength=n) / counts for i in range(3))
-    gain = np.sqrt(np.clip((model.y + 16.0) / (y + 16.0), 0.6, 1.8))
-    apart = np.maximum(
-        np.abs((cr - 128) * gain - (model.cr - 128)), np.abs((cb - 128) * gain - (model.cb - 128))
-    )
-    keep &= (apart <= 1.75 * model.spread) & (y >= 0.4 * model.y)
-    # and standing out from the person round it (skin-coloured clothing, bus.jpg's fleece, reads
-    # as skin round its own specks): under a third of a 3-pixel ring inside the person is skin
     h, w = specks.shape
     ring_k = np.ones((7, 7), np.uint8)
-    for i in np.flatnonzero(keep):
+    for i in np.flatnonzero(keep):  # a few pieces, each in its own box
         x, y0, bw, bh = (int(v) for v in stats[i, :4])
         rows, cols = slice(max(0, y0 - 4), min(h, y0 + bh + 4)), slice(max(0, x - 4), min(w, x + bw + 4))
         piece = (labels[rows, cols] == i).astype(np.uint8)
+        colour = patch_bgr[rows, cols][piece > 0].reshape(-1, 1, 3)
+        y, cr, cb = cv2.cvtColor(colour, cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.float64).mean(axis=0)
+        gain = np.sqrt(np.clip((model.y + 16.0) / (y + 16.0), 0.6, 1.8))
+        apart = max(abs((cr - 128) * gain - (model.cr - 128)), abs((cb - 128) * gain - (model.cb - 128)))
+        # and standing out from the person round it (skin-coloured clothing, bus.jpg's fleece,
+        # reads as skin round its own specks): under a third of a 3-pixel ring inside the person
         ring = (cv2.dilate(piece, ring_k) > 0) & (piece == 0) & (person[rows, cols] > 0)
-        if not ring.any() or 3 * np.count_nonzero(raw[rows, cols][ring]) >= np.count_nonzero(ring):
-            keep[i] = False
+        keep[i] = (
+            apart <= 1.75 * model.spread
+            and y >= 0.4 * model.y
+            and ring.any()
+            and 3 * np.count_nonzero(raw[rows, cols][ring]) < np.count_nonzero(ring)
+        )
+    if not keep.any():
+        return out
     lut = np.where(keep, 255, 0).astype(np.uint8)
     return lut[labels]
 
