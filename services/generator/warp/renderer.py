@@ -431,11 +431,12 @@ class WarpRenderer:
             return None
         source = frame.frame_bgr  # the frame as it came: what the output is composed on
         source_person = person_full
+        landmarks_only = frame.person_mask is None and frame.garment_mask is None
         work = self._work
-        if work > 1:
-            frame = _shrunk(frame, work)
-            person_full = _shrink_mask(person_full, frame.frame_bgr.shape[:2])
-        img = frame.frame_bgr
+        img = source
+        if work > 1:  # landmarks are normalised: only the image and the person mask shrink
+            img = _shrunk(source, work)
+            person_full = _shrink_mask(person_full, img.shape[:2])
         h, w = img.shape[:2]
         self._small_size = (h, w)
         lm = frame.landmarks[:33]
@@ -479,7 +480,6 @@ class WarpRenderer:
         person = person_full[y0:y1, x0:x1]
         b = region.body_in_roi(px - (x0, y0), self._facing)
         fit = fit_garment(g, b, _chains(b), c.fit, self._facing_w)
-        landmarks_only = frame.person_mask is None and frame.garment_mask is None
 
         relearn = self._skin_due()
         if relearn:
@@ -883,18 +883,12 @@ class WarpRenderer:
         return [layer for _, _, layers in items for layer in layers]
 
 
-def _shrunk(frame: FrameInput, work: float) -> FrameInput:
-    """The frame and its masks ``work`` times smaller (landmarks are normalised: unchanged).
-    Bilinear where ``work`` is not whole: OpenCV's area resize costs 2 ms a 640x480 frame there."""
-    h, w = frame.frame_bgr.shape[:2]
+def _shrunk(img: np.ndarray, work: float) -> np.ndarray:
+    """The frame ``work`` times smaller. Bilinear where ``work`` is not whole: OpenCV's area
+    resize costs 2 ms a 640x480 frame there."""
+    h, w = img.shape[:2]
     size = (max(8, round(w / work)), max(8, round(h / work)))
-    img = cv2.resize(frame.frame_bgr, size, interpolation=_shrink_interpolation(work))
-    return replace(
-        frame,
-        frame_bgr=img,
-        person_mask=None if frame.person_mask is None else _shrink_mask(frame.person_mask, img.shape[:2]),
-        garment_mask=None if frame.garment_mask is None else _shrink_mask(frame.garment_mask, img.shape[:2]),
-    )
+    return cv2.resize(img, size, interpolation=_shrink_interpolation(work))
 
 
 def _shrink_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
