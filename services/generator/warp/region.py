@@ -128,15 +128,19 @@ class SkinModel:
         y = float(np.median(ycc[:, 0]))
         return cls(cr, cb, spread, (int(med[0]), int(med[1]), int(med[2])), y)
 
+    def lit_chroma(self, y, cr, cb):  # type: ignore[no-untyped-def]
+        """Cr and Cb, centred on grey, as if lit like the face (arrays or numbers): a shadow
+        scales a colour's chroma with its luma, and a hand in shadow is still skin."""
+        gain = np.sqrt(np.clip((np.float32(self.y) + 16.0) / (y + 16.0), 0.6, 1.8))
+        return (cr - 128.0) * gain, (cb - 128.0) * gain
+
     def mask(self, patch_bgr: np.ndarray, tolerance: float) -> np.ndarray:
         """uint8 0/255: pixels whose chroma is within ``tolerance`` spreads of the skin's, once
         brought to the face's light: a shadow scales a colour's chroma with its luma, and a hand
         in shadow is still skin."""
         ycc = cv2.cvtColor(patch_bgr, cv2.COLOR_BGR2YCrCb)
         y = ycc[..., 0].astype(np.float32)
-        gain = np.sqrt(np.clip((np.float32(self.y) + 16.0) / (y + 16.0), 0.6, 1.8))
-        cr = (ycc[..., 1].astype(np.float32) - 128.0) * gain
-        cb = (ycc[..., 2].astype(np.float32) - 128.0) * gain
+        cr, cb = self.lit_chroma(y, ycc[..., 1].astype(np.float32), ycc[..., 2].astype(np.float32))
         t = np.float32(tolerance * self.spread)
         scr, scb = np.float32(self.cr - 128.0), np.float32(self.cb - 128.0)
         inside = (np.abs(cr - scr) <= t) & (np.abs(cb - scb) <= t) & (y >= 25)
@@ -453,8 +457,8 @@ def skin_at_the_outline(
         piece = (labels[rows, cols] == i).astype(np.uint8)
         colour = patch_bgr[rows, cols][piece > 0].reshape(-1, 1, 3)
         y, cr, cb = cv2.cvtColor(colour, cv2.COLOR_BGR2YCrCb).reshape(-1, 3).astype(np.float64).mean(axis=0)
-        gain = np.sqrt(np.clip((model.y + 16.0) / (y + 16.0), 0.6, 1.8))
-        apart = max(abs((cr - 128) * gain - (model.cr - 128)), abs((cb - 128) * gain - (model.cb - 128)))
+        lit_cr, lit_cb = model.lit_chroma(y, cr, cb)
+        apart = max(abs(lit_cr - (model.cr - 128)), abs(lit_cb - (model.cb - 128)))
         # and standing out from the person round it (skin-coloured clothing, bus.jpg's fleece,
         # reads as skin round its own specks): under a third of a 3-pixel ring inside the person
         ring = (cv2.dilate(piece, ring_k) > 0) & (piece == 0) & (person[rows, cols] > 0)
