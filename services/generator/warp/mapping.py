@@ -165,13 +165,15 @@ def sleeve_map(
     k: float,
     half_width: float,
     box: tuple[int, int, int, int],
+    run: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(map_x, map_y) over ``box`` for the sleeve ``side`` ('left' = the garment's image-left
     sleeve) along ``chain`` (shoulder, elbow, wrist in ROI pixels) at the garment's scale ``k``
     (body px per canvas px, the torso's): a pattern keeps its size from torso to sleeve.
     ``half_width``: the sleeve's half width on the arm. Across, the sleeve is a tube seen from
     the front: a pixel ``x`` from its axis shows the cloth ``r asin(x / r)`` round from the middle
-    (full scale in the middle, foreshortened at the sides)."""
+    (full scale in the middle, foreshortened at the sides). ``run``: canvas px before the root
+    that the cloth runs on into the shoulder (half the sleeve's length when that is more)."""
     x0, y0, x1, y1 = box
     xs = np.arange(x0, x1, dtype=np.float32)[None, :]
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
@@ -212,7 +214,7 @@ def sleeve_map(
     arc = (np.arcsin(inside) + (x - inside)) * r * inv_k  # canvas px across from the sleeve's axis
     # before the root (a loose old sleeve's cap, a close-up's shoulder) the canvas runs on into
     # the garment's shoulder: the same cloth, continuous (mirrored back, a stripe makes a chevron)
-    along_c = np.clip(along * inv_k, np.float32(-0.5 * sl.length), np.float32(sl.length))
+    along_c = np.clip(along * inv_k, np.float32(-max(0.5 * sl.length, run)), np.float32(sl.length))
     # the fabric's profile from a table along the sleeve (256 stations), not interpolated per pixel
     length = max(float(sl.length), 1e-3)
     t_centre, t_half = sl.fabric(np.linspace(0.0, length, 256, dtype=np.float32))

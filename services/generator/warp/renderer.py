@@ -52,6 +52,9 @@ class WarpConfig:
     outside_alpha: float = 0.45  # the most garment a pixel outside the person mask may get
     bare_width: float = 0.3  # body scales: a bare forearm's thickness where it crosses the torso
     wide_arm: float = 0.7  # body scales: how far across an arm its old sleeve may be found
+    # garment seam widths before a sleeve's root that its cloth runs on into the shoulder (at
+    # least half the sleeve's length): the shoulder's round before a cap sleeve is that cloth
+    shoulder_run: float = 0.15
     # a long sleeve (reaching this share of the arm, or more) also covers the old clothing up to
     # cuff_past body scales past the wrist: an old cuff there, never the hand (blocked)
     long_sleeve: float = 0.9
@@ -124,6 +127,19 @@ def _band(mask: np.ndarray, a: np.ndarray, b: np.ndarray, width: float) -> None:
     side = np.array([-d[1], d[0]]) / n * width / 2
     pts = np.array([a + side, b + side, b - side, a - side])
     cv2.fillConvexPoly(mask, np.round(np.clip(pts, -1e5, 1e5)).astype(np.int32), 255)
+
+
+def _clear_past(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Clears ``mask`` beyond the line through ``b`` square to ``a`` -> ``b`` (on ``b``'s far side)."""
+    d = b - a
+    n = float(np.hypot(*d))
+    if n < 1e-6:
+        return
+    far = 2.0 * sum(mask.shape)
+    u = d / n * far
+    side = np.array([-u[1], u[0]])
+    pts = np.array([b + side, b + side + u, b - side + u, b - side])
+    cv2.fillConvexPoly(mask, np.round(np.clip(pts, -1e5, 1e5)).astype(np.int32), 0)
 
 
 def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
@@ -825,14 +841,22 @@ class WarpRenderer:
                 rest = [ends[-1], chain[2]]
             sleeve = np.zeros(shape, np.uint8)
             wide = np.zeros(shape, np.uint8)
+            # the shoulder's round (a short sleeve's top, an old sleeve's cap): a cap sleeve is
+            # shorter than that round, so it is cut at the cuff; past it the cuff's row would smear
+            shoulder = np.zeros(shape, np.uint8)
+            cv2.circle(shoulder, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
+            if len(ends) > 1:
+                _clear_past(shoulder, ends[-2], ends[-1])
             for i, (a, e) in enumerate(itertools.pairwise(ends)):
                 if i == len(ends) - 2:  # flat at the cuff (a sleeve ends there, and a long one at the hand)
                     _band(sleeve, a, e, 2 * half)
-                    cv2.circle(sleeve, region._pt(a), round(half), 255, -1)
+                    joint = np.zeros(shape, np.uint8)
+                    cv2.circle(joint, region._pt(a), round(half), 255, -1)
+                    sleeve |= joint if i else cv2.bitwise_and(joint, shoulder)
                 else:
                     region.capsule(sleeve, a, e, 2 * half)
                 _band(wide, a, e, c.wide_arm * s)
-            cv2.circle(wide, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
+            wide |= shoulder
             past = reach - upper - fore
             if reach >= c.long_sleeve * (upper + fore):
                 past = max(past, c.cuff_past * s)
@@ -870,8 +894,10 @@ class WarpRenderer:
             skin = self._bare if self._bare is not None else (120, 140, 180)
             skin_gain = tuple(v / c.shading.exposure for v in skin)
 
-            def texel(box, side=side, outward=outward, chain=chain, half=half, sleeve=sleeve):
-                maps = mapping.sleeve_map(g, side, outward, chain, fit.k, half, box)
+            run = c.shoulder_run * (g.seam_width or g.width)
+
+            def texel(box, side=side, outward=outward, chain=chain, half=half, sleeve=sleeve, run=run):
+                maps = mapping.sleeve_map(g, side, outward, chain, fit.k, half, box, run)
                 if scales is not None:
                     scales[f"sleeve_{side}"] = mapping.pattern_scale(
                         maps, sleeve[box[1] : box[3], box[0] : box[2]]

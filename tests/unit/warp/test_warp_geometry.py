@@ -34,16 +34,19 @@ def _landmarks() -> np.ndarray:
     return lm
 
 
-def _two_tone_garment(long_sleeves: bool, hem: int = 220, v_depth: int = 60) -> Garment:
+def _two_tone_garment(
+    long_sleeves: bool, hem: int = 220, v_depth: int = 60, cuff: tuple[int, int] | None = None
+) -> Garment:
     """A canvas garment whose image-left half is green and image-right half magenta; ``hem``
-    its hem's row on the canvas, ``v_depth`` its neckline's lowest row (60: a crew neck)."""
+    its hem's row on the canvas, ``v_depth`` its neckline's lowest row (60: a crew neck);
+    ``cuff``: the image-left sleeve's end, when not the long or short sleeve's (mirrored)."""
     tex = np.zeros((300, 256, 4), np.uint8)
+    left = cuff or ((8, 262) if long_sleeves else (30, 100))  # long: as long as the arm
     kp = {
         "collar": (128, v_depth), "neck_left": (104, 44), "neck_right": (152, 44),
         "shoulder_left": (60, 54), "shoulder_right": (196, 54), "armpit_left": (60, 90),
         "armpit_right": (196, 90), "hem_left": (60, hem), "hem_right": (196, hem),
-        "sleeve_left": (8, 262) if long_sleeves else (30, 100),  # long: as long as the arm
-        "sleeve_right": (248, 262) if long_sleeves else (226, 100),
+        "sleeve_left": left, "sleeve_right": (256 - left[0], left[1]),
     }  # fmt: skip
 
     outline = ("neck_left", "shoulder_left", "armpit_left", "hem_left", "hem_right", "armpit_right",
@@ -59,9 +62,10 @@ def _two_tone_garment(long_sleeves: bool, hem: int = 220, v_depth: int = 60) -> 
     )
 
 
-def _striped_garment(period: int) -> Garment:
-    """A long-sleeved garment striped across (rows) at ``period`` canvas px, sleeves included."""
-    g = _two_tone_garment(True)
+def _striped_garment(period: int, cuff: tuple[int, int] | None = None) -> Garment:
+    """A long-sleeved garment striped across (rows) at ``period`` canvas px, sleeves included
+    (``cuff``: see ``_two_tone_garment``)."""
+    g = _two_tone_garment(True, cuff=cuff)
     tex = g.texture_bgra.copy()
     rows = (np.arange(tex.shape[0]) // (period // 2)) % 2 == 0
     colour = np.where(
@@ -133,6 +137,26 @@ def test_a_pattern_keeps_its_scale_from_torso_to_sleeve() -> None:
     step = float(np.hypot(*(elbow - shoulder))) * 0.8 / 79
     p_torso, p_sleeve = _period(torso, 1.0), _period(sleeve, step)
     assert 0.8 <= p_sleeve / p_torso <= 1.25, (p_torso, p_sleeve)
+
+
+def test_a_cap_sleeve_keeps_the_patterns_scale_to_its_end() -> None:
+    """A cap sleeve is shorter than the round drawn at the shoulder for an old sleeve's cap: the
+    part of that round past the cuff is not the sleeve (it repeated the cuff's row, a smear: the
+    sleeve's scale read a quarter of the torso's)."""
+    g = _striped_garment(period=12, cuff=(54, 78))
+    frame = FrameInput(0, np.full((H, W, 3), 128, np.uint8), _landmarks())
+    detail = WarpRenderer("s", g).render_detail(frame, measure=True)
+    scales = detail.scales
+    for side in ("left", "right"):
+        assert 0.8 <= scales[f"sleeve_{side}"] / scales["torso"] <= 1.25, scales
+    # and it ends at its own length: from the armhole's middle (60, 72) to the cuff, at the
+    # torso's scale (canvas px per body px), along the arm from the shoulder joint
+    reach = float(np.hypot(54 - 60, 78 - 72)) / scales["torso"]
+    shoulder, elbow = np.array(POSE[12], float), np.array(POSE[14], float)
+    axis = (elbow - shoulder) / np.hypot(*(elbow - shoulder))
+    on_arm = [np.round(shoulder + axis * t).astype(int) for t in range(40)]
+    drawn = [t for t, (x, y) in enumerate(on_arm) if detail.garment[y, x] > 0]
+    assert max(drawn) <= reach + 2, (max(drawn), reach)
 
 
 def _period(signal: np.ndarray, step: float) -> float:
