@@ -54,8 +54,8 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
         if pts[d[2]][1] < y0 + 0.45 * h and abs(pts[d[2]][0] - xc) < 0.2 * w and d[3] >= 1.0
     ]
     if neck:
-        s, e, f, _ = max(neck, key=lambda d: d[3])
-        a, b = pts[s], pts[e]
+        s, e, f, depth = max(neck, key=lambda d: d[3])
+        a, b = _neck_ends(pts, s, e, max(2.0, 0.08 * depth))
         left, right = (a, b) if a[0] <= b[0] else (b, a)
         kp["collar"] = (*_deepest(pts, s, e), 1.0)
         kp["neck_left"] = (*left, 1.0)
@@ -152,6 +152,23 @@ def _deepest(pts: np.ndarray, start: int, end: int) -> tuple[float, float]:
     return float(near[:, 0].mean()), float(near[:, 1].mean())
 
 
+def _neck_ends(pts: np.ndarray, start: int, end: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Where the neckline leaves the shoulder line on either side: from each hull vertex the
+    defect spans, the last contour point before it dips more than ``tol`` below their chord. A
+    near-flat shoulder line puts the hull vertex anywhere along it (a fold or a tilted photo
+    moves it by a tenth of the neck's width); where the dip starts does not move."""
+    idx = np.arange(start, end + 1) if end >= start else np.r_[start : len(pts), 0 : end + 1]
+    a, b = pts[start], pts[end]
+    chord = b - a
+    norm = float(np.hypot(*chord)) or 1.0
+    seg = pts[idx]
+    depth = np.abs(chord[0] * (seg[:, 1] - a[1]) - chord[1] * (seg[:, 0] - a[0])) / norm
+    deep = np.flatnonzero(depth > tol)
+    if len(deep) == 0:
+        return a, b
+    return seg[max(deep[0] - 1, 0)], seg[min(deep[-1] + 1, len(seg) - 1)]
+
+
 def _sleeve_end(m: np.ndarray, shoulder: Point, armpit: Point, sign: int) -> Point:
     w = m.shape[1]
     cut = round(armpit[0]) + sign * 3
@@ -188,6 +205,11 @@ def _sleeve_end(m: np.ndarray, shoulder: Point, armpit: Point, sign: int) -> Poi
         edge = poly[k] - poly[i]
         return abs(float(edge @ axis)) / (float(np.hypot(*edge)) or 1.0)
 
-    j = min([(i - 1) % len(poly), (i + 1) % len(poly)], key=across)
+    # a short sleeve's cuff runs from its outer corner to the corner not on the cut (the other
+    # neighbour is where the sleeve's top meets the body); else the edge most across the sleeve
+    eps = max(2.0, 0.02 * cv2.arcLength(contour, True))
+    near = [(i - 1) % len(poly), (i + 1) % len(poly)]
+    off_cut = [k for k in near if sign * (poly[k, 0] - cut) > eps]
+    j = off_cut[0] if len(off_cut) == 1 else min(near, key=across)
     mid = (poly[i] + poly[j]) / 2.0
     return (float(mid[0]), float(mid[1]), 1.0)

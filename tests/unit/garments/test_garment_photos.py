@@ -23,9 +23,6 @@ CATALOGUE = starter_catalogue()
 IDS = [s.garment_id for s in CATALOGUE]
 MIN_IOU = 0.95
 MAX_KEYPOINT = 0.04  # of the garment's height, from where the encoder puts it on the clean source
-# The underarm corner of a long sleeve sits at the end of a narrow gap that a photo closes up over
-# its last pixels, so the armpit alone may be this far off (measured: up to 0.047 over seeds 0-2)
-MAX_ARMPIT = 0.05
 
 
 @functools.cache
@@ -43,11 +40,26 @@ def test_a_photographed_flat_lay_is_recovered(garment_id: str) -> None:
     s = score(enc, photo.mask, photo.keypoints, spec, reference) | {"background": photo.meta["background"]}
     assert s["iou"] >= MIN_IOU, s
     assert s["category_ok"] and s["sleeve_ok"], s
-    errors = s["keypoint_errors"]
-    armpits = {k: v for k, v in errors.items() if k.startswith("armpit")}
-    others = {k: v for k, v in errors.items() if not k.startswith("armpit")}
-    assert max(others.values()) <= MAX_KEYPOINT, (s["background"], others)
-    assert max(armpits.values()) <= MAX_ARMPIT, (s["background"], armpits)
+    assert s["keypoint_error"] <= MAX_KEYPOINT, (s["background"], s["keypoint_errors"])
+
+
+@pytest.mark.parametrize(
+    ("garment_id", "seed", "keypoint"),
+    [
+        # a cap sleeve's cuff runs on the slant: its middle, not the middle of the sleeve's top
+        ("dress-floral-print", 1, "sleeve_left"),
+        # a near-flat shoulder line: where the neckline dips, not wherever the hull touches it
+        ("tee-white-solid", 2, "neck_right"),
+        # ... and not where a pixel's wobble of the photo's outline first dips (a shallow collar)
+        ("shirt-bw-minicheck", 2, "neck_left"),
+    ],
+)
+def test_photos_that_once_moved_a_keypoint(garment_id: str, seed: int, keypoint: str) -> None:
+    """Photos (other seeds) where a keypoint definition that held on the clean source slid off on
+    the photo: by 0.06 of the garment's height (the cuff) and 0.048 (the neck)."""
+    spec = spec_by_id(garment_id)
+    s = photo_score(spec, "flatlay", seed, source_encoding(spec))
+    assert s["keypoint_errors"][keypoint] <= MAX_KEYPOINT, s["keypoint_errors"]
 
 
 def test_the_photos_are_deterministic_and_vary_as_a_shop_s_do() -> None:
@@ -92,7 +104,7 @@ def test_a_ghost_mannequin_shot_is_recovered(garment_id: str) -> None:
     s = photo_score(spec, "ghost", 0, source_encoding(spec))
     assert s["iou"] >= MIN_IOU, s
     others = {k: v for k, v in s["keypoint_errors"].items() if k != "collar"}
-    assert max(others.values()) <= MAX_ARMPIT, others
+    assert max(others.values()) <= MAX_KEYPOINT, others
     assert s["category_ok"] and s["sleeve_ok"], s
 
 
