@@ -214,9 +214,13 @@ def sleeve_map(
     arc = (np.arcsin(inside) + (x - inside)) * r * inv_k  # canvas px across from the sleeve's axis
     # before the root (a loose old sleeve's cap, a close-up's shoulder) the canvas runs on into
     # the garment's shoulder: the same cloth, continuous (mirrored back, a stripe makes a chevron)
-    along_c = np.clip(along * inv_k, np.float32(-max(0.5 * sl.length, run)), np.float32(sl.length))
-    # the fabric's profile from a table along the sleeve (256 stations), not interpolated per pixel
+    # past the cuff (a cap sleeve is shorter than the round drawn at the shoulder; a long sleeve's
+    # cuff past the wrist) the cloth is mirrored back at the cuff: clamped, its last row smears
+    along_c = along * inv_k
     length = max(float(sl.length), 1e-3)
+    along_c = np.where(along_c > length, np.float32(2.0 * length) - along_c, along_c)
+    along_c = np.clip(along_c, np.float32(-max(0.5 * length, run)), np.float32(length))
+    # the fabric's profile from a table along the sleeve (256 stations), not interpolated per pixel
     t_centre, t_half = sl.fabric(np.linspace(0.0, length, 256, dtype=np.float32))
     idx = (np.clip(along_c, 0.0, length) * np.float32(255.0 / length) + 0.5).astype(np.int32)
     centre, half = t_centre[idx], t_half[idx]

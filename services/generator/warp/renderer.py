@@ -129,19 +129,6 @@ def _band(mask: np.ndarray, a: np.ndarray, b: np.ndarray, width: float) -> None:
     cv2.fillConvexPoly(mask, np.round(np.clip(pts, -1e5, 1e5)).astype(np.int32), 255)
 
 
-def _clear_past(mask: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
-    """Clears ``mask`` beyond the line through ``b`` square to ``a`` -> ``b`` (on ``b``'s far side)."""
-    d = b - a
-    n = float(np.hypot(*d))
-    if n < 1e-6:
-        return
-    far = 2.0 * sum(mask.shape)
-    u = d / n * far
-    side = np.array([-u[1], u[0]])
-    pts = np.array([b + side, b + side + u, b - side + u, b - side])
-    cv2.fillConvexPoly(mask, np.round(np.clip(pts, -1e5, 1e5)).astype(np.int32), 0)
-
-
 def _soft(mask: np.ndarray, sigma: float) -> np.ndarray:
     """The mask (uint8 0/255) as a float32 0-1 coverage with a soft edge: blurred as uint8 (a
     256th of coverage is far below what shows, and it is several times faster than float)."""
@@ -841,22 +828,14 @@ class WarpRenderer:
                 rest = [ends[-1], chain[2]]
             sleeve = np.zeros(shape, np.uint8)
             wide = np.zeros(shape, np.uint8)
-            # the shoulder's round (a short sleeve's top, an old sleeve's cap): a cap sleeve is
-            # shorter than that round, so it is cut at the cuff; past it the cuff's row would smear
-            shoulder = np.zeros(shape, np.uint8)
-            cv2.circle(shoulder, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
-            if len(ends) > 1:
-                _clear_past(shoulder, ends[-2], ends[-1])
             for i, (a, e) in enumerate(itertools.pairwise(ends)):
                 if i == len(ends) - 2:  # flat at the cuff (a sleeve ends there, and a long one at the hand)
                     _band(sleeve, a, e, 2 * half)
-                    joint = np.zeros(shape, np.uint8)
-                    cv2.circle(joint, region._pt(a), round(half), 255, -1)
-                    sleeve |= joint if i else cv2.bitwise_and(joint, shoulder)
+                    cv2.circle(sleeve, region._pt(a), round(half), 255, -1)
                 else:
                     region.capsule(sleeve, a, e, 2 * half)
                 _band(wide, a, e, c.wide_arm * s)
-            wide |= shoulder
+            cv2.circle(wide, region._pt(chain[0]), round(c.wide_arm * s / 2), 255, -1)
             past = reach - upper - fore
             if reach >= c.long_sleeve * (upper + fore):
                 past = max(past, c.cuff_past * s)

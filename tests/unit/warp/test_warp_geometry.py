@@ -139,24 +139,16 @@ def test_a_pattern_keeps_its_scale_from_torso_to_sleeve() -> None:
     assert 0.8 <= p_sleeve / p_torso <= 1.25, (p_torso, p_sleeve)
 
 
-def test_a_cap_sleeve_keeps_the_patterns_scale_to_its_end() -> None:
-    """A cap sleeve is shorter than the round drawn at the shoulder for an old sleeve's cap: the
-    part of that round past the cuff is not the sleeve (it repeated the cuff's row, a smear: the
-    sleeve's scale read a quarter of the torso's)."""
+def test_a_cap_sleeve_keeps_the_patterns_scale_past_its_ends() -> None:
+    """A cap sleeve is shorter than the round drawn at the shoulder for an old sleeve's cap: past
+    its cuff the cloth is mirrored back and before its root it runs on into the shoulder, so the
+    pattern keeps its scale there (clamped, the cuff's and the root's rows smeared over the round:
+    the sleeve's scale read under a quarter of the torso's)."""
     g = _striped_garment(period=12, cuff=(54, 78))
     frame = FrameInput(0, np.full((H, W, 3), 128, np.uint8), _landmarks())
-    detail = WarpRenderer("s", g).render_detail(frame, measure=True)
-    scales = detail.scales
+    scales = WarpRenderer("s", g).render_detail(frame, measure=True).scales
     for side in ("left", "right"):
         assert 0.8 <= scales[f"sleeve_{side}"] / scales["torso"] <= 1.25, scales
-    # and it ends at its own length: from the armhole's middle (60, 72) to the cuff, at the
-    # torso's scale (canvas px per body px), along the arm from the shoulder joint
-    reach = float(np.hypot(54 - 60, 78 - 72)) / scales["torso"]
-    shoulder, elbow = np.array(POSE[12], float), np.array(POSE[14], float)
-    axis = (elbow - shoulder) / np.hypot(*(elbow - shoulder))
-    on_arm = [np.round(shoulder + axis * t).astype(int) for t in range(40)]
-    drawn = [t for t, (x, y) in enumerate(on_arm) if detail.garment[y, x] > 0]
-    assert max(drawn) <= reach + 2, (max(drawn), reach)
 
 
 def _period(signal: np.ndarray, step: float) -> float:
@@ -220,3 +212,23 @@ def test_past_its_width_a_sleeve_mirrors_its_texture_instead_of_smearing_an_edge
     band = np.stack([mx[row, 30:71], my[row, 30:71]], axis=1)  # two half-widths either side
     steps = np.hypot(*np.diff(band, axis=0).T)
     assert (steps > 1e-3).all()  # no run of columns on one clamped texel
+
+
+def test_past_its_cuff_a_sleeve_mirrors_its_texture_back() -> None:
+    """Along the arm past the cuff the canvas position turns back at the cuff, continuously: no
+    run of pixels on one row (a smear) and no jump (a seam)."""
+    from services.generator.warp import mapping
+    from tools.samples import catalogue_garment
+
+    garment = catalogue_garment("dress-floral-print")
+    g = GarmentGeometry.from_keypoints(garment.keypoints, "dress", garment.texture_bgra[..., 3])
+    sl, k = g.sleeves["left"], 0.8
+    chain = [np.array([50.0, 10.0]), np.array([50.0, 60.0]), np.array([50.0, 110.0])]
+    mx, my = mapping.sleeve_map(g, "left", 1.0, chain, k, 10.0, (0, 0, 100, 120))
+    rows = np.arange(10, 10 + round(1.8 * sl.length * k))
+    along = (mx[rows, 50] - sl.root[0]) * sl.axis[0] + (my[rows, 50] - sl.root[1]) * sl.axis[1]
+    steps = np.diff(along)
+    assert np.all(np.abs(steps) < 1.5 / k), steps  # no seam
+    assert np.count_nonzero(np.abs(steps) < 0.5 / k) <= 1, steps  # no smear (one step folds)
+    turn = int(np.argmax(along))
+    assert abs(along[turn] - sl.length) < 1.5 / k and steps[turn:].max() < 0  # back at the cuff
