@@ -3,7 +3,8 @@
 Definitions (they are what the warp renderer relies on, and what the catalogue generator draws):
 
 * ``collar``: the deepest point of the neckline — the convexity defect of the outline nearest the
-  top centre; ``neck_left``/``neck_right`` are the two hull vertices that defect spans.
+  top centre; ``neck_left``/``neck_right``: where the outline leaves the line between the two hull
+  vertices that defect spans (on a flat shoulder a hull vertex can sit anywhere along it).
 * ``armpit_*``: the deepest convexity defect on each side, below the top few percent of the
   garment and above the hem (the concave corner where sleeve and body meet; with an open front
   it may lie above the collar).
@@ -12,8 +13,10 @@ Definitions (they are what the warp renderer relies on, and what the catalogue g
   underarm corner: the armpit is then the armhole's lower end (where the side seam starts), the
   shoulder its upper end (the strap's outer corner), and the sleeve falls back to the shoulder.
 * ``sleeve_*``: the middle of the cuff: the sleeve is what lies beyond the armpit's vertical, and
-  its cuff corners are the polygon vertex farthest from that line plus the neighbour whose edge
-  to it runs most across the sleeve (the cuff, not the sleeve's top or underside).
+  its cuff corners are the polygon vertex farthest from that line plus a neighbour: the one off
+  that line when only one is (a short sleeve: the other is where its top meets the body), else
+  the one whose edge to it runs most across the sleeve (the cuff, not the sleeve's top or
+  underside).
 * ``hem_*``: the ends of the body's run of columns whose lowest pixel is near the bottom (the run
   under the centre, so a long sleeve that reaches down never counts as hem), each at its own
   lowest pixel, so a hem a degree or two off level still ends at its corners.
