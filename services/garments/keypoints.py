@@ -58,9 +58,10 @@ def find_keypoints(mask: np.ndarray) -> dict[str, Point]:
     ]
     if neck:
         s, e, f, depth = max(neck, key=lambda d: d[3])
-        a, b = _neck_ends(pts, s, e, max(2.0, 0.08 * depth))
+        seg, below = _below_chord(pts, s, e)
+        a, b = _neck_ends(seg, below, max(2.0, 0.08 * depth))
         left, right = (a, b) if a[0] <= b[0] else (b, a)
-        kp["collar"] = (*_deepest(pts, s, e), 1.0)
+        kp["collar"] = (*_deepest(seg, below), 1.0)
         kp["neck_left"] = (*left, 1.0)
         kp["neck_right"] = (*right, 1.0)
     else:  # no neck opening: the top centre, the neck a fifth of the width either side
@@ -142,33 +143,32 @@ def _run_around(row: np.ndarray, x: int, bridge: int = 0) -> tuple[int, int]:
     return int(on[lo]), int(on[hi])
 
 
-def _deepest(pts: np.ndarray, start: int, end: int) -> tuple[float, float]:
-    """Centre of the contour points (start..end) within a pixel of the deepest below the chord,
-    so a flat-bottomed neckline gives its middle rather than an arbitrary pixel of it."""
+def _below_chord(pts: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
+    """The contour points start..end (wrapping) and each one's distance below their chord."""
     idx = np.arange(start, end + 1) if end >= start else np.r_[start : len(pts), 0 : end + 1]
     a, b = pts[start], pts[end]
     chord = b - a
     norm = float(np.hypot(*chord)) or 1.0
     seg = pts[idx]
     depth = np.abs(chord[0] * (seg[:, 1] - a[1]) - chord[1] * (seg[:, 0] - a[0])) / norm
+    return seg, depth
+
+
+def _deepest(seg: np.ndarray, depth: np.ndarray) -> tuple[float, float]:
+    """Centre of the points (``_below_chord``'s) within a pixel of the deepest below the chord,
+    so a flat-bottomed neckline gives its middle rather than an arbitrary pixel of it."""
     near = seg[depth >= depth.max() - 1.0]
     return float(near[:, 0].mean()), float(near[:, 1].mean())
 
 
-def _neck_ends(pts: np.ndarray, start: int, end: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+def _neck_ends(seg: np.ndarray, depth: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Where the neckline leaves the shoulder line on either side: from each hull vertex the
-    defect spans, the last contour point before it dips more than ``tol`` below their chord. A
-    near-flat shoulder line puts the hull vertex anywhere along it (a fold or a tilted photo
-    moves it by a tenth of the neck's width); where the dip starts does not move."""
-    idx = np.arange(start, end + 1) if end >= start else np.r_[start : len(pts), 0 : end + 1]
-    a, b = pts[start], pts[end]
-    chord = b - a
-    norm = float(np.hypot(*chord)) or 1.0
-    seg = pts[idx]
-    depth = np.abs(chord[0] * (seg[:, 1] - a[1]) - chord[1] * (seg[:, 0] - a[0])) / norm
+    defect spans (``seg``'s ends), the last contour point before it dips more than ``tol`` below
+    their chord. A near-flat shoulder line puts the hull vertex anywhere along it (a fold or a
+    tilted photo moves it by a tenth of the neck's width); where the dip starts does not move."""
     deep = np.flatnonzero(depth > tol)
     if len(deep) == 0:
-        return a, b
+        return seg[0], seg[-1]
     return seg[max(deep[0] - 1, 0)], seg[min(deep[-1] + 1, len(seg) - 1)]
 
 
