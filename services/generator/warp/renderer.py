@@ -806,6 +806,7 @@ class WarpRenderer:
         s = b.scale
         items = []
         near_blocked: np.ndarray | None = None  # the head and hands, and a soft edge's reach into them
+        run = c.shoulder_run * (g.seam_width or g.width)  # canvas px a sleeve's cloth runs into the shoulder
         for index, (chain, side, outward) in enumerate(
             zip(_chains(b), ("left", "right"), (1.0, -1.0), strict=True)
         ):
@@ -873,9 +874,7 @@ class WarpRenderer:
             skin = self._bare if self._bare is not None else (120, 140, 180)
             skin_gain = tuple(v / c.shading.exposure for v in skin)
 
-            run = c.shoulder_run * (g.seam_width or g.width)
-
-            def texel(box, side=side, outward=outward, chain=chain, half=half, sleeve=sleeve, run=run):
+            def texel(box, side=side, outward=outward, chain=chain, half=half, sleeve=sleeve):
                 maps = mapping.sleeve_map(g, side, outward, chain, fit.k, half, box, run)
                 if scales is not None:
                     scales[f"sleeve_{side}"] = mapping.pattern_scale(
