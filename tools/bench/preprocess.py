@@ -18,7 +18,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 
+import cv2
 import numpy as np
 
 from tools.bench.common import rss_kib
@@ -131,11 +133,22 @@ def jitter_ratio(photo: np.ndarray, frames: int = 120) -> dict[str, float]:
     return {"raw_px": round(raw_j, 3), "smoothed_px": round(smooth_j, 3), "ratio": round(smooth_j / raw_j, 3)}
 
 
-def cadence_quality(photo: np.ndarray, frames: int = 120, fps: float = 15.0) -> dict:
+def cadence_quality(
+    photo: np.ndarray,
+    frames: int = 120,
+    fps: float = 15.0,
+    sweep: Sequence[tuple[int, float]] = (),
+) -> dict:
     """What pose on every k-th frame costs in quality, against pose on every frame, on the same
     moving-camera stream (the demo's motion, a 15 fps camera): how far the published shoulders and
     hips are from where the known camera motion puts them, and how much the person and garment
-    masks overlap those of pose on every frame (IoU, mean and worst frame)."""
+    masks overlap those of pose on every frame (IoU, mean and worst frame).
+
+    ``truth``: the masks against the truth instead. The camera moves over a still photo by a known
+    transform, so each frame's mask maps back onto the photo, where the person stands still; the
+    truth is the majority of pose-on-every-frame's masks there. Against it a carried mask is not
+    scored for departing from MediaPipe's own frame-to-frame noise. ``sweep``: other cadences
+    (``max_interval``, ``travel_px``) scored the same way: what a longer carry would cost."""
     from services.camera.source import MotionCamera
     from services.generator.inputs import masks
     from services.preprocess.pipeline import PreprocessConfig, SessionPreprocessor
@@ -144,6 +157,7 @@ def cadence_quality(photo: np.ndarray, frames: int = 120, fps: float = 15.0) -> 
 
     cam = MotionCamera(photo, 640, 480)
     stream = [cam.frame(i) for i in range(frames)]
+    transforms = [cam.transform(i) for i in range(frames)]
 
     def run(config: PreprocessConfig) -> tuple[list, list, float]:
         pre = SessionPreprocessor("bench-cadence", config)
@@ -166,15 +180,58 @@ def cadence_quality(photo: np.ndarray, frames: int = 120, fps: float = 15.0) -> 
         union = np.count_nonzero((a > 0) | (b > 0))
         return np.count_nonzero((a > 0) & (b > 0)) / union if union else 1.0
 
-    transforms = [cam.transform(i) for i in range(frames)]
+    def mean_min(values: list[float]) -> dict[str, float]:
+        return {"mean": round(float(np.nanmean(values)), 4), "min": round(float(np.nanmin(values)), 4)}
+
+    ph, pw = photo.shape[:2]
+    to_photo = [cv2.invertAffineTransform(m) for m in transforms]
+
+    def on_photo(mask: np.ndarray, i: int) -> np.ndarray:
+        return cv2.warpAffine(mask, to_photo[i], (pw, ph), flags=cv2.INTER_NEAREST) > 0
+
+    seen = [on_photo(np.full((480, 640), 255, np.uint8), i) for i in range(frames)]
+    truth = []
+    for k in (0, 1):
+        votes = np.zeros((ph, pw), np.int32)
+        for i, m in enumerate(every):
+            if m[k] is not None:
+                votes += on_photo(m[k], i)
+        looked = np.sum([s for s, m in zip(seen, every, strict=True) if m[k] is not None], axis=0)
+        truth.append(votes * 2 > np.maximum(looked, 1))
+
+    def against_truth(out: list) -> dict[str, dict[str, float]]:
+        scores = {}
+        for k, name in ((0, "person_iou"), (1, "garment_iou")):
+            ious = []
+            for i, m in enumerate(out):
+                if m[k] is not None:
+                    a, t = on_photo(m[k], i), truth[k] & seen[i]
+                    ious.append(np.count_nonzero(a & t) / max(1, np.count_nonzero(a | t)))
+            scores[name] = mean_min(ious) if ious else {"mean": float("nan"), "min": float("nan")}
+        return scores
+
     out: dict = {"pose_share": round(share, 3)}
     for k, name in ((0, "person_iou"), (1, "garment_iou")):
-        ious = [iou(a[k], b[k]) for a, b in zip(every, shipped, strict=True)]
-        out[name] = {"mean": round(float(np.nanmean(ious)), 4), "min": round(float(np.nanmin(ious)), 4)}
+        out[name] = mean_min([iou(a[k], b[k]) for a, b in zip(every, shipped, strict=True)])
     out["follow_error_px"] = {
         "every_frame": round(follow_error_px(every_lm, transforms, 640, 480)[0], 3),
         "shipped": round(follow_error_px(shipped_lm, transforms, 640, 480)[0], 3),
     }
+    out["truth"] = {"every_frame": against_truth(every), "shipped": against_truth(shipped)}
+    out["sweep"] = []
+    for max_interval, travel_px in sweep:
+        masks_k, lm_k, share_k = run(
+            PreprocessConfig(cadence=CadenceConfig(max_interval=max_interval, travel_px=travel_px))
+        )
+        out["sweep"].append(
+            {
+                "max_interval": max_interval,
+                "travel_px": travel_px,
+                "pose_share": round(share_k, 3),
+                "follow_error_px": round(follow_error_px(lm_k, transforms, 640, 480)[0], 3),
+                "truth": against_truth(masks_k),
+            }
+        )
     return out
 
 
@@ -183,8 +240,6 @@ def jpeg_codecs(photo: np.ndarray, frames: int = 60, qualities: tuple[int, ...] 
     (libjpeg-turbo through its TurboJPEG API) when that package is installed: decode and encode
     CPU ms at 640x480, and per output quality the size and PSNR (what choosing a quality rests on).
     Not a dependency: the comparison is what decided against it (docs/benchmarks.md)."""
-    import cv2
-
     from runtime.media import decode_image, encode_jpeg
     from services.camera.source import MotionCamera
 
@@ -230,12 +285,28 @@ def jpeg_codecs(photo: np.ndarray, frames: int = 60, qualities: tuple[int, ...] 
     return out
 
 
+def _cadences(text: str) -> list[tuple[int, float]]:
+    try:
+        pairs = [(int(k), float(t)) for k, t in (item.split(":") for item in text.split(",") if item)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected MAX_INTERVAL:TRAVEL_PX[,...]") from None
+    if any(k < 1 or t <= 0 for k, t in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: MAX_INTERVAL >= 1, TRAVEL_PX > 0")
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chameleon bench preprocess", description=__doc__.split("\n")[0])
     parser.add_argument("--frames", type=int, default=2000, help="frames of the long 640x480 run")
     parser.add_argument("--frames-720p", type=int, default=300, help="frames of the 1280x720 run")
     parser.add_argument("--json", action="store_true", help="print only the JSON result line")
     parser.add_argument("--jpeg", action="store_true", help="also compare JPEG codecs (jpeg_codecs)")
+    parser.add_argument(
+        "--cadence",
+        type=_cadences,
+        default=[],
+        help="also score these cadences against the truth, MAX_INTERVAL:TRAVEL_PX comma-separated (6:8,8:12)",
+    )
     args = parser.parse_args(argv)
     if args.frames < 10 or args.frames_720p < 10:
         parser.error("--frames and --frames-720p must be at least 10")
@@ -252,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     vga = run_stream(photo, 640, 480, args.frames, progress=verbose)
     hd = run_stream(photo, 1280, 720, args.frames_720p)
     jitter = jitter_ratio(photo)
-    cadence = cadence_quality(photo)
+    cadence = cadence_quality(photo, sweep=args.cadence)
     result = {
         "bench": "preprocess",
         "ms_per_frame": {"640x480": vga["ms"], "1280x720": hd["ms"]},

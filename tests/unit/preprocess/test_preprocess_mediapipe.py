@@ -266,3 +266,19 @@ def test_zoomed_out_landmarks_and_mask_land_where_the_plain_graph_puts_them() ->
     assert np.median(apart) < 0.01 * h  # 2.3 px
     a, b = plain[1] > 0.5, wide[1] > 0.5
     assert wide[1].shape == (h, w) and (a & b).sum() / (a | b).sum() > 0.9  # 0.96
+
+
+def test_the_cadence_is_scored_against_the_truth_the_known_camera_motion_gives(bus_photo) -> None:
+    """``bench preprocess``'s truth for the cadence: each frame's masks mapped back onto the still
+    photo through the camera's known transform. Pose on every frame agrees with that truth (the
+    majority of its own masks there), a cadence of 1 in the sweep scores exactly as pose on every
+    frame does, and a carry of 6 frames on a moving camera scores no better."""
+    from tools.bench.preprocess import cadence_quality
+
+    q = cadence_quality(bus_photo, frames=24, sweep=[(1, 8.0), (6, 8.0)])
+    every = q["truth"]["every_frame"]
+    assert every["person_iou"]["mean"] > 0.9 and every["garment_iou"]["mean"] > 0.8
+    assert q["sweep"][0]["truth"] == every and q["sweep"][0]["pose_share"] == 1.0
+    carried = q["sweep"][1]
+    assert carried["pose_share"] < 0.5
+    assert carried["truth"]["garment_iou"]["mean"] <= every["garment_iou"]["mean"] + 0.005
