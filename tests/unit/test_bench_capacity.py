@@ -62,6 +62,29 @@ def test_process_cpu_time_reads_user_plus_system_of_this_process() -> None:
     assert cap.process_cpu_s(os.getpid()) == pytest.approx(t.user + t.system, abs=0.05)
 
 
+def test_a_stage_run_as_several_workers_counts_the_cpu_of_each() -> None:
+    """Two generator workers: the stage's CPU is both processes', not the first one's (this
+    process stands for both: a second live process would burn CPU of its own while read)."""
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    me = os.getpid()
+    one = cap.cpu_snapshot({"generator": [me]})["generator"]
+    both = cap.cpu_snapshot({"generator": [me, me], "ingest": me})
+    assert both["generator"] == pytest.approx(2 * one, abs=0.05)
+    assert both["ingest"] == pytest.approx(one, abs=0.05)
+
+
+def test_the_box_holds_what_its_best_worker_count_held() -> None:
+    runs = {1: {"sessions_per_box": 5, "steps": []}, 2: {"sessions_per_box": 6, "steps": []}}
+    best = cap.best_workers(runs)
+    assert best["sessions_per_box"] == 6 and best["workers"] == 2
+    assert set(best["by_workers"]) == {"1", "2"}
+    tie = cap.best_workers({1: {"sessions_per_box": 5}, 2: {"sessions_per_box": 5}})
+    assert tie["workers"] == 1  # as many sessions with fewer processes
+    assert "by_workers" not in cap.best_workers({2: {"sessions_per_box": 4}})
+
+
 def _window(total: float, generator: float) -> dict:
     rest = total - generator
     by_stage = {"ingest": rest / 2, "preprocess": rest / 2, "generator": generator, "garments": 0.0}

@@ -32,7 +32,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,6 +46,7 @@ from tools.bench.common import child_pids, emit, machine, process_cpu_s
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
+    from harness.stack import Stack
     from services.watch.client import Watcher
     from shared.subjects import Subjects
 
@@ -139,8 +140,23 @@ def stage_figures(
 
 
 # -- CPU time of processes ----------------------------------------------------------------------------
-def cpu_snapshot(pids: Mapping[str, int]) -> dict[str, float]:
-    return {name: process_cpu_s(pid) for name, pid in pids.items()}
+def cpu_snapshot(pids: Mapping[str, int | Sequence[int]]) -> dict[str, float]:
+    """CPU seconds so far of each stage: the sum over its processes when it runs several workers."""
+    return {
+        name: sum(process_cpu_s(p) for p in ([pid] if isinstance(pid, int) else pid))
+        for name, pid in pids.items()
+    }
+
+
+def stage_pids(stack: Stack) -> dict[str, list[int]]:
+    """Each service's processes (several for a stage run with ``workers``), and the nats-server."""
+    pids: dict[str, list[int]] = {}
+    for c in stack.children:
+        pids.setdefault(c.name, []).append(c.proc.pid)
+    servers = child_pids("nats-server") if stack.nats is not None else []
+    if len(servers) == 1:
+        pids[NATS_SERVER] = servers
+    return pids
 
 
 # -- the warp path, measured --------------------------------------------------------------------------
@@ -260,7 +276,7 @@ def preprocess_quality(frames: list[np.ndarray], fps: float, still: list[np.ndar
 
 
 async def _measure(
-    url: str, pids: dict[str, int], windows: list[Window], args: argparse.Namespace, idle: bool
+    url: str, pids: Mapping[str, Sequence[int]], windows: list[Window], args: argparse.Namespace, idle: bool
 ) -> dict[str, Any]:
     from harness.recorder import Recorder, starter_colours
     from runtime.bus import connect
@@ -360,8 +376,25 @@ def measure_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """The sessions-per-box search once for each of ``--sessions-workers`` (processes of preprocess
+    and of the generator on the box); the box holds the most any of them held."""
+    return best_workers({w: _sessions_search(photo, args, w) for w in args.sessions_workers})
+
+
+def best_workers(runs: Mapping[int, dict[str, Any]]) -> dict[str, Any]:
+    """The search that held the most sessions (the fewer workers on a tie: fewer processes idle),
+    with every search beside it when there were several."""
+    best = max(runs, key=lambda w: (runs[w]["sessions_per_box"], -w))
+    out = {**runs[best], "workers": best}
+    if len(runs) > 1:
+        out["by_workers"] = {str(w): r for w, r in sorted(runs.items())}
+    return out
+
+
+def _sessions_search(photo: np.ndarray, args: argparse.Namespace, workers: int) -> dict[str, Any]:
     """1, 2, 3 ... warp sessions at once on one stack until a step misses the bar
-    (``tools.bench.capacity_sessions``); the largest N that held."""
+    (``tools.bench.capacity_sessions``); the largest N that held. ``workers``: processes of each
+    of preprocess and the generator (the fleet places the sessions among them, docs/fleet.md)."""
     from harness.stack import Stack
     from runtime.media import encode_jpeg
     from runtime.settings import BaseSettings
@@ -378,14 +411,11 @@ def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[st
         "CHAMELEON_DEFAULT_GARMENT": args.garment,
         "CHAMELEON_MAX_SESSIONS": str(max(8, args.sessions_limit)),
     }
-    logs = Path(args.logs) / "sessions" if args.logs else None
+    logs = Path(args.logs) / f"sessions-w{workers}" if args.logs else None
     steps: list[dict[str, Any]] = []
     extra_steps: list[dict[str, Any]] = []  # --sessions-at beyond the search: how CPU per frame grows
-    with Stack(PIPELINE, env=env, log_dir=logs) as stack:
-        pids = {c.name: c.proc.pid for c in stack.children}
-        servers = child_pids("nats-server") if stack.nats is not None else []
-        if len(servers) == 1:
-            pids[NATS_SERVER] = servers[0]
+    with Stack(PIPELINE, env=env, log_dir=logs, workers=workers) as stack:
+        pids = stage_pids(stack)
         subjects = Subjects(BaseSettings.from_env().subject_prefix)
 
         async def steps_until_one_misses() -> None:
@@ -410,7 +440,9 @@ def measure_sessions_max(photo: np.ndarray, args: argparse.Namespace) -> dict[st
                     min_fps=args.min_fps,
                     max_g2g_ms=args.max_g2g_ms,
                     cpu_snapshot=lambda: cpu_snapshot(pids),
-                    threads=lambda: {k: psutil.Process(p).num_threads() for k, p in pids.items()},
+                    threads=lambda: {
+                        k: sum(psutil.Process(p).num_threads() for p in ps) for k, ps in pids.items()
+                    },
                 )
                 out["client_cores_not_counted"] = round(
                     (process_cpu_s(os.getpid()) - client_before) / (time.monotonic() - t0), 3
@@ -448,10 +480,7 @@ def _run_stack(backend: str, windows: list[Window], args: argparse.Namespace) ->
     }
     stack = Stack(PIPELINE, env=env, log_dir=Path(args.logs) / backend if args.logs else None)
     with stack:
-        pids = {c.name: c.proc.pid for c in stack.children}
-        servers = child_pids("nats-server") if stack.nats is not None else []
-        if len(servers) == 1:
-            pids[NATS_SERVER] = servers[0]
+        pids = stage_pids(stack)
         return asyncio.run(_measure(stack.url, pids, windows, args, idle=backend == "warp"))
 
 
@@ -669,6 +698,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sessions-limit", type=int, default=12, help="the most sessions --sessions-max tries")
     p.add_argument(
         "--sessions-seconds", type=int, default=15, help="measured seconds per --sessions-max step"
+    )
+    p.add_argument(
+        "--sessions-workers",
+        type=lambda v: sorted({int(x) for x in v.split(",") if x}),
+        default=[1],
+        help="processes of preprocess and of the generator on the box (comma-separated: one search each)",
     )
     p.add_argument(
         "--sessions-at",
