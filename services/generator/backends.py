@@ -21,9 +21,9 @@ def resolve(name: str, settings: GeneratorSettings) -> str:
 
 def make_backend(name: str, settings: GeneratorSettings) -> Backend:
     if name == "warp":
-        from services.generator.warp import WarpBackend
+        from services.generator.warp import WarpBackend, WarpConfig
 
-        return WarpBackend()
+        return WarpBackend(WarpConfig(pixel_budget=settings.warp_pixel_budget))
     if name == "student":
         from services.generator.student_backend import StudentBackend
 

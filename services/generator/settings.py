@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.settings import BaseSettings
+from runtime.settings import BaseSettings, SettingsError
 
 
 @dataclass(frozen=True)
@@ -23,3 +23,10 @@ class GeneratorSettings(BaseSettings):
     student_checkpoint: str = ""  # safetensors; empty: the packaged checkpoint if any
     student_device: str = "auto"  # auto: cuda when available, else cpu
     sim_service_ms: float = 40.0  # backend=sim: time each frame holds its worker, like a GPU call
+    # backend=warp: frame pixels of the upper body drawn at full size; a larger one is drawn on
+    # the frame shrunk to fit (docs/warp.md, "Speed"): a close-up's CPU against its fidelity
+    warp_pixel_budget: int = 64_000
+
+    def __post_init__(self) -> None:
+        if self.warp_pixel_budget < 0:
+            raise SettingsError(f"CHAMELEON_WARP_PIXEL_BUDGET={self.warp_pixel_budget}: 0 (off) or more")
