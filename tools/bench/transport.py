@@ -8,13 +8,17 @@ direct calls, (b) as separate service processes over a real nats-server. Two pip
 - ``ingest_only``: ingest + the pass-through, a ~2 ms stage, where the bus's fixed per-hop cost
   is as large as the work itself (reported in full, so that cost stays visible).
 
-Over the bus the client keeps ``--window`` frames in flight (default 1: the next frame goes when the
-last is out, so the ratio is the in-process time per frame over the bus round trip's). With 2 in
-flight, once a stage is fast the sends come in pairs (an output frees both slots when the frame
-before it was superseded), and a pair read in one go from the socket supersedes its first frame
-in ingest's slot before ingest's worker wakes: half the frames were lost to the client's pattern,
-not to the bus (a 15 fps camera's frames are 67 ms apart). ``hop_ms`` is every stage-to-stage
-transport time taken from the frames' trace headers.
+Over the bus the client keeps ``--window`` frames in flight (default 2: a camera does not wait for
+an output before its next frame, so ingest works on one frame while preprocess works on the one
+before), and never sends two frames closer than ``--gap-ms`` (default 3). Without the gap, once a
+stage is fast the sends came in pairs (an output frees both slots when the frame before it was
+superseded), and a pair read in one go from the socket superseded its first frame in ingest's
+latest-frame slot before ingest's worker woke: half the frames were lost to the client's pattern,
+not to the bus (a 15 fps camera's frames are 67 ms apart). With one frame in flight (``--window
+1``) the ratio is the in-process time per frame over the whole bus round trip's: three hops
+against a stage of a few milliseconds. Three frames in flight queue two at preprocess's slot
+behind a pose run, and the older is superseded. ``hop_ms`` is every stage-to-stage transport
+time taken from the frames' trace headers.
 
 One call makes ``--runs`` short runs of each and reports the median ratio with every run's beside
 it: on a shared machine one stall in one short run moves a ratio by 0.2. Within a run the two
@@ -92,8 +96,9 @@ class InProcess:
 class BusPath:
     """The stages as service processes: a client keeping ``window`` frames in flight."""
 
-    def __init__(self, url: str, session: str, channel: Channel, window: int) -> None:
+    def __init__(self, url: str, session: str, channel: Channel, window: int, gap_ms: float = 0.0) -> None:
         self.url, self.session, self.channel, self.window = url, session, channel, window
+        self.gap_s = gap_ms / 1e3
         self.subjects = Subjects(BaseSettings.from_env().subject_prefix)
 
     async def open(self, warmup: list[bytes]) -> None:
@@ -115,12 +120,16 @@ class BusPath:
     async def run(self, payloads: list[bytes], first_seq: int) -> float:
         """Wall seconds from the first frame sent to the last one out (a superseded frame counts
         as done for the window, and is not an output)."""
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
         for seq, data in enumerate(payloads, start=first_seq):
             if seq - first_seq >= self.window and not await self.watcher.wait_for_seq(
                 seq - self.window, timeout_s=5.0
             ):
                 raise RuntimeError(f"no frame at or after {seq - self.window} came out")
+            wait = last + self.gap_s - time.perf_counter()
+            if seq > first_seq and wait > 0:  # never two frames in one socket read (see --gap-ms)
+                await asyncio.sleep(wait)
+            last = time.perf_counter()
             await self._send(seq, data)
         if not await self.watcher.wait_for_seq(first_seq + len(payloads) - 1, timeout_s=5.0):
             raise RuntimeError("the last frame never came out")
@@ -159,7 +168,7 @@ def _measure(
 
         async def one_run(r: int) -> dict:
             inproc = InProcess(settings, args.fps, preprocess)
-            bus = BusPath(stack.url, f"bench-{r}", channel, args.window)
+            bus = BusPath(stack.url, f"bench-{r}", channel, args.window, args.gap_ms)
             try:
                 inproc.run(warmup, 0)
                 await bus.open(warmup)
@@ -225,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--fps", type=float, default=15.0, help="camera clock for MediaPipe timestamps")
-    p.add_argument("--window", type=int, default=1, help="frames in flight over the bus")
+    p.add_argument("--window", type=int, default=2, help="frames in flight over the bus")
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=3.0,
+        help="the least time between two frames sent (a camera's are 67 ms apart at 15 fps)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     if args.runs < 1:
@@ -251,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "resolution": f"{args.width}x{args.height}",
         "window": args.window,
+        "gap_ms": args.gap_ms,
         "runs": args.runs,
         "inprocess_fps": path["inprocess_fps"],
         "bus_fps": path["bus_fps"],
