@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client import Counter
 
 from runtime.events import EventPublisher
 from runtime.fleet.member import FleetMember
@@ -74,6 +75,32 @@ class PreprocessHandlers:
         self._catalogue_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._executor = ThreadPoolExecutor(max(1, settings.pose_workers), thread_name_prefix="preprocess")
+        # what each frame cost in MediaPipe: the CPU per session rests on these shares (issue 24)
+        registry = ctx.metrics.registry
+        self._landmarks = Counter(
+            "chameleon_preprocess_landmarks_total",
+            "Frames by where their landmarks came from: a pose run, or the last ones carried by flow",
+            ["service", "how"],
+            registry=registry,
+        )
+        self._graph_runs = Counter(
+            "chameleon_pose_graph_runs_total",
+            "MediaPipe pose graph runs (a frame the zoomed-out retry ran on counts two)",
+            ["service"],
+            registry=registry,
+        ).labels(ctx.name)
+        self._retry_finds = Counter(
+            "chameleon_pose_retry_finds_total",
+            "Times the zoomed-out retry found a person the plain graph had lost (CHAMELEON_POSE_RETRY_PAD)",
+            ["service"],
+            registry=registry,
+        ).labels(ctx.name)
+        self._flow_misses = Counter(
+            "chameleon_preprocess_flow_misses_total",
+            "Frames pose ran on because flow could not vouch for the carried landmarks",
+            ["service"],
+            registry=registry,
+        ).labels(ctx.name)
         self.stage = FrameStage(
             ctx,
             self.events,
@@ -180,9 +207,22 @@ class PreprocessHandlers:
             self._failures.exception("preprocess_failed", seq=meta.seq)
             await self._close_session(session_id, "failed")
             raise CodedError("preprocess_failed", f"{type(exc).__name__}: {exc}") from None
+        self._count(result)
         await self._report(session_id, result, meta.seq)
         meta.width, meta.height = result.conditioning.width, result.conditioning.height
         return [StageOutput(result.conditioning.encode(), meta)]
+
+    def _count(self, result: FrameResult) -> None:
+        if result.posed:
+            self._landmarks.labels(self.ctx.name, "pose").inc()
+        elif result.landmarks is not None:
+            self._landmarks.labels(self.ctx.name, "flow").inc()
+        if result.graph_runs:
+            self._graph_runs.inc(result.graph_runs)
+        if result.retry_found:
+            self._retry_finds.inc()
+        if result.flow_missed:
+            self._flow_misses.inc()
 
     async def on_idle(self, session_id: str) -> None:
         """No frames for ``session_idle_s``: the camera went away; free the graph and the slot."""

@@ -98,6 +98,9 @@ class FrameResult:
     landmarks: np.ndarray | None = None  # smoothed, as published
     timings_ms: dict[str, float] = field(default_factory=dict)
     posed: bool = False  # MediaPipe ran on this frame (else the landmarks were carried by flow)
+    graph_runs: int = 0  # MediaPipe pose graph runs on this frame (2 when the zoomed-out retry ran)
+    retry_found: bool = False  # only the zoomed-out retry found the person
+    flow_missed: bool = False  # pose ran because flow could not vouch for carried landmarks
 
 
 def check_size(width: int, height: int, min_side: int, max_aspect: float) -> str | None:
@@ -174,6 +177,7 @@ class SessionPreprocessor:
             return FrameResult(self._conditioning(seq, w, h, frame_jpeg, codes=[size_code]), [size_code])
 
         t0 = time.perf_counter()
+        runs0, finds0, misses0 = self.tracker.graph_runs, self.tracker.wide_finds, self.flow_misses
         every = c.pose.people_check_every
         people_check = every > 0 and self.frames % every == 0
         forward = self._last_ts_ms is None or timestamp_ms > self._last_ts_ms
@@ -221,7 +225,17 @@ class SessionPreprocessor:
             "masks": (t2 - t1) * 1e3,
             "encode": (t3 - t2) * 1e3,
         }
-        return FrameResult(msg, codes, raw, landmarks, timings, posed)
+        return FrameResult(
+            msg,
+            codes,
+            raw,
+            landmarks,
+            timings,
+            posed,
+            graph_runs=self.tracker.graph_runs - runs0,
+            retry_found=self.tracker.wide_finds > finds0,
+            flow_missed=self.flow_misses > misses0,
+        )
 
     def _carry(self, frame: _Frame, w: int, h: int) -> tuple[np.ndarray, np.ndarray] | None:
         """This frame's landmarks (before smoothing) carried by flow, and the similarity the body

@@ -221,3 +221,26 @@ async def test_each_session_gets_the_garment_region_its_own_garment_needs(nats_u
         t = await _send_and_wait(nc, tee, "cat-tee", encode_jpeg(cam.frame(5)), 5)
         assert abs(area(d) - area(t)) < 0.1 * area(t), (area(d), area(t))  # a top region now
         await nc.drain()
+
+
+async def test_metrics_say_where_each_frames_landmarks_came_from(nats_url: str, bus_photo) -> None:
+    """Every frame with a person is counted once, by a pose run or by flow's carry, and the pose
+    graph's runs are at least the frames pose ran on: the shares the CPU per session rests on."""
+    cam = MotionCamera(bus_photo, 640, 480)
+    async with _preprocess(nats_url) as handlers:
+        nc = await connect(nats_url, "test")
+        col = await _watch(nc, "pp-metrics")
+        for seq in range(10):
+            await _send_and_wait(nc, col, "pp-metrics", encode_jpeg(cam.frame(seq)), seq)
+        registry = handlers.ctx.metrics.registry
+
+        def value(name: str, **labels: str) -> float:
+            return registry.get_sample_value(name, {"service": handlers.ctx.name, **labels}) or 0.0
+
+        pose = value("chameleon_preprocess_landmarks_total", how="pose")
+        flow = value("chameleon_preprocess_landmarks_total", how="flow")
+        assert pose + flow == 10 and pose >= 1 and flow >= 1
+        assert value("chameleon_pose_graph_runs_total") >= pose
+        assert value("chameleon_pose_retry_finds_total") == 0  # the person is in plain view
+        assert value("chameleon_preprocess_flow_misses_total") <= pose
+        await nc.drain()
