@@ -70,7 +70,7 @@ def test_a_stage_run_as_several_workers_counts_the_cpu_of_each() -> None:
         pass
     me = os.getpid()
     one = cap.cpu_snapshot({"generator": [me]})["generator"]
-    both = cap.cpu_snapshot({"generator": [me, me], "ingest": me})
+    both = cap.cpu_snapshot({"generator": [me, me], "ingest": [me]})
     assert both["generator"] == pytest.approx(2 * one, abs=0.05)
     assert both["ingest"] == pytest.approx(one, abs=0.05)
 

@@ -41,16 +41,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import psutil
 
-from tools.bench.common import child_pids, emit, machine, process_cpu_s
+from tools.bench.common import cpu_total, emit, machine, process_cpu_s, stage_pids
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
-    from harness.stack import Stack
     from services.watch.client import Watcher
     from shared.subjects import Subjects
 
-NATS_SERVER = "nats_server"
 PIPELINE = ["garments", "ingest", "preprocess", "generator"]
 USERS = 1000
 # The close-up: the man in the cream coat in bus.jpg (810x1080), head to thighs, in photo pixels
@@ -140,23 +138,9 @@ def stage_figures(
 
 
 # -- CPU time of processes ----------------------------------------------------------------------------
-def cpu_snapshot(pids: Mapping[str, int | Sequence[int]]) -> dict[str, float]:
+def cpu_snapshot(pids: Mapping[str, Sequence[int]]) -> dict[str, float]:
     """CPU seconds so far of each stage: the sum over its processes when it runs several workers."""
-    return {
-        name: sum(process_cpu_s(p) for p in ([pid] if isinstance(pid, int) else pid))
-        for name, pid in pids.items()
-    }
-
-
-def stage_pids(stack: Stack) -> dict[str, list[int]]:
-    """Each service's processes (several for a stage run with ``workers``), and the nats-server."""
-    pids: dict[str, list[int]] = {}
-    for c in stack.children:
-        pids.setdefault(c.name, []).append(c.proc.pid)
-    servers = child_pids("nats-server") if stack.nats is not None else []
-    if len(servers) == 1:
-        pids[NATS_SERVER] = servers
-    return pids
+    return {name: cpu_total(ps) for name, ps in pids.items()}
 
 
 # -- the warp path, measured --------------------------------------------------------------------------

@@ -11,9 +11,14 @@ import platform
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
+
+if TYPE_CHECKING:
+    from harness.stack import Stack
+
+NATS_SERVER = "nats_server"  # the embedded nats-server's name among a stack's stages
 
 
 def cpu_model() -> str:
@@ -64,6 +69,17 @@ def rss_kib(pid: int) -> int:
 def child_pids(name_prefix: str) -> list[int]:
     """Direct children of this process whose command name starts with ``name_prefix``."""
     return [p.pid for p in psutil.Process().children() if _name(p).startswith(name_prefix)]
+
+
+def stage_pids(stack: Stack) -> dict[str, list[int]]:
+    """Each service's processes (several for a stage run with ``workers``), and the nats-server."""
+    pids: dict[str, list[int]] = {}
+    for c in stack.children:
+        pids.setdefault(c.name, []).append(c.proc.pid)
+    servers = child_pids("nats-server") if stack.nats is not None else []
+    if len(servers) == 1:
+        pids[NATS_SERVER] = servers
+    return pids
 
 
 def tree_cpu_s(root: int, name_prefix: str = "") -> float:

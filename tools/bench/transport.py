@@ -50,7 +50,7 @@ from services.watch.client import Watcher
 from shared.client import publish_frame
 from shared.headers import FrameMeta, now_ns
 from shared.subjects import Channel, Subjects
-from tools.bench.common import child_pids, process_cpu_s
+from tools.bench.common import cpu_total, stage_pids
 
 
 def _payloads(n: int, width: int, height: int) -> list[bytes]:
@@ -161,10 +161,7 @@ def _measure(
     preprocess = "preprocess" in services
     chunk = max(1, len(payloads) // args.chunks)
     with Stack(services, nats_url=BaseSettings.from_env().nats_url, env=env) as stack:
-        pids = {c.name: c.proc.pid for c in stack.children}
-        servers = child_pids("nats-server") if stack.nats is not None else []
-        if len(servers) == 1:
-            pids["nats_server"] = servers[0]
+        pids = stage_pids(stack)
 
         async def one_run(r: int) -> dict:
             inproc = InProcess(settings, args.fps, preprocess)
@@ -178,10 +175,10 @@ def _measure(
                     part, seq = payloads[first : first + chunk], len(warmup) + first
                     wall, cpu = inproc.run(part, seq)
                     t_in, cpu_in = t_in + wall, cpu_in + cpu
-                    before = {k: process_cpu_s(p) for k, p in pids.items()}
+                    before = {k: cpu_total(ps) for k, ps in pids.items()}
                     t_bus += await bus.run(part, seq)
-                    for k, p in pids.items():
-                        cpu_bus[k] += process_cpu_s(p) - before[k]
+                    for k, ps in pids.items():
+                        cpu_bus[k] += cpu_total(ps) - before[k]
                 out = len(bus.watcher.frames)
                 summary = bus.watcher.summary()
                 return {
