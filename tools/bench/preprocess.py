@@ -205,8 +205,7 @@ def cadence_quality(
             ious = []
             for i, m in enumerate(out):
                 if m[k] is not None:
-                    a, t = on_photo(m[k], i), truth[k] & seen[i]
-                    ious.append(np.count_nonzero(a & t) / max(1, np.count_nonzero(a | t)))
+                    ious.append(iou(on_photo(m[k], i), truth[k] & seen[i]))
             scores[name] = mean_min(ious) if ious else {"mean": float("nan"), "min": float("nan")}
         return scores
 
